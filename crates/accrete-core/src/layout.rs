@@ -1,0 +1,108 @@
+//! Parameter layouts: the named tensors of each model kind, and the optimizer slots kept
+//! beside them. Tensor order is fixed per kind; the store's manifests rely on it.
+use crate::spec::{ModelKind, ModelSpec, OptimizerKind};
+
+/// One tensor of a model: `rows × cols` floats, row-major. Sparse tensors are hashed
+/// tables addressed by row key; dense tensors by flat offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: &'static str,
+    pub rows: u64,
+    pub cols: u32,
+    pub sparse: bool,
+    /// Biases start at zero even with a random initialisation.
+    pub bias: bool,
+}
+
+impl TensorSpec {
+    pub fn len(&self) -> u64 {
+        self.rows * self.cols as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn dense(name: &'static str, rows: u64, cols: u32) -> TensorSpec {
+    TensorSpec {
+        name,
+        rows,
+        cols,
+        sparse: false,
+        bias: false,
+    }
+}
+
+fn bias(name: &'static str, cols: u32) -> TensorSpec {
+    TensorSpec {
+        name,
+        rows: 1,
+        cols,
+        sparse: false,
+        bias: true,
+    }
+}
+
+fn hashed(name: &'static str, bits: u32, cols: u32) -> TensorSpec {
+    TensorSpec {
+        name,
+        rows: 1u64 << bits,
+        cols,
+        sparse: true,
+        bias: false,
+    }
+}
+
+/// The tensors of a (validated) spec:
+/// - linear / logistic / softmax: `w` (features × outputs, dense) if features > 0,
+///   `h` (2^bits × outputs, hashed) if hash_bits > 0, `b` (outputs);
+/// - fm: `h` (2^bits × 1) linear terms, `v` (2^bits × factors) latent factors, `b`;
+/// - mlp: `w1` (features × hidden), `b1`, `w2` (hidden × outputs), `b2`.
+pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
+    let out = spec.outputs();
+    let mut t = Vec::new();
+    match spec.kind {
+        ModelKind::Linear | ModelKind::Logistic | ModelKind::Softmax => {
+            if spec.features > 0 {
+                t.push(dense("w", spec.features as u64, out));
+            }
+            if spec.hash_bits > 0 {
+                t.push(hashed("h", spec.hash_bits, out));
+            }
+            t.push(bias("b", out));
+        }
+        ModelKind::Fm => {
+            t.push(hashed("h", spec.hash_bits, 1));
+            t.push(hashed("v", spec.hash_bits, spec.factors));
+            t.push(bias("b", 1));
+        }
+        ModelKind::Mlp => {
+            t.push(dense("w1", spec.features as u64, spec.hidden));
+            t.push(bias("b1", spec.hidden));
+            t.push(dense("w2", spec.hidden as u64, out));
+            t.push(bias("b2", out));
+        }
+    }
+    t
+}
+
+/// Optimizer state kept per parameter, in storage order.
+pub fn optimizer_slots(kind: OptimizerKind) -> &'static [&'static str] {
+    match kind {
+        OptimizerKind::Sgd => &[],
+        OptimizerKind::Momentum => &["velocity"],
+        OptimizerKind::Adagrad => &["accum"],
+        OptimizerKind::Adam => &["m", "v"],
+        OptimizerKind::Ftrl => &["z", "n"],
+    }
+}
+
+/// All slots of a model: the optimizer's, then `ema` when an EMA of weights is kept.
+pub fn slots(spec: &ModelSpec) -> Vec<&'static str> {
+    let mut s = optimizer_slots(spec.optimizer.kind).to_vec();
+    if spec.ema_decay > 0.0 {
+        s.push("ema");
+    }
+    s
+}

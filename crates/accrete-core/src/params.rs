@@ -1,0 +1,420 @@
+//! The live parameters of one model: weights and optimizer slots per tensor, the update
+//! logic, and dirty-chunk tracking so a commit writes only the chunks that changed.
+//!
+//! A chunk is [`CHUNK_FLOATS`] consecutive floats of one tensor; its stored form is the
+//! weights of that range followed by each slot's values of the same range, little-endian.
+use crate::layout::{layout, slots, TensorSpec};
+use crate::optim::{Grad, Optimizer, Sub};
+use crate::rng::SplitMix64;
+use crate::spec::ModelSpec;
+
+/// Floats per storage chunk (64 KiB of weights).
+pub const CHUNK_FLOATS: usize = 16 * 1024;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("tensor {0:?} does not exist in this model")]
+    NoTensor(String),
+    #[error("tensor {tensor:?}: {message}")]
+    Shape { tensor: String, message: String },
+    #[error("tensor {tensor:?}: value {index} of the gradient is {value} (NaN or infinite)")]
+    NotFinite {
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TensorState {
+    pub spec: TensorSpec,
+    pub w: Vec<f32>,
+    /// One vector per slot of the model, each as long as `w`.
+    pub slots: Vec<Vec<f32>>,
+    dirty: Vec<bool>,
+}
+
+impl TensorState {
+    fn new(spec: TensorSpec, n_slots: usize) -> Self {
+        let n = spec.len() as usize;
+        TensorState {
+            spec,
+            w: vec![0.0; n],
+            slots: vec![vec![0.0; n]; n_slots],
+            dirty: vec![false; chunks_of(n)],
+        }
+    }
+
+    pub fn chunks(&self) -> usize {
+        self.dirty.len()
+    }
+
+    fn mark(&mut self, start: usize, end: usize) {
+        if end > start {
+            for c in start / CHUNK_FLOATS..=(end - 1) / CHUNK_FLOATS {
+                self.dirty[c] = true;
+            }
+        }
+    }
+
+    fn chunk_range(&self, c: usize) -> std::ops::Range<usize> {
+        c * CHUNK_FLOATS..((c + 1) * CHUNK_FLOATS).min(self.w.len())
+    }
+}
+
+/// Number of chunks of a tensor of `n` floats.
+pub fn chunks_of(n: usize) -> usize {
+    n.div_ceil(CHUNK_FLOATS)
+}
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub tensors: Vec<TensorState>,
+    pub slot_names: Vec<&'static str>,
+    opt: Optimizer,
+    ema_decay: f32,
+    /// Applied updates since the model was created (Adam's step count).
+    pub steps: u64,
+}
+
+impl Params {
+    /// Zero weights and slots in the layout of `spec`.
+    pub fn zeros(spec: &ModelSpec) -> Self {
+        let slot_names = slots(spec);
+        let tensors = layout(spec)
+            .into_iter()
+            .map(|t| TensorState::new(t, slot_names.len()))
+            .collect();
+        Params {
+            tensors,
+            slot_names,
+            opt: Optimizer::new(spec.optimizer),
+            ema_decay: spec.ema_decay,
+            steps: 0,
+        }
+    }
+
+    /// Initial parameters: zeros, or N(0, scale²) from the seed for every non-bias tensor.
+    /// The EMA starts equal to the weights. Everything starts dirty.
+    pub fn init(spec: &ModelSpec) -> Self {
+        let mut p = Params::zeros(spec);
+        if spec.init.seed != 0 {
+            let scale = if spec.init.scale > 0.0 {
+                spec.init.scale
+            } else {
+                0.01
+            } as f64;
+            let mut rng = SplitMix64::new(spec.init.seed);
+            for t in p.tensors.iter_mut().filter(|t| !t.spec.bias) {
+                t.w.iter_mut()
+                    .for_each(|w| *w = (rng.next_normal() * scale) as f32);
+            }
+        }
+        p.reset_ema();
+        p.tensors
+            .iter_mut()
+            .for_each(|t| t.dirty.iter_mut().for_each(|d| *d = true));
+        p
+    }
+
+    fn ema_slot(&self) -> Option<usize> {
+        self.slot_names.iter().position(|s| *s == "ema")
+    }
+
+    /// Sets the EMA slot (if any) to the current weights.
+    pub fn reset_ema(&mut self) {
+        if let Some(e) = self.ema_slot() {
+            for t in &mut self.tensors {
+                let w = t.w.clone();
+                t.slots[e] = w;
+            }
+        }
+    }
+
+    pub fn tensor_index(&self, name: &str) -> Option<usize> {
+        self.tensors.iter().position(|t| t.spec.name == name)
+    }
+
+    pub fn parameters(&self) -> u64 {
+        self.tensors.iter().map(|t| t.w.len() as u64).sum()
+    }
+
+    /// Checks a dense update of `n` floats at `offset` of `tensor`; returns the tensor index.
+    pub fn check_dense<G: Grad + ?Sized>(
+        &self,
+        tensor: &str,
+        offset: u64,
+        g: &G,
+    ) -> Result<usize, UpdateError> {
+        let t = self
+            .tensor_index(tensor)
+            .ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
+        let len = self.tensors[t].w.len() as u64;
+        let end = offset.checked_add(g.len() as u64);
+        if end.is_none_or(|e| e > len) {
+            let message = format!(
+                "range {offset}..{offset}+{} is outside its {len} floats",
+                g.len()
+            );
+            return Err(UpdateError::Shape {
+                tensor: tensor.to_string(),
+                message,
+            });
+        }
+        check_finite(tensor, g)?;
+        Ok(t)
+    }
+
+    /// Checks a sparse update of `keys` rows; `g` holds `cols` floats per key.
+    pub fn check_rows<G: Grad + ?Sized>(
+        &self,
+        tensor: &str,
+        keys: &[u64],
+        g: &G,
+    ) -> Result<usize, UpdateError> {
+        let t = self
+            .tensor_index(tensor)
+            .ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
+        let spec = &self.tensors[t].spec;
+        let shape = |message: String| UpdateError::Shape {
+            tensor: tensor.to_string(),
+            message,
+        };
+        if keys.len() * spec.cols as usize != g.len() {
+            return Err(shape(format!(
+                "{} keys of {} floats need {} values, got {}",
+                keys.len(),
+                spec.cols,
+                keys.len() * spec.cols as usize,
+                g.len()
+            )));
+        }
+        if let Some(k) = keys.iter().find(|k| **k >= spec.rows) {
+            return Err(shape(format!(
+                "key {k} is out of range (rows 0..{})",
+                spec.rows
+            )));
+        }
+        check_finite(tensor, g)?;
+        Ok(t)
+    }
+
+    /// Counts one applied update (call once per push, before its `apply_*` calls).
+    pub fn begin_update(&mut self) -> u64 {
+        self.steps += 1;
+        self.steps
+    }
+
+    /// Applies a checked dense update.
+    pub fn apply_dense<G: Grad + ?Sized>(&mut self, t: usize, offset: usize, g: &G) {
+        let step = self.steps.max(1);
+        let (opt, decay, ema) = (self.opt, self.ema_decay, self.ema_slot());
+        let ts = &mut self.tensors[t];
+        apply_range(&opt, ts, offset, g, step);
+        if let Some(e) = ema {
+            ema_range(ts, e, offset, offset + g.len(), decay);
+        }
+        ts.mark(offset, offset + g.len());
+    }
+
+    /// Applies a checked sparse update: row `keys[i]` gets `g[i*cols..(i+1)*cols]`.
+    pub fn apply_rows<G: Grad + ?Sized>(&mut self, t: usize, keys: &[u64], g: &G) {
+        let step = self.steps.max(1);
+        let (opt, decay, ema) = (self.opt, self.ema_decay, self.ema_slot());
+        let ts = &mut self.tensors[t];
+        let cols = ts.spec.cols as usize;
+        for (i, k) in keys.iter().enumerate() {
+            let start = *k as usize * cols;
+            apply_range(
+                &opt,
+                ts,
+                start,
+                &Sub {
+                    g,
+                    start: i * cols,
+                    len: cols,
+                },
+                step,
+            );
+            if let Some(e) = ema {
+                ema_range(ts, e, start, start + cols, decay);
+            }
+            ts.mark(start, start + cols);
+        }
+    }
+
+    /// Indices of the chunks of tensor `t` changed since the last [`Params::clear_dirty`].
+    pub fn dirty_chunks(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
+        self.tensors[t]
+            .dirty
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .map(|(c, _)| c)
+    }
+
+    pub fn clear_dirty(&mut self) {
+        self.tensors
+            .iter_mut()
+            .for_each(|t| t.dirty.iter_mut().for_each(|d| *d = false));
+    }
+
+    pub fn mark_dirty(&mut self, t: usize, c: usize) {
+        self.tensors[t].dirty[c] = true;
+    }
+
+    /// Appends the stored form of chunk `c` of tensor `t` (weights, then each slot).
+    pub fn encode_chunk(&self, t: usize, c: usize, out: &mut Vec<u8>) {
+        let ts = &self.tensors[t];
+        let r = ts.chunk_range(c);
+        out.reserve(r.len() * 4 * (1 + ts.slots.len()));
+        for v in std::iter::once(&ts.w).chain(ts.slots.iter()) {
+            for x in &v[r.clone()] {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+
+    /// Loads chunk `c` of tensor `t` from its stored form; refuses a blob of the wrong size.
+    pub fn decode_chunk(&mut self, t: usize, c: usize, blob: &[u8]) -> Result<(), UpdateError> {
+        let ts = &mut self.tensors[t];
+        let r = ts.chunk_range(c);
+        let want = r.len() * 4 * (1 + ts.slots.len());
+        if blob.len() != want {
+            let message = format!("stored chunk {c} has {} bytes, expected {want}", blob.len());
+            return Err(UpdateError::Shape {
+                tensor: ts.spec.name.to_string(),
+                message,
+            });
+        }
+        let mut parts = blob.chunks_exact(r.len() * 4);
+        for v in std::iter::once(&mut ts.w).chain(ts.slots.iter_mut()) {
+            let part = parts.next().unwrap_or_default();
+            for (x, b) in v[r.clone()].iter_mut().zip(part.chunks_exact(4)) {
+                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Ok(())
+    }
+
+    /// The weights (or, with `ema`, their moving average when the model keeps one).
+    pub fn weights(&self, t: usize, ema: bool) -> &[f32] {
+        match (ema, self.ema_slot()) {
+            (true, Some(e)) => &self.tensors[t].slots[e],
+            _ => &self.tensors[t].w,
+        }
+    }
+}
+
+fn check_finite<G: Grad + ?Sized>(tensor: &str, g: &G) -> Result<(), UpdateError> {
+    for i in 0..g.len() {
+        let value = g.at(i);
+        if !value.is_finite() {
+            return Err(UpdateError::NotFinite {
+                tensor: tensor.to_string(),
+                index: i,
+                value,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn apply_range<G: Grad + ?Sized>(
+    opt: &Optimizer,
+    ts: &mut TensorState,
+    start: usize,
+    g: &G,
+    step: u64,
+) {
+    let end = start + g.len();
+    let w = &mut ts.w[start..end];
+    let (s0, rest) = ts
+        .slots
+        .split_first_mut()
+        .map_or((&mut [][..], &mut [][..]), |(a, r)| (&mut a[start..end], r));
+    let s1 = rest.first_mut().map_or(&mut [][..], |b| &mut b[start..end]);
+    opt.apply(w, s0, s1, g, step);
+}
+
+fn ema_range(ts: &mut TensorState, e: usize, start: usize, end: usize, decay: f32) {
+    let (w, ema) = (&ts.w[start..end], &mut ts.slots[e][start..end]);
+    for (m, x) in ema.iter_mut().zip(w) {
+        *m = decay * *m + (1.0 - decay) * x;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ModelKind, OptimizerKind, OptimizerSpec};
+
+    fn spec() -> ModelSpec {
+        let mut s = ModelSpec::new("m", ModelKind::Logistic);
+        s.features = 3;
+        s.hash_bits = 16;
+        s.optimizer = OptimizerSpec::new(OptimizerKind::Adam, 0.1);
+        s.init.seed = 7;
+        s
+    }
+
+    #[test]
+    fn seeded_init_is_reproducible_and_biases_start_at_zero() {
+        let (a, b) = (Params::init(&spec()), Params::init(&spec()));
+        assert_eq!(a.tensors[0].w, b.tensors[0].w);
+        assert!(a.tensors[0].w.iter().any(|w| *w != 0.0));
+        let bias = a.tensor_index("b").unwrap();
+        assert!(a.tensors[bias].w.iter().all(|w| *w == 0.0));
+        let mut s = spec();
+        s.init.seed = 8;
+        assert_ne!(Params::init(&s).tensors[0].w, a.tensors[0].w);
+    }
+
+    #[test]
+    fn chunk_roundtrip_is_bitwise_and_dirty_tracks_rows() {
+        let mut p = Params::init(&spec());
+        p.clear_dirty();
+        let h = p.tensor_index("h").unwrap();
+        p.begin_update();
+        let keys = [5u64, 40_000];
+        p.check_rows("h", &keys, &[0.5f32, -0.25][..]).unwrap();
+        p.apply_rows(h, &keys, &[0.5f32, -0.25][..]);
+        assert_eq!(p.dirty_chunks(h).collect::<Vec<_>>(), vec![0, 2]);
+        let mut blob = Vec::new();
+        p.encode_chunk(h, 2, &mut blob);
+        let mut q = Params::zeros(&spec());
+        q.decode_chunk(h, 2, &blob).unwrap();
+        assert_eq!(
+            q.tensors[h].w[40_000].to_bits(),
+            p.tensors[h].w[40_000].to_bits()
+        );
+        assert_eq!(
+            q.tensors[h].slots[1][40_000].to_bits(),
+            p.tensors[h].slots[1][40_000].to_bits()
+        );
+        assert!(q.decode_chunk(h, 2, &blob[1..]).is_err());
+    }
+
+    #[test]
+    fn bad_updates_are_refused_by_name() {
+        let p = Params::init(&spec());
+        assert!(matches!(
+            p.check_dense("nope", 0, &[1.0f32][..]),
+            Err(UpdateError::NoTensor(_))
+        ));
+        assert!(matches!(
+            p.check_dense("w", 2, &[1.0f32, 1.0][..]),
+            Err(UpdateError::Shape { .. })
+        ));
+        assert!(matches!(
+            p.check_rows("h", &[1 << 16], &[1.0f32][..]),
+            Err(UpdateError::Shape { .. })
+        ));
+        assert!(matches!(
+            p.check_rows("h", &[1, 2], &[1.0f32][..]),
+            Err(UpdateError::Shape { .. })
+        ));
+        let e = p.check_dense("w", 0, &[1.0f32, f32::NAN][..]).unwrap_err();
+        assert!(e.to_string().contains("value 1"), "{e}");
+    }
+}

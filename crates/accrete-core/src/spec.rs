@@ -1,0 +1,366 @@
+//! Model specifications: what a user asks for at `model create`, with validation that
+//! names the offending field. Serialisable, so the store keeps it as the model's record.
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Linear,
+    Logistic,
+    Softmax,
+    Fm,
+    Mlp,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Linear => "linear",
+            ModelKind::Logistic => "logistic",
+            ModelKind::Softmax => "softmax",
+            ModelKind::Fm => "fm",
+            ModelKind::Mlp => "mlp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Momentum,
+    Adagrad,
+    Adam,
+    Ftrl,
+}
+
+impl OptimizerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Momentum => "momentum",
+            OptimizerKind::Adagrad => "adagrad",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::Ftrl => "ftrl",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyMode {
+    Asp,
+    Bsp,
+    Ssp,
+}
+
+/// Optimizer and hyper-parameters. Zero fields take the documented defaults in
+/// [`OptimizerSpec::with_defaults`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSpec {
+    pub kind: OptimizerKind,
+    pub lr: f32,
+    pub momentum: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub l1: f32,
+    pub l2: f32,
+}
+
+impl OptimizerSpec {
+    pub fn new(kind: OptimizerKind, lr: f32) -> Self {
+        OptimizerSpec {
+            kind,
+            lr,
+            momentum: 0.0,
+            beta1: 0.0,
+            beta2: 0.0,
+            eps: 0.0,
+            l1: 0.0,
+            l2: 0.0,
+        }
+        .with_defaults()
+    }
+
+    /// Fills unset (zero) hyper-parameters with the usual defaults: lr 0.01 (FTRL alpha
+    /// 0.1), momentum 0.9, Adam betas 0.9/0.999, eps 1e-8 (AdaGrad 1e-6), FTRL beta 1.
+    pub fn with_defaults(mut self) -> Self {
+        if self.lr == 0.0 {
+            self.lr = if self.kind == OptimizerKind::Ftrl {
+                0.1
+            } else {
+                0.01
+            };
+        }
+        if self.momentum == 0.0 && self.kind == OptimizerKind::Momentum {
+            self.momentum = 0.9;
+        }
+        if self.beta1 == 0.0 && self.kind == OptimizerKind::Adam {
+            self.beta1 = 0.9;
+        }
+        if self.beta2 == 0.0 {
+            match self.kind {
+                OptimizerKind::Adam => self.beta2 = 0.999,
+                OptimizerKind::Ftrl => self.beta2 = 1.0,
+                _ => {}
+            }
+        }
+        if self.eps == 0.0 {
+            match self.kind {
+                OptimizerKind::Adam => self.eps = 1e-8,
+                OptimizerKind::Adagrad => self.eps = 1e-6,
+                _ => {}
+            }
+        }
+        self
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        let pos = |field: &'static str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(SpecError::field(
+                    field,
+                    format!("must be a finite number > 0, got {v}"),
+                ))
+            }
+        };
+        let non_neg = |field: &'static str, v: f32| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(SpecError::field(
+                    field,
+                    format!("must be a finite number >= 0, got {v}"),
+                ))
+            }
+        };
+        let unit = |field: &'static str, v: f32| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(SpecError::field(
+                    field,
+                    format!("must be in [0, 1), got {v}"),
+                ))
+            }
+        };
+        pos("optimizer.lr", self.lr)?;
+        unit("optimizer.momentum", self.momentum)?;
+        unit("optimizer.beta1", self.beta1)?;
+        non_neg("optimizer.eps", self.eps)?;
+        non_neg("optimizer.l1", self.l1)?;
+        non_neg("optimizer.l2", self.l2)?;
+        match self.kind {
+            OptimizerKind::Adam => unit("optimizer.beta2", self.beta2),
+            OptimizerKind::Ftrl => non_neg("optimizer.beta2 (ftrl beta)", self.beta2),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct InitSpec {
+    /// 0 = zeros; otherwise weights ~ N(0, scale²) from this seed.
+    pub seed: u64,
+    pub scale: f32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct CommitPolicy {
+    pub every_updates: u64,
+    pub every_secs: f64,
+    pub keep_last: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub name: String,
+    pub kind: ModelKind,
+    pub features: u32,
+    pub hash_bits: u32,
+    pub classes: u32,
+    pub hidden: u32,
+    pub factors: u32,
+    pub optimizer: OptimizerSpec,
+    pub init: InitSpec,
+    pub ema_decay: f32,
+    pub commit: CommitPolicy,
+    pub consistency: ConsistencyMode,
+    pub staleness: u32,
+}
+
+/// The largest hashed table: 2^28 rows.
+pub const MAX_HASH_BITS: u32 = 28;
+/// The largest model accepted: 2^31 floats of weights (8 GiB).
+pub const MAX_PARAMETERS: u64 = 1 << 31;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid model spec: {field}: {message}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        SpecError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl ModelSpec {
+    /// A spec with defaults for everything but the name, kind and shape fields.
+    pub fn new(name: &str, kind: ModelKind) -> Self {
+        ModelSpec {
+            name: name.to_string(),
+            kind,
+            features: 0,
+            hash_bits: 0,
+            classes: 0,
+            hidden: 0,
+            factors: 0,
+            optimizer: OptimizerSpec::new(OptimizerKind::Sgd, 0.01),
+            init: InitSpec::default(),
+            ema_decay: 0.0,
+            commit: CommitPolicy::default(),
+            consistency: ConsistencyMode::Asp,
+            staleness: 0,
+        }
+    }
+
+    /// Checks every field; the error names the first one that is wrong.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name(&self.name)?;
+        self.validate_shape()?;
+        self.optimizer.validate()?;
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(SpecError::field(
+                "ema_decay",
+                format!("must be in [0, 1), got {}", self.ema_decay),
+            ));
+        }
+        if !(self.init.scale.is_finite() && self.init.scale >= 0.0) {
+            return Err(SpecError::field(
+                "init.scale",
+                format!("must be a finite number >= 0, got {}", self.init.scale),
+            ));
+        }
+        if !(self.commit.every_secs.is_finite() && self.commit.every_secs >= 0.0) {
+            return Err(SpecError::field(
+                "commit.every_secs",
+                format!("must be >= 0, got {}", self.commit.every_secs),
+            ));
+        }
+        let params: u64 = crate::layout(self).iter().map(|t| t.len()).sum();
+        if params > MAX_PARAMETERS {
+            return Err(SpecError::field(
+                "layout",
+                format!("{params} parameters is over the limit of {MAX_PARAMETERS}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_shape(&self) -> Result<(), SpecError> {
+        if self.hash_bits > MAX_HASH_BITS {
+            return Err(SpecError::field(
+                "hash_bits",
+                format!("must be at most {MAX_HASH_BITS}, got {}", self.hash_bits),
+            ));
+        }
+        let need = |ok: bool, field: &'static str, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SpecError::field(
+                    field,
+                    format!("{what} for kind {}", self.kind.as_str()),
+                ))
+            }
+        };
+        match self.kind {
+            ModelKind::Linear | ModelKind::Logistic => need(
+                self.features > 0 || self.hash_bits > 0,
+                "features",
+                "features > 0 or hash_bits > 0 is required",
+            ),
+            ModelKind::Softmax => {
+                need(self.classes >= 2, "classes", "classes >= 2 is required")?;
+                need(
+                    self.features > 0 || self.hash_bits > 0,
+                    "features",
+                    "features > 0 or hash_bits > 0 is required",
+                )
+            }
+            ModelKind::Fm => {
+                need(self.hash_bits > 0, "hash_bits", "hash_bits > 0 is required")?;
+                need(self.factors > 0, "factors", "factors > 0 is required")
+            }
+            ModelKind::Mlp => {
+                need(self.features > 0, "features", "features > 0 is required")?;
+                need(self.hidden > 0, "hidden", "hidden > 0 is required")
+            }
+        }
+    }
+
+    /// Number of model outputs: classes for softmax and multi-class MLPs, else 1.
+    pub fn outputs(&self) -> u32 {
+        match self.kind {
+            ModelKind::Softmax => self.classes,
+            ModelKind::Mlp if self.classes >= 2 => self.classes,
+            _ => 1,
+        }
+    }
+}
+
+/// Model names are path- and URL-safe: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.`.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::field(
+            "name",
+            format!("{name:?} is not a valid model name (1-64 of A-Z a-z 0-9 _ . -)"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = ModelSpec::new("m", ModelKind::Linear);
+        assert_eq!(s.validate().unwrap_err().field, "features");
+        s.features = 3;
+        s.validate().unwrap();
+        s.optimizer.lr = f32::NAN;
+        assert_eq!(s.validate().unwrap_err().field, "optimizer.lr");
+        s.optimizer.lr = 0.1;
+        s.hash_bits = 40;
+        assert_eq!(s.validate().unwrap_err().field, "hash_bits");
+        s.hash_bits = 0;
+        s.name = "a/b".into();
+        assert_eq!(s.validate().unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn defaults_fill_only_unset_fields() {
+        let o = OptimizerSpec::new(OptimizerKind::Adam, 0.5);
+        assert_eq!((o.lr, o.beta1, o.beta2, o.eps), (0.5, 0.9, 0.999, 1e-8));
+        let f = OptimizerSpec::new(OptimizerKind::Ftrl, 0.0);
+        assert_eq!((f.lr, f.beta2), (0.1, 1.0));
+    }
+}
