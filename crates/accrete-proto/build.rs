@@ -11,8 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile([file], [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("accrete_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .bytes(".accrete.v1.TensorChunk.values")
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().bytes(".accrete.v1.TensorChunk.values").compile_fds(fds)?;
     Ok(())
 }

@@ -25,33 +25,15 @@ impl TensorSpec {
 }
 
 fn dense(name: &'static str, rows: u64, cols: u32) -> TensorSpec {
-    TensorSpec {
-        name,
-        rows,
-        cols,
-        sparse: false,
-        bias: false,
-    }
+    TensorSpec { name, rows, cols, sparse: false, bias: false }
 }
 
 fn bias(name: &'static str, cols: u32) -> TensorSpec {
-    TensorSpec {
-        name,
-        rows: 1,
-        cols,
-        sparse: false,
-        bias: true,
-    }
+    TensorSpec { name, rows: 1, cols, sparse: false, bias: true }
 }
 
 fn hashed(name: &'static str, bits: u32, cols: u32) -> TensorSpec {
-    TensorSpec {
-        name,
-        rows: 1u64 << bits,
-        cols,
-        sparse: true,
-        bias: false,
-    }
+    TensorSpec { name, rows: 1u64 << bits, cols, sparse: true, bias: false }
 }
 
 /// The tensors of a (validated) spec:

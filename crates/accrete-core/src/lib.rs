@@ -12,6 +12,5 @@ pub use layout::{layout, TensorSpec};
 pub use optim::Optimizer;
 pub use params::{Params, TensorState, CHUNK_FLOATS};
 pub use spec::{
-    CommitPolicy, ConsistencyMode, InitSpec, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec,
-    SpecError,
+    CommitPolicy, ConsistencyMode, InitSpec, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, SpecError,
 };

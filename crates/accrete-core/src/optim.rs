@@ -72,14 +72,7 @@ impl Optimizer {
 
     /// Applies `g` to `w` with slots `s0`, `s1` (empty when the optimizer has fewer).
     /// `step` is the 1-based number of this update (Adam's bias correction).
-    pub fn apply<G: Grad + ?Sized>(
-        &self,
-        w: &mut [f32],
-        s0: &mut [f32],
-        s1: &mut [f32],
-        g: &G,
-        step: u64,
-    ) {
+    pub fn apply<G: Grad + ?Sized>(&self, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &G, step: u64) {
         let o = &self.spec;
         let n = w.len();
         debug_assert_eq!(g.len(), n);
@@ -143,12 +136,7 @@ impl Optimizer {
 mod tests {
     use super::*;
 
-    fn run(
-        kind: OptimizerKind,
-        f: impl FnOnce(&mut OptimizerSpec),
-        w0: f32,
-        grads: &[f32],
-    ) -> (f32, f32, f32) {
+    fn run(kind: OptimizerKind, f: impl FnOnce(&mut OptimizerSpec), w0: f32, grads: &[f32]) -> (f32, f32, f32) {
         let mut spec = OptimizerSpec::new(kind, 0.1);
         f(&mut spec);
         let opt = Optimizer::new(spec);

@@ -18,11 +18,7 @@ pub enum UpdateError {
     #[error("tensor {tensor:?}: {message}")]
     Shape { tensor: String, message: String },
     #[error("tensor {tensor:?}: value {index} of the gradient is {value} (NaN or infinite)")]
-    NotFinite {
-        tensor: String,
-        index: usize,
-        value: f32,
-    },
+    NotFinite { tensor: String, index: usize, value: f32 },
 }
 
 #[derive(Debug, Clone)]
@@ -37,12 +33,7 @@ pub struct TensorState {
 impl TensorState {
     fn new(spec: TensorSpec, n_slots: usize) -> Self {
         let n = spec.len() as usize;
-        TensorState {
-            spec,
-            w: vec![0.0; n],
-            slots: vec![vec![0.0; n]; n_slots],
-            dirty: vec![false; chunks_of(n)],
-        }
+        TensorState { spec, w: vec![0.0; n], slots: vec![vec![0.0; n]; n_slots], dirty: vec![false; chunks_of(n)] }
     }
 
     pub fn chunks(&self) -> usize {
@@ -81,17 +72,8 @@ impl Params {
     /// Zero weights and slots in the layout of `spec`.
     pub fn zeros(spec: &ModelSpec) -> Self {
         let slot_names = slots(spec);
-        let tensors = layout(spec)
-            .into_iter()
-            .map(|t| TensorState::new(t, slot_names.len()))
-            .collect();
-        Params {
-            tensors,
-            slot_names,
-            opt: Optimizer::new(spec.optimizer),
-            ema_decay: spec.ema_decay,
-            steps: 0,
-        }
+        let tensors = layout(spec).into_iter().map(|t| TensorState::new(t, slot_names.len())).collect();
+        Params { tensors, slot_names, opt: Optimizer::new(spec.optimizer), ema_decay: spec.ema_decay, steps: 0 }
     }
 
     /// Initial parameters: zeros, or N(0, scale²) from the seed for every non-bias tensor.
@@ -99,21 +81,14 @@ impl Params {
     pub fn init(spec: &ModelSpec) -> Self {
         let mut p = Params::zeros(spec);
         if spec.init.seed != 0 {
-            let scale = if spec.init.scale > 0.0 {
-                spec.init.scale
-            } else {
-                0.01
-            } as f64;
+            let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
             let mut rng = SplitMix64::new(spec.init.seed);
             for t in p.tensors.iter_mut().filter(|t| !t.spec.bias) {
-                t.w.iter_mut()
-                    .for_each(|w| *w = (rng.next_normal() * scale) as f32);
+                t.w.iter_mut().for_each(|w| *w = (rng.next_normal() * scale) as f32);
             }
         }
         p.reset_ema();
-        p.tensors
-            .iter_mut()
-            .for_each(|t| t.dirty.iter_mut().for_each(|d| *d = true));
+        p.tensors.iter_mut().for_each(|t| t.dirty.iter_mut().for_each(|d| *d = true));
         p
     }
 
@@ -140,46 +115,23 @@ impl Params {
     }
 
     /// Checks a dense update of `n` floats at `offset` of `tensor`; returns the tensor index.
-    pub fn check_dense<G: Grad + ?Sized>(
-        &self,
-        tensor: &str,
-        offset: u64,
-        g: &G,
-    ) -> Result<usize, UpdateError> {
-        let t = self
-            .tensor_index(tensor)
-            .ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
+    pub fn check_dense<G: Grad + ?Sized>(&self, tensor: &str, offset: u64, g: &G) -> Result<usize, UpdateError> {
+        let t = self.tensor_index(tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
         let len = self.tensors[t].w.len() as u64;
         let end = offset.checked_add(g.len() as u64);
         if end.is_none_or(|e| e > len) {
-            let message = format!(
-                "range {offset}..{offset}+{} is outside its {len} floats",
-                g.len()
-            );
-            return Err(UpdateError::Shape {
-                tensor: tensor.to_string(),
-                message,
-            });
+            let message = format!("range {offset}..{offset}+{} is outside its {len} floats", g.len());
+            return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
         }
         check_finite(tensor, g)?;
         Ok(t)
     }
 
     /// Checks a sparse update of `keys` rows; `g` holds `cols` floats per key.
-    pub fn check_rows<G: Grad + ?Sized>(
-        &self,
-        tensor: &str,
-        keys: &[u64],
-        g: &G,
-    ) -> Result<usize, UpdateError> {
-        let t = self
-            .tensor_index(tensor)
-            .ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
+    pub fn check_rows<G: Grad + ?Sized>(&self, tensor: &str, keys: &[u64], g: &G) -> Result<usize, UpdateError> {
+        let t = self.tensor_index(tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
         let spec = &self.tensors[t].spec;
-        let shape = |message: String| UpdateError::Shape {
-            tensor: tensor.to_string(),
-            message,
-        };
+        let shape = |message: String| UpdateError::Shape { tensor: tensor.to_string(), message };
         if keys.len() * spec.cols as usize != g.len() {
             return Err(shape(format!(
                 "{} keys of {} floats need {} values, got {}",
@@ -190,10 +142,7 @@ impl Params {
             )));
         }
         if let Some(k) = keys.iter().find(|k| **k >= spec.rows) {
-            return Err(shape(format!(
-                "key {k} is out of range (rows 0..{})",
-                spec.rows
-            )));
+            return Err(shape(format!("key {k} is out of range (rows 0..{})", spec.rows)));
         }
         check_finite(tensor, g)?;
         Ok(t)
@@ -225,17 +174,7 @@ impl Params {
         let cols = ts.spec.cols as usize;
         for (i, k) in keys.iter().enumerate() {
             let start = *k as usize * cols;
-            apply_range(
-                &opt,
-                ts,
-                start,
-                &Sub {
-                    g,
-                    start: i * cols,
-                    len: cols,
-                },
-                step,
-            );
+            apply_range(&opt, ts, start, &Sub { g, start: i * cols, len: cols }, step);
             if let Some(e) = ema {
                 ema_range(ts, e, start, start + cols, decay);
             }
@@ -245,18 +184,11 @@ impl Params {
 
     /// Indices of the chunks of tensor `t` changed since the last [`Params::clear_dirty`].
     pub fn dirty_chunks(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
-        self.tensors[t]
-            .dirty
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| **d)
-            .map(|(c, _)| c)
+        self.tensors[t].dirty.iter().enumerate().filter(|(_, d)| **d).map(|(c, _)| c)
     }
 
     pub fn clear_dirty(&mut self) {
-        self.tensors
-            .iter_mut()
-            .for_each(|t| t.dirty.iter_mut().for_each(|d| *d = false));
+        self.tensors.iter_mut().for_each(|t| t.dirty.iter_mut().for_each(|d| *d = false));
     }
 
     pub fn mark_dirty(&mut self, t: usize, c: usize) {
@@ -282,10 +214,7 @@ impl Params {
         let want = r.len() * 4 * (1 + ts.slots.len());
         if blob.len() != want {
             let message = format!("stored chunk {c} has {} bytes, expected {want}", blob.len());
-            return Err(UpdateError::Shape {
-                tensor: ts.spec.name.to_string(),
-                message,
-            });
+            return Err(UpdateError::Shape { tensor: ts.spec.name.to_string(), message });
         }
         let mut parts = blob.chunks_exact(r.len() * 4);
         for v in std::iter::once(&mut ts.w).chain(ts.slots.iter_mut()) {
@@ -310,29 +239,16 @@ fn check_finite<G: Grad + ?Sized>(tensor: &str, g: &G) -> Result<(), UpdateError
     for i in 0..g.len() {
         let value = g.at(i);
         if !value.is_finite() {
-            return Err(UpdateError::NotFinite {
-                tensor: tensor.to_string(),
-                index: i,
-                value,
-            });
+            return Err(UpdateError::NotFinite { tensor: tensor.to_string(), index: i, value });
         }
     }
     Ok(())
 }
 
-fn apply_range<G: Grad + ?Sized>(
-    opt: &Optimizer,
-    ts: &mut TensorState,
-    start: usize,
-    g: &G,
-    step: u64,
-) {
+fn apply_range<G: Grad + ?Sized>(opt: &Optimizer, ts: &mut TensorState, start: usize, g: &G, step: u64) {
     let end = start + g.len();
     let w = &mut ts.w[start..end];
-    let (s0, rest) = ts
-        .slots
-        .split_first_mut()
-        .map_or((&mut [][..], &mut [][..]), |(a, r)| (&mut a[start..end], r));
+    let (s0, rest) = ts.slots.split_first_mut().map_or((&mut [][..], &mut [][..]), |(a, r)| (&mut a[start..end], r));
     let s1 = rest.first_mut().map_or(&mut [][..], |b| &mut b[start..end]);
     opt.apply(w, s0, s1, g, step);
 }
@@ -384,36 +300,18 @@ mod tests {
         p.encode_chunk(h, 2, &mut blob);
         let mut q = Params::zeros(&spec());
         q.decode_chunk(h, 2, &blob).unwrap();
-        assert_eq!(
-            q.tensors[h].w[40_000].to_bits(),
-            p.tensors[h].w[40_000].to_bits()
-        );
-        assert_eq!(
-            q.tensors[h].slots[1][40_000].to_bits(),
-            p.tensors[h].slots[1][40_000].to_bits()
-        );
+        assert_eq!(q.tensors[h].w[40_000].to_bits(), p.tensors[h].w[40_000].to_bits());
+        assert_eq!(q.tensors[h].slots[1][40_000].to_bits(), p.tensors[h].slots[1][40_000].to_bits());
         assert!(q.decode_chunk(h, 2, &blob[1..]).is_err());
     }
 
     #[test]
     fn bad_updates_are_refused_by_name() {
         let p = Params::init(&spec());
-        assert!(matches!(
-            p.check_dense("nope", 0, &[1.0f32][..]),
-            Err(UpdateError::NoTensor(_))
-        ));
-        assert!(matches!(
-            p.check_dense("w", 2, &[1.0f32, 1.0][..]),
-            Err(UpdateError::Shape { .. })
-        ));
-        assert!(matches!(
-            p.check_rows("h", &[1 << 16], &[1.0f32][..]),
-            Err(UpdateError::Shape { .. })
-        ));
-        assert!(matches!(
-            p.check_rows("h", &[1, 2], &[1.0f32][..]),
-            Err(UpdateError::Shape { .. })
-        ));
+        assert!(matches!(p.check_dense("nope", 0, &[1.0f32][..]), Err(UpdateError::NoTensor(_))));
+        assert!(matches!(p.check_dense("w", 2, &[1.0f32, 1.0][..]), Err(UpdateError::Shape { .. })));
+        assert!(matches!(p.check_rows("h", &[1 << 16], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
+        assert!(matches!(p.check_rows("h", &[1, 2], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
         let e = p.check_dense("w", 0, &[1.0f32, f32::NAN][..]).unwrap_err();
         assert!(e.to_string().contains("value 1"), "{e}");
     }

@@ -70,28 +70,14 @@ pub struct OptimizerSpec {
 
 impl OptimizerSpec {
     pub fn new(kind: OptimizerKind, lr: f32) -> Self {
-        OptimizerSpec {
-            kind,
-            lr,
-            momentum: 0.0,
-            beta1: 0.0,
-            beta2: 0.0,
-            eps: 0.0,
-            l1: 0.0,
-            l2: 0.0,
-        }
-        .with_defaults()
+        OptimizerSpec { kind, lr, momentum: 0.0, beta1: 0.0, beta2: 0.0, eps: 0.0, l1: 0.0, l2: 0.0 }.with_defaults()
     }
 
     /// Fills unset (zero) hyper-parameters with the usual defaults: lr 0.01 (FTRL alpha
     /// 0.1), momentum 0.9, Adam betas 0.9/0.999, eps 1e-8 (AdaGrad 1e-6), FTRL beta 1.
     pub fn with_defaults(mut self) -> Self {
         if self.lr == 0.0 {
-            self.lr = if self.kind == OptimizerKind::Ftrl {
-                0.1
-            } else {
-                0.01
-            };
+            self.lr = if self.kind == OptimizerKind::Ftrl { 0.1 } else { 0.01 };
         }
         if self.momentum == 0.0 && self.kind == OptimizerKind::Momentum {
             self.momentum = 0.9;
@@ -121,30 +107,21 @@ impl OptimizerSpec {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(SpecError::field(
-                    field,
-                    format!("must be a finite number > 0, got {v}"),
-                ))
+                Err(SpecError::field(field, format!("must be a finite number > 0, got {v}")))
             }
         };
         let non_neg = |field: &'static str, v: f32| {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(SpecError::field(
-                    field,
-                    format!("must be a finite number >= 0, got {v}"),
-                ))
+                Err(SpecError::field(field, format!("must be a finite number >= 0, got {v}")))
             }
         };
         let unit = |field: &'static str, v: f32| {
             if (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(SpecError::field(
-                    field,
-                    format!("must be in [0, 1), got {v}"),
-                ))
+                Err(SpecError::field(field, format!("must be in [0, 1), got {v}")))
             }
         };
         pos("optimizer.lr", self.lr)?;
@@ -206,10 +183,7 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn field(field: &'static str, message: impl Into<String>) -> Self {
-        SpecError {
-            field,
-            message: message.into(),
-        }
+        SpecError { field, message: message.into() }
     }
 }
 
@@ -239,10 +213,7 @@ impl ModelSpec {
         self.validate_shape()?;
         self.optimizer.validate()?;
         if !(0.0..1.0).contains(&self.ema_decay) {
-            return Err(SpecError::field(
-                "ema_decay",
-                format!("must be in [0, 1), got {}", self.ema_decay),
-            ));
+            return Err(SpecError::field("ema_decay", format!("must be in [0, 1), got {}", self.ema_decay)));
         }
         if !(self.init.scale.is_finite() && self.init.scale >= 0.0) {
             return Err(SpecError::field(
@@ -251,10 +222,7 @@ impl ModelSpec {
             ));
         }
         if !(self.commit.every_secs.is_finite() && self.commit.every_secs >= 0.0) {
-            return Err(SpecError::field(
-                "commit.every_secs",
-                format!("must be >= 0, got {}", self.commit.every_secs),
-            ));
+            return Err(SpecError::field("commit.every_secs", format!("must be >= 0, got {}", self.commit.every_secs)));
         }
         let params: u64 = crate::layout(self).iter().map(|t| t.len()).sum();
         if params > MAX_PARAMETERS {
@@ -277,25 +245,16 @@ impl ModelSpec {
             if ok {
                 Ok(())
             } else {
-                Err(SpecError::field(
-                    field,
-                    format!("{what} for kind {}", self.kind.as_str()),
-                ))
+                Err(SpecError::field(field, format!("{what} for kind {}", self.kind.as_str())))
             }
         };
         match self.kind {
-            ModelKind::Linear | ModelKind::Logistic => need(
-                self.features > 0 || self.hash_bits > 0,
-                "features",
-                "features > 0 or hash_bits > 0 is required",
-            ),
+            ModelKind::Linear | ModelKind::Logistic => {
+                need(self.features > 0 || self.hash_bits > 0, "features", "features > 0 or hash_bits > 0 is required")
+            }
             ModelKind::Softmax => {
                 need(self.classes >= 2, "classes", "classes >= 2 is required")?;
-                need(
-                    self.features > 0 || self.hash_bits > 0,
-                    "features",
-                    "features > 0 or hash_bits > 0 is required",
-                )
+                need(self.features > 0 || self.hash_bits > 0, "features", "features > 0 or hash_bits > 0 is required")
             }
             ModelKind::Fm => {
                 need(self.hash_bits > 0, "hash_bits", "hash_bits > 0 is required")?;
@@ -323,16 +282,11 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
-        Err(SpecError::field(
-            "name",
-            format!("{name:?} is not a valid model name (1-64 of A-Z a-z 0-9 _ . -)"),
-        ))
+        Err(SpecError::field("name", format!("{name:?} is not a valid model name (1-64 of A-Z a-z 0-9 _ . -)")))
     }
 }
 

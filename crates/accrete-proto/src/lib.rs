@@ -8,8 +8,7 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of the accrete protos, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/accrete_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/accrete_descriptor.bin"));
 
 /// Appends `values` as little-endian f32 bytes.
 pub fn put_f32s(out: &mut Vec<u8>, values: &[f32]) {
@@ -33,11 +32,7 @@ pub fn bytes_to_f32s_into(bytes: &[u8], out: &mut Vec<f32>) -> Option<()> {
         return None;
     }
     out.clear();
-    out.extend(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-    );
+    out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
     Some(())
 }
 
@@ -51,7 +46,5 @@ pub fn bytes_to_f32s(bytes: &[u8]) -> Option<Vec<f32>> {
 /// Iterates the f32 values of a little-endian byte field (trailing bytes ignored; callers
 /// validate the length first).
 pub fn iter_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
 }

@@ -1,0 +1,106 @@
+//! Store tests on a real sled database in a temp dir.
+use super::*;
+use accrete_core::{ModelKind, ModelSpec};
+
+fn spec() -> ModelSpec {
+    let mut s = ModelSpec::new("m", ModelKind::Linear);
+    s.features = 40_000; // 3 chunks
+    s.init.seed = 3;
+    s
+}
+
+fn version(v: u64, parent: Option<u64>) -> VersionRecord {
+    VersionRecord { version: v, parent, reason: "commit".into(), lineage_epoch: 1, ..Default::default() }
+}
+
+fn all_chunks(p: &Params) -> Vec<ChunkWrite> {
+    let mut out = Vec::new();
+    for t in 0..p.tensors.len() {
+        for c in 0..p.tensors[t].chunks() {
+            let mut b = Vec::new();
+            p.encode_chunk(t, c, &mut b);
+            out.push((t as u32, c as u32, b));
+        }
+    }
+    out
+}
+
+#[test]
+fn versions_survive_reopen_bitwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0 }).unwrap();
+        s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.models().unwrap().len(), 1);
+    let m = s.manifest(1, 1, "m").unwrap().unwrap();
+    let mut q = Params::zeros(&spec());
+    s.load_params(1, "m", &m, &mut q).unwrap();
+    let bits = |p: &Params| p.tensors[0].w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&p), bits(&q));
+}
+
+#[test]
+fn a_foreign_or_damaged_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    assert!(matches!(Store::open(dir.path(), 1 << 20), Err(StoreError::NotOurs(_))));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(MARKER), "something else").unwrap();
+    assert!(matches!(Store::open(dir.path(), 1 << 20), Err(StoreError::Damaged { .. })));
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), 1 << 20).unwrap());
+    let conf = dir.path().join("db").join("conf");
+    std::fs::write(&conf, b"garbage garbage garbage").unwrap();
+    let err = Store::open(dir.path(), 1 << 20).unwrap_err();
+    assert!(err.to_string().contains("data dir"), "{err}");
+}
+
+#[test]
+fn leftovers_of_a_crashed_commit_are_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0 }).unwrap();
+        s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
+        // chunks of version 2 written, but its record never landed
+        let mut b = sled::Batch::default();
+        b.insert(&chunk_key(2, 0, 0), &b"x"[..]);
+        s.tree(1, 'c').unwrap().apply_batch(b).unwrap();
+        s.flush().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.tree(1, 'c').unwrap().get(chunk_key(2, 0, 0)).unwrap().is_none());
+    assert!(s.tree(1, 'c').unwrap().get(chunk_key(1, 0, 0)).unwrap().is_some());
+}
+
+#[test]
+fn dropping_versions_frees_only_unreferenced_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let p = Params::init(&spec());
+    let m1 = Manifest::full(&p, 1);
+    s.write_version(1, &version(1, None), &m1, &all_chunks(&p)).unwrap();
+    // version 2 rewrites chunk 0 of tensor 0 only
+    let mut m2 = m1.clone();
+    m2.tensors[0][0] = 2;
+    s.write_version(1, &version(2, Some(1)), &m2, &all_chunks(&p)[..1]).unwrap();
+    let freed = s.drop_versions(1, "m", &[1], &[2]).unwrap();
+    assert_eq!(freed, 1, "only chunk (0,0) of version 1 is unreferenced");
+    assert_eq!(s.versions(1).unwrap().iter().map(|v| v.version).collect::<Vec<_>>(), vec![2]);
+    let mut q = Params::zeros(&spec());
+    s.load_params(1, "m", &m2, &mut q).unwrap();
+}
+
+#[test]
+fn manifest_encoding_roundtrips_and_rejects_truncation() {
+    let m = Manifest { tensors: vec![vec![1, 2, 3], vec![], vec![9]] };
+    let b = m.encode();
+    assert_eq!(Manifest::decode(&b), Some(m));
+    assert_eq!(Manifest::decode(&b[..b.len() - 1]), None);
+    assert_eq!(Manifest::decode(&[]), None);
+}
