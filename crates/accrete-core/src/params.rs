@@ -114,40 +114,6 @@ impl Params {
         self.tensors.iter().map(|t| t.w.len() as u64).sum()
     }
 
-    /// Checks a dense update of `n` floats at `offset` of `tensor`; returns the tensor index.
-    pub fn check_dense<G: Grad + ?Sized>(&self, tensor: &str, offset: u64, g: &G) -> Result<usize, UpdateError> {
-        let t = self.tensor_index(tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
-        let len = self.tensors[t].w.len() as u64;
-        let end = offset.checked_add(g.len() as u64);
-        if end.is_none_or(|e| e > len) {
-            let message = format!("range {offset}..{offset}+{} is outside its {len} floats", g.len());
-            return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
-        }
-        check_finite(tensor, g)?;
-        Ok(t)
-    }
-
-    /// Checks a sparse update of `keys` rows; `g` holds `cols` floats per key.
-    pub fn check_rows<G: Grad + ?Sized>(&self, tensor: &str, keys: &[u64], g: &G) -> Result<usize, UpdateError> {
-        let t = self.tensor_index(tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
-        let spec = &self.tensors[t].spec;
-        let shape = |message: String| UpdateError::Shape { tensor: tensor.to_string(), message };
-        if keys.len() * spec.cols as usize != g.len() {
-            return Err(shape(format!(
-                "{} keys of {} floats need {} values, got {}",
-                keys.len(),
-                spec.cols,
-                keys.len() * spec.cols as usize,
-                g.len()
-            )));
-        }
-        if let Some(k) = keys.iter().find(|k| **k >= spec.rows) {
-            return Err(shape(format!("key {k} is out of range (rows 0..{})", spec.rows)));
-        }
-        check_finite(tensor, g)?;
-        Ok(t)
-    }
-
     /// Counts one applied update (call once per push, before its `apply_*` calls).
     pub fn begin_update(&mut self) -> u64 {
         self.steps += 1;
@@ -235,6 +201,45 @@ impl Params {
     }
 }
 
+/// Index of the tensor named `name` in a layout.
+pub fn tensor_index(layout: &[TensorSpec], name: &str) -> Option<usize> {
+    layout.iter().position(|t| t.name == name)
+}
+
+/// Checks a dense update against a layout of `n` floats at `offset` of `tensor`; returns the tensor index.
+pub fn check_dense<G: Grad + ?Sized>(layout: &[TensorSpec], tensor: &str, offset: u64, g: &G) -> Result<usize, UpdateError> {
+    let t = tensor_index(layout, tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
+    let len = layout[t].len();
+    let end = offset.checked_add(g.len() as u64);
+    if end.is_none_or(|e| e > len) {
+        let message = format!("range {offset}..{offset}+{} is outside its {len} floats", g.len());
+        return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
+    }
+    check_finite(tensor, g)?;
+    Ok(t)
+}
+
+/// Checks a sparse update of `keys` rows; `g` holds `cols` floats per key.
+pub fn check_rows<G: Grad + ?Sized>(layout: &[TensorSpec], tensor: &str, keys: &[u64], g: &G) -> Result<usize, UpdateError> {
+    let t = tensor_index(layout, tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
+    let spec = &layout[t];
+    let shape = |message: String| UpdateError::Shape { tensor: tensor.to_string(), message };
+    if keys.len() * spec.cols as usize != g.len() {
+        return Err(shape(format!(
+            "{} keys of {} floats need {} values, got {}",
+            keys.len(),
+            spec.cols,
+            keys.len() * spec.cols as usize,
+            g.len()
+        )));
+    }
+    if let Some(k) = keys.iter().find(|k| **k >= spec.rows) {
+        return Err(shape(format!("key {k} is out of range (rows 0..{})", spec.rows)));
+    }
+    check_finite(tensor, g)?;
+    Ok(t)
+}
+
 fn check_finite<G: Grad + ?Sized>(tensor: &str, g: &G) -> Result<(), UpdateError> {
     for i in 0..g.len() {
         let value = g.at(i);
@@ -264,6 +269,7 @@ fn ema_range(ts: &mut TensorState, e: usize, start: usize, end: usize, decay: f3
 mod tests {
     use super::*;
     use crate::spec::{ModelKind, OptimizerKind, OptimizerSpec};
+    use crate::layout::layout;
 
     fn spec() -> ModelSpec {
         let mut s = ModelSpec::new("m", ModelKind::Logistic);
@@ -293,7 +299,7 @@ mod tests {
         let h = p.tensor_index("h").unwrap();
         p.begin_update();
         let keys = [5u64, 40_000];
-        p.check_rows("h", &keys, &[0.5f32, -0.25][..]).unwrap();
+        check_rows(&layout(&spec()), "h", &keys, &[0.5f32, -0.25][..]).unwrap();
         p.apply_rows(h, &keys, &[0.5f32, -0.25][..]);
         assert_eq!(p.dirty_chunks(h).collect::<Vec<_>>(), vec![0, 2]);
         let mut blob = Vec::new();
@@ -307,12 +313,12 @@ mod tests {
 
     #[test]
     fn bad_updates_are_refused_by_name() {
-        let p = Params::init(&spec());
-        assert!(matches!(p.check_dense("nope", 0, &[1.0f32][..]), Err(UpdateError::NoTensor(_))));
-        assert!(matches!(p.check_dense("w", 2, &[1.0f32, 1.0][..]), Err(UpdateError::Shape { .. })));
-        assert!(matches!(p.check_rows("h", &[1 << 16], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
-        assert!(matches!(p.check_rows("h", &[1, 2], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
-        let e = p.check_dense("w", 0, &[1.0f32, f32::NAN][..]).unwrap_err();
+        let l = layout(&spec());
+        assert!(matches!(check_dense(&l, "nope", 0, &[1.0f32][..]), Err(UpdateError::NoTensor(_))));
+        assert!(matches!(check_dense(&l, "w", 2, &[1.0f32, 1.0][..]), Err(UpdateError::Shape { .. })));
+        assert!(matches!(check_rows(&layout(&spec()), "h", &[1 << 16], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
+        assert!(matches!(check_rows(&layout(&spec()), "h", &[1, 2], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
+        let e = check_dense(&l, "w", 0, &[1.0f32, f32::NAN][..]).unwrap_err();
         assert!(e.to_string().contains("value 1"), "{e}");
     }
 }

@@ -1,1 +1,118 @@
-//! placeholder
+//! The accrete parameter server: holds models, applies pushed gradients with their
+//! server-side optimizers, commits immutable versions to sled, rolls back, imports and
+//! exports, and streams version events.
+//!
+//! Entry point: [`run`] takes a bound listener and a shutdown future, in the manner of
+//! mini-redis, so tests bind `127.0.0.1:0` and hand the listener in.
+
+pub mod convert;
+pub mod error;
+pub mod model;
+pub mod registry;
+pub mod service;
+
+use accrete_proto::v1::models_server::ModelsServer;
+use accrete_proto::v1::parameters_server::ParametersServer;
+use accrete_store::Store;
+use registry::Registry;
+use service::Service;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// What the server needs to start. Built by the binary from flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// The largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        ServerConfig { data_dir: data_dir.into(), max_message_bytes: 64 << 20, cache_bytes: 64 << 20 }
+    }
+
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.max_message_bytes < 1024 {
+            return Err(ServerError::Config(format!("max message bytes {} is below 1024", self.max_message_bytes)));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] accrete_store::StoreError),
+    #[error("cannot load models: {0}")]
+    Load(#[from] error::ServiceError),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` resolves: then stops accepting, lets in-flight calls finish,
+/// and flushes the store.
+pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+    config.validate()?;
+    let (dir, cache) = (config.data_dir.clone(), config.cache_bytes);
+    let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> { Ok(Registry::open(Store::open(&dir, cache)?)?) })
+        .await
+        .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
+    let reg = Arc::new(reg);
+    let ticker = tokio::spawn(commit_ticker(reg.clone()));
+    let limit = config.max_message_bytes;
+    // The transport admits up to 4x the limit so the handlers can refuse oversize messages
+    // with RESOURCE_EXHAUSTED and a message naming the limit.
+    let transport_limit = limit.saturating_mul(4);
+    let svc = Service::new(reg.clone(), limit);
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<ModelsServer<Service>>().await;
+    health.set_serving::<ParametersServer<Service>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(accrete_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err = |e: tonic_reflection::server::Error| ServerError::Config(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
+    tracing::info!(addr = ?listener.local_addr().ok(), dir = %config.data_dir.display(), "serving");
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ModelsServer::new(svc.clone()).max_decoding_message_size(transport_limit).max_encoding_message_size(transport_limit))
+        .add_service(ParametersServer::new(svc).max_decoding_message_size(transport_limit).max_encoding_message_size(transport_limit))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    ticker.abort();
+    let store = reg.store().clone();
+    tokio::task::spawn_blocking(move || store.flush()).await.map_err(|e| ServerError::Config(format!("flush task: {e}")))??;
+    tracing::info!("stopped");
+    Ok(result?)
+}
+
+/// Runs the time-based commit policy: a model with updates older than its `every_secs`
+/// gets a commit.
+async fn commit_ticker(reg: Arc<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        for h in reg.list() {
+            if h.commit_due_by_time() && h.try_schedule_commit() {
+                service::spawn_policy_commit(h);
+            }
+        }
+    }
+}

@@ -38,6 +38,8 @@ pub struct VersionRecord {
     pub workers: Vec<WorkerProgress>,
     pub metrics: BTreeMap<String, f64>,
     pub chunks_written: u64,
+    /// The optimizer's step count in this content (Adam's bias correction).
+    pub steps: u64,
 }
 
 pub fn now_unix_ms() -> i64 {

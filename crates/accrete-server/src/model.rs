@@ -1,0 +1,520 @@
+//! One model held by the server: its live parameters (behind a mutex held only for the
+//! CPU work of an update, never across `.await`), the head version and its manifest
+//! (behind a second mutex that serialises commits, rollbacks and imports), and the paths
+//! that turn live state into versions and versions back into live state.
+//!
+//! Lock order: `head` before `live`. Pushes take only `live`.
+use crate::error::{Result, ServiceError};
+use accrete_core::layout::{layout, TensorSpec};
+use accrete_core::optim::LeBytes;
+use accrete_core::params::{check_dense, check_rows, chunks_of};
+use accrete_core::{ModelSpec, Params};
+use accrete_store::{now_unix_ms, ChunkWrite, Manifest, ModelRecord, Store, VersionRecord, WorkerProgress};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::broadcast;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    RolledBack,
+    Tagged,
+    Imported,
+    Scored,
+    Deleted,
+}
+
+/// A change to a model's history, broadcast to `WatchVersions` subscribers.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: EventKind,
+    pub model: String,
+    pub version: VersionRecord,
+}
+
+/// One gradient of a push: a dense range (`keys` empty) or sparse rows.
+#[derive(Debug, Clone, Copy)]
+pub struct Grad<'a> {
+    pub tensor: &'a str,
+    pub offset: u64,
+    pub keys: &'a [u64],
+    pub values: &'a [u8],
+}
+
+/// What a push says about its origin.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushMeta<'a> {
+    pub worker_id: &'a str,
+    pub shard: &'a str,
+    pub offset: u64,
+    pub clock: u64,
+    pub rows: u64,
+    pub loss_sum: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ack {
+    pub epoch: u64,
+    pub head: u64,
+    pub updates: u64,
+    /// The commit policy asks for a commit now.
+    pub commit_due: bool,
+}
+
+struct Live {
+    params: Params,
+    epoch: u64,
+    head: u64,
+    updates: u64,
+    since_commit: u64,
+    workers: BTreeMap<String, WorkerProgress>,
+    last_commit: Instant,
+}
+
+impl Live {
+    /// Replaces the parameters with a version's content (rollback, import).
+    fn reset(&mut self, mut params: Params, epoch: u64, head: u64) {
+        params.clear_dirty();
+        self.params = params;
+        self.epoch = epoch;
+        self.head = head;
+        self.since_commit = 0;
+        self.last_commit = Instant::now();
+    }
+}
+
+struct Head {
+    record: VersionRecord,
+    manifest: Manifest,
+}
+
+pub struct ModelHandle {
+    pub record: ModelRecord,
+    pub layout: Vec<TensorSpec>,
+    store: Store,
+    events: broadcast::Sender<Event>,
+    head: Mutex<Head>,
+    live: Mutex<Live>,
+    commit_pending: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data (updates are per value), so
+    // poisoning is not a reason to stop serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A snapshot of a model's counters for `ModelInfo`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub head: u64,
+    pub epoch: u64,
+    pub updates: u64,
+    pub since_commit: u64,
+}
+
+impl ModelHandle {
+    /// Creates a new model: initial parameters committed as version 1.
+    pub fn create(store: Store, events: broadcast::Sender<Event>, spec: ModelSpec) -> Result<ModelHandle> {
+        spec.validate()?;
+        let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms() };
+        let params = Params::init(&record.spec);
+        let version = VersionRecord {
+            version: 1,
+            created_unix_ms: now_unix_ms(),
+            reason: "create".into(),
+            lineage_epoch: 1,
+            ..Default::default()
+        };
+        let chunks = all_chunks(&params);
+        let manifest = Manifest::full(&params, 1);
+        let version = VersionRecord { chunks_written: chunks.len() as u64, ..version };
+        store.write_version(record.id, &version, &manifest, &chunks)?;
+        store.put_model(&record)?;
+        let handle = ModelHandle::assemble(store, events, record, version.clone(), manifest, params);
+        handle.emit(EventKind::Created, version);
+        Ok(handle)
+    }
+
+    /// Loads a model's head version from the store (server start).
+    pub fn load(store: Store, events: broadcast::Sender<Event>, record: ModelRecord) -> Result<ModelHandle> {
+        let name = record.spec.name.clone();
+        let head = store.versions(record.id)?.pop().ok_or_else(|| ServiceError::Internal(format!("model {name:?} has no versions")))?;
+        let manifest = store
+            .manifest(record.id, head.version, &name)?
+            .ok_or_else(|| ServiceError::Internal(format!("model {name:?}: manifest of version {} is missing", head.version)))?;
+        let mut params = Params::zeros(&record.spec);
+        store.load_params(record.id, &name, &manifest, &mut params)?;
+        params.steps = head.steps;
+        Ok(ModelHandle::assemble(store, events, record, head, manifest, params))
+    }
+
+    fn assemble(
+        store: Store,
+        events: broadcast::Sender<Event>,
+        record: ModelRecord,
+        head: VersionRecord,
+        manifest: Manifest,
+        mut params: Params,
+    ) -> ModelHandle {
+        params.clear_dirty();
+        let live = Live {
+            params,
+            epoch: head.lineage_epoch,
+            head: head.version,
+            updates: head.updates,
+            since_commit: 0,
+            workers: head.workers.iter().map(|w| (w.worker_id.clone(), w.clone())).collect(),
+            last_commit: Instant::now(),
+        };
+        ModelHandle {
+            layout: layout(&record.spec),
+            record,
+            store,
+            events,
+            head: Mutex::new(Head { record: head, manifest }),
+            live: Mutex::new(live),
+            commit_pending: AtomicBool::new(false),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.record.spec
+    }
+
+    pub fn status(&self) -> Status {
+        let l = lock(&self.live);
+        Status { head: l.head, epoch: l.epoch, updates: l.updates, since_commit: l.since_commit }
+    }
+
+    fn emit(&self, kind: EventKind, version: VersionRecord) {
+        // No subscribers is fine.
+        let _ = self.events.send(Event { kind, model: self.name().to_string(), version });
+    }
+
+    fn update_err(&self, source: accrete_core::params::UpdateError) -> ServiceError {
+        ServiceError::Update { model: self.name().to_string(), source }
+    }
+
+    /// Validates every gradient of a push against the layout (before any lock), then
+    /// applies them all under the live lock: a refused push changes nothing.
+    pub fn push(&self, epoch: u64, grads: &[Grad<'_>], meta: &PushMeta<'_>) -> Result<Ack> {
+        for g in grads {
+            if g.values.len() % 4 != 0 {
+                return Err(ServiceError::Invalid(format!(
+                    "model {:?}: tensor {:?}: values have {} bytes, not a multiple of 4 (little-endian f32)",
+                    self.name(),
+                    g.tensor,
+                    g.values.len()
+                )));
+            }
+            let v = LeBytes(g.values);
+            let checked = if g.keys.is_empty() {
+                check_dense(&self.layout, g.tensor, g.offset, &v)
+            } else {
+                check_rows(&self.layout, g.tensor, g.keys, &v)
+            };
+            checked.map_err(|e| self.update_err(e))?;
+        }
+        let mut live = lock(&self.live);
+        if epoch != 0 && epoch != live.epoch {
+            return Err(ServiceError::StaleLineage { model: self.name().to_string(), pushed: epoch, current: live.epoch });
+        }
+        live.params.begin_update();
+        for g in grads {
+            let t = self.layout.iter().position(|t| t.name == g.tensor).unwrap_or_default();
+            if g.keys.is_empty() {
+                live.params.apply_dense(t, g.offset as usize, &LeBytes(g.values));
+            } else {
+                live.params.apply_rows(t, g.keys, &LeBytes(g.values));
+            }
+        }
+        live.updates += 1;
+        live.since_commit += 1;
+        if !meta.worker_id.is_empty() {
+            record_progress(&mut live.workers, meta);
+        }
+        let every = self.record.spec.commit.every_updates;
+        Ok(Ack { epoch: live.epoch, head: live.head, updates: live.updates, commit_due: every > 0 && live.since_commit >= every })
+    }
+
+    /// True when the time-based commit policy asks for a commit.
+    pub fn commit_due_by_time(&self) -> bool {
+        let secs = self.record.spec.commit.every_secs;
+        let l = lock(&self.live);
+        secs > 0.0 && l.since_commit > 0 && l.last_commit.elapsed().as_secs_f64() >= secs
+    }
+
+    /// Marks a policy commit as scheduled; false when one is already pending.
+    pub fn try_schedule_commit(&self) -> bool {
+        !self.commit_pending.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn commit_finished(&self) {
+        self.commit_pending.store(false, Ordering::Release);
+    }
+
+    /// Reads live weights (or their EMA) through `f`, under the live lock.
+    pub fn with_live<R>(&self, f: impl FnOnce(&Params, u64, u64, u64) -> R) -> R {
+        let l = lock(&self.live);
+        f(&l.params, l.head, l.epoch, l.updates)
+    }
+
+    /// Commits the live state as a new version when anything changed since the head.
+    /// Blocking (sled writes and a flush): call from a blocking thread.
+    pub fn commit(&self, reason: &str) -> Result<(VersionRecord, bool)> {
+        let mut head = lock(&self.head);
+        let (rec, manifest, chunks) = {
+            let mut live = lock(&self.live);
+            if live.since_commit == 0 {
+                return Ok((head.record.clone(), false));
+            }
+            let version = head.record.version + 1;
+            let mut manifest = head.manifest.clone();
+            let mut chunks = Vec::new();
+            for t in 0..live.params.tensors.len() {
+                for c in live.params.dirty_chunks(t) {
+                    let mut blob = Vec::new();
+                    live.params.encode_chunk(t, c, &mut blob);
+                    manifest.tensors[t][c] = version;
+                    chunks.push((t as u32, c as u32, blob));
+                }
+            }
+            let rec = VersionRecord {
+                version,
+                parent: Some(head.record.version),
+                created_unix_ms: now_unix_ms(),
+                updates: live.updates,
+                updates_since_parent: live.since_commit,
+                reason: reason.to_string(),
+                lineage_epoch: live.epoch,
+                workers: live.workers.values().cloned().collect(),
+                chunks_written: chunks.len() as u64,
+                steps: live.params.steps,
+                ..Default::default()
+            };
+            live.params.clear_dirty();
+            live.since_commit = 0;
+            live.last_commit = Instant::now();
+            (rec, manifest, chunks)
+        };
+        if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &chunks) {
+            let mut live = lock(&self.live);
+            chunks.iter().for_each(|(t, c, _)| live.params.mark_dirty(*t as usize, *c as usize));
+            live.since_commit += rec.updates_since_parent;
+            return Err(e.into());
+        }
+        lock(&self.live).head = rec.version;
+        *head = Head { record: rec.clone(), manifest };
+        self.retain(&head)?;
+        self.emit(EventKind::Created, rec.clone());
+        Ok((rec, true))
+    }
+
+    /// Makes a new head version holding `to`'s content, reloads the live state from it and
+    /// starts a new lineage epoch. Writes a manifest and a record, no parameters.
+    pub fn rollback(&self, to: u64, why: &str) -> Result<VersionRecord> {
+        let mut head = lock(&self.head);
+        let target = self.version(to)?;
+        let manifest = self.manifest_of(to)?;
+        let params = self.load_content(&manifest, target.steps)?;
+        let mut live = lock(&self.live);
+        let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
+        let rec = VersionRecord {
+            version: head.record.version + 1,
+            parent: Some(head.record.version),
+            created_unix_ms: now_unix_ms(),
+            updates: live.updates,
+            reason,
+            lineage_epoch: live.epoch + 1,
+            content_of: if target.content_of != 0 { target.content_of } else { to },
+            // Offsets say how much of each shard was consumed; rolling the parameters back
+            // does not un-read the data, so workers keep their positions.
+            workers: live.workers.values().cloned().collect(),
+            steps: target.steps,
+            ..Default::default()
+        };
+        self.store.write_version(self.record.id, &rec, &manifest, &[])?;
+        live.reset(params, rec.lineage_epoch, rec.version);
+        drop(live);
+        *head = Head { record: rec.clone(), manifest };
+        self.retain(&head)?;
+        self.emit(EventKind::RolledBack, rec.clone());
+        Ok(rec)
+    }
+
+    /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
+    pub fn import(&self, params: Params, source: &str) -> Result<VersionRecord> {
+        let mut head = lock(&self.head);
+        let version = head.record.version + 1;
+        let chunks = all_chunks(&params);
+        let manifest = Manifest::full(&params, version);
+        let mut live = lock(&self.live);
+        let rec = VersionRecord {
+            version,
+            parent: Some(head.record.version),
+            created_unix_ms: now_unix_ms(),
+            updates: live.updates,
+            reason: if source.is_empty() { "import".into() } else { format!("import from {source}") },
+            lineage_epoch: live.epoch + 1,
+            workers: live.workers.values().cloned().collect(),
+            chunks_written: chunks.len() as u64,
+            steps: params.steps,
+            ..Default::default()
+        };
+        self.store.write_version(self.record.id, &rec, &manifest, &chunks)?;
+        live.reset(params, rec.lineage_epoch, version);
+        drop(live);
+        *head = Head { record: rec.clone(), manifest };
+        self.retain(&head)?;
+        self.emit(EventKind::Imported, rec.clone());
+        Ok(rec)
+    }
+
+    /// Zeroed parameters in this model's layout (for imports to fill).
+    pub fn empty_params(&self) -> Params {
+        Params::zeros(&self.record.spec)
+    }
+
+    pub fn versions(&self) -> Result<Vec<VersionRecord>> {
+        Ok(self.store.versions(self.record.id)?)
+    }
+
+    /// One retained version's record, or NOT_FOUND naming it.
+    pub fn version(&self, v: u64) -> Result<VersionRecord> {
+        let all = self.versions()?;
+        match all.iter().find(|r| r.version == v) {
+            Some(r) => Ok(r.clone()),
+            None => Err(ServiceError::VersionNotFound { model: self.name().to_string(), version: v, retained: summarize(&all) }),
+        }
+    }
+
+    pub fn head_version(&self) -> u64 {
+        lock(&self.head).record.version
+    }
+
+    fn manifest_of(&self, v: u64) -> Result<Manifest> {
+        self.store.manifest(self.record.id, v, self.name())?.ok_or_else(|| ServiceError::VersionNotFound {
+            model: self.name().to_string(),
+            version: v,
+            retained: String::new(),
+        })
+    }
+
+    fn load_content(&self, manifest: &Manifest, steps: u64) -> Result<Params> {
+        let mut params = Params::zeros(&self.record.spec);
+        self.store.load_params(self.record.id, self.name(), manifest, &mut params)?;
+        params.steps = steps;
+        Ok(params)
+    }
+
+    /// The exact parameters of a retained version, loaded from the store.
+    pub fn load_version(&self, v: u64) -> Result<(VersionRecord, Params)> {
+        let rec = self.version(v)?;
+        let params = self.load_content(&self.manifest_of(v)?, rec.steps)?;
+        Ok((rec, params))
+    }
+
+    /// Adds a label to a version; labels are unique within a model. Tagged versions are
+    /// never dropped by retention.
+    pub fn tag(&self, v: u64, label: &str) -> Result<VersionRecord> {
+        if label.is_empty() || label.len() > 64 || label.chars().any(char::is_whitespace) {
+            return Err(ServiceError::Invalid(format!("tag label {label:?} must be 1-64 characters without spaces")));
+        }
+        let _head = lock(&self.head);
+        if let Some(other) = self.versions()?.iter().find(|r| r.tags.iter().any(|t| t == label)) {
+            if other.version == v {
+                return Ok(other.clone());
+            }
+            return Err(ServiceError::TagExists { model: self.name().to_string(), label: label.into(), version: other.version });
+        }
+        let mut rec = self.version(v)?;
+        rec.tags.push(label.to_string());
+        self.store.update_version(self.record.id, &rec)?;
+        self.emit(EventKind::Tagged, rec.clone());
+        Ok(rec)
+    }
+
+    /// Stores evaluator metrics with a version (merged with earlier ones).
+    pub fn report_metrics(&self, v: u64, metrics: &BTreeMap<String, f64>) -> Result<VersionRecord> {
+        if let Some((k, x)) = metrics.iter().find(|(k, x)| k.is_empty() || !x.is_finite()) {
+            return Err(ServiceError::Invalid(format!("metric {k:?} = {x} is not a finite number with a name")));
+        }
+        let _head = lock(&self.head);
+        let mut rec = self.version(v)?;
+        rec.metrics.extend(metrics.iter().map(|(k, x)| (k.clone(), *x)));
+        self.store.update_version(self.record.id, &rec)?;
+        self.emit(EventKind::Scored, rec.clone());
+        Ok(rec)
+    }
+
+    /// Applies `--keep-last`: drops the oldest untagged versions beyond the newest K (the
+    /// head is always kept), and the chunks only they referenced.
+    fn retain(&self, head: &Head) -> Result<()> {
+        let keep_last = self.record.spec.commit.keep_last as usize;
+        if keep_last == 0 {
+            return Ok(());
+        }
+        let all = self.versions()?;
+        if all.len() <= keep_last {
+            return Ok(());
+        }
+        let cut = all.len() - keep_last;
+        let (drop, keep): (Vec<_>, Vec<_>) =
+            all.iter().enumerate().partition(|(i, r)| *i < cut && r.tags.is_empty() && r.version != head.record.version);
+        let drop: Vec<u64> = drop.iter().map(|(_, r)| r.version).collect();
+        let keep: Vec<u64> = keep.iter().map(|(_, r)| r.version).collect();
+        let freed = self.store.drop_versions(self.record.id, self.name(), &drop, &keep)?;
+        tracing::debug!(model = %self.name(), dropped = drop.len(), freed, "retention");
+        Ok(())
+    }
+
+    pub fn delete(&self) -> Result<u64> {
+        let head = lock(&self.head);
+        let n = self.store.delete_model(&self.record)?;
+        self.emit(EventKind::Deleted, head.record.clone());
+        Ok(n)
+    }
+}
+
+fn record_progress(workers: &mut BTreeMap<String, WorkerProgress>, m: &PushMeta<'_>) {
+    if !workers.contains_key(m.worker_id) {
+        workers.insert(m.worker_id.to_string(), WorkerProgress { worker_id: m.worker_id.to_string(), ..Default::default() });
+    }
+    if let Some(w) = workers.get_mut(m.worker_id) {
+        if w.shard != m.shard {
+            w.shard = m.shard.to_string();
+        }
+        w.offset = m.offset;
+        w.clock = m.clock;
+        w.rows += m.rows;
+        w.pushes += 1;
+        w.loss_sum += m.loss_sum;
+    }
+}
+
+fn all_chunks(params: &Params) -> Vec<ChunkWrite> {
+    let mut out = Vec::new();
+    for (t, ts) in params.tensors.iter().enumerate() {
+        for c in 0..chunks_of(ts.w.len()) {
+            let mut blob = Vec::new();
+            params.encode_chunk(t, c, &mut blob);
+            out.push((t as u32, c as u32, blob));
+        }
+    }
+    out
+}
+
+fn summarize(all: &[VersionRecord]) -> String {
+    match (all.first(), all.last()) {
+        (Some(a), Some(b)) if all.len() > 1 => format!("{} versions, {}..={}", all.len(), a.version, b.version),
+        (Some(a), _) => format!("only {}", a.version),
+        _ => "none".into(),
+    }
+}

@@ -1,0 +1,73 @@
+//! The models a server holds, by name, and the event bus of their version history.
+use crate::error::{Result, ServiceError};
+use crate::model::{Event, ModelHandle};
+use accrete_core::ModelSpec;
+use accrete_store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::broadcast;
+
+pub struct Registry {
+    store: Store,
+    models: RwLock<HashMap<String, Arc<ModelHandle>>>,
+    /// Serialises creates and deletes (name checks and the store write happen together).
+    admin: Mutex<()>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Registry {
+    /// Loads every model's head version. Blocking.
+    pub fn open(store: Store) -> Result<Registry> {
+        let (events, _) = broadcast::channel(4096);
+        let mut models = HashMap::new();
+        for rec in store.models()? {
+            let name = rec.spec.name.clone();
+            let handle = ModelHandle::load(store.clone(), events.clone(), rec)?;
+            tracing::info!(model = %name, version = handle.head_version(), "loaded");
+            models.insert(name, Arc::new(handle));
+        }
+        Ok(Registry { store, models: RwLock::new(models), admin: Mutex::new(()), events })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<ModelHandle>> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        models.get(name).cloned().ok_or_else(|| ServiceError::ModelNotFound(name.to_string()))
+    }
+
+    /// All models, by name.
+    pub fn list(&self) -> Vec<Arc<ModelHandle>> {
+        let models = self.models.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = models.values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    /// Creates a model and commits its initial parameters. Blocking.
+    pub fn create(&self, spec: ModelSpec) -> Result<Arc<ModelHandle>> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get(&spec.name).is_ok() {
+            return Err(ServiceError::ModelExists(spec.name));
+        }
+        let name = spec.name.clone();
+        let handle = Arc::new(ModelHandle::create(self.store.clone(), self.events.clone(), spec)?);
+        self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name, handle.clone());
+        Ok(handle)
+    }
+
+    /// Deletes a model and its history. Blocking.
+    pub fn delete(&self, name: &str) -> Result<u64> {
+        let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = self.get(name)?;
+        let n = handle.delete()?;
+        self.models.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+        Ok(n)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+}
