@@ -1,1 +1,101 @@
-fn main() {}
+//! The `accrete` binary: one program, a subcommand per role. Flags are parsed here (clap,
+//! with `env` for what a container sets); library crates get plain config structs.
+mod model_cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "accrete", version, about = "A parameter server for models that keep learning while data arrives")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a parameter server.
+    Server(ServerArgs),
+    /// Create, inspect, version, roll back, import and export models.
+    Model(model_cmd::ModelArgs),
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ACCRETE_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Directory of the server's sled database (created if missing).
+    #[arg(long, env = "ACCRETE_DATA_DIR", default_value = "accrete-data")]
+    data_dir: PathBuf,
+    /// Largest request or response message in bytes; bigger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ACCRETE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    max_message_bytes: usize,
+    /// sled page cache in bytes.
+    #[arg(long, env = "ACCRETE_CACHE_BYTES", default_value_t = 64 << 20)]
+    cache_bytes: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Server(a) => serve(a).await,
+            Command::Model(a) => model_cmd::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServerArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
+    let config = accrete_server::ServerConfig {
+        data_dir: a.data_dir,
+        max_message_bytes: a.max_message_bytes,
+        cache_bytes: a.cache_bytes,
+    };
+    accrete_server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}

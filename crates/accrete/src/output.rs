@@ -1,0 +1,106 @@
+//! Rendering of client results: readable tables by default, JSON with `--json`.
+use accrete_proto::v1 as pb;
+use serde_json::{json, Value};
+
+pub fn version_json(v: &pb::VersionInfo) -> Value {
+    json!({
+        "model": v.model,
+        "version": v.version,
+        "parent": v.parent,
+        "created_unix_ms": v.created_unix_ms,
+        "updates": v.updates,
+        "updates_since_parent": v.updates_since_parent,
+        "reason": v.reason,
+        "lineage_epoch": v.lineage_epoch,
+        "content_of": if v.content_of == 0 { Value::Null } else { json!(v.content_of) },
+        "tags": v.tags,
+        "metrics": v.metrics.iter().map(|(k, x)| (k.clone(), json!(x))).collect::<serde_json::Map<_, _>>(),
+        "chunks_written": v.chunks_written,
+        "workers": v.workers.iter().map(|w| json!({
+            "worker_id": w.worker_id, "shard": w.shard, "offset": w.offset, "clock": w.clock,
+            "rows": w.rows, "pushes": w.pushes, "loss_sum": w.loss_sum,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn model_json(m: &pb::ModelInfo) -> Value {
+    let s = m.spec.clone().unwrap_or_default();
+    let o = s.optimizer.unwrap_or_default();
+    let c = s.commit.unwrap_or_default();
+    let cons = s.consistency.unwrap_or_default();
+    json!({
+        "name": s.name,
+        "kind": kind_name(s.kind),
+        "features": s.features, "hash_bits": s.hash_bits, "classes": s.classes, "hidden": s.hidden, "factors": s.factors,
+        "optimizer": {"kind": optimizer_name(o.kind), "lr": o.lr, "momentum": o.momentum, "beta1": o.beta1,
+                      "beta2": o.beta2, "eps": o.eps, "l1": o.l1, "l2": o.l2},
+        "init": s.init.map(|i| json!({"seed": i.seed, "scale": i.scale})),
+        "ema_decay": s.ema_decay,
+        "commit": {"every_updates": c.every_updates, "every_secs": c.every_secs, "keep_last": c.keep_last},
+        "consistency": consistency_name(cons.mode, cons.staleness),
+        "tensors": m.tensors.iter().map(|t| json!({"name": t.name, "rows": t.rows, "cols": t.cols, "sparse": t.sparse, "slots": t.slots})).collect::<Vec<_>>(),
+        "parameters": m.parameters,
+        "head_version": m.head_version,
+        "lineage_epoch": m.lineage_epoch,
+        "updates": m.updates,
+        "uncommitted_updates": m.uncommitted_updates,
+        "versions": m.versions,
+        "created_unix_ms": m.created_unix_ms,
+    })
+}
+
+pub fn kind_name(k: i32) -> String {
+    pb::ModelKind::try_from(k).map(|k| k.as_str_name().trim_start_matches("MODEL_KIND_").to_lowercase()).unwrap_or_default()
+}
+
+pub fn optimizer_name(k: i32) -> String {
+    pb::OptimizerKind::try_from(k).map(|k| k.as_str_name().trim_start_matches("OPTIMIZER_KIND_").to_lowercase()).unwrap_or_default()
+}
+
+pub fn consistency_name(mode: i32, staleness: u32) -> String {
+    match pb::ConsistencyMode::try_from(mode) {
+        Ok(pb::ConsistencyMode::Bsp) => "bsp".into(),
+        Ok(pb::ConsistencyMode::Ssp) => format!("ssp:{staleness}"),
+        _ => "asp".into(),
+    }
+}
+
+/// Prints rows as aligned columns under a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+pub fn time(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (d, s) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // days since 1970-01-01 to a civil date (Howard Hinnant's algorithm)
+    let z = d + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
+}
+
+pub fn metrics_cell(m: &std::collections::HashMap<String, f64>) -> String {
+    let mut kv: Vec<_> = m.iter().collect();
+    kv.sort_by(|a, b| a.0.cmp(b.0));
+    kv.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
+}
