@@ -52,14 +52,20 @@ fn header_bytes(entries: &[Entry], metadata: &BTreeMap<String, String>) -> Vec<u
         h.insert(e.name(), v);
     }
     let mut json = serde_json::to_vec(&serde_json::Value::Object(h)).unwrap_or_default();
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     json
 }
 
 /// Streams a version (head when `version` is None) into `out`; returns the version written.
-pub async fn export(client: &mut Client, model: &str, version: Option<u64>, with_slots: bool, out: &Path) -> Result<pb::VersionInfo> {
+pub async fn export(
+    client: &mut Client,
+    model: &str,
+    version: Option<u64>,
+    with_slots: bool,
+    out: &Path,
+) -> Result<pb::VersionInfo> {
     let req = pb::ExportRequest { model: model.to_string(), version, optimizer_state: with_slots };
     let mut stream = client.models.export(req).await?.into_inner();
     let header = match stream.next().await.transpose()?.and_then(|m| m.item) {
@@ -73,14 +79,24 @@ pub async fn export(client: &mut Client, model: &str, version: Option<u64>, with
         let slots = if with_slots { t.slots.clone() } else { vec![] };
         for slot in std::iter::once(String::new()).chain(slots) {
             let bytes = t.rows * t.cols as u64 * 4;
-            entries.push(Entry { tensor: t.name.clone(), slot, rows: t.rows, cols: t.cols as u64, begin: pos, end: pos + bytes });
+            entries.push(Entry {
+                tensor: t.name.clone(),
+                slot,
+                rows: t.rows,
+                cols: t.cols as u64,
+                begin: pos,
+                end: pos + bytes,
+            });
             pos += bytes;
         }
     }
     let spec = info.spec.unwrap_or_default();
     let metadata = BTreeMap::from([
         ("accrete.model".to_string(), model.to_string()),
-        ("accrete.kind".to_string(), pb::ModelKind::try_from(spec.kind).map(|k| k.as_str_name().to_string()).unwrap_or_default()),
+        (
+            "accrete.kind".to_string(),
+            pb::ModelKind::try_from(spec.kind).map(|k| k.as_str_name().to_string()).unwrap_or_default(),
+        ),
         ("accrete.version".to_string(), ver.version.to_string()),
         ("accrete.lineage_epoch".to_string(), ver.lineage_epoch.to_string()),
     ]);
@@ -98,9 +114,13 @@ pub async fn export(client: &mut Client, model: &str, version: Option<u64>, with
         while idx < entries.len() && within == entries[idx].end - entries[idx].begin {
             (idx, within) = (idx + 1, 0);
         }
-        let e = entries.get(idx).ok_or_else(|| ClientError::Protocol("export sent more data than its layout".into()))?;
+        let e =
+            entries.get(idx).ok_or_else(|| ClientError::Protocol("export sent more data than its layout".into()))?;
         if c.tensor != e.tensor || c.slot != e.slot || c.offset * 4 != within {
-            return Err(ClientError::Protocol(format!("export chunk {}.{} at {} is out of order", c.tensor, c.slot, c.offset)));
+            return Err(ClientError::Protocol(format!(
+                "export chunk {}.{} at {} is out of order",
+                c.tensor, c.slot, c.offset
+            )));
         }
         w.write_all(&c.values).map_err(io_err(&tmp))?;
         within += c.values.len() as u64;
@@ -123,7 +143,10 @@ pub fn read_header(path: &Path) -> Result<(Vec<Entry>, u64, BTreeMap<String, Str
     f.read_exact(&mut n).map_err(|_| format_err(path, "not a safetensors file (shorter than 8 bytes)"))?;
     let n = u64::from_le_bytes(n);
     if n > 100 << 20 || 8 + n > file_len {
-        return Err(format_err(path, format!("not a safetensors file (header size {n} for a file of {file_len} bytes)")));
+        return Err(format_err(
+            path,
+            format!("not a safetensors file (header size {n} for a file of {file_len} bytes)"),
+        ));
     }
     let mut json = vec![0u8; n as usize];
     f.read_exact(&mut json).map_err(io_err(path))?;
@@ -145,7 +168,10 @@ pub fn read_header(path: &Path) -> Result<(Vec<Entry>, u64, BTreeMap<String, Str
     let mut pos = 0;
     for e in &entries {
         if e.begin != pos || e.end > data_len {
-            return Err(format_err(path, format!("tensor {:?}: byte range {}..{} is not contiguous within the data", e.name(), e.begin, e.end)));
+            return Err(format_err(
+                path,
+                format!("tensor {:?}: byte range {}..{} is not contiguous within the data", e.name(), e.begin, e.end),
+            ));
         }
         pos = e.end;
     }
@@ -159,7 +185,8 @@ fn parse_entry(path: &Path, name: &str, v: &serde_json::Value) -> Result<Entry> 
     }
     let nums = |key: &str| -> Option<Vec<u64>> { v.get(key)?.as_array()?.iter().map(|x| x.as_u64()).collect() };
     let shape = nums("shape").ok_or_else(|| bad("shape is missing"))?;
-    let offs = nums("data_offsets").filter(|o| o.len() == 2 && o[0] <= o[1]).ok_or_else(|| bad("data_offsets are invalid"))?;
+    let offs =
+        nums("data_offsets").filter(|o| o.len() == 2 && o[0] <= o[1]).ok_or_else(|| bad("data_offsets are invalid"))?;
     let count: u64 = shape.iter().product();
     if count * 4 != offs[1] - offs[0] {
         return Err(bad(&format!("shape {shape:?} does not match {} data bytes", offs[1] - offs[0])));
@@ -179,7 +206,9 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb:
     let (entries, data_start, _) = read_header(path)?;
     let source = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportMessage>(4);
-    let header = pb::ImportMessage { item: Some(pb::import_message::Item::Header(pb::ImportHeader { model: model.into(), source })) };
+    let header = pb::ImportMessage {
+        item: Some(pb::import_message::Item::Header(pb::ImportHeader { model: model.into(), source })),
+    };
     let path_buf: PathBuf = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
         let path = path_buf.as_path();
@@ -195,7 +224,13 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb:
                 let n = left.min(IMPORT_CHUNK_FLOATS as u64 * 4);
                 let mut buf = vec![0u8; n as usize];
                 f.read_exact(&mut buf).map_err(io_err(path))?;
-                let chunk = pb::TensorChunk { tensor: e.tensor.clone(), slot: e.slot.clone(), offset, keys: vec![], values: buf.into() };
+                let chunk = pb::TensorChunk {
+                    tensor: e.tensor.clone(),
+                    slot: e.slot.clone(),
+                    offset,
+                    keys: vec![],
+                    values: buf.into(),
+                };
                 if tx.blocking_send(pb::ImportMessage { item: Some(pb::import_message::Item::Chunk(chunk)) }).is_err() {
                     return Ok(());
                 }

@@ -207,7 +207,12 @@ pub fn tensor_index(layout: &[TensorSpec], name: &str) -> Option<usize> {
 }
 
 /// Checks a dense update against a layout of `n` floats at `offset` of `tensor`; returns the tensor index.
-pub fn check_dense<G: Grad + ?Sized>(layout: &[TensorSpec], tensor: &str, offset: u64, g: &G) -> Result<usize, UpdateError> {
+pub fn check_dense<G: Grad + ?Sized>(
+    layout: &[TensorSpec],
+    tensor: &str,
+    offset: u64,
+    g: &G,
+) -> Result<usize, UpdateError> {
     let t = tensor_index(layout, tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
     let len = layout[t].len();
     let end = offset.checked_add(g.len() as u64);
@@ -220,7 +225,12 @@ pub fn check_dense<G: Grad + ?Sized>(layout: &[TensorSpec], tensor: &str, offset
 }
 
 /// Checks a sparse update of `keys` rows; `g` holds `cols` floats per key.
-pub fn check_rows<G: Grad + ?Sized>(layout: &[TensorSpec], tensor: &str, keys: &[u64], g: &G) -> Result<usize, UpdateError> {
+pub fn check_rows<G: Grad + ?Sized>(
+    layout: &[TensorSpec],
+    tensor: &str,
+    keys: &[u64],
+    g: &G,
+) -> Result<usize, UpdateError> {
     let t = tensor_index(layout, tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
     let spec = &layout[t];
     let shape = |message: String| UpdateError::Shape { tensor: tensor.to_string(), message };
@@ -268,8 +278,8 @@ fn ema_range(ts: &mut TensorState, e: usize, start: usize, end: usize, decay: f3
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{ModelKind, OptimizerKind, OptimizerSpec};
     use crate::layout::layout;
+    use crate::spec::{ModelKind, OptimizerKind, OptimizerSpec};
 
     fn spec() -> ModelSpec {
         let mut s = ModelSpec::new("m", ModelKind::Logistic);

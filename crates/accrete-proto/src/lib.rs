@@ -28,7 +28,7 @@ pub fn f32s_to_bytes(values: &[f32]) -> bytes::Bytes {
 /// Decodes little-endian f32 bytes into `out` (cleared first). `None` when the length is
 /// not a multiple of four.
 pub fn bytes_to_f32s_into(bytes: &[u8], out: &mut Vec<f32>) -> Option<()> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     out.clear();

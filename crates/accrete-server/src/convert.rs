@@ -14,7 +14,10 @@ pub fn spec_from_pb(s: pb::ModelSpec) -> Result<ModelSpec> {
         pb::ModelKind::Fm => ModelKind::Fm,
         pb::ModelKind::Mlp => ModelKind::Mlp,
         pb::ModelKind::Unspecified => {
-            return Err(ServiceError::Invalid(format!("model {:?}: spec.kind is missing or unknown ({})", s.name, s.kind)))
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: spec.kind is missing or unknown ({})",
+                s.name, s.kind
+            )))
         }
     };
     let o = s.optimizer.unwrap_or_default();
@@ -24,7 +27,9 @@ pub fn spec_from_pb(s: pb::ModelSpec) -> Result<ModelSpec> {
         Ok(pb::OptimizerKind::Adagrad) => OptimizerKind::Adagrad,
         Ok(pb::OptimizerKind::Adam) => OptimizerKind::Adam,
         Ok(pb::OptimizerKind::Ftrl) => OptimizerKind::Ftrl,
-        Err(_) => return Err(ServiceError::Invalid(format!("model {:?}: spec.optimizer.kind {} is unknown", s.name, o.kind))),
+        Err(_) => {
+            return Err(ServiceError::Invalid(format!("model {:?}: spec.optimizer.kind {} is unknown", s.name, o.kind)))
+        }
     };
     let optimizer = OptimizerSpec {
         kind: okind,

@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+/// How long in-flight calls may run on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// What the server needs to start. Built by the binary from flags.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -60,12 +63,18 @@ pub enum ServerError {
 
 /// Serves until `shutdown` resolves: then stops accepting, lets in-flight calls finish,
 /// and flushes the store.
-pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     config.validate()?;
     let (dir, cache) = (config.data_dir.clone(), config.cache_bytes);
-    let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> { Ok(Registry::open(Store::open(&dir, cache)?)?) })
-        .await
-        .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
+    let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> {
+        Ok(Registry::open(Store::open(&dir, cache)?)?)
+    })
+    .await
+    .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
     let reg = Arc::new(reg);
     let ticker = tokio::spawn(commit_ticker(reg.clone()));
     let limit = config.max_message_bytes;
@@ -85,20 +94,50 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     tracing::info!(addr = ?listener.local_addr().ok(), dir = %config.data_dir.display(), "serving");
-    let result = tonic::transport::Server::builder()
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown_reg = reg.clone();
+    let signal = async move {
+        shutdown.await;
+        // Long-lived streams (watchers) end now; unary calls and pushes in flight finish.
+        shutdown_reg.begin_shutdown();
+        let _ = stopping_tx.send(());
+    };
+    let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ModelsServer::new(svc.clone()).max_decoding_message_size(transport_limit).max_encoding_message_size(transport_limit))
-        .add_service(ParametersServer::new(svc).max_decoding_message_size(transport_limit).max_encoding_message_size(transport_limit))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(
+            ModelsServer::new(svc.clone())
+                .max_decoding_message_size(transport_limit)
+                .max_encoding_message_size(transport_limit),
+        )
+        .add_service(
+            ParametersServer::new(svc)
+                .max_decoding_message_size(transport_limit)
+                .max_encoding_message_size(transport_limit),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    // A client that keeps a call open past the grace period does not keep the server up.
+    let grace = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!(secs = SHUTDOWN_GRACE.as_secs(), "calls still open after the grace period; stopping anyway");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        _ = grace => Ok(()),
+    };
     ticker.abort();
     let store = reg.store().clone();
-    tokio::task::spawn_blocking(move || store.flush()).await.map_err(|e| ServerError::Config(format!("flush task: {e}")))??;
+    tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .map_err(|e| ServerError::Config(format!("flush task: {e}")))??;
     tracing::info!("stopped");
     Ok(result?)
 }

@@ -141,10 +141,13 @@ impl ModelHandle {
     /// Loads a model's head version from the store (server start).
     pub fn load(store: Store, events: broadcast::Sender<Event>, record: ModelRecord) -> Result<ModelHandle> {
         let name = record.spec.name.clone();
-        let head = store.versions(record.id)?.pop().ok_or_else(|| ServiceError::Internal(format!("model {name:?} has no versions")))?;
-        let manifest = store
-            .manifest(record.id, head.version, &name)?
-            .ok_or_else(|| ServiceError::Internal(format!("model {name:?}: manifest of version {} is missing", head.version)))?;
+        let head = store
+            .versions(record.id)?
+            .pop()
+            .ok_or_else(|| ServiceError::Internal(format!("model {name:?} has no versions")))?;
+        let manifest = store.manifest(record.id, head.version, &name)?.ok_or_else(|| {
+            ServiceError::Internal(format!("model {name:?}: manifest of version {} is missing", head.version))
+        })?;
         let mut params = Params::zeros(&record.spec);
         store.load_params(record.id, &name, &manifest, &mut params)?;
         params.steps = head.steps;
@@ -224,7 +227,11 @@ impl ModelHandle {
         }
         let mut live = lock(&self.live);
         if epoch != 0 && epoch != live.epoch {
-            return Err(ServiceError::StaleLineage { model: self.name().to_string(), pushed: epoch, current: live.epoch });
+            return Err(ServiceError::StaleLineage {
+                model: self.name().to_string(),
+                pushed: epoch,
+                current: live.epoch,
+            });
         }
         live.params.begin_update();
         for g in grads {
@@ -241,7 +248,12 @@ impl ModelHandle {
             record_progress(&mut live.workers, meta);
         }
         let every = self.record.spec.commit.every_updates;
-        Ok(Ack { epoch: live.epoch, head: live.head, updates: live.updates, commit_due: every > 0 && live.since_commit >= every })
+        Ok(Ack {
+            epoch: live.epoch,
+            head: live.head,
+            updates: live.updates,
+            commit_due: every > 0 && live.since_commit >= every,
+        })
     }
 
     /// True when the time-based commit policy asks for a commit.
@@ -249,6 +261,12 @@ impl ModelHandle {
         let secs = self.record.spec.commit.every_secs;
         let l = lock(&self.live);
         secs > 0.0 && l.since_commit > 0 && l.last_commit.elapsed().as_secs_f64() >= secs
+    }
+
+    /// True when the update-count commit policy asks for a commit.
+    pub fn commit_due_by_updates(&self) -> bool {
+        let every = self.record.spec.commit.every_updates;
+        every > 0 && lock(&self.live).since_commit >= every
     }
 
     /// Marks a policy commit as scheduled; false when one is already pending.
@@ -391,7 +409,11 @@ impl ModelHandle {
         let all = self.versions()?;
         match all.iter().find(|r| r.version == v) {
             Some(r) => Ok(r.clone()),
-            None => Err(ServiceError::VersionNotFound { model: self.name().to_string(), version: v, retained: summarize(&all) }),
+            None => Err(ServiceError::VersionNotFound {
+                model: self.name().to_string(),
+                version: v,
+                retained: summarize(&all),
+            }),
         }
     }
 
@@ -432,7 +454,11 @@ impl ModelHandle {
             if other.version == v {
                 return Ok(other.clone());
             }
-            return Err(ServiceError::TagExists { model: self.name().to_string(), label: label.into(), version: other.version });
+            return Err(ServiceError::TagExists {
+                model: self.name().to_string(),
+                label: label.into(),
+                version: other.version,
+            });
         }
         let mut rec = self.version(v)?;
         rec.tags.push(label.to_string());
@@ -466,8 +492,10 @@ impl ModelHandle {
             return Ok(());
         }
         let cut = all.len() - keep_last;
-        let (drop, keep): (Vec<_>, Vec<_>) =
-            all.iter().enumerate().partition(|(i, r)| *i < cut && r.tags.is_empty() && r.version != head.record.version);
+        let (drop, keep): (Vec<_>, Vec<_>) = all
+            .iter()
+            .enumerate()
+            .partition(|(i, r)| *i < cut && r.tags.is_empty() && r.version != head.record.version);
         let drop: Vec<u64> = drop.iter().map(|(_, r)| r.version).collect();
         let keep: Vec<u64> = keep.iter().map(|(_, r)| r.version).collect();
         let freed = self.store.drop_versions(self.record.id, self.name(), &drop, &keep)?;
@@ -485,7 +513,10 @@ impl ModelHandle {
 
 fn record_progress(workers: &mut BTreeMap<String, WorkerProgress>, m: &PushMeta<'_>) {
     if !workers.contains_key(m.worker_id) {
-        workers.insert(m.worker_id.to_string(), WorkerProgress { worker_id: m.worker_id.to_string(), ..Default::default() });
+        workers.insert(
+            m.worker_id.to_string(),
+            WorkerProgress { worker_id: m.worker_id.to_string(), ..Default::default() },
+        );
     }
     if let Some(w) = workers.get_mut(m.worker_id) {
         if w.shard != m.shard {

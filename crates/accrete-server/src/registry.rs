@@ -13,6 +13,7 @@ pub struct Registry {
     /// Serialises creates and deletes (name checks and the store write happen together).
     admin: Mutex<()>,
     events: broadcast::Sender<Event>,
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Registry {
@@ -26,7 +27,8 @@ impl Registry {
             tracing::info!(model = %name, version = handle.head_version(), "loaded");
             models.insert(name, Arc::new(handle));
         }
-        Ok(Registry { store, models: RwLock::new(models), admin: Mutex::new(()), events })
+        let (stopping, _) = tokio::sync::watch::channel(false);
+        Ok(Registry { store, models: RwLock::new(models), admin: Mutex::new(()), events, stopping })
     }
 
     pub fn store(&self) -> &Store {
@@ -69,5 +71,18 @@ impl Registry {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Tells long-lived streams that the server is stopping.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves when the server begins to stop.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     }
 }

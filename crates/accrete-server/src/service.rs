@@ -60,7 +60,10 @@ impl Service {
             .map(|c| Grad { tensor: &c.tensor, offset: c.offset, keys: &c.keys, values: &c.values })
             .collect();
         if let Some(c) = req.grads.iter().find(|c| !c.slot.is_empty()) {
-            let msg = format!("model {:?}: tensor {:?}: pushes carry gradients of weights, not of slot {:?}", req.model, c.tensor, c.slot);
+            let msg = format!(
+                "model {:?}: tensor {:?}: pushes carry gradients of weights, not of slot {:?}",
+                req.model, c.tensor, c.slot
+            );
             return Err(ServiceError::Invalid(msg));
         }
         let m = req.meta.clone().unwrap_or_default();
@@ -83,8 +86,15 @@ impl Service {
 /// Commits a model in the background for the commit policy.
 pub fn spawn_policy_commit(h: Arc<ModelHandle>) {
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = h.commit("policy") {
-            tracing::error!(model = %h.name(), error = %e, "policy commit failed");
+        // Updates that arrived during a commit may make the next one due already.
+        loop {
+            if let Err(e) = h.commit("policy") {
+                tracing::error!(model = %h.name(), error = %e, "policy commit failed");
+                break;
+            }
+            if !h.commit_due_by_updates() {
+                break;
+            }
         }
         h.commit_finished();
     });
@@ -160,7 +170,10 @@ impl Models for Service {
         Ok(Response::new(version_to_pb(h.name(), &rec)))
     }
 
-    async fn report_metrics(&self, req: Request<pb::ReportMetricsRequest>) -> Result<Response<pb::VersionInfo>, Status> {
+    async fn report_metrics(
+        &self,
+        req: Request<pb::ReportMetricsRequest>,
+    ) -> Result<Response<pb::VersionInfo>, Status> {
         let req = req.into_inner();
         let h = self.reg.get(&req.model)?;
         let metrics: BTreeMap<String, f64> = req.metrics.into_iter().collect();
@@ -189,7 +202,10 @@ impl Models for Service {
                 return;
             }
             for chunk in export_chunks(&params, req.optimizer_state) {
-                if tx.blocking_send(Ok(pb::ExportMessage { item: Some(pb::export_message::Item::Chunk(chunk)) })).is_err() {
+                if tx
+                    .blocking_send(Ok(pb::ExportMessage { item: Some(pb::export_message::Item::Chunk(chunk)) }))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -209,7 +225,11 @@ impl Models for Service {
             self.check_size(|| format!("import chunk for model {:?}", header.model), msg.encoded_len())?;
             match msg.item {
                 Some(pb::import_message::Item::Chunk(c)) => filler.add(&c)?,
-                _ => return Err(ServiceError::Invalid("only TensorChunk messages may follow the ImportHeader".into()).into()),
+                _ => {
+                    return Err(
+                        ServiceError::Invalid("only TensorChunk messages may follow the ImportHeader".into()).into()
+                    )
+                }
             }
         }
         let params = filler.finish()?;
@@ -223,7 +243,10 @@ impl Models for Service {
 
     type WatchVersionsStream = BoxStream<pb::VersionEvent>;
 
-    async fn watch_versions(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchVersionsStream>, Status> {
+    async fn watch_versions(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchVersionsStream>, Status> {
         let req = req.into_inner();
         let mut rx = self.reg.subscribe();
         let models = if req.model.is_empty() { self.reg.list() } else { vec![self.reg.get(&req.model)?] };
@@ -233,24 +256,38 @@ impl Models for Service {
             for h in &models {
                 for v in h.versions()?.into_iter().filter(|v| v.version > after) {
                     replayed.insert(h.name().to_string(), v.version);
-                    let kind = if v.reason.starts_with("rollback") { EventKind::RolledBack } else { EventKind::Created };
-                    backlog.push(pb::VersionEvent { kind: event_kind(kind) as i32, version: Some(version_to_pb(h.name(), &v)) });
+                    let kind =
+                        if v.reason.starts_with("rollback") { EventKind::RolledBack } else { EventKind::Created };
+                    backlog.push(pb::VersionEvent {
+                        kind: event_kind(kind) as i32,
+                        version: Some(version_to_pb(h.name(), &v)),
+                    });
                 }
             }
         }
         let (tx, out) = mpsc::channel(256);
         let filter = req.model;
+        let stopping = self.reg.stopping();
         tokio::spawn(async move {
+            tokio::pin!(stopping);
             for ev in backlog {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
             }
             loop {
-                let ev = match rx.recv().await {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = &mut stopping => {
+                        let _ = tx.send(Err(Status::unavailable("server is shutting down; watch again after it restarts"))).await;
+                        return;
+                    }
+                };
+                let ev = match received {
                     Ok(ev) => ev,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let msg = format!("watch fell behind by {n} events; watch again with after_version to catch up");
+                        let msg =
+                            format!("watch fell behind by {n} events; watch again with after_version to catch up");
                         let _ = tx.send(Err(Status::aborted(msg))).await;
                         return;
                     }
@@ -261,7 +298,10 @@ impl Models for Service {
                 if (!filter.is_empty() && ev.model != filter) || seen {
                     continue;
                 }
-                let msg = pb::VersionEvent { kind: event_kind(ev.kind) as i32, version: Some(version_to_pb(&ev.model, &ev.version)) };
+                let msg = pb::VersionEvent {
+                    kind: event_kind(ev.kind) as i32,
+                    version: Some(version_to_pb(&ev.model, &ev.version)),
+                };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
@@ -275,7 +315,8 @@ impl Models for Service {
 fn export_chunks(params: &Params, with_slots: bool) -> impl Iterator<Item = pb::TensorChunk> + '_ {
     params.tensors.iter().flat_map(move |t| {
         let n_slots = if with_slots { t.slots.len() } else { 0 };
-        let vecs = std::iter::once(("", &t.w)).chain(params.slot_names.iter().zip(&t.slots).take(n_slots).map(|(n, v)| (*n, v)));
+        let vecs = std::iter::once(("", &t.w))
+            .chain(params.slot_names.iter().zip(&t.slots).take(n_slots).map(|(n, v)| (*n, v)));
         vecs.flat_map(move |(slot, v)| {
             v.chunks(EXPORT_CHUNK_FLOATS).enumerate().map(move |(i, part)| pb::TensorChunk {
                 tensor: t.spec.name.to_string(),
@@ -306,14 +347,21 @@ impl ImportFiller {
     }
 
     fn add(&mut self, c: &pb::TensorChunk) -> Result<()> {
-        let t = self.params.tensor_index(&c.tensor).ok_or_else(|| self.err(&c.tensor, "not in this model's layout".into()))?;
+        let t = self
+            .params
+            .tensor_index(&c.tensor)
+            .ok_or_else(|| self.err(&c.tensor, "not in this model's layout".into()))?;
         let slot = match c.slot.as_str() {
             "" => None,
             s => Some(self.params.slot_names.iter().position(|n| *n == s).ok_or_else(|| {
-                self.err(&c.tensor, format!("slot {s:?} is not kept by this model (slots: {:?})", self.params.slot_names))
+                self.err(
+                    &c.tensor,
+                    format!("slot {s:?} is not kept by this model (slots: {:?})", self.params.slot_names),
+                )
             })?),
         };
-        let values = accrete_proto::bytes_to_f32s(&c.values).ok_or_else(|| self.err(&c.tensor, "values are not whole f32s".into()))?;
+        let values = accrete_proto::bytes_to_f32s(&c.values)
+            .ok_or_else(|| self.err(&c.tensor, "values are not whole f32s".into()))?;
         if let Some(v) = values.iter().find(|v| !v.is_finite()) {
             return Err(self.err(&c.tensor, format!("value {v} is NaN or infinite")));
         }
@@ -321,7 +369,11 @@ impl ImportFiller {
         let ts = &mut self.params.tensors[t];
         let len = ts.w.len() as u64;
         if !c.keys.is_empty() || c.offset != next || next + values.len() as u64 > len {
-            let msg = format!("chunk at offset {} with {} floats does not continue at {next} within {len} floats", c.offset, values.len());
+            let msg = format!(
+                "chunk at offset {} with {} floats does not continue at {next} within {len} floats",
+                c.offset,
+                values.len()
+            );
             return Err(self.err(&c.tensor, msg));
         }
         let dst = match slot {
@@ -343,11 +395,18 @@ impl ImportFiller {
             for s in 0..ts.slots.len() {
                 let got = self.filled.get(&(t, Some(s))).copied().unwrap_or(0);
                 if got != 0 && got != len {
-                    return Err(self.err(ts.spec.name, format!("slot {:?}: {got} of {len} values", self.params.slot_names[s])));
+                    return Err(
+                        self.err(ts.spec.name, format!("slot {:?}: {got} of {len} values", self.params.slot_names[s]))
+                    );
                 }
             }
         }
-        let ema_given = self.params.slot_names.iter().position(|s| *s == "ema").is_some_and(|e| self.filled.contains_key(&(0, Some(e))));
+        let ema_given = self
+            .params
+            .slot_names
+            .iter()
+            .position(|s| *s == "ema")
+            .is_some_and(|e| self.filled.contains_key(&(0, Some(e))));
         if !ema_given {
             self.params.reset_ema();
         }
@@ -379,7 +438,10 @@ impl Parameters for Service {
 
     type PushStreamStream = BoxStream<pb::PushAck>;
 
-    async fn push_stream(&self, req: Request<Streaming<pb::PushRequest>>) -> Result<Response<Self::PushStreamStream>, Status> {
+    async fn push_stream(
+        &self,
+        req: Request<Streaming<pb::PushRequest>>,
+    ) -> Result<Response<Self::PushStreamStream>, Status> {
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let svc = self.clone();
@@ -406,9 +468,13 @@ fn pull_from(
     epoch: u64,
     updates: u64,
 ) -> Result<pb::PullResponse> {
-    let invalid = |t: &str, m: String| ServiceError::Invalid(format!("pull from model {:?}: tensor {t:?}: {m}", h.name()));
+    let invalid =
+        |t: &str, m: String| ServiceError::Invalid(format!("pull from model {:?}: tensor {t:?}: {m}", h.name()));
     if req.ema && !p.slot_names.contains(&"ema") {
-        return Err(ServiceError::Invalid(format!("model {:?} keeps no EMA of its weights (create it with --ema-decay)", h.name())));
+        return Err(ServiceError::Invalid(format!(
+            "model {:?} keeps no EMA of its weights (create it with --ema-decay)",
+            h.name()
+        )));
     }
     let whole: Vec<pb::PullSlice> = match req.slices.is_empty() {
         true => h.layout.iter().map(|t| pb::PullSlice { tensor: t.name.to_string(), ..Default::default() }).collect(),
@@ -423,7 +489,10 @@ fn pull_from(
         if s.keys.is_empty() {
             let len = if s.len == 0 { spec.len().saturating_sub(s.offset) } else { s.len };
             if s.offset.checked_add(len).is_none_or(|e| e > spec.len()) {
-                return Err(invalid(&s.tensor, format!("range {}..+{len} is outside its {} floats", s.offset, spec.len())));
+                return Err(invalid(
+                    &s.tensor,
+                    format!("range {}..+{len} is outside its {} floats", s.offset, spec.len()),
+                ));
             }
             bytes += len as usize * 4;
             plan.push((t, s.offset as usize, len as usize));

@@ -96,7 +96,10 @@ impl Store {
         let config = sled::Config::new().path(&path).cache_capacity(cache_bytes);
         let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
             .map_err(|_| StoreError::Damaged { dir: dir.to_path_buf(), message: "sled panicked while opening".into() })?
-            .map_err(|e| StoreError::Damaged { dir: dir.to_path_buf(), message: format!("cannot open database: {e}") })?;
+            .map_err(|e| StoreError::Damaged {
+                dir: dir.to_path_buf(),
+                message: format!("cannot open database: {e}"),
+            })?;
         let models = db.open_tree("models")?;
         let store = Store { db, models, dir: dir.to_path_buf() };
         store.recover()?;
@@ -113,7 +116,10 @@ impl Store {
         let ids: HashSet<u64> = self.models()?.iter().map(|m| m.id).collect();
         for name in self.db.tree_names() {
             let name = String::from_utf8_lossy(&name).to_string();
-            let id = name.split_once('.').and_then(|(p, id)| ["v", "f", "c"].contains(&p).then(|| id.parse::<u64>().ok())).flatten();
+            let id = name
+                .split_once('.')
+                .and_then(|(p, id)| ["v", "f", "c"].contains(&p).then(|| id.parse::<u64>().ok()))
+                .flatten();
             if id.is_some_and(|id| !ids.contains(&id)) {
                 self.db.drop_tree(name.as_bytes())?;
             }
@@ -163,7 +169,13 @@ impl Store {
 
     /// Writes a version: its new chunks (keyed by this version), its manifest and record,
     /// then flushes. When this returns, the version survives `kill -9`.
-    pub fn write_version(&self, id: u64, rec: &VersionRecord, manifest: &Manifest, chunks: &[ChunkWrite]) -> Result<()> {
+    pub fn write_version(
+        &self,
+        id: u64,
+        rec: &VersionRecord,
+        manifest: &Manifest,
+        chunks: &[ChunkWrite],
+    ) -> Result<()> {
         let ctree = self.tree(id, 'c')?;
         let mut batch = sled::Batch::default();
         for (t, c, blob) in chunks {
@@ -191,9 +203,10 @@ impl Store {
     pub fn manifest(&self, id: u64, version: u64, model: &str) -> Result<Option<Manifest>> {
         match self.tree(id, 'f')?.get(be(version))? {
             None => Ok(None),
-            Some(b) => Manifest::decode(&b)
-                .map(Some)
-                .ok_or_else(|| StoreError::Corrupt { model: model.into(), message: format!("manifest of version {version}") }),
+            Some(b) => Manifest::decode(&b).map(Some).ok_or_else(|| StoreError::Corrupt {
+                model: model.into(),
+                message: format!("manifest of version {version}"),
+            }),
         }
     }
 
@@ -207,7 +220,9 @@ impl Store {
         for (t, chunks) in manifest.tensors.iter().enumerate() {
             for (c, wver) in chunks.iter().enumerate() {
                 let key = chunk_key(*wver, t as u32, c as u32);
-                let blob = ctree.get(key)?.ok_or_else(|| corrupt(format!("chunk {c} of tensor {t} (version {wver}) is missing")))?;
+                let blob = ctree
+                    .get(key)?
+                    .ok_or_else(|| corrupt(format!("chunk {c} of tensor {t} (version {wver}) is missing")))?;
                 params.decode_chunk(t, c, &blob).map_err(|e| corrupt(e.to_string()))?;
             }
         }

@@ -21,7 +21,10 @@ impl Manifest {
 
     /// Every (tensor, chunk, written-by version) entry.
     pub fn entries(&self) -> impl Iterator<Item = (u32, u32, u64)> + '_ {
-        self.tensors.iter().enumerate().flat_map(|(t, cs)| cs.iter().enumerate().map(move |(c, v)| (t as u32, c as u32, *v)))
+        self.tensors
+            .iter()
+            .enumerate()
+            .flat_map(|(t, cs)| cs.iter().enumerate().map(move |(c, v)| (t as u32, c as u32, *v)))
     }
 
     /// `[tensors u32][chunks u32 per tensor][versions u64 ...]`, little-endian.
@@ -48,7 +51,8 @@ impl Manifest {
         }
         let mut tensors = Vec::with_capacity(n);
         for len in lens {
-            let vs = b[pos..pos + 8 * len].chunks_exact(8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
+            let vs =
+                b[pos..pos + 8 * len].chunks_exact(8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or_default()));
             tensors.push(vs.collect());
             pos += 8 * len;
         }

@@ -51,5 +51,6 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(b: &[u8], what: &str) -> crate::Result<T> {
-    serde_json::from_slice(b).map_err(|e| crate::StoreError::Corrupt { model: "?".into(), message: format!("{what}: {e}") })
+    serde_json::from_slice(b)
+        .map_err(|e| crate::StoreError::Corrupt { model: "?".into(), message: format!("{what}: {e}") })
 }

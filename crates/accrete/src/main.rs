@@ -67,7 +67,9 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(a: ServerArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(a.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", a.listen))?;
     let config = accrete_server::ServerConfig {
         data_dir: a.data_dir,
         max_message_bytes: a.max_message_bytes,

@@ -165,7 +165,10 @@ fn parse_consistency(s: &str) -> Result<pb::Consistency> {
     let (mode, staleness) = match s.split_once(':') {
         None if s == "asp" => (pb::ConsistencyMode::Asp, 0),
         None if s == "bsp" => (pb::ConsistencyMode::Bsp, 0),
-        Some(("ssp", n)) => (pb::ConsistencyMode::Ssp, n.parse().with_context(|| format!("--consistency {s}: staleness {n:?} is not a number"))?),
+        Some(("ssp", n)) => (
+            pb::ConsistencyMode::Ssp,
+            n.parse().with_context(|| format!("--consistency {s}: staleness {n:?} is not a number"))?,
+        ),
         _ => bail!("--consistency {s:?}: expected asp, bsp or ssp:S"),
     };
     Ok(pb::Consistency { mode: mode as i32, staleness })
@@ -220,7 +223,12 @@ pub async fn run(a: ModelArgs) -> Result<()> {
     let mut c = Client::connect(&conn.server).await?;
     match a.cmd {
         ModelCmd::Create(args) => {
-            let info = c.models.create_model(pb::CreateModelRequest { spec: Some(spec(&args)?) }).await.map_err(err)?.into_inner();
+            let info = c
+                .models
+                .create_model(pb::CreateModelRequest { spec: Some(spec(&args)?) })
+                .await
+                .map_err(err)?
+                .into_inner();
             print_model(&info, conn.json);
         }
         ModelCmd::List => {
@@ -281,7 +289,12 @@ pub async fn run(a: ModelArgs) -> Result<()> {
             print_version(&v, conn.json, "tagged");
         }
         ModelCmd::Rollback { name, to, reason } => {
-            let v = c.models.rollback(pb::RollbackRequest { model: name, to_version: to, reason }).await.map_err(err)?.into_inner();
+            let v = c
+                .models
+                .rollback(pb::RollbackRequest { model: name, to_version: to, reason })
+                .await
+                .map_err(err)?
+                .into_inner();
             print_version(&v, conn.json, "rolled back: new head");
         }
         ModelCmd::Export { name, version, out, optimizer_state } => {
@@ -302,7 +315,9 @@ pub async fn run(a: ModelArgs) -> Result<()> {
             while let Some(ev) = s.next().await {
                 let ev = ev.map_err(err)?;
                 let v = ev.version.unwrap_or_default();
-                let kind = pb::VersionEventKind::try_from(ev.kind).map(|k| k.as_str_name().trim_start_matches("VERSION_EVENT_KIND_").to_lowercase()).unwrap_or_default();
+                let kind = pb::VersionEventKind::try_from(ev.kind)
+                    .map(|k| k.as_str_name().trim_start_matches("VERSION_EVENT_KIND_").to_lowercase())
+                    .unwrap_or_default();
                 if conn.json {
                     let mut j = output::version_json(&v);
                     j["event"] = serde_json::json!(kind);
@@ -330,11 +345,22 @@ fn print_model(m: &pb::ModelInfo, json: bool) {
     let s = m.spec.clone().unwrap_or_default();
     println!("model {}  kind {}  parameters {}", s.name, j["kind"].as_str().unwrap_or(""), m.parameters);
     println!("optimizer {}  consistency {}", j["optimizer"], j["consistency"].as_str().unwrap_or(""));
-    println!("head version {}  lineage epoch {}  updates {} ({} uncommitted)  versions {}", m.head_version, m.lineage_epoch, m.updates, m.uncommitted_updates, m.versions);
+    println!(
+        "head version {}  lineage epoch {}  updates {} ({} uncommitted)  versions {}",
+        m.head_version, m.lineage_epoch, m.updates, m.uncommitted_updates, m.versions
+    );
     let rows: Vec<Vec<String>> = m
         .tensors
         .iter()
-        .map(|t| vec![t.name.clone(), t.rows.to_string(), t.cols.to_string(), if t.sparse { "hashed" } else { "dense" }.into(), t.slots.join(",")])
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.rows.to_string(),
+                t.cols.to_string(),
+                if t.sparse { "hashed" } else { "dense" }.into(),
+                t.slots.join(","),
+            ]
+        })
         .collect();
     table(&["TENSOR", "ROWS", "COLS", "LAYOUT", "SLOTS"], &rows);
 }
@@ -343,7 +369,14 @@ fn print_version(v: &pb::VersionInfo, json: bool, what: &str) {
     if json {
         println!("{}", output::version_json(v));
     } else {
-        println!("{what} {} version {} (parent {}, epoch {}): {}", v.model, v.version, v.parent.map_or("-".into(), |p| p.to_string()), v.lineage_epoch, v.reason);
+        println!(
+            "{what} {} version {} (parent {}, epoch {}): {}",
+            v.model,
+            v.version,
+            v.parent.map_or("-".into(), |p| p.to_string()),
+            v.lineage_epoch,
+            v.reason
+        );
     }
 }
 

@@ -50,11 +50,15 @@ pub fn model_json(m: &pb::ModelInfo) -> Value {
 }
 
 pub fn kind_name(k: i32) -> String {
-    pb::ModelKind::try_from(k).map(|k| k.as_str_name().trim_start_matches("MODEL_KIND_").to_lowercase()).unwrap_or_default()
+    pb::ModelKind::try_from(k)
+        .map(|k| k.as_str_name().trim_start_matches("MODEL_KIND_").to_lowercase())
+        .unwrap_or_default()
 }
 
 pub fn optimizer_name(k: i32) -> String {
-    pb::OptimizerKind::try_from(k).map(|k| k.as_str_name().trim_start_matches("OPTIMIZER_KIND_").to_lowercase()).unwrap_or_default()
+    pb::OptimizerKind::try_from(k)
+        .map(|k| k.as_str_name().trim_start_matches("OPTIMIZER_KIND_").to_lowercase())
+        .unwrap_or_default()
 }
 
 pub fn consistency_name(mode: i32, staleness: u32) -> String {

@@ -1,0 +1,127 @@
+//! Shared helpers of the cluster scenarios: a real server on `127.0.0.1:0` with a real
+//! sled database in a temp dir, and small wire helpers.
+#![allow(dead_code)]
+use accrete_client::Client;
+use accrete_proto::v1 as pb;
+use std::path::PathBuf;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestServer {
+    pub url: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), accrete_server::ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = TestServer::start_in(dir, 64 << 20).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Binds first, then hands the listener to the server: no port race.
+    pub async fn start_in(dir: PathBuf, max_message_bytes: usize) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, rx) = oneshot::channel();
+        let config = accrete_server::ServerConfig { max_message_bytes, ..accrete_server::ServerConfig::new(&dir) };
+        let task = tokio::spawn(accrete_server::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        TestServer { url, dir, _tmp: None, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn client(&self) -> Client {
+        for _ in 0..100 {
+            if let Ok(c) = Client::connect(&self.url).await {
+                return c;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("server at {} did not answer", self.url)
+    }
+
+    /// Graceful stop; returns the temp dir so the data can be reopened.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        let _ = self.stop.take().map(|s| s.send(()));
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        self._tmp.take()
+    }
+}
+
+pub fn linear(name: &str, features: u32, optimizer: pb::OptimizerKind, lr: f32) -> pb::ModelSpec {
+    pb::ModelSpec {
+        name: name.into(),
+        kind: pb::ModelKind::Linear as i32,
+        features,
+        optimizer: Some(pb::OptimizerSpec { kind: optimizer as i32, lr, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+pub async fn create(c: &mut Client, spec: pb::ModelSpec) -> pb::ModelInfo {
+    c.models.create_model(pb::CreateModelRequest { spec: Some(spec) }).await.unwrap().into_inner()
+}
+
+pub fn dense(tensor: &str, offset: u64, values: &[f32]) -> pb::TensorChunk {
+    pb::TensorChunk {
+        tensor: tensor.into(),
+        offset,
+        values: accrete_proto::f32s_to_bytes(values),
+        ..Default::default()
+    }
+}
+
+pub fn rows(tensor: &str, keys: &[u64], values: &[f32]) -> pb::TensorChunk {
+    pb::TensorChunk {
+        tensor: tensor.into(),
+        keys: keys.to_vec(),
+        values: accrete_proto::f32s_to_bytes(values),
+        ..Default::default()
+    }
+}
+
+pub fn push_req(model: &str, epoch: u64, grads: Vec<pb::TensorChunk>) -> pb::PushRequest {
+    pb::PushRequest { model: model.into(), lineage_epoch: epoch, grads, meta: None }
+}
+
+/// The whole live model, tensor by tensor, as f32 values.
+pub async fn pull_all(
+    c: &mut Client,
+    model: &str,
+    version: Option<u64>,
+) -> (pb::PullResponse, Vec<(String, Vec<f32>)>) {
+    let r = c
+        .params
+        .pull(pb::PullRequest { model: model.into(), version, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let t = r.tensors.iter().map(|t| (t.tensor.clone(), accrete_proto::bytes_to_f32s(&t.values).unwrap())).collect();
+    (r, t)
+}
+
+pub async fn tensor(c: &mut Client, model: &str, name: &str) -> Vec<f32> {
+    pull_all(c, model, None).await.1.into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+pub async fn versions(c: &mut Client, model: &str) -> Vec<pb::VersionInfo> {
+    c.models.list_versions(pb::ModelRef { name: model.into() }).await.unwrap().into_inner().versions
+}
+
+pub async fn commit(c: &mut Client, model: &str) -> pb::VersionInfo {
+    c.models
+        .commit(pb::CommitRequest { model: model.into(), reason: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .version
+        .unwrap()
+}

@@ -1,0 +1,169 @@
+//! Scenarios with real `accrete` processes, as a user runs them: `kill -9` and restart on
+//! the same data dir, SIGTERM shutdown, a data dir that is not ours, and the CLI's output.
+mod common;
+
+use accrete_proto::v1 as pb;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_accrete");
+
+/// A server process on a port the OS picked: we bind port 0 ourselves first, release it,
+/// and pass it on (the process must own its listener). Retries on the unlikely race.
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn spawn_server(dir: &Path) -> Proc {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, url: format!("http://127.0.0.1:{port}") };
+    for _ in 0..200 {
+        if accrete_client::Client::connect(&p.url).await.is_ok() {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server process did not come up on {}", p.url);
+}
+
+impl Drop for Proc {
+    /// A failing test leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).args(["--server", url]).output().unwrap()
+}
+
+#[tokio::test]
+async fn acknowledged_versions_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut p = spawn_server(&dir).await;
+    let mut c = accrete_client::Client::connect(&p.url).await.unwrap();
+    let mut spec = linear("d", 50_000, pb::OptimizerKind::Adam, 0.01);
+    spec.hash_bits = 12;
+    spec.init = Some(pb::InitSpec { seed: 9, scale: 0.1 });
+    create(&mut c, spec).await;
+    let mut committed = Vec::new();
+    for i in 0..3 {
+        c.params
+            .push(push_req("d", 0, vec![dense("w", 1000 * i, &[0.5; 700]), rows("h", &[i, 4000], &[1.0, -1.0])]))
+            .await
+            .unwrap();
+        let v = commit(&mut c, "d").await;
+        committed.push((v.version, pull_all(&mut c, "d", None).await.1));
+    }
+    // an update that is acknowledged but never committed may be lost
+    c.params.push(push_req("d", 0, vec![dense("w", 0, &[9.0; 10])])).await.unwrap();
+    let before = versions(&mut c, "d").await;
+    p.child.kill().unwrap(); // SIGKILL
+    p.child.wait().unwrap();
+
+    let mut p = spawn_server(&dir).await;
+    let mut c = accrete_client::Client::connect(&p.url).await.unwrap();
+    assert_eq!(versions(&mut c, "d").await, before);
+    for (v, tensors) in &committed {
+        let got = pull_all(&mut c, "d", Some(*v)).await.1;
+        for ((name, a), (_, b)) in got.iter().zip(tensors) {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "version {v} tensor {name} differs after kill -9"
+            );
+        }
+    }
+    // The live state restarts from the head version, and the server serves again.
+    assert_eq!(pull_all(&mut c, "d", None).await.1, committed[2].1);
+    c.params.push(push_req("d", 0, vec![dense("w", 0, &[1.0; 10])])).await.unwrap();
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly_with_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = spawn_server(&tmp.path().join("data")).await;
+    let out = cli(&p.url, &["model", "create", "m", "--kind", "linear", "--features", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An open watch stream must not keep the server from stopping.
+    let mut c = accrete_client::Client::connect(&p.url).await.unwrap();
+    let watch = c
+        .models
+        .watch_versions(pb::WatchRequest { model: "m".into(), after_version: None })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut waited = 0;
+    let code = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(waited < 200, "server did not exit within 10 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    };
+    assert!(code.success(), "exit status {code:?}");
+    assert!(waited < 100, "stopping took the whole grace period: the watch stream held it");
+    drop(watch);
+}
+
+#[tokio::test]
+async fn a_data_dir_that_is_not_ours_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("thesis.tex"), "precious").unwrap();
+    let out =
+        Command::new(BIN).args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(tmp.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not an accrete data dir"), "{err}");
+    assert_eq!(std::fs::read_to_string(tmp.path().join("thesis.tex")).unwrap(), "precious");
+}
+
+#[tokio::test]
+async fn cli_reports_tables_json_and_server_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = spawn_server(&tmp.path().join("data")).await;
+    let ok = |args: &[&str]| {
+        let out = cli(&p.url, args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&["model", "create", "m", "--kind", "logistic", "--hash-bits", "8", "--optimizer", "adagrad", "--lr", "0.1"]);
+    let list = ok(&["model", "list"]);
+    assert!(list.starts_with("NAME") && list.contains("logistic"), "{list}");
+    ok(&["model", "tag", "m", "1", "first"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["model", "versions", "m", "--json"])).unwrap();
+    assert_eq!(v[0]["version"], 1);
+    assert_eq!(v[0]["parent"], serde_json::Value::Null);
+    assert_eq!(v[0]["reason"], "create");
+    assert_eq!(v[0]["tags"][0], "first");
+    let show: serde_json::Value = serde_json::from_str(&ok(&["model", "show", "m", "--json"])).unwrap();
+    assert_eq!(show["tensors"][0]["rows"], 256);
+    let out = cli(&p.url, &["model", "show", "nosuch"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NOT_FOUND") && err.contains("nosuch"), "{err}");
+    let out = cli(&p.url, &["model", "create", "x", "--kind", "softmax", "--features", "3"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("classes"), "{}", String::from_utf8_lossy(&out.stderr));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}

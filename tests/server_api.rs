@@ -1,0 +1,376 @@
+//! The parameter server through its real gRPC API: optimizers, concurrency, versions,
+//! rollback, import/export, retention, watch, health/reflection, and refusals that change
+//! nothing. Real sled in temp dirs, real sockets on ephemeral ports.
+mod common;
+
+use accrete_client::safetensors;
+use accrete_proto::v1 as pb;
+use common::*;
+use tonic::Code;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[tokio::test]
+async fn each_optimizer_matches_values_computed_by_hand() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let g1 = [1.0f32, 2.0, -1.0, 0.5];
+    let g2 = [0.5f32, -1.0, 1.0, 2.0];
+    // Hand-written update rules in f64, two steps from w = 0.
+    type Rule = fn(f64, f64) -> f64;
+    let cases: Vec<(pb::OptimizerKind, f32, Rule)> = vec![
+        (pb::OptimizerKind::Sgd, 0.1, |a, b| -0.1 * a - 0.1 * b),
+        // momentum 0.9: v1 = a, w1 = -0.1a; v2 = 0.9a + b, w2 = w1 - 0.1 v2
+        (pb::OptimizerKind::Momentum, 0.1, |a, b| -0.1 * a - 0.1 * (0.9 * a + b)),
+        // adagrad eps 1e-6: s1 = a², w1 = -0.1 a/(|a|+eps); s2 = a²+b², w2 = w1 - 0.1 b/(sqrt(s2)+eps)
+        (pb::OptimizerKind::Adagrad, 0.1, |a, b| {
+            -0.1 * a / (a.abs() + 1e-6) - 0.1 * b / ((a * a + b * b).sqrt() + 1e-6)
+        }),
+        (pb::OptimizerKind::Adam, 0.1, |a, b| {
+            let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+            let (m1, v1) = ((1.0 - b1) * a, (1.0 - b2) * a * a);
+            let w1 = -0.1 * (m1 / (1.0 - b1)) / ((v1 / (1.0 - b2)).sqrt() + eps);
+            let (m2, v2) = (b1 * m1 + (1.0 - b1) * b, b2 * v1 + (1.0 - b2) * b * b);
+            w1 - 0.1 * (m2 / (1.0 - b1 * b1)) / ((v2 / (1.0 - b2 * b2)).sqrt() + eps)
+        }),
+        // FTRL alpha 0.1, beta 1, l1 = l2 = 0: w = -z / ((1 + sqrt(n)) / 0.1)
+        (pb::OptimizerKind::Ftrl, 0.1, |a, b| {
+            let (n1, z1) = (a * a, a);
+            let w1 = -z1 / ((1.0 + n1.sqrt()) / 0.1);
+            let n2 = n1 + b * b;
+            let z2 = z1 + b - ((n2.sqrt() - n1.sqrt()) / 0.1) * w1;
+            -z2 / ((1.0 + n2.sqrt()) / 0.1)
+        }),
+    ];
+    for (kind, lr, rule) in cases {
+        let name = format!("opt-{}", kind.as_str_name().to_lowercase());
+        create(&mut c, linear(&name, 4, kind, lr)).await;
+        for g in [&g1, &g2] {
+            c.params.push(push_req(&name, 0, vec![dense("w", 0, g)])).await.unwrap();
+        }
+        let w = tensor(&mut c, &name, "w").await;
+        for i in 0..4 {
+            let want = rule(g1[i] as f64, g2[i] as f64);
+            assert!((w[i] as f64 - want).abs() < 1e-5, "{name}: w[{i}] = {}, by hand {want}", w[i]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_clients_lose_no_update() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut spec = linear("sum", 8, pb::OptimizerKind::Sgd, 1.0);
+    spec.hash_bits = 10;
+    create(&mut c, spec).await;
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let mut c = s.client().await;
+        tasks.push(tokio::spawn(async move {
+            // SGD lr 1: w -= g, so pushing -(i+1) adds i+1
+            let g = -((i + 1) as f32);
+            for _ in 0..100 {
+                let grads = vec![dense("w", 0, &[g; 8]), rows("h", &[i, 1000], &[g, g])];
+                c.params.push(push_req("sum", 0, grads)).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = 100.0 * (1..=16).sum::<i32>() as f32; // 13600, exact in f32
+    assert_eq!(tensor(&mut c, "sum", "w").await, vec![total; 8]);
+    let h = tensor(&mut c, "sum", "h").await;
+    assert_eq!(h[1000], total);
+    for i in 0..16 {
+        assert_eq!(h[i], 100.0 * (i + 1) as f32);
+    }
+    let info = c.models.get_model_info(pb::ModelRef { name: "sum".into() }).await.unwrap().into_inner();
+    assert_eq!(info.updates, 1600);
+}
+
+#[tokio::test]
+async fn rollback_restores_content_bitwise_and_refuses_stale_lineage() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut spec = linear("r", 5, pb::OptimizerKind::Adam, 0.05);
+    spec.init = Some(pb::InitSpec { seed: 11, scale: 0.1 });
+    create(&mut c, spec).await;
+    let (r0, _) = pull_all(&mut c, "r", None).await;
+    c.params.push(push_req("r", r0.lineage_epoch, vec![dense("w", 0, &[1.0, 2.0, 3.0, 4.0, 5.0])])).await.unwrap();
+    let v2 = commit(&mut c, "r").await;
+    let at_v2 = pull_all(&mut c, "r", None).await.1;
+    c.params.push(push_req("r", r0.lineage_epoch, vec![dense("w", 0, &[-3.0; 5])])).await.unwrap();
+    let v3 = commit(&mut c, "r").await;
+    assert_ne!(bits(&tensor(&mut c, "r", "w").await), bits(&at_v2[0].1));
+
+    let rb = c
+        .models
+        .rollback(pb::RollbackRequest { model: "r".into(), to_version: v2.version, reason: "test".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((rb.parent, rb.content_of), (Some(v3.version), v2.version));
+    assert!(rb.reason.contains("rollback to 2"), "{}", rb.reason);
+    assert_eq!(rb.chunks_written, 0, "a rollback writes a manifest, not parameters");
+    let (live, tensors) = pull_all(&mut c, "r", None).await;
+    assert_eq!(live.lineage_epoch, r0.lineage_epoch + 1);
+    for ((_, a), (_, b)) in tensors.iter().zip(&at_v2) {
+        assert_eq!(bits(a), bits(b));
+    }
+    // The exported head is v2's content, bitwise, with the optimizer state.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("head.st"), dir.path().join("v2.st"));
+    safetensors::export(&mut c, "r", None, true, &a).await.unwrap();
+    safetensors::export(&mut c, "r", Some(v2.version), true, &b).await.unwrap();
+    let (ha, hb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let data = |h: &[u8]| h[8 + u64::from_le_bytes(h[..8].try_into().unwrap()) as usize..].to_vec();
+    assert_eq!(data(&ha), data(&hb));
+
+    let stale = c.params.push(push_req("r", r0.lineage_epoch, vec![dense("w", 0, &[1.0; 5])])).await.unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+    assert!(stale.message().contains(&format!("current epoch is {}", live.lineage_epoch)), "{}", stale.message());
+    assert_eq!(bits(&tensor(&mut c, "r", "w").await), bits(&at_v2[0].1), "a refused push changed the model");
+    c.params.push(push_req("r", live.lineage_epoch, vec![dense("w", 0, &[1.0; 5])])).await.unwrap();
+
+    let vs = versions(&mut c, "r").await;
+    assert_eq!(vs.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(vs.iter().map(|v| v.parent).collect::<Vec<_>>(), vec![None, Some(1), Some(2), Some(3)]);
+}
+
+#[tokio::test]
+async fn import_makes_a_new_version_from_an_export() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut a = linear("a", 3, pb::OptimizerKind::Sgd, 0.1);
+    a.hash_bits = 4;
+    a.init = Some(pb::InitSpec { seed: 1, scale: 1.0 });
+    let mut b = a.clone();
+    b.name = "b".into();
+    b.init = Some(pb::InitSpec { seed: 2, scale: 1.0 });
+    create(&mut c, a).await;
+    create(&mut c, b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("a.safetensors");
+    safetensors::export(&mut c, "a", None, false, &f).await.unwrap();
+    let (entries, _, meta) = safetensors::read_header(&f).unwrap();
+    assert_eq!(entries.iter().map(|e| e.name()).collect::<Vec<_>>(), vec!["w", "h", "b"]);
+    assert_eq!(meta["accrete.model"], "a");
+    let before = pull_all(&mut c, "b", None).await.0;
+    let v = safetensors::import(&mut c, "b", &f).await.unwrap();
+    assert_eq!((v.version, v.parent, v.lineage_epoch), (2, Some(1), before.lineage_epoch + 1));
+    assert!(v.reason.starts_with("import"));
+    let (ta, tb) = (pull_all(&mut c, "a", None).await.1, pull_all(&mut c, "b", None).await.1);
+    assert_eq!(ta, tb);
+    // An import whose shapes do not fit is refused and changes nothing.
+    let mut small = linear("small", 2, pb::OptimizerKind::Sgd, 0.1);
+    small.hash_bits = 4;
+    create(&mut c, small).await;
+    let e = safetensors::import(&mut c, "small", &f).await.unwrap_err();
+    assert!(e.to_string().contains("INVALID_ARGUMENT") && e.to_string().contains("\"w\""), "{e}");
+    assert_eq!(versions(&mut c, "small").await.len(), 1);
+}
+
+#[tokio::test]
+async fn commit_policy_and_retention_keep_tagged_versions() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut spec = linear("p", 4, pb::OptimizerKind::Sgd, 0.1);
+    spec.commit = Some(pb::CommitPolicy { every_updates: 5, every_secs: 0.0, keep_last: 3 });
+    create(&mut c, spec).await;
+    c.models.tag(pb::TagRequest { model: "p".into(), version: 1, label: "initial".into() }).await.unwrap();
+    for _ in 0..40 {
+        c.params.push(push_req("p", 0, vec![dense("w", 0, &[1.0; 4])])).await.unwrap();
+        // let the background policy commit land before more updates arrive
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let info = |c: &mut accrete_client::Client| {
+        let mut c = c.clone();
+        async move { c.models.get_model_info(pb::ModelRef { name: "p".into() }).await.unwrap().into_inner() }
+    };
+    for _ in 0..100 {
+        if info(&mut c).await.uncommitted_updates < 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let vs = versions(&mut c, "p").await;
+    let nums: Vec<u64> = vs.iter().map(|v| v.version).collect();
+    assert_eq!(nums[0], 1, "the tagged version is kept: {nums:?}");
+    assert_eq!(nums.len(), 4, "tagged + the last 3: {nums:?}");
+    assert!(vs.iter().skip(1).all(|v| v.reason == "policy" && v.updates_since_parent >= 5), "{vs:?}");
+    assert_eq!(vs.last().unwrap().updates + info(&mut c).await.uncommitted_updates, 40);
+    let gone =
+        c.params.pull(pb::PullRequest { model: "p".into(), version: Some(2), ..Default::default() }).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert!(gone.message().contains("no version 2"), "{}", gone.message());
+    // The tagged version still loads.
+    let v1 = pull_all(&mut c, "p", Some(1)).await.1;
+    assert_eq!(v1[0].1, vec![0.0; 4]);
+    // The time policy commits too.
+    let mut spec = linear("t", 4, pb::OptimizerKind::Sgd, 0.1);
+    spec.commit = Some(pb::CommitPolicy { every_updates: 0, every_secs: 0.2, keep_last: 0 });
+    create(&mut c, spec).await;
+    c.params.push(push_req("t", 0, vec![dense("w", 0, &[1.0; 4])])).await.unwrap();
+    for _ in 0..100 {
+        if versions(&mut c, "t").await.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(versions(&mut c, "t").await.len(), 2);
+}
+
+#[tokio::test]
+async fn retention_frees_disk_space() {
+    // Two models of 2^20 floats each get 30 commits that each rewrite everything; one keeps
+    // the last 2 versions. Measured on the reopened database (sled frees space lazily).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sizes = Vec::new();
+    for keep_last in [0u32, 2] {
+        let dir = tmp.path().join(format!("keep{keep_last}"));
+        let s = TestServer::start_in(dir.clone(), 64 << 20).await;
+        let mut c = s.client().await;
+        let mut spec = linear("big", 1 << 20, pb::OptimizerKind::Sgd, 0.1);
+        spec.commit = Some(pb::CommitPolicy { keep_last, ..Default::default() });
+        create(&mut c, spec).await;
+        for i in 0..30 {
+            c.params.push(push_req("big", 0, vec![dense("w", 0, &vec![i as f32 + 1.0; 1 << 20])])).await.unwrap();
+            commit(&mut c, "big").await;
+        }
+        assert_eq!(versions(&mut c, "big").await.len(), if keep_last == 0 { 31 } else { 2 });
+        s.stop().await;
+        let s = TestServer::start_in(dir.clone(), 64 << 20).await;
+        s.stop().await;
+        sizes.push(dir_size(&dir));
+    }
+    assert!(
+        sizes[1] * 3 < sizes[0],
+        "disk use with --keep-last 2: {} bytes, keeping all: {} bytes",
+        sizes[1],
+        sizes[0]
+    );
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| if e.file_type().unwrap().is_dir() { dir_size(&e.path()) } else { e.metadata().unwrap().len() })
+        .sum()
+}
+
+#[tokio::test]
+async fn refused_requests_name_the_problem_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(tmp.path().join("d"), 64 << 10).await;
+    let mut c = s.client().await;
+    let mut spec = linear("m", 4, pb::OptimizerKind::Adagrad, 0.1);
+    spec.hash_bits = 8;
+    spec.init = Some(pb::InitSpec { seed: 5, scale: 0.5 });
+    create(&mut c, spec.clone()).await;
+    let before = pull_all(&mut c, "m", None).await;
+
+    let dup = c.models.create_model(pb::CreateModelRequest { spec: Some(spec.clone()) }).await.unwrap_err();
+    assert_eq!(dup.code(), Code::AlreadyExists);
+    assert!(dup.message().contains("\"m\""));
+
+    let mut bad = spec.clone();
+    bad.name = "bad".into();
+    bad.optimizer.as_mut().unwrap().lr = -1.0;
+    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(bad) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("optimizer.lr"), "{}", e.message());
+
+    let cases: Vec<(pb::PushRequest, Code, &str)> = vec![
+        (push_req("nope", 0, vec![dense("w", 0, &[1.0])]), Code::NotFound, "\"nope\""),
+        (push_req("m", 0, vec![dense("w", 2, &[1.0; 4])]), Code::InvalidArgument, "outside its 4 floats"),
+        (push_req("m", 0, vec![dense("zz", 0, &[1.0])]), Code::InvalidArgument, "\"zz\""),
+        (push_req("m", 0, vec![rows("h", &[256], &[1.0])]), Code::InvalidArgument, "key 256 is out of range"),
+        (push_req("m", 0, vec![rows("h", &[1, 2], &[1.0])]), Code::InvalidArgument, "2 keys"),
+        // a valid first gradient and a NaN in the second: neither is applied
+        (push_req("m", 0, vec![dense("w", 0, &[1.0; 4]), dense("b", 0, &[f32::NAN])]), Code::InvalidArgument, "NaN"),
+        (push_req("m", 0, vec![dense("w", 0, &[f32::INFINITY])]), Code::InvalidArgument, "NaN or infinite"),
+        (push_req("m", 99, vec![dense("w", 0, &[1.0])]), Code::Aborted, "epoch"),
+        (push_req("m", 0, vec![dense("w", 0, &vec![1.0; 20_000])]), Code::ResourceExhausted, "limit of 65536 bytes"),
+    ];
+    for (req, code, needle) in cases {
+        let e = c.params.push(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(e.message().contains(needle), "{:?} does not mention {needle:?}", e.message());
+    }
+    let mut bytes = dense("w", 0, &[1.0]);
+    bytes.values = bytes::Bytes::from_static(&[0, 0, 0]);
+    let e = c.params.push(push_req("m", 0, vec![bytes])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    let e = c
+        .models
+        .rollback(pb::RollbackRequest { model: "m".into(), to_version: 999_999, reason: String::new() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("999999"), "{}", e.message());
+    let e =
+        c.params.pull(pb::PullRequest { model: "m".into(), version: Some(7), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = c.params.pull(pb::PullRequest { model: "m".into(), ema: true, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c.models.tag(pb::TagRequest { model: "m".into(), version: 3, label: "x".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    let after = pull_all(&mut c, "m", None).await;
+    assert_eq!(after.0.updates, before.0.updates);
+    assert_eq!(after.1, before.1, "a refused request changed the parameters");
+    assert_eq!(versions(&mut c, "m").await.len(), 1);
+}
+
+#[tokio::test]
+async fn watch_streams_version_events_with_catch_up() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    create(&mut c, linear("w", 2, pb::OptimizerKind::Sgd, 0.1)).await;
+    c.params.push(push_req("w", 0, vec![dense("w", 0, &[1.0, 1.0])])).await.unwrap();
+    commit(&mut c, "w").await;
+    let req = pb::WatchRequest { model: "w".into(), after_version: Some(0) };
+    let mut stream = c.models.watch_versions(req).await.unwrap().into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(stream.message().await.unwrap().unwrap().version.unwrap().version);
+    }
+    assert_eq!(seen, vec![1, 2], "catch-up replays the retained versions");
+    c.params.push(push_req("w", 0, vec![dense("w", 0, &[1.0, 1.0])])).await.unwrap();
+    commit(&mut c, "w").await;
+    c.models.rollback(pb::RollbackRequest { model: "w".into(), to_version: 1, reason: String::new() }).await.unwrap();
+    c.models.tag(pb::TagRequest { model: "w".into(), version: 4, label: "good".into() }).await.unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let ev = stream.message().await.unwrap().unwrap();
+        kinds.push((pb::VersionEventKind::try_from(ev.kind).unwrap(), ev.version.unwrap().version));
+    }
+    use pb::VersionEventKind as K;
+    assert_eq!(kinds, vec![(K::Created, 3), (K::RolledBack, 4), (K::Tagged, 4)]);
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::{server_reflection_request::MessageRequest, ServerReflectionRequest};
+    let s = TestServer::start().await;
+    let channel = tonic::transport::Endpoint::from_shared(s.url.clone()).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let r =
+        health.check(tonic_health::pb::HealthCheckRequest { service: "accrete.v1.Parameters".into() }).await.unwrap();
+    assert_eq!(r.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = refl.server_reflection_info(tokio_stream::iter(vec![req])).await.unwrap().into_inner();
+    let msg = format!("{:?}", resp.message().await.unwrap().unwrap());
+    assert!(msg.contains("accrete.v1.Models") && msg.contains("accrete.v1.Parameters"), "{msg}");
+}
