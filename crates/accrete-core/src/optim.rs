@@ -12,6 +12,10 @@ pub trait Grad {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The first NaN or infinite value, with its index.
+    fn first_non_finite(&self) -> Option<(usize, f32)> {
+        (0..self.len()).map(|i| (i, self.at(i))).find(|(_, v)| !v.is_finite())
+    }
 }
 
 impl Grad for [f32] {
@@ -38,6 +42,15 @@ impl Grad for LeBytes<'_> {
     fn at(&self, i: usize) -> f32 {
         let b = &self.0[4 * i..4 * i + 4];
         f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn first_non_finite(&self) -> Option<(usize, f32)> {
+        // All exponent bits set = NaN or infinity; a branch-free scan first, then the index.
+        const EXP: u32 = 0x7f80_0000;
+        let bits = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        if !self.0.chunks_exact(4).fold(false, |bad, c| bad | (bits(c) & EXP == EXP)) {
+            return None;
+        }
+        self.0.chunks_exact(4).position(|c| bits(c) & EXP == EXP).map(|i| (i, self.at(i)))
     }
 }
 

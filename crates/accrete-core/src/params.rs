@@ -148,6 +148,30 @@ impl Params {
         }
     }
 
+    /// [`Params::apply_dense`] from little-endian f32 bytes, decoded a block at a time
+    /// (no buffer the size of the gradient, vectorised loops).
+    pub fn apply_dense_le(&mut self, t: usize, offset: usize, bytes: &[u8]) {
+        let mut buf = [0f32; BLOCK];
+        for (i, block) in bytes.chunks(BLOCK * 4).enumerate() {
+            let n = decode_block(block, &mut buf);
+            self.apply_dense(t, offset + i * BLOCK, &buf[..n]);
+        }
+    }
+
+    /// [`Params::apply_rows`] from little-endian f32 bytes, a block of rows at a time.
+    pub fn apply_rows_le(&mut self, t: usize, keys: &[u64], bytes: &[u8]) {
+        let cols = self.tensors[t].spec.cols as usize;
+        if cols > BLOCK {
+            return self.apply_rows(t, keys, &crate::optim::LeBytes(bytes));
+        }
+        let per = BLOCK / cols;
+        let mut buf = [0f32; BLOCK];
+        for (k, block) in keys.chunks(per).zip(bytes.chunks(per * cols * 4)) {
+            let n = decode_block(block, &mut buf);
+            self.apply_rows(t, k, &buf[..n]);
+        }
+    }
+
     /// Indices of the chunks of tensor `t` changed since the last [`Params::clear_dirty`].
     pub fn dirty_chunks(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
         self.tensors[t].dirty.iter().enumerate().filter(|(_, d)| **d).map(|(c, _)| c)
@@ -159,6 +183,12 @@ impl Params {
 
     pub fn mark_dirty(&mut self, t: usize, c: usize) {
         self.tensors[t].dirty[c] = true;
+    }
+
+    /// Bytes of the stored form of chunk `c` of tensor `t`.
+    pub fn chunk_bytes(&self, t: usize, c: usize) -> usize {
+        let ts = &self.tensors[t];
+        ts.chunk_range(c).len() * 4 * (1 + ts.slots.len())
     }
 
     /// Appends the stored form of chunk `c` of tensor `t` (weights, then each slot).
@@ -251,13 +281,21 @@ pub fn check_rows<G: Grad + ?Sized>(
 }
 
 fn check_finite<G: Grad + ?Sized>(tensor: &str, g: &G) -> Result<(), UpdateError> {
-    for i in 0..g.len() {
-        let value = g.at(i);
-        if !value.is_finite() {
-            return Err(UpdateError::NotFinite { tensor: tensor.to_string(), index: i, value });
-        }
+    match g.first_non_finite() {
+        Some((index, value)) => Err(UpdateError::NotFinite { tensor: tensor.to_string(), index, value }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Floats decoded at a time from wire bytes: an L1-sized block on the stack.
+const BLOCK: usize = 1024;
+
+fn decode_block(bytes: &[u8], buf: &mut [f32; BLOCK]) -> usize {
+    let n = bytes.len() / 4;
+    for (d, b) in buf[..n].iter_mut().zip(bytes.chunks_exact(4)) {
+        *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+    n
 }
 
 fn apply_range<G: Grad + ?Sized>(opt: &Optimizer, ts: &mut TensorState, start: usize, g: &G, step: u64) {
@@ -319,6 +357,33 @@ mod tests {
         assert_eq!(q.tensors[h].w[40_000].to_bits(), p.tensors[h].w[40_000].to_bits());
         assert_eq!(q.tensors[h].slots[1][40_000].to_bits(), p.tensors[h].slots[1][40_000].to_bits());
         assert!(q.decode_chunk(h, 2, &blob[1..]).is_err());
+    }
+
+    #[test]
+    fn byte_paths_match_f32_paths_bitwise() {
+        let (mut a, mut b) = (Params::init(&spec()), Params::init(&spec()));
+        let h = a.tensor_index("h").unwrap();
+        let w = a.tensor_index("w").unwrap();
+        let keys: Vec<u64> = (0..3000).map(|i| (i * 7919) % (1 << 16)).collect();
+        let g: Vec<f32> = (0..3000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
+        for p in [&mut a, &mut b] {
+            p.begin_update();
+        }
+        a.apply_rows(h, &keys, &g[..]);
+        b.apply_rows_le(h, &keys, &bytes);
+        a.apply_dense(w, 1, &g[..2]);
+        b.apply_dense_le(w, 1, &bytes[..8]);
+        for t in [h, w] {
+            let bits = |p: &Params| {
+                p.tensors[t].w.iter().chain(&p.tensors[t].slots[1]).map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&a), bits(&b));
+        }
+        let mut bad = bytes.clone();
+        bad[4 * 2999..].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert_eq!(crate::optim::LeBytes(&bad).first_non_finite().map(|x| x.0), Some(2999));
+        assert_eq!(crate::optim::LeBytes(&bytes).first_non_finite(), None);
     }
 
     #[test]

@@ -2,10 +2,23 @@
 //! descriptor set for reflection, and helpers to move f32 slices in and out of the
 //! little-endian byte fields. The only crate that knows protobuf.
 
+/// Generated code, nested as the proto packages are (`accrete.v1`, `accrete.bench.v1`).
 #[allow(clippy::all, missing_docs)]
-pub mod v1 {
-    tonic::include_proto!("accrete.v1");
+pub mod accrete {
+    pub mod v1 {
+        tonic::include_proto!("accrete.v1");
+    }
+    pub mod bench {
+        pub mod v1 {
+            tonic::include_proto!("accrete.bench.v1");
+        }
+    }
 }
+
+pub use accrete::v1;
+
+/// The benchmark-only sink service (see `proto/accrete/bench/v1/bench.proto`).
+pub use accrete::bench::v1 as bench;
 
 /// Encoded `FileDescriptorSet` of the accrete protos, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/accrete_descriptor.bin"));

@@ -38,7 +38,7 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        ServerConfig { data_dir: data_dir.into(), max_message_bytes: 64 << 20, cache_bytes: 64 << 20 }
+        ServerConfig { data_dir: data_dir.into(), max_message_bytes: 64 << 20, cache_bytes: 16 << 20 }
     }
 
     pub fn validate(&self) -> Result<(), ServerError> {

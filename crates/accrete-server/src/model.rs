@@ -9,7 +9,7 @@ use accrete_core::layout::{layout, TensorSpec};
 use accrete_core::optim::LeBytes;
 use accrete_core::params::{check_dense, check_rows, chunks_of};
 use accrete_core::{ModelSpec, Params};
-use accrete_store::{now_unix_ms, ChunkWrite, Manifest, ModelRecord, Store, VersionRecord, WorkerProgress};
+use accrete_store::{now_unix_ms, ChunkBatch, Manifest, ModelRecord, Store, VersionRecord, WorkerProgress};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -128,10 +128,10 @@ impl ModelHandle {
             lineage_epoch: 1,
             ..Default::default()
         };
-        let chunks = all_chunks(&params);
+        let written = write_all_chunks(&store, record.id, 1, &params)?;
         let manifest = Manifest::full(&params, 1);
-        let version = VersionRecord { chunks_written: chunks.len() as u64, ..version };
-        store.write_version(record.id, &version, &manifest, &chunks)?;
+        let version = VersionRecord { chunks_written: written, ..version };
+        store.write_version(record.id, &version, &manifest, &ChunkBatch::default())?;
         store.put_model(&record)?;
         let handle = ModelHandle::assemble(store, events, record, version.clone(), manifest, params);
         handle.emit(EventKind::Created, version);
@@ -205,25 +205,36 @@ impl ModelHandle {
         ServiceError::Update { model: self.name().to_string(), source }
     }
 
+    /// Checks one gradient against the layout (shape, keys, finite values); returns its
+    /// tensor index.
+    fn check(&self, g: &Grad<'_>) -> Result<usize> {
+        if !g.values.len().is_multiple_of(4) {
+            let message = format!(
+                "model {:?}: tensor {:?}: values have {} bytes, not a multiple of 4 (little-endian f32)",
+                self.name(),
+                g.tensor,
+                g.values.len()
+            );
+            return Err(ServiceError::Invalid(message));
+        }
+        let v = LeBytes(g.values);
+        let checked = if g.keys.is_empty() {
+            check_dense(&self.layout, g.tensor, g.offset, &v)
+        } else {
+            check_rows(&self.layout, g.tensor, g.keys, &v)
+        };
+        checked.map_err(|e| self.update_err(e))
+    }
+
     /// Validates every gradient of a push against the layout (before any lock), then
     /// applies them all under the live lock: a refused push changes nothing.
     pub fn push(&self, epoch: u64, grads: &[Grad<'_>], meta: &PushMeta<'_>) -> Result<Ack> {
-        for g in grads {
-            if g.values.len() % 4 != 0 {
-                return Err(ServiceError::Invalid(format!(
-                    "model {:?}: tensor {:?}: values have {} bytes, not a multiple of 4 (little-endian f32)",
-                    self.name(),
-                    g.tensor,
-                    g.values.len()
-                )));
+        let mut tensors = [0usize; 8];
+        for (i, g) in grads.iter().enumerate() {
+            let t = self.check(g)?;
+            if let Some(slot) = tensors.get_mut(i) {
+                *slot = t;
             }
-            let v = LeBytes(g.values);
-            let checked = if g.keys.is_empty() {
-                check_dense(&self.layout, g.tensor, g.offset, &v)
-            } else {
-                check_rows(&self.layout, g.tensor, g.keys, &v)
-            };
-            checked.map_err(|e| self.update_err(e))?;
         }
         let mut live = lock(&self.live);
         if epoch != 0 && epoch != live.epoch {
@@ -234,12 +245,15 @@ impl ModelHandle {
             });
         }
         live.params.begin_update();
-        for g in grads {
-            let t = self.layout.iter().position(|t| t.name == g.tensor).unwrap_or_default();
+        for (i, g) in grads.iter().enumerate() {
+            let t = tensors
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| self.layout.iter().position(|t| t.name == g.tensor).unwrap_or_default());
             if g.keys.is_empty() {
-                live.params.apply_dense(t, g.offset as usize, &LeBytes(g.values));
+                live.params.apply_dense_le(t, g.offset as usize, g.values);
             } else {
-                live.params.apply_rows(t, g.keys, &LeBytes(g.values));
+                live.params.apply_rows_le(t, g.keys, g.values);
             }
         }
         live.updates += 1;
@@ -295,13 +309,13 @@ impl ModelHandle {
             }
             let version = head.record.version + 1;
             let mut manifest = head.manifest.clone();
-            let mut chunks = Vec::new();
-            for t in 0..live.params.tensors.len() {
-                for c in live.params.dirty_chunks(t) {
-                    let mut blob = Vec::new();
-                    live.params.encode_chunk(t, c, &mut blob);
+            let p = &live.params;
+            let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| p.chunk_bytes(t, c))).sum();
+            let mut chunks = ChunkBatch::with_capacity(bytes);
+            for t in 0..p.tensors.len() {
+                for c in p.dirty_chunks(t) {
+                    chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out));
                     manifest.tensors[t][c] = version;
-                    chunks.push((t as u32, c as u32, blob));
                 }
             }
             let rec = VersionRecord {
@@ -324,7 +338,7 @@ impl ModelHandle {
         };
         if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &chunks) {
             let mut live = lock(&self.live);
-            chunks.iter().for_each(|(t, c, _)| live.params.mark_dirty(*t as usize, *c as usize));
+            chunks.chunks.iter().for_each(|(t, c, _)| live.params.mark_dirty(*t as usize, *c as usize));
             live.since_commit += rec.updates_since_parent;
             return Err(e.into());
         }
@@ -358,7 +372,7 @@ impl ModelHandle {
             steps: target.steps,
             ..Default::default()
         };
-        self.store.write_version(self.record.id, &rec, &manifest, &[])?;
+        self.store.write_version(self.record.id, &rec, &manifest, &ChunkBatch::default())?;
         live.reset(params, rec.lineage_epoch, rec.version);
         drop(live);
         *head = Head { record: rec.clone(), manifest };
@@ -371,7 +385,7 @@ impl ModelHandle {
     pub fn import(&self, params: Params, source: &str) -> Result<VersionRecord> {
         let mut head = lock(&self.head);
         let version = head.record.version + 1;
-        let chunks = all_chunks(&params);
+        let written = write_all_chunks(&self.store, self.record.id, version, &params)?;
         let manifest = Manifest::full(&params, version);
         let mut live = lock(&self.live);
         let rec = VersionRecord {
@@ -382,11 +396,11 @@ impl ModelHandle {
             reason: if source.is_empty() { "import".into() } else { format!("import from {source}") },
             lineage_epoch: live.epoch + 1,
             workers: live.workers.values().cloned().collect(),
-            chunks_written: chunks.len() as u64,
+            chunks_written: written,
             steps: params.steps,
             ..Default::default()
         };
-        self.store.write_version(self.record.id, &rec, &manifest, &chunks)?;
+        self.store.write_version(self.record.id, &rec, &manifest, &ChunkBatch::default())?;
         live.reset(params, rec.lineage_epoch, version);
         drop(live);
         *head = Head { record: rec.clone(), manifest };
@@ -530,16 +544,24 @@ fn record_progress(workers: &mut BTreeMap<String, WorkerProgress>, m: &PushMeta<
     }
 }
 
-fn all_chunks(params: &Params) -> Vec<ChunkWrite> {
-    let mut out = Vec::new();
+/// Writes every chunk of `params` under `version`, a batch at a time so a large model
+/// never needs a second copy in memory. Returns the number of chunks.
+fn write_all_chunks(store: &Store, id: u64, version: u64, params: &Params) -> Result<u64> {
+    const BATCH: usize = 64;
+    let mut batch = ChunkBatch::default();
+    let mut n = 0;
     for (t, ts) in params.tensors.iter().enumerate() {
         for c in 0..chunks_of(ts.w.len()) {
-            let mut blob = Vec::new();
-            params.encode_chunk(t, c, &mut blob);
-            out.push((t as u32, c as u32, blob));
+            batch.push(t as u32, c as u32, |out| params.encode_chunk(t, c, out));
+            if batch.len() == BATCH {
+                store.write_chunks(id, version, &batch)?;
+                n += batch.len() as u64;
+                batch.clear();
+            }
         }
     }
-    out
+    store.write_chunks(id, version, &batch)?;
+    Ok(n + batch.len() as u64)
 }
 
 fn summarize(all: &[VersionRecord]) -> String {

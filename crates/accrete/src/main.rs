@@ -1,5 +1,6 @@
 //! The `accrete` binary: one program, a subcommand per role. Flags are parsed here (clap,
 //! with `env` for what a container sets); library crates get plain config structs.
+mod bench;
 mod model_cmd;
 mod output;
 
@@ -20,6 +21,8 @@ enum Command {
     Server(ServerArgs),
     /// Create, inspect, version, roll back, import and export models.
     Model(model_cmd::ModelArgs),
+    /// Benchmarks with ratios measured in one run.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -33,8 +36,8 @@ struct ServerArgs {
     /// Largest request or response message in bytes; bigger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "ACCRETE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     max_message_bytes: usize,
-    /// sled page cache in bytes.
-    #[arg(long, env = "ACCRETE_CACHE_BYTES", default_value_t = 64 << 20)]
+    /// sled page cache in bytes (the live parameters are held apart from it).
+    #[arg(long, env = "ACCRETE_CACHE_BYTES", default_value_t = 16 << 20)]
     cache_bytes: u64,
 }
 
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Server(a) => serve(a).await,
             Command::Model(a) => model_cmd::run(a).await,
+            Command::Bench(a) => bench::run(a).await,
         }
     });
     match result {

@@ -1,0 +1,397 @@
+//! `accrete bench server`: the parameter server's benchmarks, run against a real server
+//! process on loopback, with ratios measured in the same run (these machines are shared
+//! and noisy, so absolute times are only context).
+//!
+//! - dense push+apply of a 10^7-float model vs raw tonic streaming of the same messages to
+//!   a sink that applies nothing;
+//! - sparse 1,000-key pushes (key-updates/s);
+//! - commit after touching 1 % of a 10^8-float model vs a commit that rewrites it all;
+//! - rollback time for 10^6, 10^7, 10^8 floats;
+//! - server RSS holding a 10^7-float Adam model vs the bytes of weights + slots;
+//! - disk use after 100 commits of 1 % changes with `--keep-last 10`.
+use accrete_client::Client;
+use accrete_proto::bench::sink_client::SinkClient;
+use accrete_proto::bench::sink_server::{Sink, SinkServer};
+use accrete_proto::v1 as pb;
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_stream::{Stream, StreamExt};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Parameter-server benchmarks (push, commit, rollback, memory, disk).
+    Server {
+        /// Largest model for the commit and rollback scenarios (floats).
+        #[arg(long, default_value_t = 100_000_000)]
+        max_floats: u64,
+        /// Print one JSON object with every figure.
+        #[arg(long)]
+        json: bool,
+        /// Scenarios to run (dense, sparse, commit, rss, disk); all by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// (internal) Serve the raw-streaming sink that the push benchmark compares with.
+    #[command(hide = true)]
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+pub async fn run(a: BenchArgs) -> Result<()> {
+    match a.cmd {
+        BenchCmd::Server { max_floats, json, only } => server_bench(max_floats, json, &only).await,
+        BenchCmd::Sink { listen } => serve_sink(listen).await,
+    }
+}
+
+/// Floats per dense push message: 256 KiB of values.
+const MSG_FLOATS: usize = 64 * 1024;
+
+struct SinkSvc;
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::PushAck, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Sink for SinkSvc {
+    type DrainStream = AckStream;
+    async fn drain(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::PushRequest>>,
+    ) -> Result<tonic::Response<AckStream>, tonic::Status> {
+        let mut n = 0u64;
+        let acks = req.into_inner().map(move |m| {
+            m.map(|_| {
+                n += 1;
+                pb::PushAck { lineage_epoch: 1, head_version: 1, updates: n }
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(acks)))
+    }
+}
+
+async fn serve_sink(listen: SocketAddr) -> Result<()> {
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(SinkServer::new(SinkSvc).max_decoding_message_size(256 << 20))
+        .serve_with_shutdown(listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn spawn(args: &[&str]) -> Result<(Proc, String)> {
+    let port = free_port()?;
+    let exe = std::env::current_exe()?;
+    let listen = format!("127.0.0.1:{port}");
+    let child =
+        Command::new(exe).args(args).args(["--listen", &listen]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let p = Proc(child);
+    let url = format!("http://{listen}");
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(&listen).await.is_ok() {
+            return Ok((p, url));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{args:?} did not start listening on {listen}")
+}
+
+async fn spawn_server(dir: &Path) -> Result<(Proc, String, Client)> {
+    let d = dir.to_string_lossy().to_string();
+    let (p, url) = spawn(&["server", "--data-dir", &d, "--max-message-bytes", &(256u64 << 20).to_string()]).await?;
+    let c = Client::connect(&url).await?;
+    Ok((p, url, c))
+}
+
+fn spec(name: &str, features: u32, opt: pb::OptimizerKind, keep_last: u32) -> pb::ModelSpec {
+    pb::ModelSpec {
+        name: name.into(),
+        kind: pb::ModelKind::Linear as i32,
+        features,
+        optimizer: Some(pb::OptimizerSpec { kind: opt as i32, lr: 1e-3, ..Default::default() }),
+        commit: Some(pb::CommitPolicy { keep_last, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Push messages covering `floats` floats of `w` from `start`, 256 KiB each.
+fn dense_msgs(model: &str, start: u64, floats: u64, value: f32) -> Vec<pb::PushRequest> {
+    let mut out = Vec::new();
+    let mut off = start;
+    while off < start + floats {
+        let n = (start + floats - off).min(MSG_FLOATS as u64) as usize;
+        let grads = vec![pb::TensorChunk {
+            tensor: "w".into(),
+            offset: off,
+            values: accrete_proto::f32s_to_bytes(&vec![value; n]),
+            ..Default::default()
+        }];
+        out.push(pb::PushRequest { model: model.into(), lineage_epoch: 0, grads, meta: None });
+        off += n as u64;
+    }
+    out
+}
+
+/// Streams `msgs` `rounds` times over one push stream; returns seconds.
+async fn stream_pushes(c: &mut Client, msgs: &[pb::PushRequest], rounds: usize) -> Result<f64> {
+    let all: Vec<pb::PushRequest> = (0..rounds).flat_map(|_| msgs.iter().cloned()).collect();
+    let n = all.len();
+    let t = Instant::now();
+    let mut acks = c.params.push_stream(tokio_stream::iter(all)).await?.into_inner();
+    let mut got = 0;
+    while let Some(a) = acks.next().await {
+        a?;
+        got += 1;
+    }
+    if got != n {
+        bail!("{got} acks for {n} pushes");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+async fn stream_sink(url: &str, msgs: &[pb::PushRequest], rounds: usize) -> Result<f64> {
+    let ch = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await?;
+    let mut sink = SinkClient::new(ch).max_encoding_message_size(256 << 20);
+    let all: Vec<pb::PushRequest> = (0..rounds).flat_map(|_| msgs.iter().cloned()).collect();
+    let n = all.len();
+    let t = Instant::now();
+    let mut acks = sink.drain(tokio_stream::iter(all)).await?.into_inner();
+    let mut got = 0;
+    while let Some(a) = acks.next().await {
+        a?;
+        got += 1;
+    }
+    if got != n {
+        bail!("{got} sink acks for {n} messages");
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+async fn commit(c: &mut Client, model: &str) -> Result<(f64, pb::VersionInfo)> {
+    let t = Instant::now();
+    let r = c.models.commit(pb::CommitRequest { model: model.into(), reason: String::new() }).await?.into_inner();
+    Ok((t.elapsed().as_secs_f64(), r.version.unwrap_or_default()))
+}
+
+async fn create(c: &mut Client, s: pb::ModelSpec) -> Result<f64> {
+    let t = Instant::now();
+    c.models.create_model(pb::CreateModelRequest { spec: Some(s) }).await?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.flatten()
+        .map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+        .sum()
+}
+
+async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result<()> {
+    let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let tmp = tempfile::tempdir()?;
+    let mut report = serde_json::Map::new();
+    let say = |line: String| {
+        if !as_json {
+            println!("{line}");
+        }
+    };
+
+    // 1. dense push+apply vs raw streaming of the same messages
+    if want("dense") {
+        let (_p, _url, mut c) = spawn_server(&tmp.path().join("dense")).await?;
+        let (_sink, sink_url) = spawn(&["bench", "sink"]).await?;
+        create(&mut c, spec("dense", 10_000_000, pb::OptimizerKind::Sgd, 0)).await?;
+        let msgs = dense_msgs("dense", 0, 10_000_000, 1e-3);
+        let bytes = msgs.iter().map(|m| m.grads[0].values.len()).sum::<usize>() as f64;
+        let rounds = 2;
+        stream_sink(&sink_url, &msgs, 1).await?; // warm-up
+        stream_pushes(&mut c, &msgs, 1).await?;
+        // Alternate the two, five pairs; the median pair ratio is the figure.
+        let mut pairs = Vec::new();
+        for _ in 0..5 {
+            let raw = stream_sink(&sink_url, &msgs, rounds).await?;
+            let push = stream_pushes(&mut c, &msgs, rounds).await?;
+            pairs.push((raw / push, bytes * rounds as f64 / push / 1e9, bytes * rounds as f64 / raw / 1e9));
+        }
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (ratio, push_gbs, raw_gbs) = pairs[2];
+        say(format!(
+            "dense push+apply, 10^7-float SGD model, 256 KiB messages: {push_gbs:.2} GB/s; raw tonic streaming of the same messages: {raw_gbs:.2} GB/s; ratio {ratio:.2} (median of 5 pairs; goal >= 0.8)"
+        ));
+        report.insert("dense".into(), json!({"push_gb_s": push_gbs, "raw_gb_s": raw_gbs, "ratio": ratio}));
+    }
+
+    // 2. sparse 1,000-key pushes over two concurrent streams
+    if want("sparse") {
+        let (_p, _url, mut c) = spawn_server(&tmp.path().join("sparse")).await?;
+        let mut s = spec("sparse", 0, pb::OptimizerKind::Adagrad, 0);
+        s.kind = pb::ModelKind::Logistic as i32;
+        s.hash_bits = 20;
+        create(&mut c, s).await?;
+        let mut rng = accrete_core::rng::SplitMix64::new(42);
+        let msgs: Vec<pb::PushRequest> = (0..64)
+            .map(|_| {
+                let mut keys: Vec<u64> = (0..1000).map(|_| rng.next_u64() % (1 << 20)).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                let vals: Vec<f32> = keys.iter().map(|_| (rng.next_f64() - 0.5) as f32).collect();
+                let grads = vec![pb::TensorChunk {
+                    tensor: "h".into(),
+                    keys,
+                    values: accrete_proto::f32s_to_bytes(&vals),
+                    ..Default::default()
+                }];
+                pb::PushRequest { model: "sparse".into(), lineage_epoch: 0, grads, meta: None }
+            })
+            .collect();
+        let keys_per_round: usize = msgs.iter().map(|m| m.grads[0].keys.len()).sum();
+        let rounds = 150;
+        stream_pushes(&mut c, &msgs, 10).await?; // warm-up
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let (mut a, mut b) = (c.clone(), c.clone());
+            let (ra, rb) = tokio::join!(stream_pushes(&mut a, &msgs, rounds), stream_pushes(&mut b, &msgs, rounds));
+            ra?;
+            rb?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let rate = (2 * rounds * keys_per_round) as f64 / best;
+        say(format!(
+            "sparse pushes of 1,000 keys (AdaGrad, 2^20 rows, 2 streams): {:.2} M key-updates/s (goal >= 5)",
+            rate / 1e6
+        ));
+        report.insert("sparse".into(), json!({"key_updates_per_s": rate}));
+    }
+
+    // 3 + 4. commit after touching 1 % vs all of the largest model; rollback by size
+    if want("commit") {
+        let (_p, _url, mut c) = spawn_server(&tmp.path().join("commit")).await?;
+        let mut rollbacks = Vec::new();
+        let sizes: Vec<u64> =
+            [1_000_000u64, 10_000_000, 100_000_000].into_iter().filter(|s| *s <= max_floats).collect();
+        for (i, &n) in sizes.iter().enumerate() {
+            let name = format!("m{i}");
+            let t_create = create(&mut c, spec(&name, n as u32, pb::OptimizerKind::Sgd, 0)).await?;
+            stream_pushes(&mut c, &dense_msgs(&name, 0, n / 100, 1e-3), 1).await?;
+            let (t_small, v_small) = commit(&mut c, &name).await?;
+            stream_pushes(&mut c, &dense_msgs(&name, 0, n, 1e-3), 1).await?;
+            let (t_full, v_full) = commit(&mut c, &name).await?;
+            let t = Instant::now();
+            c.models
+                .rollback(pb::RollbackRequest { model: name.clone(), to_version: 1, reason: String::new() })
+                .await?;
+            let t_rb = t.elapsed().as_secs_f64();
+            say(format!(
+                "{n:>11} floats: create {t_create:.3} s; commit after touching 1 %: {t_small:.4} s ({} chunks); after touching all: {t_full:.3} s ({} chunks); ratio {:.3} (goal <= 0.05); rollback {t_rb:.3} s",
+                v_small.chunks_written,
+                v_full.chunks_written,
+                t_small / t_full
+            ));
+            rollbacks
+                .push(json!({"floats": n, "create_s": t_create, "commit_1pct_s": t_small, "commit_full_s": t_full,
+                "ratio": t_small / t_full, "rollback_s": t_rb}));
+        }
+        report.insert("commit_rollback".into(), json!(rollbacks));
+    }
+
+    // 5. RSS holding a 10^7-float Adam model
+    if want("rss") {
+        let (p, _url, mut c) = spawn_server(&tmp.path().join("rss")).await?;
+        let (base, _) = rss_kib(p.0.id())?;
+        create(&mut c, spec("adam", 10_000_000, pb::OptimizerKind::Adam, 0)).await?;
+        stream_pushes(&mut c, &dense_msgs("adam", 0, 10_000_000, 1e-3), 1).await?;
+        commit(&mut c, "adam").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (rss, hwm) = rss_kib(p.0.id())?;
+        let model_kib = 10_000_000u64 * 4 * 3 / 1024;
+        let ratio = (rss - base) as f64 / model_kib as f64;
+        say(format!(
+            "server RSS with a 10^7-float Adam model: {} MiB over an empty server's {} MiB (weights + slots: {} MiB), ratio {ratio:.2} (goal <= 1.5); peak {} MiB",
+            (rss - base) / 1024, base / 1024, model_kib / 1024, hwm / 1024
+        ));
+        report.insert(
+            "rss".into(),
+            json!({"rss_kib": rss, "base_kib": base, "peak_kib": hwm, "model_kib": model_kib, "ratio": ratio}),
+        );
+    }
+
+    // 6. disk use after 100 commits of 1 % changes with --keep-last 10
+    if want("disk") {
+        let dir = tmp.path().join("disk");
+        let n = 10_000_000u64;
+        {
+            let (_p, _url, mut c) = spawn_server(&dir).await?;
+            create(&mut c, spec("disk", n as u32, pb::OptimizerKind::Sgd, 10)).await?;
+            for i in 0..100u64 {
+                let start = (i % 100) * (n / 100);
+                stream_pushes(&mut c, &dense_msgs("disk", start, n / 100, 1e-3), 1).await?;
+                commit(&mut c, "disk").await?;
+            }
+        }
+        let before = dir_bytes(&dir);
+        {
+            let (_p, _url, mut c) = spawn_server(&dir).await?;
+            let v = c.models.list_versions(pb::ModelRef { name: "disk".into() }).await?.into_inner().versions.len();
+            say(format!(
+                "disk after 100 commits of 1 % of a 10^7-float model, --keep-last 10: {} MiB ({v} versions kept; weights are {} MiB); reopened: {} MiB",
+                before >> 20,
+                (n * 4) >> 20,
+                dir_bytes(&dir) >> 20
+            ));
+            report.insert("disk".into(), json!({"bytes": before, "weights_bytes": n * 4, "versions": v}));
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::Value::Object(report));
+    }
+    Ok(())
+}
