@@ -374,3 +374,94 @@ async fn health_and_reflection_are_served() {
     let msg = format!("{:?}", resp.message().await.unwrap().unwrap());
     assert!(msg.contains("accrete.v1.Models") && msg.contains("accrete.v1.Parameters"), "{msg}");
 }
+
+#[tokio::test]
+async fn pulls_serve_ranges_keys_versions_and_the_ema() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut spec = linear("e", 6, pb::OptimizerKind::Sgd, 1.0);
+    spec.hash_bits = 4;
+    spec.classes = 0;
+    spec.ema_decay = 0.5;
+    create(&mut c, spec).await;
+    c.params
+        .push(push_req("e", 0, vec![dense("w", 2, &[-2.0, -4.0]), rows("h", &[3, 9], &[-1.0, -3.0])]))
+        .await
+        .unwrap();
+    let slices = vec![
+        pb::PullSlice { tensor: "w".into(), offset: 1, len: 3, keys: vec![] },
+        pb::PullSlice { tensor: "h".into(), keys: vec![9, 3, 0], ..Default::default() },
+    ];
+    let pull =
+        |ema: bool, version: Option<u64>| pb::PullRequest { model: "e".into(), version, slices: slices.clone(), ema };
+    let r = c.params.pull(pull(false, None)).await.unwrap().into_inner();
+    let vals: Vec<Vec<f32>> = r.tensors.iter().map(|t| accrete_proto::bytes_to_f32s(&t.values).unwrap()).collect();
+    assert_eq!(vals, vec![vec![0.0, 2.0, 4.0], vec![3.0, 1.0, 0.0]]);
+    assert_eq!((r.version, r.updates), (1, 1));
+    // EMA with decay 0.5 from zero weights: half way to the new weights
+    let r = c.params.pull(pull(true, None)).await.unwrap().into_inner();
+    let vals: Vec<Vec<f32>> = r.tensors.iter().map(|t| accrete_proto::bytes_to_f32s(&t.values).unwrap()).collect();
+    assert_eq!(vals, vec![vec![0.0, 1.0, 2.0], vec![1.5, 0.5, 0.0]]);
+    // version 1 is the initial content
+    let r = c.params.pull(pull(false, Some(1))).await.unwrap().into_inner();
+    assert!(r.tensors.iter().all(|t| accrete_proto::bytes_to_f32s(&t.values).unwrap().iter().all(|v| *v == 0.0)));
+    let bad = pb::PullRequest {
+        slices: vec![pb::PullSlice { tensor: "h".into(), keys: vec![16], ..Default::default() }],
+        ..pull(false, None)
+    };
+    let e = c.params.pull(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("key 16"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn push_stream_acks_each_push_and_stops_at_the_first_refusal() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    create(&mut c, linear("s", 3, pb::OptimizerKind::Sgd, 1.0)).await;
+    let mut msgs: Vec<pb::PushRequest> = (0..50).map(|_| push_req("s", 0, vec![dense("w", 0, &[-1.0; 3])])).collect();
+    msgs.push(push_req("s", 0, vec![dense("w", 0, &[f32::NAN; 3])]));
+    msgs.extend((0..10).map(|_| push_req("s", 0, vec![dense("w", 0, &[-1.0; 3])])));
+    let mut acks = c.params.push_stream(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+    let mut n = 0;
+    let err = loop {
+        match acks.message().await {
+            Ok(Some(a)) => {
+                n += 1;
+                assert_eq!(a.updates, n);
+            }
+            Ok(None) => panic!("the stream ended without reporting the refused push"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(n, 50);
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(tensor(&mut c, "s", "w").await, vec![50.0; 3], "pushes after the refusal were not applied");
+}
+
+#[tokio::test]
+async fn worker_progress_is_recorded_with_versions() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    create(&mut c, linear("wp", 2, pb::OptimizerKind::Sgd, 0.1)).await;
+    for (i, off) in [(1, 100u64), (2, 250)] {
+        let mut req = push_req("wp", 0, vec![dense("w", 0, &[1.0, 1.0])]);
+        req.meta = Some(pb::PushMeta {
+            worker_id: "w0".into(),
+            shard: "part-0.csv".into(),
+            offset: off,
+            clock: i,
+            rows: 10,
+            loss_sum: 6.9,
+        });
+        c.params.push(req).await.unwrap();
+    }
+    let v = commit(&mut c, "wp").await;
+    assert_eq!(v.workers.len(), 1);
+    let w = &v.workers[0];
+    assert_eq!(
+        (w.worker_id.as_str(), w.shard.as_str(), w.offset, w.clock, w.rows, w.pushes),
+        ("w0", "part-0.csv", 250, 2, 20, 2)
+    );
+    assert!((w.loss_sum - 13.8).abs() < 1e-9);
+}

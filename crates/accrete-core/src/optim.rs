@@ -54,25 +54,6 @@ impl Grad for LeBytes<'_> {
     }
 }
 
-/// A sub-range of a gradient source.
-#[derive(Debug, Clone, Copy)]
-pub struct Sub<'a, G: ?Sized> {
-    pub g: &'a G,
-    pub start: usize,
-    pub len: usize,
-}
-
-impl<G: Grad + ?Sized> Grad for Sub<'_, G> {
-    #[inline]
-    fn len(&self) -> usize {
-        self.len
-    }
-    #[inline]
-    fn at(&self, i: usize) -> f32 {
-        self.g.at(self.start + i)
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct Optimizer {
     pub spec: OptimizerSpec,
@@ -85,22 +66,23 @@ impl Optimizer {
 
     /// Applies `g` to `w` with slots `s0`, `s1` (empty when the optimizer has fewer).
     /// `step` is the 1-based number of this update (Adam's bias correction).
-    pub fn apply<G: Grad + ?Sized>(&self, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &G, step: u64) {
+    pub fn apply(&self, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &[f32], step: u64) {
         let o = &self.spec;
         let n = w.len();
-        debug_assert_eq!(g.len(), n);
+        // Equal lengths, stated up front, let the loops below run without bounds checks.
+        let g = &g[..n];
         let l2 = o.l2;
         match o.kind {
             OptimizerKind::Sgd => {
                 for i in 0..n {
-                    let gi = g.at(i) + l2 * w[i];
+                    let gi = g[i] + l2 * w[i];
                     w[i] -= o.lr * gi;
                 }
             }
             OptimizerKind::Momentum => {
                 let v = &mut s0[..n];
                 for i in 0..n {
-                    let gi = g.at(i) + l2 * w[i];
+                    let gi = g[i] + l2 * w[i];
                     v[i] = o.momentum * v[i] + gi;
                     w[i] -= o.lr * v[i];
                 }
@@ -108,7 +90,7 @@ impl Optimizer {
             OptimizerKind::Adagrad => {
                 let a = &mut s0[..n];
                 for i in 0..n {
-                    let gi = g.at(i) + l2 * w[i];
+                    let gi = g[i] + l2 * w[i];
                     a[i] += gi * gi;
                     w[i] -= o.lr * gi / (a[i].sqrt() + o.eps);
                 }
@@ -119,7 +101,7 @@ impl Optimizer {
                 let c2 = 1.0 / (1.0 - o.beta2.powi(t));
                 let (m, v) = (&mut s0[..n], &mut s1[..n]);
                 for i in 0..n {
-                    let gi = g.at(i) + l2 * w[i];
+                    let gi = g[i] + l2 * w[i];
                     m[i] = o.beta1 * m[i] + (1.0 - o.beta1) * gi;
                     v[i] = o.beta2 * v[i] + (1.0 - o.beta2) * gi * gi;
                     w[i] -= o.lr * (m[i] * c1) / ((v[i] * c2).sqrt() + o.eps);
@@ -129,7 +111,7 @@ impl Optimizer {
                 let (z, nn) = (&mut s0[..n], &mut s1[..n]);
                 let (alpha, beta, l1) = (o.lr, o.beta2, o.l1);
                 for i in 0..n {
-                    let gi = g.at(i);
+                    let gi = g[i];
                     let n_new = nn[i] + gi * gi;
                     let sigma = (n_new.sqrt() - nn[i].sqrt()) / alpha;
                     z[i] += gi - sigma * w[i];
@@ -155,7 +137,7 @@ mod tests {
         let opt = Optimizer::new(spec);
         let (mut w, mut s0, mut s1) = ([w0], [0.0f32], [0.0f32]);
         for (k, g) in grads.iter().enumerate() {
-            opt.apply(&mut w, &mut s0, &mut s1, &[*g][..], k as u64 + 1);
+            opt.apply(&mut w, &mut s0, &mut s1, &[*g], k as u64 + 1);
         }
         (w[0], s0[0], s1[0])
     }
@@ -222,14 +204,12 @@ mod tests {
     }
 
     #[test]
-    fn le_bytes_match_f32_slices() {
-        let g = [0.5f32, -1.25, 3.0];
+    fn le_bytes_decode_and_find_non_finite_values() {
+        let g = [0.5f32, -1.25, 3.0, f32::INFINITY];
         let bytes: Vec<u8> = g.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let opt = Optimizer::new(OptimizerSpec::new(OptimizerKind::Adagrad, 0.3));
-        let (mut a, mut b) = ([1.0f32; 3], [1.0f32; 3]);
-        let (mut sa, mut sb) = ([0.0f32; 3], [0.0f32; 3]);
-        opt.apply(&mut a, &mut sa, &mut [], &g[..], 1);
-        opt.apply(&mut b, &mut sb, &mut [], &LeBytes(&bytes), 1);
-        assert_eq!(a, b);
+        let le = LeBytes(&bytes);
+        assert_eq!((0..4).map(|i| le.at(i)).collect::<Vec<_>>(), g);
+        assert_eq!(le.first_non_finite(), Some((3, f32::INFINITY)));
+        assert_eq!(LeBytes(&bytes[..12]).first_non_finite(), None);
     }
 }

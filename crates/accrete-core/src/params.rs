@@ -4,7 +4,7 @@
 //! A chunk is [`CHUNK_FLOATS`] consecutive floats of one tensor; its stored form is the
 //! weights of that range followed by each slot's values of the same range, little-endian.
 use crate::layout::{layout, slots, TensorSpec};
-use crate::optim::{Grad, Optimizer, Sub};
+use crate::optim::{Grad, Optimizer};
 use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
 
@@ -121,7 +121,7 @@ impl Params {
     }
 
     /// Applies a checked dense update.
-    pub fn apply_dense<G: Grad + ?Sized>(&mut self, t: usize, offset: usize, g: &G) {
+    pub fn apply_dense(&mut self, t: usize, offset: usize, g: &[f32]) {
         let step = self.steps.max(1);
         let (opt, decay, ema) = (self.opt, self.ema_decay, self.ema_slot());
         let ts = &mut self.tensors[t];
@@ -133,14 +133,14 @@ impl Params {
     }
 
     /// Applies a checked sparse update: row `keys[i]` gets `g[i*cols..(i+1)*cols]`.
-    pub fn apply_rows<G: Grad + ?Sized>(&mut self, t: usize, keys: &[u64], g: &G) {
+    pub fn apply_rows(&mut self, t: usize, keys: &[u64], g: &[f32]) {
         let step = self.steps.max(1);
         let (opt, decay, ema) = (self.opt, self.ema_decay, self.ema_slot());
         let ts = &mut self.tensors[t];
         let cols = ts.spec.cols as usize;
         for (i, k) in keys.iter().enumerate() {
             let start = *k as usize * cols;
-            apply_range(&opt, ts, start, &Sub { g, start: i * cols, len: cols }, step);
+            apply_range(&opt, ts, start, &g[i * cols..(i + 1) * cols], step);
             if let Some(e) = ema {
                 ema_range(ts, e, start, start + cols, decay);
             }
@@ -162,7 +162,11 @@ impl Params {
     pub fn apply_rows_le(&mut self, t: usize, keys: &[u64], bytes: &[u8]) {
         let cols = self.tensors[t].spec.cols as usize;
         if cols > BLOCK {
-            return self.apply_rows(t, keys, &crate::optim::LeBytes(bytes));
+            // Wide rows: each row in blocks, as a dense update of its range.
+            for (k, row) in keys.iter().zip(bytes.chunks(cols * 4)) {
+                self.apply_dense_le(t, *k as usize * cols, row);
+            }
+            return;
         }
         let per = BLOCK / cols;
         let mut buf = [0f32; BLOCK];
@@ -298,7 +302,7 @@ fn decode_block(bytes: &[u8], buf: &mut [f32; BLOCK]) -> usize {
     n
 }
 
-fn apply_range<G: Grad + ?Sized>(opt: &Optimizer, ts: &mut TensorState, start: usize, g: &G, step: u64) {
+fn apply_range(opt: &Optimizer, ts: &mut TensorState, start: usize, g: &[f32], step: u64) {
     let end = start + g.len();
     let w = &mut ts.w[start..end];
     let (s0, rest) = ts.slots.split_first_mut().map_or((&mut [][..], &mut [][..]), |(a, r)| (&mut a[start..end], r));

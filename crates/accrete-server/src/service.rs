@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Floats per chunk message of an export stream (4 MiB).
@@ -442,19 +442,33 @@ impl Parameters for Service {
         &self,
         req: Request<Streaming<pb::PushRequest>>,
     ) -> Result<Response<Self::PushStreamStream>, Status> {
-        let mut input = req.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        let svc = self.clone();
-        tokio::spawn(async move {
-            while let Some(msg) = input.next().await {
-                let ack = msg.and_then(|m| svc.push_one(&m).map_err(Status::from));
-                let failed = ack.is_err();
-                if tx.send(ack).await.is_err() || failed {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(PushAcks { input: req.into_inner(), svc: self.clone(), done: false })))
+    }
+}
+
+/// The ack stream of `PushStream`: each incoming push is applied when the transport asks
+/// for the next ack (no task or channel in between), and the stream ends after the first
+/// refusal, which it reports.
+struct PushAcks {
+    input: Streaming<pb::PushRequest>,
+    svc: Service,
+    done: bool,
+}
+
+impl Stream for PushAcks {
+    type Item = Result<pb::PushAck, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let ack = match std::task::ready!(Pin::new(&mut self.input).poll_next(cx)) {
+            None => return Poll::Ready(None),
+            Some(msg) => msg.and_then(|m| self.svc.push_one(&m).map_err(Status::from)),
+        };
+        self.done = ack.is_err();
+        Poll::Ready(Some(ack))
     }
 }
 

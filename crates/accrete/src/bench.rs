@@ -244,6 +244,31 @@ async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result
         }
     };
 
+    // 0. the apply kernel alone, in process: check + decode + SGD over a 10^7-float model
+    if want("apply") {
+        let mut spec = accrete_core::ModelSpec::new("k", accrete_core::ModelKind::Linear);
+        spec.features = 10_000_000;
+        let mut p = accrete_core::Params::init(&spec);
+        let layout = accrete_core::layout(&spec);
+        let bytes: Vec<u8> = (0..MSG_FLOATS).flat_map(|i| (i as f32 * 1e-6).to_le_bytes()).collect();
+        let msgs = 10_000_000 / MSG_FLOATS;
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for m in 0..msgs {
+                let off = (m * MSG_FLOATS) as u64;
+                let g = accrete_core::optim::LeBytes(&bytes);
+                let ti = accrete_core::params::check_dense(&layout, "w", off, &g)?;
+                p.begin_update();
+                p.apply_dense_le(ti, off as usize, &bytes);
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let gbs = (msgs * MSG_FLOATS * 4) as f64 / best / 1e9;
+        say(format!("apply kernel (check + decode + SGD, 256 KiB messages over a 10^7-float model, one thread): {gbs:.2} GB/s of gradient"));
+        report.insert("apply".into(), json!({"gb_s": gbs}));
+    }
+
     // 1. dense push+apply vs raw streaming of the same messages
     if want("dense") {
         let (_p, _url, mut c) = spawn_server(&tmp.path().join("dense")).await?;
