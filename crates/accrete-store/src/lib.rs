@@ -86,7 +86,7 @@ fn piece_key(wver: u64, t: u32, c: u32, piece: u32) -> [u8; 20] {
 const PIECE_BYTES: usize = 8 * 1024;
 
 /// Unflushed bytes after which a long write flushes, so sled's dirty buffers stay bounded.
-const FLUSH_EVERY_BYTES: u64 = 32 << 20;
+const FLUSH_EVERY_BYTES: u64 = 8 << 20;
 
 /// Chunks to write, encoded back to back in one buffer (one allocation per commit, so a
 /// large commit's copy is returned to the OS when it is dropped).
