@@ -12,6 +12,9 @@ pub struct TensorSpec {
     pub sparse: bool,
     /// Biases start at zero even with a random initialisation.
     pub bias: bool,
+    /// Not trained: running statistics of the dense inputs (rows: count, mean, M2), which
+    /// pushes merge instead of applying an optimizer.
+    pub stats: bool,
 }
 
 impl TensorSpec {
@@ -25,22 +28,29 @@ impl TensorSpec {
 }
 
 fn dense(name: &'static str, rows: u64, cols: u32) -> TensorSpec {
-    TensorSpec { name, rows, cols, sparse: false, bias: false }
+    TensorSpec { name, rows, cols, sparse: false, bias: false, stats: false }
+}
+
+/// Running statistics of `features` dense inputs: rows count, mean, M2 (Welford).
+fn norm(features: u32) -> TensorSpec {
+    TensorSpec { name: "norm", rows: 3, cols: features, sparse: false, bias: false, stats: true }
 }
 
 fn bias(name: &'static str, cols: u32) -> TensorSpec {
-    TensorSpec { name, rows: 1, cols, sparse: false, bias: true }
+    TensorSpec { name, rows: 1, cols, sparse: false, bias: true, stats: false }
 }
 
 fn hashed(name: &'static str, bits: u32, cols: u32) -> TensorSpec {
-    TensorSpec { name, rows: 1u64 << bits, cols, sparse: true, bias: false }
+    TensorSpec { name, rows: 1u64 << bits, cols, sparse: true, bias: false, stats: false }
 }
 
 /// The tensors of a (validated) spec:
 /// - linear / logistic / softmax: `w` (features × outputs, dense) if features > 0,
 ///   `h` (2^bits × outputs, hashed) if hash_bits > 0, `b` (outputs);
 /// - fm: `h` (2^bits × 1) linear terms, `v` (2^bits × factors) latent factors, `b`;
-/// - mlp: `w1` (features × hidden), `b1`, `w2` (hidden × outputs), `b2`.
+/// - mlp: `w1` (features × hidden), `b1`, `w2` (hidden × outputs), `b2`;
+/// - and, for kinds with dense inputs, `norm` (3 × features): the inputs' running count,
+///   mean and M2, shared through the server so every worker standardises alike.
 pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
     let out = spec.outputs();
     let mut t = Vec::new();
@@ -53,6 +63,9 @@ pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
                 t.push(hashed("h", spec.hash_bits, out));
             }
             t.push(bias("b", out));
+            if spec.features > 0 {
+                t.push(norm(spec.features));
+            }
         }
         ModelKind::Fm => {
             t.push(hashed("h", spec.hash_bits, 1));
@@ -64,6 +77,7 @@ pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
             t.push(bias("b1", spec.hidden));
             t.push(dense("w2", spec.hidden as u64, out));
             t.push(bias("b2", out));
+            t.push(norm(spec.features));
         }
     }
     t

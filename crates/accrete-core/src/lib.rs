@@ -2,7 +2,10 @@
 //! layouts, server-side optimizers, seeded initialisation and the live parameter state with
 //! its dirty-chunk tracking. No IO, no async: everything here is tested without sockets.
 
+pub mod features;
+pub mod glm;
 pub mod layout;
+pub mod metrics;
 pub mod optim;
 pub mod params;
 pub mod rng;

@@ -33,6 +33,12 @@ impl Grad for [f32] {
 #[derive(Debug, Clone, Copy)]
 pub struct LeBytes<'a>(pub &'a [u8]);
 
+impl<'a> LeBytes<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = f32> + 'a {
+        self.0.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+}
+
 impl Grad for LeBytes<'_> {
     #[inline]
     fn len(&self) -> usize {

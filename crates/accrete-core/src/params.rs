@@ -83,7 +83,7 @@ impl Params {
         if spec.init.seed != 0 {
             let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
             let mut rng = SplitMix64::new(spec.init.seed);
-            for t in p.tensors.iter_mut().filter(|t| !t.spec.bias) {
+            for t in p.tensors.iter_mut().filter(|t| !t.spec.bias && !t.spec.stats) {
                 t.w.iter_mut().for_each(|w| *w = (rng.next_normal() * scale) as f32);
             }
         }
@@ -120,6 +120,16 @@ impl Params {
         self.steps
     }
 
+    /// Merges a batch's statistics into a stats tensor: `g` holds, per feature, the batch's
+    /// count, mean and M2 (rows of the tensor), combined with Chan et al.'s parallel
+    /// formulas in f64.
+    pub fn merge_stats(&mut self, t: usize, g: &[f32]) {
+        let ts = &mut self.tensors[t];
+        let f = ts.spec.cols as usize;
+        crate::glm::merge_stats(&mut ts.w, g, f);
+        ts.mark(0, 3 * f);
+    }
+
     /// Applies a checked dense update.
     pub fn apply_dense(&mut self, t: usize, offset: usize, g: &[f32]) {
         let step = self.steps.max(1);
@@ -152,6 +162,10 @@ impl Params {
     /// (no buffer the size of the gradient, vectorised loops).
     pub fn apply_dense_le(&mut self, t: usize, offset: usize, bytes: &[u8]) {
         let mut buf = [0f32; BLOCK];
+        if self.tensors[t].spec.stats {
+            let g: Vec<f32> = crate::optim::LeBytes(bytes).iter().collect();
+            return self.merge_stats(t, &g);
+        }
         for (i, block) in bytes.chunks(BLOCK * 4).enumerate() {
             let n = decode_block(block, &mut buf);
             self.apply_dense(t, offset + i * BLOCK, &buf[..n]);
@@ -255,6 +269,17 @@ pub fn check_dense<G: Grad + ?Sized>(
         return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
     }
     check_finite(tensor, g)?;
+    if layout[t].stats {
+        let f = layout[t].cols as usize;
+        if offset != 0 || g.len() as u64 != len {
+            let message = format!("statistics are pushed whole: count, mean and M2 of each of its {f} features");
+            return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
+        }
+        if let Some(j) = (0..f).find(|&j| g.at(j) < 0.0 || g.at(2 * f + j) < 0.0) {
+            let message = format!("feature {j}: count and M2 must not be negative");
+            return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
+        }
+    }
     Ok(t)
 }
 

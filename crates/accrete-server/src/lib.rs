@@ -8,6 +8,7 @@
 pub mod convert;
 pub mod error;
 pub mod model;
+pub mod predict;
 pub mod registry;
 pub mod service;
 

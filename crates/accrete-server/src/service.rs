@@ -432,6 +432,24 @@ impl Parameters for Service {
         Ok(Response::new(resp))
     }
 
+    async fn predict(&self, req: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
+        let req = req.into_inner();
+        self.check_size(|| format!("predict request for model {:?}", req.model), req.encoded_len())?;
+        let h = self.reg.get(&req.model)?;
+        let rows = req.rows.unwrap_or_default();
+        let (version, (outputs, values)) = match req.version {
+            None => h.with_live(|p, head, _, _| crate::predict::predict(h.spec(), p, &rows).map(|r| (head, r)))?,
+            Some(v) => {
+                let (rec, params) = {
+                    let h = h.clone();
+                    blocking(move || h.load_version(v)).await?
+                };
+                (rec.version, crate::predict::predict(h.spec(), &params, &rows)?)
+            }
+        };
+        Ok(Response::new(pb::PredictResponse { version, outputs, values: accrete_proto::f32s_to_bytes(&values) }))
+    }
+
     async fn push(&self, req: Request<pb::PushRequest>) -> Result<Response<pb::PushAck>, Status> {
         Ok(Response::new(self.push_one(req.get_ref())?))
     }

@@ -2,6 +2,7 @@
 //! with `env` for what a container sets); library crates get plain config structs.
 mod bench;
 mod model_cmd;
+mod worker_cmd;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,10 @@ enum Command {
     Server(ServerArgs),
     /// Create, inspect, version, roll back, import and export models.
     Model(model_cmd::ModelArgs),
+    /// Train a model on a data shard (CSV or LIBSVM, plain or .gz, file or directory).
+    Worker(worker_cmd::WorkerArgs),
+    /// Cut a dataset into N shards (rows dealt round-robin; CSV header kept in each).
+    Split(worker_cmd::SplitArgs),
     /// Benchmarks with ratios measured in one run.
     Bench(bench::BenchArgs),
 }
@@ -59,6 +64,8 @@ fn main() -> std::process::ExitCode {
             Command::Server(a) => serve(a).await,
             Command::Model(a) => model_cmd::run(a).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Worker(a) => worker_cmd::worker(a).await,
+            Command::Split(a) => worker_cmd::split(a),
         }
     });
     match result {

@@ -73,6 +73,8 @@ enum ModelCmd {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Print one prediction per row of a data file.
+    Predict(crate::worker_cmd::PredictArgs),
     /// Stream version events as they happen.
     Watch {
         /// Model to watch (default: every model).
@@ -220,8 +222,12 @@ fn spec(a: &CreateArgs) -> Result<pb::ModelSpec> {
 
 pub async fn run(a: ModelArgs) -> Result<()> {
     let conn = a.conn;
+    if let ModelCmd::Predict(p) = a.cmd {
+        return crate::worker_cmd::predict(p, &conn.server).await;
+    }
     let mut c = Client::connect(&conn.server).await?;
     match a.cmd {
+        ModelCmd::Predict(_) => {}
         ModelCmd::Create(args) => {
             let info = c
                 .models

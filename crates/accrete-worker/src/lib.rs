@@ -1,0 +1,388 @@
+//! accrete workers: read a local data shard, turn rows into batches, pull the parameters
+//! a batch touches, compute the loss (before training: progressive validation) and the
+//! gradient of a built-in model, and push it, with the worker's shard offset and clock.
+//!
+//! Entry point: [`run`] with a [`WorkerConfig`], a connected client and a shutdown future.
+
+pub mod parse;
+pub mod source;
+
+use accrete_client::Client;
+use accrete_core::features::Batch;
+use accrete_core::glm::{self, GlmGrads, GlmParams, Link};
+use accrete_core::ModelKind;
+use accrete_proto::v1 as pb;
+use parse::{ColumnSpec, CsvParser, RowError, Target};
+use source::ShardReader;
+use std::path::PathBuf;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Csv,
+    Libsvm,
+}
+
+impl Format {
+    /// From the extension (`.libsvm`, `.svm`, `.svmlight`, also under `.gz`), else CSV.
+    pub fn guess(path: &std::path::Path) -> Format {
+        let name = path.to_string_lossy().to_lowercase();
+        let name = name.trim_end_matches(".gz");
+        if name.ends_with(".libsvm") || name.ends_with(".svm") || name.ends_with(".svmlight") {
+            Format::Libsvm
+        } else {
+            Format::Csv
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBadRow {
+    Skip,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub model: String,
+    pub shard: PathBuf,
+    pub format: Option<Format>,
+    pub columns: ColumnSpec,
+    pub batch: usize,
+    pub epochs: u64,
+    pub follow: bool,
+    pub worker_id: String,
+    pub on_bad_row: OnBadRow,
+}
+
+impl WorkerConfig {
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        if self.batch == 0 {
+            return Err(WorkerError::Config("--batch must be at least 1".into()));
+        }
+        if self.epochs == 0 {
+            return Err(WorkerError::Config("--epochs must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    BadRow(String),
+    #[error("model {model:?}: {message}")]
+    Model { model: String, message: String },
+    #[error(transparent)]
+    Client(#[from] accrete_client::ClientError),
+}
+
+impl From<tonic::Status> for WorkerError {
+    fn from(s: tonic::Status) -> Self {
+        WorkerError::Client(s.into())
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub rows: u64,
+    pub bad_rows: u64,
+    pub unlabelled_rows: u64,
+    pub pushes: u64,
+    pub loss_sum: f64,
+    pub seconds: f64,
+    pub last_updates: u64,
+}
+
+/// The model facts a worker needs.
+#[derive(Debug, Clone)]
+pub struct ModelView {
+    pub kind: ModelKind,
+    pub link: Link,
+    pub target: Target,
+    pub outputs: usize,
+    pub has_w: bool,
+    pub has_h: bool,
+    pub has_norm: bool,
+}
+
+impl ModelView {
+    pub fn from_info(info: &pb::ModelInfo) -> Result<ModelView, String> {
+        let spec = info.spec.clone().unwrap_or_default();
+        let kind = match pb::ModelKind::try_from(spec.kind) {
+            Ok(pb::ModelKind::Linear) => ModelKind::Linear,
+            Ok(pb::ModelKind::Logistic) => ModelKind::Logistic,
+            Ok(pb::ModelKind::Softmax) => ModelKind::Softmax,
+            Ok(pb::ModelKind::Fm) => ModelKind::Fm,
+            Ok(pb::ModelKind::Mlp) => ModelKind::Mlp,
+            _ => return Err("unknown model kind".into()),
+        };
+        let outputs = if kind == ModelKind::Softmax { spec.classes as usize } else { 1 };
+        let link = Link::of(kind, outputs).ok_or_else(|| format!("workers do not train kind {} yet", kind.as_str()))?;
+        let has = |n: &str| info.tensors.iter().any(|t| t.name == n);
+        let classes = if kind == ModelKind::Softmax { outputs } else { 0 };
+        Ok(ModelView {
+            kind,
+            link,
+            target: Target { features: spec.features as usize, hash_bits: spec.hash_bits, classes },
+            outputs,
+            has_w: has("w"),
+            has_h: has("h"),
+            has_norm: has("norm"),
+        })
+    }
+}
+
+/// Turns shard lines into batches with the right parser, counting skipped rows.
+pub struct RowSource {
+    reader: ShardReader,
+    format: Format,
+    csv: Option<CsvParser>,
+    spec: ColumnSpec,
+    target: Target,
+    line: Vec<u8>,
+    on_bad: OnBadRow,
+    require_label: bool,
+    pub bad_rows: u64,
+    pub unlabelled: u64,
+}
+
+impl RowSource {
+    pub fn open(path: &std::path::Path, format: Option<Format>, spec: &ColumnSpec, target: Target, on_bad: OnBadRow, require_label: bool) -> Result<RowSource, WorkerError> {
+        let reader = ShardReader::open(path).map_err(|source| WorkerError::Io { path: path.to_path_buf(), source })?;
+        let format = format.unwrap_or_else(|| Format::guess(path));
+        if format == Format::Csv && spec.label.is_none() && require_label {
+            return Err(WorkerError::Config("CSV data needs --label COLUMN (or COLUMN>THRESHOLD)".into()));
+        }
+        Ok(RowSource { reader, format, csv: None, spec: spec.clone(), target, line: Vec::new(), on_bad, require_label, bad_rows: 0, unlabelled: 0 })
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.reader.offset
+    }
+
+    pub fn poll_new_parts(&mut self) -> Result<(), WorkerError> {
+        self.reader.poll_new_parts().map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })
+    }
+
+    /// Appends up to `n` rows to `batch`; returns how many (0 = no data now).
+    pub fn fill(&mut self, batch: &mut Batch, n: usize) -> Result<usize, WorkerError> {
+        let start = batch.rows();
+        while batch.rows() - start < n {
+            let more = self.reader.next_line(&mut self.line).map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+            if !more {
+                break;
+            }
+            if self.line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let result = match self.format {
+                Format::Csv if self.reader.is_header => {
+                    if self.csv.as_ref().is_none_or(|p| split_eq(&self.line, &p.header)) {
+                        self.csv_header()?;
+                    }
+                    continue;
+                }
+                Format::Csv => match self.csv.as_mut() {
+                    Some(p) => p.parse(&self.line, batch, self.require_label),
+                    None => Err(RowError::Bad("no header".into())),
+                },
+                Format::Libsvm => parse::parse_libsvm(&self.line, self.target, batch, self.require_label),
+            };
+            match result {
+                Ok(()) => {}
+                Err(RowError::NoLabel) => {
+                    batch.abandon_row();
+                    self.unlabelled += 1;
+                }
+                Err(RowError::Bad(m)) => {
+                    batch.abandon_row();
+                    let msg = format!("{}: {m}", self.reader.pos);
+                    if self.on_bad == OnBadRow::Fail {
+                        return Err(WorkerError::BadRow(msg));
+                    }
+                    self.bad_rows += 1;
+                    if self.bad_rows <= 10 {
+                        tracing::warn!("skipped bad row: {msg}");
+                    }
+                }
+            }
+        }
+        Ok(batch.rows() - start)
+    }
+
+    /// Builds the CSV parser from the header line just read, sampling rows to guess kinds.
+    fn csv_header(&mut self) -> Result<(), WorkerError> {
+        let header = self.line.clone();
+        let mut sample = Vec::new();
+        if self.spec.numeric.is_empty() && self.spec.categorical.is_empty() {
+            let mut probe = ShardReader::open(&self.reader.pos.file).map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+            let mut buf = Vec::new();
+            let _ = probe.next_line(&mut buf);
+            while sample.len() < 1000 && probe.next_line(&mut buf).unwrap_or(false) {
+                sample.push(buf.clone());
+            }
+        }
+        let p = CsvParser::new(&header, &self.spec, self.target, &sample).map_err(|m| WorkerError::Config(format!("{}: {m}", self.reader.pos)))?;
+        self.csv = Some(p);
+        Ok(())
+    }
+}
+
+/// True when a header line names the same columns as `names`.
+fn split_eq(line: &[u8], names: &[String]) -> bool {
+    let s = String::from_utf8_lossy(line);
+    s.split(',').map(|c| c.trim().trim_matches('"')).eq(names.iter().map(|n| n.as_str()))
+}
+
+/// Pulled parameters for one batch.
+struct Pulled {
+    w: Vec<f32>,
+    h: Vec<f32>,
+    b: Vec<f32>,
+    norm: Vec<f32>,
+    epoch: u64,
+}
+
+async fn pull(client: &mut Client, model: &str, view: &ModelView, keys: &[u32]) -> Result<Pulled, WorkerError> {
+    let mut slices = vec![pb::PullSlice { tensor: "b".into(), ..Default::default() }];
+    if view.has_w {
+        slices.push(pb::PullSlice { tensor: "w".into(), ..Default::default() });
+    }
+    if view.has_norm {
+        slices.push(pb::PullSlice { tensor: "norm".into(), ..Default::default() });
+    }
+    if view.has_h && !keys.is_empty() {
+        slices.push(pb::PullSlice { tensor: "h".into(), keys: keys.iter().map(|k| *k as u64).collect(), ..Default::default() });
+    }
+    let r = client.params.pull(pb::PullRequest { model: model.into(), version: None, slices, ema: false }).await?.into_inner();
+    let mut p = Pulled { w: vec![], h: vec![], b: vec![], norm: vec![], epoch: r.lineage_epoch };
+    for t in r.tensors {
+        let v = accrete_proto::bytes_to_f32s(&t.values).unwrap_or_default();
+        match t.tensor.as_str() {
+            "w" => p.w = v,
+            "h" => p.h = v,
+            "b" => p.b = v,
+            "norm" => p.norm = v,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// Trains on the shard until its epochs are done (or, with `follow`, until `shutdown`).
+pub async fn run(config: WorkerConfig, mut client: Client, shutdown: impl std::future::Future<Output = ()>) -> Result<Report, WorkerError> {
+    config.validate()?;
+    tokio::pin!(shutdown);
+    let model_err = |message: String| WorkerError::Model { model: config.model.clone(), message };
+    let info = client.models.get_model_info(pb::ModelRef { name: config.model.clone() }).await?.into_inner();
+    let view = ModelView::from_info(&info).map_err(model_err)?;
+    let started = Instant::now();
+    let mut report = Report::default();
+    let (tx, rx) = mpsc::channel::<pb::PushRequest>(4);
+    let mut acks = client.params.push_stream(ReceiverStream::new(rx)).await?.into_inner();
+    let ack_task = tokio::spawn(async move {
+        let mut last = 0;
+        loop {
+            match acks.message().await {
+                Ok(Some(a)) => last = a.updates,
+                Ok(None) => return Ok(last),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let features = view.target.features;
+    let mut batch = Batch::new(features);
+    let mut grads = GlmGrads::default();
+    let mut stats = Vec::new();
+    let mut clock = 0u64;
+    let shard_name = config.shard.to_string_lossy().to_string();
+    for epoch in 0..config.epochs {
+        let mut rows = RowSource::open(&config.shard, config.format, &config.columns, view.target, config.on_bad_row, true)?;
+        loop {
+            batch.clear();
+            let mut n = rows.fill(&mut batch, config.batch)?;
+            while n == 0 && config.follow {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                }
+                rows.poll_new_parts()?;
+                n = rows.fill(&mut batch, config.batch)?;
+            }
+            if n == 0 {
+                break;
+            }
+            batch.compact();
+            let p = pull(&mut client, &config.model, &view, &batch.uniq).await?;
+            if view.has_norm {
+                glm::batch_stats(&batch.dense, features, &mut stats);
+                // Standardise with the shared statistics and this batch's, as the server
+                // will have them once the push lands.
+                let mut merged = if p.norm.len() == stats.len() { p.norm.clone() } else { vec![0.0; stats.len()] };
+                glm::merge_stats(&mut merged, &stats, features);
+                glm::prepare_dense(&mut batch.dense, features, &merged);
+            }
+            grads.reset(if view.has_w { features } else { 0 }, if view.has_h { batch.uniq.len() } else { 0 }, view.outputs);
+            let params = GlmParams { outputs: view.outputs, w: &p.w, h: &p.h, b: &p.b };
+            let loss = glm::train(view.link, &params, &batch, &batch.local, &mut grads);
+            clock += 1;
+            let mut chunks = vec![pb::TensorChunk { tensor: "b".into(), values: accrete_proto::f32s_to_bytes(&grads.b), ..Default::default() }];
+            if view.has_w {
+                chunks.push(pb::TensorChunk { tensor: "w".into(), values: accrete_proto::f32s_to_bytes(&grads.w), ..Default::default() });
+            }
+            if view.has_norm {
+                chunks.push(pb::TensorChunk { tensor: "norm".into(), values: accrete_proto::f32s_to_bytes(&stats), ..Default::default() });
+            }
+            if view.has_h && !batch.uniq.is_empty() {
+                chunks.push(pb::TensorChunk {
+                    tensor: "h".into(),
+                    keys: batch.uniq.iter().map(|k| *k as u64).collect(),
+                    values: accrete_proto::f32s_to_bytes(&grads.h),
+                    ..Default::default()
+                });
+            }
+            let meta = pb::PushMeta {
+                worker_id: config.worker_id.clone(),
+                shard: shard_name.clone(),
+                offset: rows.offset(),
+                clock,
+                rows: n as u64,
+                loss_sum: loss,
+            };
+            let req = pb::PushRequest { model: config.model.clone(), lineage_epoch: p.epoch, grads: chunks, meta: Some(meta) };
+            if tx.send(req).await.is_err() {
+                break; // the push stream ended: its error is reported below
+            }
+            report.rows += n as u64;
+            report.pushes += 1;
+            report.loss_sum += loss;
+        }
+        report.bad_rows += rows.bad_rows;
+        report.unlabelled_rows += rows.unlabelled;
+        tracing::debug!(epoch, rows = report.rows, "epoch done");
+    }
+    drop(tx);
+    report.last_updates = ack_task.await.map_err(|e| model_err(format!("ack task: {e}")))??;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The wire form of a batch's features (raw dense values; labels are not sent).
+pub fn feature_rows(batch: &Batch) -> pb::FeatureRows {
+    pb::FeatureRows {
+        rows: batch.rows() as u32,
+        features: batch.features as u32,
+        dense: accrete_proto::f32s_to_bytes(&batch.dense),
+        row_ptr: batch.row_ptr.iter().map(|p| *p as u32).collect(),
+        indices: batch.idx.clone(),
+        values: accrete_proto::f32s_to_bytes(&batch.val),
+    }
+}

@@ -1,0 +1,231 @@
+//! `accrete worker`, `accrete split` and `accrete model predict`: the data-facing commands.
+use accrete_client::Client;
+use accrete_core::features::Batch;
+use accrete_proto::v1 as pb;
+use accrete_worker::parse::{ColumnSpec, LabelSpec};
+use accrete_worker::{Format, ModelView, OnBadRow, RowSource, WorkerConfig};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Csv,
+    Libsvm,
+}
+
+/// How rows become features (shared by the worker, predict and the evaluator).
+#[derive(Args, Clone)]
+pub struct DataArgs {
+    /// Data format (default: from the file name, `.libsvm`/`.svm` or CSV).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Label column, optionally binarised: `y`, `arr_delay>15`, `class=3`.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Numeric columns (dense features); with --categorical, only named columns are used.
+    #[arg(long, value_delimiter = ',')]
+    pub numeric: Vec<String>,
+    /// Categorical columns, hashed as `column=value`.
+    #[arg(long, value_delimiter = ',')]
+    pub categorical: Vec<String>,
+    /// Hashed crosses of two columns, `a:b,c:d` (like Vowpal Wabbit's -q).
+    #[arg(long, value_delimiter = ',')]
+    pub cross: Vec<String>,
+}
+
+impl DataArgs {
+    pub fn columns(&self) -> Result<ColumnSpec> {
+        let label = match &self.label {
+            Some(l) => Some(l.parse::<LabelSpec>().map_err(|e| anyhow::anyhow!("--label: {e}"))?),
+            None => None,
+        };
+        let cross = self
+            .cross
+            .iter()
+            .map(|c| c.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| format!("--cross {c:?}: expected a:b")))
+            .collect::<Result<_>>()?;
+        Ok(ColumnSpec { label, numeric: self.numeric.clone(), categorical: self.categorical.clone(), cross })
+    }
+
+    pub fn format(&self) -> Option<Format> {
+        self.format.map(|f| match f {
+            FormatArg::Csv => Format::Csv,
+            FormatArg::Libsvm => Format::Libsvm,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Model to train.
+    #[arg(long, env = "ACCRETE_MODEL")]
+    model: String,
+    /// Shard: a file (plain or .gz) or a directory of part files read in name order.
+    #[arg(long, env = "ACCRETE_SHARD")]
+    shard: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Rows per mini-batch (one pull and one push each; the gradient is summed over rows).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    #[arg(long, default_value_t = 1)]
+    epochs: u64,
+    /// Keep reading rows appended to the shard (and new part files) until Ctrl-C.
+    #[arg(long)]
+    follow: bool,
+    /// Worker id recorded with versions (default: the shard's file name).
+    #[arg(long, env = "ACCRETE_WORKER_ID")]
+    worker_id: Option<String>,
+    /// What to do with a bad row: skip it (counted, first ones logged) or stop.
+    #[arg(long, value_enum, default_value = "skip")]
+    on_bad_row: BadRowArg,
+    #[arg(long, env = "ACCRETE_SERVER", default_value = "http://127.0.0.1:50051")]
+    server: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BadRowArg {
+    Skip,
+    Fail,
+}
+
+pub async fn worker(a: WorkerArgs) -> Result<()> {
+    let worker_id = a.worker_id.clone().unwrap_or_else(|| a.shard.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "worker".into()));
+    let config = WorkerConfig {
+        model: a.model.clone(),
+        shard: a.shard.clone(),
+        format: a.data.format(),
+        columns: a.data.columns()?,
+        batch: a.batch,
+        epochs: a.epochs,
+        follow: a.follow,
+        worker_id: worker_id.clone(),
+        on_bad_row: match a.on_bad_row {
+            BadRowArg::Skip => OnBadRow::Skip,
+            BadRowArg::Fail => OnBadRow::Fail,
+        },
+    };
+    let client = Client::connect(&a.server).await?;
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let r = accrete_worker::run(config, client, shutdown).await?;
+    let per_row = if r.rows > 0 { r.loss_sum / r.rows as f64 } else { f64::NAN };
+    println!(
+        "worker {worker_id}: {} rows in {:.2} s ({:.0} rows/s), {} pushes, progressive loss {per_row:.4}, {} bad rows skipped, {} rows without a label",
+        r.rows,
+        r.seconds,
+        r.rows as f64 / r.seconds.max(1e-9),
+        r.pushes,
+        r.bad_rows,
+        r.unlabelled_rows
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct SplitArgs {
+    /// Data file (plain or .gz); a CSV header is kept in every shard.
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    shards: usize,
+    /// Output directory (created); shards are part-00000.<ext>, …
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+}
+
+/// Deals rows round-robin into N shards, so each shard spans the whole input.
+pub fn split(a: SplitArgs) -> Result<()> {
+    if a.shards == 0 {
+        bail!("--shards must be at least 1");
+    }
+    let csv = match a.format {
+        Some(FormatArg::Csv) => true,
+        Some(FormatArg::Libsvm) => false,
+        None => Format::guess(&a.input) == Format::Csv,
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let name = a.input.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gz").to_string()).unwrap_or_default();
+    let ext = std::path::Path::new(&name).extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_else(|| "txt".into());
+    let mut outs = (0..a.shards)
+        .map(|i| {
+            let p = a.out.join(format!("part-{i:05}.{ext}"));
+            std::fs::File::create(&p).map(|f| BufWriter::with_capacity(1 << 20, f)).with_context(|| format!("{}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut reader = accrete_worker::source::ShardReader::open(&a.input).with_context(|| format!("{}", a.input.display()))?;
+    let mut line = Vec::new();
+    let mut n = 0usize;
+    while reader.next_line(&mut line).with_context(|| format!("{}", a.input.display()))? {
+        line.push(b'\n');
+        if csv && reader.pos.line == 1 {
+            for o in &mut outs {
+                o.write_all(&line)?;
+            }
+            continue;
+        }
+        outs[n % a.shards].write_all(&line)?;
+        n += 1;
+    }
+    for o in &mut outs {
+        o.flush()?;
+    }
+    println!("split {n} rows of {} into {} shards in {}", a.input.display(), a.shards, a.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    name: String,
+    /// Rows to score (CSV or LIBSVM; the label column may be absent).
+    #[arg(long)]
+    input: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Score with this version instead of the live parameters.
+    #[arg(long)]
+    version: Option<u64>,
+}
+
+/// Prints one prediction per input row: a probability (binary), a class (multi-class) or
+/// a value (regression).
+pub async fn predict(a: PredictArgs, server: &str) -> Result<()> {
+    let mut c = Client::connect(server).await?;
+    let info = c.models.get_model_info(pb::ModelRef { name: a.name.clone() }).await.map_err(accrete_client::ClientError::from)?.into_inner();
+    let view = ModelView::from_info(&info).map_err(|m| anyhow::anyhow!("model {:?}: {m}", a.name))?;
+    let mut rows = RowSource::open(&a.input, a.data.format(), &a.data.columns()?, view.target, OnBadRow::Fail, false)?;
+    let mut batch = Batch::new(view.target.features);
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    loop {
+        batch.clear();
+        if rows.fill(&mut batch, 10_000)? == 0 {
+            break;
+        }
+        let req = pb::PredictRequest { model: a.name.clone(), version: a.version, rows: Some(accrete_worker::feature_rows(&batch)) };
+        let r = c.params.predict(req).await.map_err(accrete_client::ClientError::from)?.into_inner();
+        let vals = accrete_proto::bytes_to_f32s(&r.values).unwrap_or_default();
+        let k = r.outputs.max(1) as usize;
+        for row in vals.chunks_exact(k) {
+            if k == 1 {
+                writeln!(out, "{}", row[0])?;
+            } else {
+                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+                writeln!(out, "{best}")?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Lines of a file (for tests of the CLI).
+#[allow(dead_code)]
+pub fn count_lines(p: &std::path::Path) -> Result<usize> {
+    Ok(std::io::BufReader::new(std::fs::File::open(p)?).lines().count())
+}
