@@ -156,7 +156,7 @@ async fn import_makes_a_new_version_from_an_export() {
     let f = dir.path().join("a.safetensors");
     safetensors::export(&mut c, "a", None, false, &f).await.unwrap();
     let (entries, _, meta) = safetensors::read_header(&f).unwrap();
-    assert_eq!(entries.iter().map(|e| e.name()).collect::<Vec<_>>(), vec!["w", "h", "b"]);
+    assert_eq!(entries.iter().map(|e| e.name()).collect::<Vec<_>>(), vec!["w", "h", "b", "norm"]);
     assert_eq!(meta["accrete.model"], "a");
     let before = pull_all(&mut c, "b", None).await.0;
     let v = safetensors::import(&mut c, "b", &f).await.unwrap();

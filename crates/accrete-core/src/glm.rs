@@ -47,7 +47,8 @@ pub struct GlmGrads {
 impl GlmGrads {
     /// Zeroes the buffers in the shapes needed (no allocation once grown).
     pub fn reset(&mut self, features: usize, hashed_rows: usize, outputs: usize) {
-        for (v, n) in [(&mut self.w, features * outputs), (&mut self.h, hashed_rows * outputs), (&mut self.b, outputs)] {
+        for (v, n) in [(&mut self.w, features * outputs), (&mut self.h, hashed_rows * outputs), (&mut self.b, outputs)]
+        {
             v.clear();
             v.resize(n, 0.0);
         }
@@ -231,7 +232,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn batch(rows: &[(Vec<f32>, Vec<(u32, f32)>, f32)], features: usize) -> Batch {
+    /// (dense values, hashed (row, value) pairs, label)
+    type Row = (Vec<f32>, Vec<(u32, f32)>, f32);
+
+    fn batch(rows: &[Row], features: usize) -> Batch {
         let mut b = Batch::new(features);
         for (d, s, y) in rows {
             b.dense.extend_from_slice(d);

@@ -12,7 +12,8 @@ fn batch_from(spec: &ModelSpec, rows: &pb::FeatureRows) -> Result<Batch> {
     if rows.features as usize != f {
         return Err(bad(format!("rows have {} dense features, the model {f}", rows.features)));
     }
-    let dense = accrete_proto::bytes_to_f32s(&rows.dense).ok_or_else(|| bad("dense values are not whole f32s".into()))?;
+    let dense =
+        accrete_proto::bytes_to_f32s(&rows.dense).ok_or_else(|| bad("dense values are not whole f32s".into()))?;
     if dense.len() != n * f {
         return Err(bad(format!("{} dense values for {n} rows of {f} features", dense.len())));
     }
@@ -23,7 +24,9 @@ fn batch_from(spec: &ModelSpec, rows: &pb::FeatureRows) -> Result<Batch> {
             && rows.row_ptr.windows(2).all(|w| w[0] <= w[1])
             && rows.row_ptr.last().copied() == Some(rows.indices.len() as u32);
     if !ptr_ok || vals.len() != rows.indices.len() {
-        return Err(bad("row_ptr must hold rows + 1 non-decreasing offsets ending at the number of indices, one value each".into()));
+        return Err(bad(
+            "row_ptr must hold rows + 1 non-decreasing offsets ending at the number of indices, one value each".into(),
+        ));
     }
     let table = if spec.hash_bits > 0 { 1u64 << spec.hash_bits } else { 0 };
     if let Some(i) = rows.indices.iter().find(|i| **i as u64 >= table) {
@@ -36,7 +39,8 @@ fn batch_from(spec: &ModelSpec, rows: &pb::FeatureRows) -> Result<Batch> {
     b.dense = dense;
     b.idx = rows.indices.clone();
     b.val = vals;
-    b.row_ptr = if rows.row_ptr.is_empty() { vec![0; n + 1] } else { rows.row_ptr.iter().map(|p| *p as usize).collect() };
+    b.row_ptr =
+        if rows.row_ptr.is_empty() { vec![0; n + 1] } else { rows.row_ptr.iter().map(|p| *p as usize).collect() };
     b.labels = vec![f32::NAN; n];
     Ok(b)
 }
@@ -48,8 +52,9 @@ fn tensor<'a>(p: &'a Params, name: &str) -> &'a [f32] {
 /// Scores `rows` with `p`: returns (outputs per row, values).
 pub fn predict(spec: &ModelSpec, p: &Params, rows: &pb::FeatureRows) -> Result<(u32, Vec<f32>)> {
     let outputs = spec.outputs() as usize;
-    let link = Link::of(spec.kind, outputs)
-        .ok_or_else(|| ServiceError::Invalid(format!("model {:?}: Predict does not serve kind {} yet", spec.name, spec.kind.as_str())))?;
+    let link = Link::of(spec.kind, outputs).ok_or_else(|| {
+        ServiceError::Invalid(format!("model {:?}: Predict does not serve kind {} yet", spec.name, spec.kind.as_str()))
+    })?;
     let mut b = batch_from(spec, rows)?;
     glm::prepare_dense(&mut b.dense, b.features, tensor(p, "norm"));
     let params = GlmParams { outputs, w: tensor(p, "w"), h: tensor(p, "h"), b: tensor(p, "b") };

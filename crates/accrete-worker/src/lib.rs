@@ -155,13 +155,31 @@ pub struct RowSource {
 }
 
 impl RowSource {
-    pub fn open(path: &std::path::Path, format: Option<Format>, spec: &ColumnSpec, target: Target, on_bad: OnBadRow, require_label: bool) -> Result<RowSource, WorkerError> {
+    pub fn open(
+        path: &std::path::Path,
+        format: Option<Format>,
+        spec: &ColumnSpec,
+        target: Target,
+        on_bad: OnBadRow,
+        require_label: bool,
+    ) -> Result<RowSource, WorkerError> {
         let reader = ShardReader::open(path).map_err(|source| WorkerError::Io { path: path.to_path_buf(), source })?;
         let format = format.unwrap_or_else(|| Format::guess(path));
         if format == Format::Csv && spec.label.is_none() && require_label {
             return Err(WorkerError::Config("CSV data needs --label COLUMN (or COLUMN>THRESHOLD)".into()));
         }
-        Ok(RowSource { reader, format, csv: None, spec: spec.clone(), target, line: Vec::new(), on_bad, require_label, bad_rows: 0, unlabelled: 0 })
+        Ok(RowSource {
+            reader,
+            format,
+            csv: None,
+            spec: spec.clone(),
+            target,
+            line: Vec::new(),
+            on_bad,
+            require_label,
+            bad_rows: 0,
+            unlabelled: 0,
+        })
     }
 
     pub fn offset(&self) -> u64 {
@@ -176,7 +194,10 @@ impl RowSource {
     pub fn fill(&mut self, batch: &mut Batch, n: usize) -> Result<usize, WorkerError> {
         let start = batch.rows();
         while batch.rows() - start < n {
-            let more = self.reader.next_line(&mut self.line).map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+            let more = self
+                .reader
+                .next_line(&mut self.line)
+                .map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
             if !more {
                 break;
             }
@@ -223,14 +244,16 @@ impl RowSource {
         let header = self.line.clone();
         let mut sample = Vec::new();
         if self.spec.numeric.is_empty() && self.spec.categorical.is_empty() {
-            let mut probe = ShardReader::open(&self.reader.pos.file).map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+            let mut probe = ShardReader::open(&self.reader.pos.file)
+                .map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
             let mut buf = Vec::new();
             let _ = probe.next_line(&mut buf);
             while sample.len() < 1000 && probe.next_line(&mut buf).unwrap_or(false) {
                 sample.push(buf.clone());
             }
         }
-        let p = CsvParser::new(&header, &self.spec, self.target, &sample).map_err(|m| WorkerError::Config(format!("{}: {m}", self.reader.pos)))?;
+        let p = CsvParser::new(&header, &self.spec, self.target, &sample)
+            .map_err(|m| WorkerError::Config(format!("{}: {m}", self.reader.pos)))?;
         self.csv = Some(p);
         Ok(())
     }
@@ -260,9 +283,17 @@ async fn pull(client: &mut Client, model: &str, view: &ModelView, keys: &[u32]) 
         slices.push(pb::PullSlice { tensor: "norm".into(), ..Default::default() });
     }
     if view.has_h && !keys.is_empty() {
-        slices.push(pb::PullSlice { tensor: "h".into(), keys: keys.iter().map(|k| *k as u64).collect(), ..Default::default() });
+        slices.push(pb::PullSlice {
+            tensor: "h".into(),
+            keys: keys.iter().map(|k| *k as u64).collect(),
+            ..Default::default()
+        });
     }
-    let r = client.params.pull(pb::PullRequest { model: model.into(), version: None, slices, ema: false }).await?.into_inner();
+    let r = client
+        .params
+        .pull(pb::PullRequest { model: model.into(), version: None, slices, ema: false })
+        .await?
+        .into_inner();
     let mut p = Pulled { w: vec![], h: vec![], b: vec![], norm: vec![], epoch: r.lineage_epoch };
     for t in r.tensors {
         let v = accrete_proto::bytes_to_f32s(&t.values).unwrap_or_default();
@@ -278,7 +309,11 @@ async fn pull(client: &mut Client, model: &str, view: &ModelView, keys: &[u32]) 
 }
 
 /// Trains on the shard until its epochs are done (or, with `follow`, until `shutdown`).
-pub async fn run(config: WorkerConfig, mut client: Client, shutdown: impl std::future::Future<Output = ()>) -> Result<Report, WorkerError> {
+pub async fn run(
+    config: WorkerConfig,
+    mut client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Report, WorkerError> {
     config.validate()?;
     tokio::pin!(shutdown);
     let model_err = |message: String| WorkerError::Model { model: config.model.clone(), message };
@@ -305,7 +340,8 @@ pub async fn run(config: WorkerConfig, mut client: Client, shutdown: impl std::f
     let mut clock = 0u64;
     let shard_name = config.shard.to_string_lossy().to_string();
     for epoch in 0..config.epochs {
-        let mut rows = RowSource::open(&config.shard, config.format, &config.columns, view.target, config.on_bad_row, true)?;
+        let mut rows =
+            RowSource::open(&config.shard, config.format, &config.columns, view.target, config.on_bad_row, true)?;
         loop {
             batch.clear();
             let mut n = rows.fill(&mut batch, config.batch)?;
@@ -330,16 +366,32 @@ pub async fn run(config: WorkerConfig, mut client: Client, shutdown: impl std::f
                 glm::merge_stats(&mut merged, &stats, features);
                 glm::prepare_dense(&mut batch.dense, features, &merged);
             }
-            grads.reset(if view.has_w { features } else { 0 }, if view.has_h { batch.uniq.len() } else { 0 }, view.outputs);
+            grads.reset(
+                if view.has_w { features } else { 0 },
+                if view.has_h { batch.uniq.len() } else { 0 },
+                view.outputs,
+            );
             let params = GlmParams { outputs: view.outputs, w: &p.w, h: &p.h, b: &p.b };
             let loss = glm::train(view.link, &params, &batch, &batch.local, &mut grads);
             clock += 1;
-            let mut chunks = vec![pb::TensorChunk { tensor: "b".into(), values: accrete_proto::f32s_to_bytes(&grads.b), ..Default::default() }];
+            let mut chunks = vec![pb::TensorChunk {
+                tensor: "b".into(),
+                values: accrete_proto::f32s_to_bytes(&grads.b),
+                ..Default::default()
+            }];
             if view.has_w {
-                chunks.push(pb::TensorChunk { tensor: "w".into(), values: accrete_proto::f32s_to_bytes(&grads.w), ..Default::default() });
+                chunks.push(pb::TensorChunk {
+                    tensor: "w".into(),
+                    values: accrete_proto::f32s_to_bytes(&grads.w),
+                    ..Default::default()
+                });
             }
             if view.has_norm {
-                chunks.push(pb::TensorChunk { tensor: "norm".into(), values: accrete_proto::f32s_to_bytes(&stats), ..Default::default() });
+                chunks.push(pb::TensorChunk {
+                    tensor: "norm".into(),
+                    values: accrete_proto::f32s_to_bytes(&stats),
+                    ..Default::default()
+                });
             }
             if view.has_h && !batch.uniq.is_empty() {
                 chunks.push(pb::TensorChunk {
@@ -357,7 +409,12 @@ pub async fn run(config: WorkerConfig, mut client: Client, shutdown: impl std::f
                 rows: n as u64,
                 loss_sum: loss,
             };
-            let req = pb::PushRequest { model: config.model.clone(), lineage_epoch: p.epoch, grads: chunks, meta: Some(meta) };
+            let req = pb::PushRequest {
+                model: config.model.clone(),
+                lineage_epoch: p.epoch,
+                grads: chunks,
+                meta: Some(meta),
+            };
             if tx.send(req).await.is_err() {
                 break; // the push stream ended: its error is reported below
             }

@@ -24,9 +24,12 @@ pub enum Cmp {
 impl std::str::FromStr for LabelSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        for (op, cmp) in [(">=", Cmp::Ge), ("<=", Cmp::Le), (">", Cmp::Gt), ("<", Cmp::Lt), ("==", Cmp::Eq), ("=", Cmp::Eq)] {
+        for (op, cmp) in
+            [(">=", Cmp::Ge), ("<=", Cmp::Le), (">", Cmp::Gt), ("<", Cmp::Lt), ("==", Cmp::Eq), ("=", Cmp::Eq)]
+        {
             if let Some((col, v)) = s.split_once(op) {
-                let t: f64 = v.trim().parse().map_err(|_| format!("label spec {s:?}: threshold {v:?} is not a number"))?;
+                let t: f64 =
+                    v.trim().parse().map_err(|_| format!("label spec {s:?}: threshold {v:?} is not a number"))?;
                 return Ok(LabelSpec { column: col.trim().to_string(), test: Some((cmp, t)) });
             }
         }
@@ -132,14 +135,21 @@ impl CsvParser {
     pub fn new(header: &[u8], spec: &ColumnSpec, target: Target, sample: &[Vec<u8>]) -> Result<CsvParser, String> {
         let mut f = Vec::new();
         split_fields(header, &mut f);
-        let names: Vec<String> = f.iter().map(|(a, b)| String::from_utf8_lossy(&header[*a..*b]).trim().to_string()).collect();
-        let find = |c: &str| names.iter().position(|n| n == c).ok_or_else(|| format!("column {c:?} is not in the header ({})", names.join(",")));
+        let names: Vec<String> =
+            f.iter().map(|(a, b)| String::from_utf8_lossy(&header[*a..*b]).trim().to_string()).collect();
+        let find = |c: &str| {
+            names
+                .iter()
+                .position(|n| n == c)
+                .ok_or_else(|| format!("column {c:?} is not in the header ({})", names.join(",")))
+        };
         let label = match &spec.label {
             Some(l) => Some((find(&l.column)?, l.clone())),
             None => None,
         };
         let label_col = label.as_ref().map(|l| l.0);
-        let (numeric, categorical): (Vec<usize>, Vec<usize>) = if spec.numeric.is_empty() && spec.categorical.is_empty() {
+        let (numeric, categorical): (Vec<usize>, Vec<usize>) = if spec.numeric.is_empty() && spec.categorical.is_empty()
+        {
             let mut fields = Vec::new();
             let cols: Vec<usize> = (0..names.len()).filter(|c| Some(*c) != label_col).collect();
             cols.into_iter().partition(|c| {
@@ -170,7 +180,17 @@ impl CsvParser {
         if target.hash_bits == 0 && !(categorical.is_empty() && cross.is_empty() && hashed_numeric.is_empty()) {
             return Err("the model has no hashed table (--hash-bits) for categorical columns".into());
         }
-        Ok(CsvParser { header: names, label, dense, hashed_numeric, categorical, cross, target, fields: Vec::new(), key: Vec::new() })
+        Ok(CsvParser {
+            header: names,
+            label,
+            dense,
+            hashed_numeric,
+            categorical,
+            cross,
+            target,
+            fields: Vec::new(),
+            key: Vec::new(),
+        })
     }
 
     fn hash(&mut self, bits: u32) -> u32 {
@@ -193,14 +213,23 @@ impl CsvParser {
                     }
                     f32::NAN
                 } else {
-                    let x = parse_f64(v).ok_or_else(|| RowError::Bad(format!("label column {:?}: {:?} is not a number", spec.column, String::from_utf8_lossy(v))))?;
+                    let x = parse_f64(v).ok_or_else(|| {
+                        RowError::Bad(format!(
+                            "label column {:?}: {:?} is not a number",
+                            spec.column,
+                            String::from_utf8_lossy(v)
+                        ))
+                    })?;
                     spec.apply(x)
                 }
             }
             None if require_label => return Err(RowError::NoLabel),
             None => f32::NAN,
         };
-        if self.target.classes > 0 && !label.is_nan() && (label < 0.0 || label as usize >= self.target.classes || label.fract() != 0.0) {
+        if self.target.classes > 0
+            && !label.is_nan()
+            && (label < 0.0 || label as usize >= self.target.classes || label.fract() != 0.0)
+        {
             return Err(RowError::Bad(format!("label {label} is not a class in 0..{}", self.target.classes)));
         }
         for i in 0..self.dense.len() {
@@ -255,10 +284,9 @@ impl CsvParser {
 
     fn number(&self, i: usize, v: &[u8], dense: bool) -> Result<f32, RowError> {
         let c = if dense { self.dense[i] } else { self.hashed_numeric[i] };
-        parse_f64(v)
-            .map(|x| x as f32)
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| RowError::Bad(format!("column {:?}: {:?} is not a number", self.header[c], String::from_utf8_lossy(v))))
+        parse_f64(v).map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| {
+            RowError::Bad(format!("column {:?}: {:?} is not a number", self.header[c], String::from_utf8_lossy(v)))
+        })
     }
 }
 

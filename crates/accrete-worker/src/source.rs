@@ -60,7 +60,15 @@ impl ShardReader {
     pub fn open(path: &Path) -> std::io::Result<ShardReader> {
         let parts = parts_of(path)?;
         let dir = path.is_dir().then(|| path.to_path_buf());
-        Ok(ShardReader { parts, next_part: 0, current: None, dir, pos: Position::default(), offset: 0, is_header: false })
+        Ok(ShardReader {
+            parts,
+            next_part: 0,
+            current: None,
+            dir,
+            pos: Position::default(),
+            offset: 0,
+            is_header: false,
+        })
     }
 
     /// Reads the next line into `buf` (without the line end). `Ok(false)` at the end of

@@ -2,8 +2,8 @@
 //! with `env` for what a container sets); library crates get plain config structs.
 mod bench;
 mod model_cmd;
-mod worker_cmd;
 mod output;
+mod worker_cmd;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;

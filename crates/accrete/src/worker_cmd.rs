@@ -44,7 +44,11 @@ impl DataArgs {
         let cross = self
             .cross
             .iter()
-            .map(|c| c.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())).with_context(|| format!("--cross {c:?}: expected a:b")))
+            .map(|c| {
+                c.split_once(':')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .with_context(|| format!("--cross {c:?}: expected a:b"))
+            })
             .collect::<Result<_>>()?;
         Ok(ColumnSpec { label, numeric: self.numeric.clone(), categorical: self.categorical.clone(), cross })
     }
@@ -92,7 +96,9 @@ enum BadRowArg {
 }
 
 pub async fn worker(a: WorkerArgs) -> Result<()> {
-    let worker_id = a.worker_id.clone().unwrap_or_else(|| a.shard.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "worker".into()));
+    let worker_id = a.worker_id.clone().unwrap_or_else(|| {
+        a.shard.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "worker".into())
+    });
     let config = WorkerConfig {
         model: a.model.clone(),
         shard: a.shard.clone(),
@@ -151,14 +157,20 @@ pub fn split(a: SplitArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let name = a.input.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gz").to_string()).unwrap_or_default();
-    let ext = std::path::Path::new(&name).extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_else(|| "txt".into());
+    let ext = std::path::Path::new(&name)
+        .extension()
+        .map(|e| e.to_string_lossy().to_string())
+        .unwrap_or_else(|| "txt".into());
     let mut outs = (0..a.shards)
         .map(|i| {
             let p = a.out.join(format!("part-{i:05}.{ext}"));
-            std::fs::File::create(&p).map(|f| BufWriter::with_capacity(1 << 20, f)).with_context(|| format!("{}", p.display()))
+            std::fs::File::create(&p)
+                .map(|f| BufWriter::with_capacity(1 << 20, f))
+                .with_context(|| format!("{}", p.display()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut reader = accrete_worker::source::ShardReader::open(&a.input).with_context(|| format!("{}", a.input.display()))?;
+    let mut reader =
+        accrete_worker::source::ShardReader::open(&a.input).with_context(|| format!("{}", a.input.display()))?;
     let mut line = Vec::new();
     let mut n = 0usize;
     while reader.next_line(&mut line).with_context(|| format!("{}", a.input.display()))? {
@@ -196,7 +208,12 @@ pub struct PredictArgs {
 /// a value (regression).
 pub async fn predict(a: PredictArgs, server: &str) -> Result<()> {
     let mut c = Client::connect(server).await?;
-    let info = c.models.get_model_info(pb::ModelRef { name: a.name.clone() }).await.map_err(accrete_client::ClientError::from)?.into_inner();
+    let info = c
+        .models
+        .get_model_info(pb::ModelRef { name: a.name.clone() })
+        .await
+        .map_err(accrete_client::ClientError::from)?
+        .into_inner();
     let view = ModelView::from_info(&info).map_err(|m| anyhow::anyhow!("model {:?}: {m}", a.name))?;
     let mut rows = RowSource::open(&a.input, a.data.format(), &a.data.columns()?, view.target, OnBadRow::Fail, false)?;
     let mut batch = Batch::new(view.target.features);
@@ -207,7 +224,11 @@ pub async fn predict(a: PredictArgs, server: &str) -> Result<()> {
         if rows.fill(&mut batch, 10_000)? == 0 {
             break;
         }
-        let req = pb::PredictRequest { model: a.name.clone(), version: a.version, rows: Some(accrete_worker::feature_rows(&batch)) };
+        let req = pb::PredictRequest {
+            model: a.name.clone(),
+            version: a.version,
+            rows: Some(accrete_worker::feature_rows(&batch)),
+        };
         let r = c.params.predict(req).await.map_err(accrete_client::ClientError::from)?.into_inner();
         let vals = accrete_proto::bytes_to_f32s(&r.values).unwrap_or_default();
         let k = r.outputs.max(1) as usize;
