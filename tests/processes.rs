@@ -4,53 +4,10 @@ mod common;
 
 use accrete_proto::v1 as pb;
 use common::*;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_accrete");
-
-/// A server process on a port the OS picked: we bind port 0 ourselves first, release it,
-/// and pass it on (the process must own its listener). Retries on the unlikely race.
-struct Proc {
-    child: Child,
-    url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn spawn_server(dir: &Path) -> Proc {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc { child, url: format!("http://127.0.0.1:{port}") };
-    for _ in 0..200 {
-        if accrete_client::Client::connect(&p.url).await.is_ok() {
-            return p;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("server process did not come up on {}", p.url);
-}
-
-impl Drop for Proc {
-    /// A failing test leaves no server behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cli(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).args(["--server", url]).output().unwrap()
-}
+use common::procs::{cli, spawn_server, BIN};
 
 #[tokio::test]
 async fn acknowledged_versions_survive_kill_9() {

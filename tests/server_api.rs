@@ -392,8 +392,13 @@ async fn pulls_serve_ranges_keys_versions_and_the_ema() {
         pb::PullSlice { tensor: "w".into(), offset: 1, len: 3, keys: vec![] },
         pb::PullSlice { tensor: "h".into(), keys: vec![9, 3, 0], ..Default::default() },
     ];
-    let pull =
-        |ema: bool, version: Option<u64>| pb::PullRequest { model: "e".into(), version, slices: slices.clone(), ema };
+    let pull = |ema: bool, version: Option<u64>| pb::PullRequest {
+        model: "e".into(),
+        version,
+        slices: slices.clone(),
+        ema,
+        ..Default::default()
+    };
     let r = c.params.pull(pull(false, None)).await.unwrap().into_inner();
     let vals: Vec<Vec<f32>> = r.tensors.iter().map(|t| accrete_proto::bytes_to_f32s(&t.values).unwrap()).collect();
     assert_eq!(vals, vec![vec![0.0, 2.0, 4.0], vec![3.0, 1.0, 0.0]]);

@@ -11,6 +11,7 @@ pub mod model;
 pub mod predict;
 pub mod registry;
 pub mod service;
+pub mod sync;
 
 use accrete_proto::v1::models_server::ModelsServer;
 use accrete_proto::v1::parameters_server::ParametersServer;
@@ -150,6 +151,7 @@ async fn commit_ticker(reg: Arc<Registry>) {
     loop {
         tick.tick().await;
         for h in reg.list() {
+            h.expire_leases();
             if h.commit_due_by_time() && h.try_schedule_commit() {
                 service::spawn_policy_commit(h);
             }

@@ -5,10 +5,11 @@
 //!
 //! Lock order: `head` before `live`. Pushes take only `live`.
 use crate::error::{Result, ServiceError};
+use crate::sync::SyncState;
 use accrete_core::layout::{layout, TensorSpec};
 use accrete_core::optim::LeBytes;
 use accrete_core::params::{check_dense, check_rows, chunks_of};
-use accrete_core::{ModelSpec, Params};
+use accrete_core::{ConsistencyMode, ModelSpec, Params};
 use accrete_store::{now_unix_ms, ChunkBatch, Manifest, ModelRecord, Store, VersionRecord, WorkerProgress};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,7 +99,12 @@ pub struct ModelHandle {
     head: Mutex<Head>,
     live: Mutex<Live>,
     commit_pending: AtomicBool,
+    sync: Mutex<SyncState>,
+    sync_changed: tokio::sync::Notify,
 }
+
+/// How long a worker stays in the barrier without a heartbeat, pull or push.
+const LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent data (updates are per value), so
@@ -172,6 +178,7 @@ impl ModelHandle {
             workers: head.workers.iter().map(|w| (w.worker_id.clone(), w.clone())).collect(),
             last_commit: Instant::now(),
         };
+        let sync = SyncState::new(record.spec.consistency, record.spec.staleness, LEASE);
         ModelHandle {
             layout: layout(&record.spec),
             record,
@@ -180,6 +187,8 @@ impl ModelHandle {
             head: Mutex::new(Head { record: head, manifest }),
             live: Mutex::new(live),
             commit_pending: AtomicBool::new(false),
+            sync: Mutex::new(sync),
+            sync_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -227,7 +236,9 @@ impl ModelHandle {
     }
 
     /// Validates every gradient of a push against the layout (before any lock), then
-    /// applies them all under the live lock: a refused push changes nothing.
+    /// applies them all under the live lock: a refused push changes nothing. Under BSP
+    /// the gradients join their clock's round instead, applied once every live worker's
+    /// are in.
     pub fn push(&self, epoch: u64, grads: &[Grad<'_>], meta: &PushMeta<'_>) -> Result<Ack> {
         let mut tensors = [0usize; 8];
         for (i, g) in grads.iter().enumerate() {
@@ -236,20 +247,20 @@ impl ModelHandle {
                 *slot = t;
             }
         }
-        let mut live = lock(&self.live);
-        if epoch != 0 && epoch != live.epoch {
-            return Err(ServiceError::StaleLineage {
-                model: self.name().to_string(),
-                pushed: epoch,
-                current: live.epoch,
-            });
-        }
-        live.params.begin_update();
-        for (i, g) in grads.iter().enumerate() {
-            let t = tensors
+        let tensor_of = |i: usize, g: &Grad<'_>| {
+            tensors
                 .get(i)
                 .copied()
-                .unwrap_or_else(|| self.layout.iter().position(|t| t.name == g.tensor).unwrap_or_default());
+                .unwrap_or_else(|| self.layout.iter().position(|t| t.name == g.tensor).unwrap_or_default())
+        };
+        if self.spec().consistency == ConsistencyMode::Bsp && !meta.worker_id.is_empty() {
+            return self.push_to_round(epoch, grads, meta, tensor_of);
+        }
+        let mut live = lock(&self.live);
+        self.check_epoch(&live, epoch)?;
+        live.params.begin_update();
+        for (i, g) in grads.iter().enumerate() {
+            let t = tensor_of(i, g);
             if g.keys.is_empty() {
                 live.params.apply_dense_le(t, g.offset as usize, g.values);
             } else {
@@ -258,16 +269,188 @@ impl ModelHandle {
         }
         live.updates += 1;
         live.since_commit += 1;
+        let ack = self.finish_push(&mut live, meta);
+        drop(live);
+        if !meta.worker_id.is_empty() && self.spec().consistency == ConsistencyMode::Ssp {
+            lock(&self.sync).touch(meta.worker_id, Some(meta.clock));
+            self.sync_changed.notify_waiters();
+        }
+        Ok(ack)
+    }
+
+    fn check_epoch(&self, live: &Live, epoch: u64) -> Result<()> {
+        if epoch != 0 && epoch != live.epoch {
+            return Err(ServiceError::StaleLineage {
+                model: self.name().to_string(),
+                pushed: epoch,
+                current: live.epoch,
+            });
+        }
+        Ok(())
+    }
+
+    fn finish_push(&self, live: &mut Live, meta: &PushMeta<'_>) -> Ack {
         if !meta.worker_id.is_empty() {
             record_progress(&mut live.workers, meta);
         }
         let every = self.record.spec.commit.every_updates;
-        Ok(Ack {
+        Ack {
             epoch: live.epoch,
             head: live.head,
             updates: live.updates,
             commit_due: every > 0 && live.since_commit >= every,
-        })
+        }
+    }
+
+    /// BSP: adds a checked push to the round of its clock, then applies complete rounds.
+    fn push_to_round(
+        &self,
+        epoch: u64,
+        grads: &[Grad<'_>],
+        meta: &PushMeta<'_>,
+        tensor_of: impl Fn(usize, &Grad<'_>) -> usize,
+    ) -> Result<Ack> {
+        let mut sync = lock(&self.sync);
+        {
+            let live = lock(&self.live);
+            self.check_epoch(&live, epoch)?;
+        }
+        let round = sync.rounds.entry(meta.clock).or_default();
+        if round.from.iter().any(|w| w == meta.worker_id) {
+            let msg =
+                format!("model {:?}: worker {:?} already pushed clock {}", self.name(), meta.worker_id, meta.clock);
+            return Err(ServiceError::Invalid(msg));
+        }
+        for (i, g) in grads.iter().enumerate() {
+            let t = tensor_of(i, g);
+            let spec = &self.layout[t];
+            let values = LeBytes(g.values).iter();
+            if spec.stats {
+                round.add_stats(t, spec.cols as usize, &values.collect::<Vec<_>>());
+            } else if g.keys.is_empty() {
+                round.add_dense(t, spec.len() as usize, g.offset as usize, values);
+            } else {
+                round.add_rows(t, spec.cols as usize, g.keys, values);
+            }
+        }
+        round.from.push(meta.worker_id.to_string());
+        sync.touch(meta.worker_id, Some(meta.clock));
+        let ack = {
+            let mut live = lock(&self.live);
+            self.finish_push(&mut live, meta)
+        };
+        let ack = self.apply_complete_rounds(&mut sync).unwrap_or(ack);
+        drop(sync);
+        self.sync_changed.notify_waiters();
+        Ok(ack)
+    }
+
+    /// BSP: applies every round that all live workers have contributed to, as one update
+    /// each. Returns the ack state after the last one applied.
+    fn apply_complete_rounds(&self, sync: &mut SyncState) -> Option<Ack> {
+        let mut ack = None;
+        while let Some(c) = sync.complete_round() {
+            let Some(round) = sync.rounds.remove(&c) else { break };
+            let mut live = lock(&self.live);
+            live.params.begin_update();
+            for (t, d) in &round.dense {
+                if d.lo < d.hi {
+                    live.params.apply_dense(*t, d.lo, &d.values[d.lo..d.hi]);
+                }
+            }
+            for (t, r) in &round.rows {
+                live.params.apply_rows(*t, &r.keys, &r.values);
+            }
+            for (t, st) in &round.stats {
+                live.params.merge_stats(*t, st);
+            }
+            live.updates += 1;
+            live.since_commit += 1;
+            sync.applied = c;
+            let every = self.record.spec.commit.every_updates;
+            ack = Some(Ack {
+                epoch: live.epoch,
+                head: live.head,
+                updates: live.updates,
+                commit_due: every > 0 && live.since_commit >= every,
+            });
+        }
+        ack
+    }
+
+    /// Joins a worker to the barrier; returns (lease, epoch, clock, recorded progress, live).
+    pub fn join(&self, worker: &str) -> (std::time::Duration, u64, u64, Option<WorkerProgress>, usize) {
+        let progress = lock(&self.live).workers.get(worker).cloned();
+        let epoch = lock(&self.live).epoch;
+        let mut sync = lock(&self.sync);
+        let known = progress.as_ref().map_or(0, |p| p.clock);
+        let clock = if sync.mode == ConsistencyMode::Bsp { sync.applied } else { known };
+        sync.leave(worker);
+        let clock = sync.touch(worker, Some(clock));
+        let (lease, live) = (sync.lease, sync.live());
+        drop(sync);
+        self.sync_changed.notify_waiters();
+        (lease, epoch, clock, progress, live)
+    }
+
+    /// Renews a worker's lease; `false` if it is not (or no longer) a member.
+    pub fn heartbeat(&self, worker: &str) -> (bool, std::time::Duration, usize) {
+        let mut sync = lock(&self.sync);
+        let member = sync.is_member(worker);
+        if member {
+            sync.touch(worker, None);
+        }
+        (member, sync.lease, sync.live())
+    }
+
+    pub fn leave(&self, worker: &str) -> usize {
+        let mut sync = lock(&self.sync);
+        if sync.leave(worker) {
+            tracing::info!(model = %self.name(), worker, "worker left");
+        }
+        self.apply_complete_rounds(&mut sync);
+        let live = sync.live();
+        drop(sync);
+        self.sync_changed.notify_waiters();
+        live
+    }
+
+    /// Drops workers whose lease expired (and applies rounds they were holding up).
+    pub fn expire_leases(&self) {
+        let mut sync = lock(&self.sync);
+        let gone = sync.expire();
+        if gone.is_empty() {
+            return;
+        }
+        for w in &gone {
+            tracing::warn!(model = %self.name(), worker = %w, "lease expired; the worker left the barrier");
+        }
+        self.apply_complete_rounds(&mut sync);
+        drop(sync);
+        self.sync_changed.notify_waiters();
+    }
+
+    /// Waits until a worker that has pushed `clock` batches may pull (SSP/BSP); a no-op
+    /// under ASP or for callers that are not joined workers.
+    pub async fn wait_to_pull(&self, worker: &str, clock: u64) {
+        if worker.is_empty() || self.spec().consistency == ConsistencyMode::Asp {
+            return;
+        }
+        loop {
+            let notified = self.sync_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut sync = lock(&self.sync);
+                if sync.is_member(worker) {
+                    sync.touch(worker, None);
+                }
+                if sync.may_pull(clock) {
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), notified).await;
+        }
     }
 
     /// True when the time-based commit policy asks for a commit.

@@ -419,6 +419,9 @@ impl Parameters for Service {
     async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<pb::PullResponse>, Status> {
         let req = req.into_inner();
         let h = self.reg.get(&req.model)?;
+        if req.version.is_none() {
+            h.wait_to_pull(&req.worker_id, req.clock).await;
+        }
         let resp = match req.version {
             None => h.with_live(|p, head, epoch, updates| pull_from(p, &h, &req, self.limit, head, epoch, updates))?,
             Some(v) => {
@@ -430,6 +433,47 @@ impl Parameters for Service {
             }
         };
         Ok(Response::new(resp))
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let req = req.into_inner();
+        if req.worker_id.is_empty() {
+            return Err(ServiceError::Invalid("join needs a worker_id".into()).into());
+        }
+        let h = self.reg.get(&req.model)?;
+        let (lease, epoch, clock, progress, live) = h.join(&req.worker_id);
+        tracing::info!(model = %h.name(), worker = %req.worker_id, clock, live, "worker joined");
+        let (offset, shard) = progress.map(|p| (p.offset, p.shard)).unwrap_or_default();
+        Ok(Response::new(pb::JoinResponse {
+            lease_ms: lease.as_millis() as u64,
+            lineage_epoch: epoch,
+            clock,
+            offset,
+            shard,
+            live_workers: live as u32,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::WorkerRef>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.reg.get(&req.model)?;
+        let (member, lease, live) = h.heartbeat(&req.worker_id);
+        if !member {
+            let msg = format!(
+                "model {:?}: worker {:?} is not in the barrier (its lease expired); join again",
+                h.name(),
+                req.worker_id
+            );
+            return Err(Status::failed_precondition(msg));
+        }
+        Ok(Response::new(pb::HeartbeatResponse { lease_ms: lease.as_millis() as u64, live_workers: live as u32 }))
+    }
+
+    async fn leave(&self, req: Request<pb::WorkerRef>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = req.into_inner();
+        let h = self.reg.get(&req.model)?;
+        let live = h.leave(&req.worker_id);
+        Ok(Response::new(pb::HeartbeatResponse { lease_ms: 0, live_workers: live as u32 }))
     }
 
     async fn predict(&self, req: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {

@@ -186,6 +186,23 @@ impl RowSource {
         self.reader.offset
     }
 
+    pub fn skip_to(&mut self, offset: u64) -> Result<(), WorkerError> {
+        let mut buf = Vec::new();
+        self.reader
+            .skip_to(offset, &mut buf)
+            .map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+        // the header of the part we landed in has been read past: build the parser from it
+        if self.format == Format::Csv && self.csv.is_none() {
+            let mut probe = ShardReader::open(&self.reader.pos.file)
+                .map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+            probe
+                .next_line(&mut self.line)
+                .map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
+            self.csv_header()?;
+        }
+        Ok(())
+    }
+
     pub fn poll_new_parts(&mut self) -> Result<(), WorkerError> {
         self.reader.poll_new_parts().map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })
     }
@@ -274,7 +291,14 @@ struct Pulled {
     epoch: u64,
 }
 
-async fn pull(client: &mut Client, model: &str, view: &ModelView, keys: &[u32]) -> Result<Pulled, WorkerError> {
+async fn pull(
+    client: &mut Client,
+    model: &str,
+    view: &ModelView,
+    keys: &[u32],
+    worker_id: &str,
+    clock: u64,
+) -> Result<Pulled, WorkerError> {
     let mut slices = vec![pb::PullSlice { tensor: "b".into(), ..Default::default() }];
     if view.has_w {
         slices.push(pb::PullSlice { tensor: "w".into(), ..Default::default() });
@@ -291,7 +315,14 @@ async fn pull(client: &mut Client, model: &str, view: &ModelView, keys: &[u32]) 
     }
     let r = client
         .params
-        .pull(pb::PullRequest { model: model.into(), version: None, slices, ema: false })
+        .pull(pb::PullRequest {
+            model: model.into(),
+            version: None,
+            slices,
+            ema: false,
+            worker_id: worker_id.into(),
+            clock,
+        })
         .await?
         .into_inner();
     let mut p = Pulled { w: vec![], h: vec![], b: vec![], norm: vec![], epoch: r.lineage_epoch };
@@ -321,23 +352,28 @@ pub async fn run(
     let view = ModelView::from_info(&info).map_err(model_err)?;
     let started = Instant::now();
     let mut report = Report::default();
-    let (tx, rx) = mpsc::channel::<pb::PushRequest>(4);
-    let mut acks = client.params.push_stream(ReceiverStream::new(rx)).await?.into_inner();
-    let ack_task = tokio::spawn(async move {
-        let mut last = 0;
-        loop {
-            match acks.message().await {
-                Ok(Some(a)) => last = a.updates,
-                Ok(None) => return Ok(last),
-                Err(e) => return Err(e),
-            }
-        }
-    });
+    let mut pusher = Pusher::open(&mut client).await?;
+    let joined = client
+        .params
+        .join(pb::JoinRequest {
+            model: config.model.clone(),
+            worker_id: config.worker_id.clone(),
+            shard: config.shard.to_string_lossy().to_string(),
+        })
+        .await?
+        .into_inner();
+    let heartbeat = spawn_heartbeat(client.clone(), &config.model, &config.worker_id, joined.lease_ms);
+    let resume_at = (joined.shard == config.shard.to_string_lossy() && (config.epochs == 1 || config.follow))
+        .then_some(joined.offset)
+        .filter(|o| *o > 0);
+    if let Some(o) = resume_at {
+        tracing::info!(worker = %config.worker_id, offset = o, "resuming from the offset recorded for this worker");
+    }
     let features = view.target.features;
     let mut batch = Batch::new(features);
     let mut grads = GlmGrads::default();
     let mut stats = Vec::new();
-    let mut clock = 0u64;
+    let mut clock = joined.clock;
     let shard_name = config.shard.to_string_lossy().to_string();
     for epoch in 0..config.epochs {
         let mut rows =
@@ -357,7 +393,7 @@ pub async fn run(
                 break;
             }
             batch.compact();
-            let p = pull(&mut client, &config.model, &view, &batch.uniq).await?;
+            let p = pull(&mut client, &config.model, &view, &batch.uniq, &config.worker_id, clock).await?;
             if view.has_norm {
                 glm::batch_stats(&batch.dense, features, &mut stats);
                 // Standardise with the shared statistics and this batch's, as the server
@@ -415,9 +451,7 @@ pub async fn run(
                 grads: chunks,
                 meta: Some(meta),
             };
-            if tx.send(req).await.is_err() {
-                break; // the push stream ended: its error is reported below
-            }
+            pusher.send(&mut client, req).await?;
             report.rows += n as u64;
             report.pushes += 1;
             report.loss_sum += loss;
@@ -426,10 +460,78 @@ pub async fn run(
         report.unlabelled_rows += rows.unlabelled;
         tracing::debug!(epoch, rows = report.rows, "epoch done");
     }
-    drop(tx);
-    report.last_updates = ack_task.await.map_err(|e| model_err(format!("ack task: {e}")))??;
+    report.last_updates = pusher.finish().await?;
+    heartbeat.abort();
+    client.params.leave(pb::WorkerRef { model: config.model.clone(), worker_id: config.worker_id.clone() }).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Renews the worker's lease in the background.
+fn spawn_heartbeat(mut client: Client, model: &str, worker: &str, lease_ms: u64) -> tokio::task::JoinHandle<()> {
+    let req = pb::WorkerRef { model: model.to_string(), worker_id: worker.to_string() };
+    let every = std::time::Duration::from_millis((lease_ms / 3).max(100));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = client.params.heartbeat(req.clone()).await {
+                tracing::warn!(error = %e.message(), "heartbeat refused");
+            }
+        }
+    })
+}
+
+/// Pushes on one stream without waiting for each ack. A push refused for a stale lineage
+/// (the model was rolled back) is dropped and the stream reopened: the next pull brings
+/// the new lineage. Any other refusal ends the worker.
+struct Pusher {
+    tx: mpsc::Sender<pb::PushRequest>,
+    acks: tokio::task::JoinHandle<Result<u64, tonic::Status>>,
+}
+
+impl Pusher {
+    async fn open(client: &mut Client) -> Result<Pusher, WorkerError> {
+        let (tx, rx) = mpsc::channel::<pb::PushRequest>(4);
+        let mut stream = client.params.push_stream(ReceiverStream::new(rx)).await?.into_inner();
+        let acks = tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                match stream.message().await {
+                    Ok(Some(a)) => last = a.updates,
+                    Ok(None) => return Ok(last),
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        Ok(Pusher { tx, acks })
+    }
+
+    async fn send(&mut self, client: &mut Client, req: pb::PushRequest) -> Result<(), WorkerError> {
+        if self.tx.send(req).await.is_ok() {
+            return Ok(());
+        }
+        let fresh = Pusher::open(client).await?;
+        let old = std::mem::replace(self, fresh);
+        match old.acks.await {
+            Ok(Err(e)) if e.code() == tonic::Code::Aborted => {
+                tracing::warn!("{}; continuing on the new lineage", e.message());
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(_)) => Ok(()),
+            Err(e) => Err(WorkerError::Config(format!("push stream task failed: {e}"))),
+        }
+    }
+
+    async fn finish(self) -> Result<u64, WorkerError> {
+        drop(self.tx);
+        match self.acks.await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) if e.code() == tonic::Code::Aborted => Ok(0),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(WorkerError::Config(format!("push stream task failed: {e}"))),
+        }
+    }
 }
 
 /// The wire form of a batch's features (raw dense values; labels are not sent).

@@ -1,0 +1,217 @@
+//! Worker clocks, leases and the BSP/SSP barriers of one model.
+//!
+//! A worker's clock is the number of batches it has pushed. Under SSP(s) a worker at clock
+//! c may pull once every live worker has pushed at least c − s batches; under BSP once the
+//! gradients of clock c from every live worker have been summed and applied as one update.
+//! A worker is live while its lease (renewed by joins, heartbeats, pulls and pushes) has
+//! not expired; an expired or departed worker leaves the barrier, so the others go on.
+use accrete_core::ConsistencyMode;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// The summed gradients of one BSP clock.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Workers whose gradients are in.
+    pub from: Vec<String>,
+    /// Dense tensors: summed values over the touched range [lo, hi).
+    pub dense: HashMap<usize, DenseSum>,
+    /// Sparse tensors: row key → position in `values` (cols floats per row).
+    pub rows: HashMap<usize, RowSum>,
+    /// Statistics tensors: merged batch statistics.
+    pub stats: HashMap<usize, Vec<f32>>,
+}
+
+#[derive(Debug, Default)]
+pub struct DenseSum {
+    pub values: Vec<f32>,
+    pub lo: usize,
+    pub hi: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct RowSum {
+    pub index: HashMap<u64, usize>,
+    pub keys: Vec<u64>,
+    pub values: Vec<f32>,
+}
+
+impl Round {
+    pub fn add_dense(&mut self, t: usize, len: usize, offset: usize, g: impl Iterator<Item = f32>) {
+        let d = self.dense.entry(t).or_insert_with(|| DenseSum { values: vec![0.0; len], lo: usize::MAX, hi: 0 });
+        let mut end = offset;
+        for (slot, v) in d.values[offset..].iter_mut().zip(g) {
+            *slot += v;
+            end += 1;
+        }
+        d.lo = d.lo.min(offset);
+        d.hi = d.hi.max(end);
+    }
+
+    pub fn add_rows(&mut self, t: usize, cols: usize, keys: &[u64], mut g: impl Iterator<Item = f32>) {
+        let r = self.rows.entry(t).or_default();
+        for k in keys {
+            let at = *r.index.entry(*k).or_insert_with(|| {
+                r.keys.push(*k);
+                r.values.resize(r.values.len() + cols, 0.0);
+                r.values.len() - cols
+            });
+            for slot in &mut r.values[at..at + cols] {
+                *slot += g.next().unwrap_or(0.0);
+            }
+        }
+    }
+
+    pub fn add_stats(&mut self, t: usize, features: usize, g: &[f32]) {
+        let s = self.stats.entry(t).or_insert_with(|| vec![0.0; 3 * features]);
+        accrete_core::glm::merge_stats(s, g, features);
+    }
+}
+
+#[derive(Debug)]
+struct WorkerClock {
+    clock: u64,
+    seen: Instant,
+}
+
+#[derive(Debug)]
+pub struct SyncState {
+    pub mode: ConsistencyMode,
+    pub staleness: u64,
+    pub lease: Duration,
+    workers: HashMap<String, WorkerClock>,
+    /// BSP rounds by clock, waiting for every live worker.
+    pub rounds: BTreeMap<u64, Round>,
+    /// BSP: the highest clock whose round was applied.
+    pub applied: u64,
+}
+
+impl SyncState {
+    pub fn new(mode: ConsistencyMode, staleness: u32, lease: Duration) -> Self {
+        SyncState {
+            mode,
+            staleness: staleness as u64,
+            lease,
+            workers: HashMap::new(),
+            rounds: BTreeMap::new(),
+            applied: 0,
+        }
+    }
+
+    /// Registers or renews a worker; returns its known clock.
+    pub fn touch(&mut self, worker: &str, clock: Option<u64>) -> u64 {
+        let now = Instant::now();
+        match self.workers.get_mut(worker) {
+            Some(w) => {
+                w.seen = now;
+                if let Some(c) = clock {
+                    w.clock = w.clock.max(c);
+                }
+                w.clock
+            }
+            None => {
+                let c = clock.unwrap_or(0);
+                self.workers.insert(worker.to_string(), WorkerClock { clock: c, seen: now });
+                c
+            }
+        }
+    }
+
+    pub fn is_member(&self, worker: &str) -> bool {
+        self.workers.contains_key(worker)
+    }
+
+    pub fn leave(&mut self, worker: &str) -> bool {
+        self.workers.remove(worker).is_some()
+    }
+
+    /// Drops workers whose lease expired; returns their ids.
+    pub fn expire(&mut self) -> Vec<String> {
+        let lease = self.lease;
+        let gone: Vec<String> =
+            self.workers.iter().filter(|(_, w)| w.seen.elapsed() > lease).map(|(k, _)| k.clone()).collect();
+        for g in &gone {
+            self.workers.remove(g);
+        }
+        gone
+    }
+
+    pub fn live(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// May a worker that has pushed `clock` batches pull now?
+    pub fn may_pull(&self, clock: u64) -> bool {
+        match self.mode {
+            ConsistencyMode::Asp => true,
+            ConsistencyMode::Ssp => {
+                let slowest = self.workers.values().map(|w| w.clock).min().unwrap_or(clock);
+                slowest + self.staleness >= clock
+            }
+            ConsistencyMode::Bsp => clock == 0 || self.applied >= clock,
+        }
+    }
+
+    /// BSP: the lowest pending round once every live worker has contributed to it.
+    pub fn complete_round(&self) -> Option<u64> {
+        let (&c, round) = self.rounds.iter().next()?;
+        self.workers.keys().all(|w| round.from.contains(w)).then_some(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssp_lets_a_worker_run_ahead_by_the_staleness_bound() {
+        let mut s = SyncState::new(ConsistencyMode::Ssp, 2, Duration::from_secs(10));
+        s.touch("a", Some(0));
+        s.touch("b", Some(0));
+        assert!(s.may_pull(2));
+        assert!(!s.may_pull(3));
+        s.touch("a", Some(3));
+        s.touch("b", Some(1));
+        assert!(s.may_pull(3), "the slowest (b at 1) is within 2 of 3");
+        s.touch("a", Some(5));
+        assert!(!s.may_pull(5));
+        s.leave("b");
+        assert!(s.may_pull(5), "a departed worker does not hold the others back");
+    }
+
+    #[test]
+    fn expired_leases_leave_the_barrier() {
+        let mut s = SyncState::new(ConsistencyMode::Ssp, 0, Duration::from_millis(1));
+        s.touch("a", Some(0));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(s.expire(), vec!["a".to_string()]);
+        assert_eq!(s.live(), 0);
+    }
+
+    #[test]
+    fn bsp_rounds_complete_when_every_live_worker_is_in() {
+        let mut s = SyncState::new(ConsistencyMode::Bsp, 0, Duration::from_secs(10));
+        s.touch("a", Some(0));
+        s.touch("b", Some(0));
+        assert!(s.may_pull(0));
+        s.rounds.entry(1).or_default().from.push("a".into());
+        assert_eq!(s.complete_round(), None);
+        assert!(!s.may_pull(1));
+        s.leave("b");
+        assert_eq!(s.complete_round(), Some(1), "a departed worker does not hold the round");
+    }
+
+    #[test]
+    fn rounds_sum_gradients_by_key() {
+        let mut r = Round::default();
+        r.add_rows(0, 2, &[5, 7], [1.0, 2.0, 3.0, 4.0].into_iter());
+        r.add_rows(0, 2, &[7], [10.0, 20.0].into_iter());
+        let rows = &r.rows[&0];
+        assert_eq!(rows.keys, vec![5, 7]);
+        assert_eq!(rows.values, vec![1.0, 2.0, 13.0, 24.0]);
+        r.add_dense(1, 4, 1, [1.0, 1.0].into_iter());
+        r.add_dense(1, 4, 2, [1.0, 1.0].into_iter());
+        let d = &r.dense[&1];
+        assert_eq!((d.values.clone(), d.lo, d.hi), (vec![0.0, 1.0, 2.0, 1.0], 1, 4));
+    }
+}

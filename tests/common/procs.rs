@@ -1,0 +1,61 @@
+//! Real `accrete` processes for scenario tests: a server on a port the OS picked, and CLI
+//! runs against it. Every child is killed when its handle drops, so a failing test leaves
+//! nothing behind.
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_accrete");
+
+pub struct Proc {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `accrete server` on `dir` and waits until it answers.
+pub async fn spawn_server(dir: &Path) -> Proc {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, url: format!("http://127.0.0.1:{port}") };
+    for _ in 0..200 {
+        if accrete_client::Client::connect(&p.url).await.is_ok() {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("server process did not come up on {}", p.url);
+}
+
+/// Runs the CLI with `--server url` appended.
+pub fn cli(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN).args(args).args(["--server", url]).output().unwrap()
+}
+
+/// Runs the CLI and returns stdout, failing the test with stderr when it fails.
+pub fn ok(url: &str, args: &[&str]) -> String {
+    let out = cli(url, args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Starts a CLI process in the background (stdout and stderr captured).
+pub fn spawn_cli(url: &str, args: &[&str]) -> Child {
+    Command::new(BIN).args(args).args(["--server", url]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+}
