@@ -4,8 +4,10 @@
 
 pub mod features;
 pub mod glm;
+pub mod kinds;
 pub mod layout;
 pub mod metrics;
+pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod rng;

@@ -8,6 +8,9 @@ use crate::optim::{Grad, Optimizer};
 use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
 
+/// The seed of kinds that need random initial weights when none is given.
+pub const DEFAULT_SEED: u64 = 0x5eed;
+
 /// Floats per storage chunk (64 KiB of weights).
 pub const CHUNK_FLOATS: usize = 16 * 1024;
 
@@ -80,10 +83,17 @@ impl Params {
     /// The EMA starts equal to the weights. Everything starts dirty.
     pub fn init(spec: &ModelSpec) -> Self {
         let mut p = Params::zeros(spec);
-        if spec.init.seed != 0 {
+        // Factors and hidden layers cannot learn from zeros: they default to a fixed seed.
+        let needs_random = matches!(spec.kind, crate::ModelKind::Fm | crate::ModelKind::Mlp);
+        let seed = if spec.init.seed == 0 && needs_random { DEFAULT_SEED } else { spec.init.seed };
+        if seed != 0 {
             let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
-            let mut rng = SplitMix64::new(spec.init.seed);
-            for t in p.tensors.iter_mut().filter(|t| !t.spec.bias && !t.spec.stats) {
+            let mut rng = SplitMix64::new(seed);
+            for t in p
+                .tensors
+                .iter_mut()
+                .filter(|t| !t.spec.bias && !t.spec.stats && (spec.init.seed != 0 || t.spec.name != "h"))
+            {
                 t.w.iter_mut().for_each(|w| *w = (rng.next_normal() * scale) as f32);
             }
         }

@@ -121,7 +121,7 @@ pub async fn run(
                 .max_decoding_message_size(transport_limit)
                 .max_encoding_message_size(transport_limit),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        .serve_with_incoming_shutdown(incoming(listener), signal);
     // A client that keeps a call open past the grace period does not keep the server up.
     let grace = async {
         if stopping_rx.await.is_ok() {
@@ -142,6 +142,18 @@ pub async fn run(
         .map_err(|e| ServerError::Config(format!("flush task: {e}")))??;
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// Accepted connections with Nagle's algorithm off: tonic's `tcp_nodelay` applies only to
+/// listeners it binds itself, and with Nagle on, every small response (an ack, a pull)
+/// waits for the peer's delayed ACK, about 40 ms.
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let stream = conn?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Runs the time-based commit policy: a model with updates older than its `every_secs`

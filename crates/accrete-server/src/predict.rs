@@ -1,7 +1,8 @@
 //! Server-side scoring of feature rows with a model's parameters (live or a version).
 use crate::error::{Result, ServiceError};
 use accrete_core::features::Batch;
-use accrete_core::glm::{self, GlmParams, Link};
+use accrete_core::glm;
+use accrete_core::kinds::{self, Dims, Views};
 use accrete_core::{ModelSpec, Params};
 use accrete_proto::v1 as pb;
 
@@ -51,14 +52,10 @@ fn tensor<'a>(p: &'a Params, name: &str) -> &'a [f32] {
 
 /// Scores `rows` with `p`: returns (outputs per row, values).
 pub fn predict(spec: &ModelSpec, p: &Params, rows: &pb::FeatureRows) -> Result<(u32, Vec<f32>)> {
-    let outputs = spec.outputs() as usize;
-    let link = Link::of(spec.kind, outputs).ok_or_else(|| {
-        ServiceError::Invalid(format!("model {:?}: Predict does not serve kind {} yet", spec.name, spec.kind.as_str()))
-    })?;
+    let dims = Dims::of(spec);
     let mut b = batch_from(spec, rows)?;
     glm::prepare_dense(&mut b.dense, b.features, tensor(p, "norm"));
-    let params = GlmParams { outputs, w: tensor(p, "w"), h: tensor(p, "h"), b: tensor(p, "b") };
     let mut out = Vec::new();
-    glm::predict(link, &params, &b, &b.idx, &mut out);
-    Ok((outputs as u32, out))
+    kinds::predict(&dims, &Views::of_params(p), &b, &b.idx, &mut out);
+    Ok((dims.outputs as u32, out))
 }

@@ -9,7 +9,8 @@ pub mod source;
 
 use accrete_client::Client;
 use accrete_core::features::Batch;
-use accrete_core::glm::{self, GlmGrads, GlmParams, Link};
+use accrete_core::glm;
+use accrete_core::kinds::{self, Dims, Tensors};
 use accrete_core::ModelKind;
 use accrete_proto::v1 as pb;
 use parse::{ColumnSpec, CsvParser, RowError, Target};
@@ -104,12 +105,10 @@ pub struct Report {
 /// The model facts a worker needs.
 #[derive(Debug, Clone)]
 pub struct ModelView {
-    pub kind: ModelKind,
-    pub link: Link,
+    pub dims: Dims,
     pub target: Target,
-    pub outputs: usize,
-    pub has_w: bool,
-    pub has_h: bool,
+    /// Trained tensors: (name, hashed) in layout order.
+    pub tensors: Vec<(String, bool)>,
     pub has_norm: bool,
 }
 
@@ -124,18 +123,24 @@ impl ModelView {
             Ok(pb::ModelKind::Mlp) => ModelKind::Mlp,
             _ => return Err("unknown model kind".into()),
         };
-        let outputs = if kind == ModelKind::Softmax { spec.classes as usize } else { 1 };
-        let link = Link::of(kind, outputs).ok_or_else(|| format!("workers do not train kind {} yet", kind.as_str()))?;
-        let has = |n: &str| info.tensors.iter().any(|t| t.name == n);
-        let classes = if kind == ModelKind::Softmax { outputs } else { 0 };
-        Ok(ModelView {
+        let outputs = match kind {
+            ModelKind::Softmax => spec.classes as usize,
+            ModelKind::Mlp if spec.classes >= 2 => spec.classes as usize,
+            _ => 1,
+        };
+        let dims = Dims {
             kind,
-            link,
-            target: Target { features: spec.features as usize, hash_bits: spec.hash_bits, classes },
+            features: spec.features as usize,
             outputs,
-            has_w: has("w"),
-            has_h: has("h"),
-            has_norm: has("norm"),
+            hidden: spec.hidden as usize,
+            factors: spec.factors as usize,
+        };
+        let tensors = info.tensors.iter().filter(|t| t.name != "norm").map(|t| (t.name.clone(), t.sparse)).collect();
+        Ok(ModelView {
+            dims,
+            target: Target { features: spec.features as usize, hash_bits: spec.hash_bits, classes: dims.classes() },
+            tensors,
+            has_norm: info.tensors.iter().any(|t| t.name == "norm"),
         })
     }
 }
@@ -282,11 +287,9 @@ fn split_eq(line: &[u8], names: &[String]) -> bool {
     s.split(',').map(|c| c.trim().trim_matches('"')).eq(names.iter().map(|n| n.as_str()))
 }
 
-/// Pulled parameters for one batch.
+/// Pulled parameters for one batch (hashed tensors compacted to the batch's rows).
 struct Pulled {
-    w: Vec<f32>,
-    h: Vec<f32>,
-    b: Vec<f32>,
+    tensors: Tensors,
     norm: Vec<f32>,
     epoch: u64,
 }
@@ -299,41 +302,31 @@ async fn pull(
     worker_id: &str,
     clock: u64,
 ) -> Result<Pulled, WorkerError> {
-    let mut slices = vec![pb::PullSlice { tensor: "b".into(), ..Default::default() }];
-    if view.has_w {
-        slices.push(pb::PullSlice { tensor: "w".into(), ..Default::default() });
+    let mut slices = Vec::new();
+    for (name, hashed) in &view.tensors {
+        match hashed {
+            false => slices.push(pb::PullSlice { tensor: name.clone(), ..Default::default() }),
+            true if !keys.is_empty() => slices.push(pb::PullSlice {
+                tensor: name.clone(),
+                keys: keys.iter().map(|k| *k as u64).collect(),
+                ..Default::default()
+            }),
+            true => {}
+        }
     }
     if view.has_norm {
         slices.push(pb::PullSlice { tensor: "norm".into(), ..Default::default() });
     }
-    if view.has_h && !keys.is_empty() {
-        slices.push(pb::PullSlice {
-            tensor: "h".into(),
-            keys: keys.iter().map(|k| *k as u64).collect(),
-            ..Default::default()
-        });
-    }
-    let r = client
-        .params
-        .pull(pb::PullRequest {
-            model: model.into(),
-            version: None,
-            slices,
-            ema: false,
-            worker_id: worker_id.into(),
-            clock,
-        })
-        .await?
-        .into_inner();
-    let mut p = Pulled { w: vec![], h: vec![], b: vec![], norm: vec![], epoch: r.lineage_epoch };
+    let req =
+        pb::PullRequest { model: model.into(), version: None, slices, ema: false, worker_id: worker_id.into(), clock };
+    let r = client.params.pull(req).await?.into_inner();
+    let mut p = Pulled { tensors: Tensors::default(), norm: vec![], epoch: r.lineage_epoch };
     for t in r.tensors {
         let v = accrete_proto::bytes_to_f32s(&t.values).unwrap_or_default();
-        match t.tensor.as_str() {
-            "w" => p.w = v,
-            "h" => p.h = v,
-            "b" => p.b = v,
-            "norm" => p.norm = v,
-            _ => {}
+        match p.tensors.get_mut(&t.tensor) {
+            Some(slot) => *slot = v,
+            None if t.tensor == "norm" => p.norm = v,
+            None => {}
         }
     }
     Ok(p)
@@ -371,7 +364,7 @@ pub async fn run(
     }
     let features = view.target.features;
     let mut batch = Batch::new(features);
-    let mut grads = GlmGrads::default();
+    let mut grads = Tensors::default();
     let mut stats = Vec::new();
     let mut clock = joined.clock;
     let shard_name = config.shard.to_string_lossy().to_string();
@@ -402,23 +395,20 @@ pub async fn run(
                 glm::merge_stats(&mut merged, &stats, features);
                 glm::prepare_dense(&mut batch.dense, features, &merged);
             }
-            grads.reset(
-                if view.has_w { features } else { 0 },
-                if view.has_h { batch.uniq.len() } else { 0 },
-                view.outputs,
-            );
-            let params = GlmParams { outputs: view.outputs, w: &p.w, h: &p.h, b: &p.b };
-            let loss = glm::train(view.link, &params, &batch, &batch.local, &mut grads);
+            let hashed_rows = batch.uniq.len();
+            let loss = kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, hashed_rows, &mut grads);
             clock += 1;
-            let mut chunks = vec![pb::TensorChunk {
-                tensor: "b".into(),
-                values: accrete_proto::f32s_to_bytes(&grads.b),
-                ..Default::default()
-            }];
-            if view.has_w {
+            let mut chunks = Vec::with_capacity(view.tensors.len() + 1);
+            for (name, hashed) in &view.tensors {
+                let g = grads.get(name);
+                if g.is_empty() {
+                    continue;
+                }
+                let keys = if *hashed { batch.uniq.iter().map(|k| *k as u64).collect() } else { vec![] };
                 chunks.push(pb::TensorChunk {
-                    tensor: "w".into(),
-                    values: accrete_proto::f32s_to_bytes(&grads.w),
+                    tensor: name.clone(),
+                    keys,
+                    values: accrete_proto::f32s_to_bytes(g),
                     ..Default::default()
                 });
             }
@@ -426,14 +416,6 @@ pub async fn run(
                 chunks.push(pb::TensorChunk {
                     tensor: "norm".into(),
                     values: accrete_proto::f32s_to_bytes(&stats),
-                    ..Default::default()
-                });
-            }
-            if view.has_h && !batch.uniq.is_empty() {
-                chunks.push(pb::TensorChunk {
-                    tensor: "h".into(),
-                    keys: batch.uniq.iter().map(|k| *k as u64).collect(),
-                    values: accrete_proto::f32s_to_bytes(&grads.h),
                     ..Default::default()
                 });
             }
