@@ -296,3 +296,32 @@ async fn follow_mode_trains_on_appended_rows_and_records_offsets() {
     assert!(out.status.success(), "Ctrl-C did not stop the worker cleanly: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("4 rows"), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[tokio::test]
+async fn a_restarted_worker_resumes_from_its_recorded_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    let f = tmp.path().join("rows.csv");
+    std::fs::write(&f, "x,y\n1,2\n2,4\n3,6\n4,8\n").unwrap();
+    ok(&s.url, &["model", "create", "r", "--kind", "linear", "--features", "1", "--commit-every-updates", "1"]);
+    let args =
+        ["worker", "--model", "r", "--shard", f.to_str().unwrap(), "--label", "y", "--batch", "2", "--worker-id", "r1"];
+    let mut w = spawn_cli(&s.url, &[&args[..], &["--follow"]].concat());
+    let recorded = |url: &str| -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_str(&ok(url, &["model", "versions", "r", "--json"])).unwrap();
+        v.as_array().unwrap().last()?["workers"].get(0).map(|w| w["offset"].as_u64().unwrap())
+    };
+    for _ in 0..100 {
+        if recorded(&s.url) == Some(20) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(recorded(&s.url), Some(20));
+    w.kill().unwrap(); // kill -9
+    w.wait().unwrap();
+    std::fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(b"5,10\n6,12\n7,14\n").unwrap();
+    let out = ok(&s.url, &args);
+    assert!(out.contains(": 3 rows"), "the restarted worker should train only the 3 new rows: {out}");
+    assert_eq!(recorded(&s.url), Some(35));
+}

@@ -16,6 +16,8 @@ use accrete_proto::v1 as pb;
 use parse::{ColumnSpec, CsvParser, RowError, Target};
 use source::ShardReader;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -87,6 +89,32 @@ pub enum WorkerError {
 impl From<tonic::Status> for WorkerError {
     fn from(s: tonic::Status) -> Self {
         WorkerError::Client(s.into())
+    }
+}
+
+/// Live counters for a progress display: rows trained and the loss of recent rows.
+#[derive(Debug, Default)]
+pub struct Progress {
+    rows: AtomicU64,
+    /// Exponential moving average of the per-row progressive loss, as f64 bits.
+    recent_loss: AtomicU64,
+}
+
+impl Progress {
+    fn record(&self, rows: u64, loss_sum: f64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        let per_row = loss_sum / rows.max(1) as f64;
+        let old = f64::from_bits(self.recent_loss.load(Ordering::Relaxed));
+        let new = if old == 0.0 { per_row } else { 0.9 * old + 0.1 * per_row };
+        self.recent_loss.store(new.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn recent_loss(&self) -> f64 {
+        f64::from_bits(self.recent_loss.load(Ordering::Relaxed))
     }
 }
 
@@ -336,10 +364,19 @@ async fn pull(
 pub async fn run(
     config: WorkerConfig,
     mut client: Client,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    progress: Arc<Progress>,
 ) -> Result<Report, WorkerError> {
     config.validate()?;
-    tokio::pin!(shutdown);
+    // Shutdown is checked between batches: the batch in hand is pushed, its ack awaited.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.store(true, Ordering::Release);
+        })
+    };
     let model_err = |message: String| WorkerError::Model { model: config.model.clone(), message };
     let info = client.models.get_model_info(pb::ModelRef { name: config.model.clone() }).await?.into_inner();
     let view = ModelView::from_info(&info).map_err(model_err)?;
@@ -371,14 +408,17 @@ pub async fn run(
     for epoch in 0..config.epochs {
         let mut rows =
             RowSource::open(&config.shard, config.format, &config.columns, view.target, config.on_bad_row, true)?;
+        if let (0, Some(o)) = (epoch, resume_at) {
+            rows.skip_to(o)?;
+        }
         loop {
             batch.clear();
             let mut n = rows.fill(&mut batch, config.batch)?;
             while n == 0 && config.follow {
-                tokio::select! {
-                    _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                if stop.load(Ordering::Acquire) {
+                    break;
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 rows.poll_new_parts()?;
                 n = rows.fill(&mut batch, config.batch)?;
             }
@@ -435,13 +475,18 @@ pub async fn run(
             };
             pusher.send(&mut client, req).await?;
             report.rows += n as u64;
+            progress.record(n as u64, loss);
             report.pushes += 1;
             report.loss_sum += loss;
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
         }
         report.bad_rows += rows.bad_rows;
         report.unlabelled_rows += rows.unlabelled;
         tracing::debug!(epoch, rows = report.rows, "epoch done");
     }
+    stopper.abort();
     report.last_updates = pusher.finish().await?;
     heartbeat.abort();
     client.params.leave(pb::WorkerRef { model: config.model.clone(), worker_id: config.worker_id.clone() }).await?;

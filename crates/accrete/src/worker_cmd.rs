@@ -117,7 +117,11 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let r = accrete_worker::run(config, client, shutdown).await?;
+    let progress = std::sync::Arc::new(accrete_worker::Progress::default());
+    let display = tokio::spawn(show_progress(progress.clone(), worker_id.clone()));
+    let r = accrete_worker::run(config, client, shutdown, progress).await;
+    display.abort();
+    let r = r?;
     let per_row = if r.rows > 0 { r.loss_sum / r.rows as f64 } else { f64::NAN };
     println!(
         "worker {worker_id}: {} rows in {:.2} s ({:.0} rows/s), {} pushes, progressive loss {per_row:.4}, {} bad rows skipped, {} rows without a label",
@@ -129,6 +133,33 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         r.unlabelled_rows
     );
     Ok(())
+}
+
+/// A progress bar on a terminal; a log line every 10 s otherwise.
+async fn show_progress(p: std::sync::Arc<accrete_worker::Progress>, worker: String) {
+    use std::io::IsTerminal;
+    let started = std::time::Instant::now();
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        loop {
+            let rows = p.rows();
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("{worker}: {rows} rows, {rate:.0} rows/s, recent loss {:.4}", p.recent_loss()));
+            bar.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    } else {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            let rows = p.rows();
+            let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(worker = %worker, rows, rows_per_s = rate as u64, recent_loss = p.recent_loss(), "progress");
+        }
+    }
 }
 
 #[derive(Args)]
