@@ -325,3 +325,51 @@ async fn a_restarted_worker_resumes_from_its_recorded_offset() {
     assert!(out.contains(": 3 rows"), "the restarted worker should train only the 3 new rows: {out}");
     assert_eq!(recorded(&s.url), Some(35));
 }
+
+#[tokio::test]
+async fn california_housing_linear_regression_beats_the_mean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/data/california_housing.csv.gz");
+    let f = flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap());
+    let mut lines = std::io::BufReader::new(f).lines().map(|l| l.unwrap());
+    let header = lines.next().unwrap();
+    let mut rows: Vec<String> = lines.collect();
+    let mut rng = accrete_core::rng::SplitMix64::new(0);
+    for i in (1..rows.len()).rev() {
+        rows.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let cut = rows.len() * 4 / 5;
+    let (train, test) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    std::fs::write(&train, format!("{header}\n{}\n", rows[..cut].join("\n"))).unwrap();
+    std::fs::write(&test, format!("{header}\n{}\n", rows[cut..].join("\n"))).unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    ok(
+        &s.url,
+        &["model", "create", "house", "--kind", "linear", "--features", "8", "--optimizer", "adagrad", "--lr", "0.05"],
+    );
+    ok(
+        &s.url,
+        &[
+            "worker",
+            "--model",
+            "house",
+            "--shard",
+            train.to_str().unwrap(),
+            "--label",
+            "MedHouseVal",
+            "--epochs",
+            "5",
+            "--batch",
+            "32",
+        ],
+    );
+    let out = ok(&s.url, &["model", "predict", "house", "--input", test.to_str().unwrap(), "--label", "MedHouseVal"]);
+    let p: Vec<f32> = out.lines().map(|l| l.parse().unwrap()).collect();
+    let label = |r: &String| r.rsplit(',').next().unwrap().parse::<f32>().unwrap();
+    let y: Vec<f32> = rows[cut..].iter().map(label).collect();
+    let mean = rows[..cut].iter().map(label).sum::<f32>() / cut as f32;
+    let rmse = accrete_core::metrics::rmse(&y, &p);
+    let base = accrete_core::metrics::rmse(&y, &vec![mean; y.len()]);
+    eprintln!("california housing: RMSE {rmse:.4}, predicting the mean {base:.4}");
+    assert!(rmse < 0.8 * base, "RMSE {rmse:.4} vs predicting the mean {base:.4}");
+}

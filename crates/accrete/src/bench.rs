@@ -438,7 +438,8 @@ fn worker_bench(input: Option<std::path::PathBuf>, batch_rows: usize) -> Result<
     use accrete_core::features::Batch;
     use accrete_core::kinds::{self, Dims, Tensors};
     use accrete_worker::parse::ColumnSpec;
-    let input = input.unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/flights.csv.gz")));
+    let input =
+        input.unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/flights.csv.gz")));
     let columns = ColumnSpec {
         label: Some("arr_delay>15".parse().map_err(anyhow::Error::msg)?),
         numeric: vec![],
@@ -463,7 +464,8 @@ fn worker_bench(input: Option<std::path::PathBuf>, batch_rows: usize) -> Result<
     let mut best = f64::MAX;
     let mut rows_total = 0;
     for _ in 0..3 {
-        let mut src = accrete_worker::RowSource::open(&plain, None, &columns, target, accrete_worker::OnBadRow::Skip, true)?;
+        let mut src =
+            accrete_worker::RowSource::open(&plain, None, &columns, target, accrete_worker::OnBadRow::Skip, true)?;
         let mut batch = Batch::new(0);
         let (mut grads, mut params) = (Tensors::default(), Tensors::default());
         params.b = vec![0.0];
