@@ -1,6 +1,7 @@
 //! The `accrete` binary: one program, a subcommand per role. Flags are parsed here (clap,
 //! with `env` for what a container sets); library crates get plain config structs.
 mod bench;
+mod eval_cmd;
 mod model_cmd;
 mod output;
 mod worker_cmd;
@@ -24,6 +25,8 @@ enum Command {
     Model(model_cmd::ModelArgs),
     /// Train a model on a data shard (CSV or LIBSVM, plain or .gz, file or directory).
     Worker(worker_cmd::WorkerArgs),
+    /// Score every version of a model on holdout data; optionally gate quality with rollbacks.
+    Evaluator(eval_cmd::EvaluatorArgs),
     /// Cut a dataset into N shards (rows dealt round-robin; CSV header kept in each).
     Split(worker_cmd::SplitArgs),
     /// Benchmarks with ratios measured in one run.
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(a) => bench::run(a).await,
             Command::Worker(a) => worker_cmd::worker(a).await,
             Command::Split(a) => worker_cmd::split(a),
+            Command::Evaluator(a) => eval_cmd::evaluator(a).await,
         }
     });
     match result {

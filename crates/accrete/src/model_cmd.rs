@@ -73,6 +73,8 @@ enum ModelCmd {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Draw a metric over versions (PNG or SVG), marking rollbacks.
+    Plot(crate::eval_cmd::PlotArgs),
     /// Print one prediction per row of a data file.
     Predict(crate::worker_cmd::PredictArgs),
     /// Stream version events as they happen.
@@ -222,12 +224,14 @@ fn spec(a: &CreateArgs) -> Result<pb::ModelSpec> {
 
 pub async fn run(a: ModelArgs) -> Result<()> {
     let conn = a.conn;
-    if let ModelCmd::Predict(p) = a.cmd {
-        return crate::worker_cmd::predict(p, &conn.server).await;
-    }
+    let cmd = match a.cmd {
+        ModelCmd::Predict(p) => return crate::worker_cmd::predict(p, &conn.server).await,
+        ModelCmd::Plot(p) => return crate::eval_cmd::plot(p, &conn.server).await,
+        other => other,
+    };
     let mut c = Client::connect(&conn.server).await?;
-    match a.cmd {
-        ModelCmd::Predict(_) => {}
+    match cmd {
+        ModelCmd::Predict(_) | ModelCmd::Plot(_) => {}
         ModelCmd::Create(args) => {
             let info = c
                 .models
@@ -262,8 +266,23 @@ pub async fn run(a: ModelArgs) -> Result<()> {
             }
         }
         ModelCmd::Show { name } => {
-            let info = c.models.get_model_info(pb::ModelRef { name }).await.map_err(err)?.into_inner();
-            print_model(&info, conn.json);
+            let info = c.models.get_model_info(pb::ModelRef { name: name.clone() }).await.map_err(err)?.into_inner();
+            let versions = c.models.list_versions(pb::ModelRef { name }).await.map_err(err)?.into_inner().versions;
+            let best = best_version(&info, &versions);
+            if conn.json {
+                let mut j = output::model_json(&info);
+                j["best"] = best.map_or(
+                    serde_json::Value::Null,
+                    |(v, m, x)| serde_json::json!({"version": v, "metric": m, "value": x}),
+                );
+                println!("{j}");
+            } else {
+                print_model(&info, false);
+                match best {
+                    Some((v, m, x)) => println!("best version {v}: {m} {x:.4}"),
+                    None => println!("no version scored yet (run accrete evaluator)"),
+                }
+            }
         }
         ModelCmd::Delete { name } => {
             let r = c.models.delete_model(pb::ModelRef { name }).await.map_err(err)?.into_inner();
@@ -335,6 +354,19 @@ pub async fn run(a: ModelArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The best retained version by the model's primary metric: (version, metric, value).
+fn best_version(info: &pb::ModelInfo, versions: &[pb::VersionInfo]) -> Option<(u64, &'static str, f64)> {
+    let view = accrete_worker::ModelView::from_info(info).ok()?;
+    let metric = accrete_evaluator::primary_metric(&view.dims);
+    let hib = accrete_evaluator::higher_is_better(metric);
+    versions
+        .iter()
+        .filter_map(|v| v.metrics.get(metric).map(|x| (v.version, *x)))
+        .filter(|(_, x)| x.is_finite())
+        .max_by(|a, b| if hib { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) })
+        .map(|(v, x)| (v, metric, x))
 }
 
 /// A status as `CODE: message`, the server's words.

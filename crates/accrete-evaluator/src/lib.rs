@@ -1,0 +1,332 @@
+//! The accrete evaluator: watches a model's versions, pulls the exact parameters of each
+//! new version, scores them on a holdout set, reports the metrics to the server (which
+//! stores them with the version), and optionally rolls a regressing model back through
+//! the normal rollback path (the quality gate).
+//!
+//! Entry point: [`run`] with an [`EvaluatorConfig`], a connected client and a shutdown
+//! future.
+
+use accrete_client::Client;
+use accrete_core::features::Batch;
+use accrete_core::kinds::{self, Dims, Tensors};
+use accrete_core::{glm, metrics};
+use accrete_proto::v1 as pb;
+use accrete_worker::parse::ColumnSpec;
+use accrete_worker::{Format, ModelView, OnBadRow, RowSource, WorkerError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio_stream::StreamExt as _;
+
+/// `--gate METRIC:MARGIN`: roll back when a version is worse than the best recent one by
+/// more than the margin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub metric: String,
+    pub margin: f64,
+}
+
+impl std::str::FromStr for Gate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Gate, String> {
+        let (m, v) = s.split_once(':').ok_or_else(|| format!("--gate {s:?}: expected METRIC:MARGIN, e.g. auc:0.01"))?;
+        let margin: f64 = v.parse().map_err(|_| format!("--gate {s:?}: margin {v:?} is not a number"))?;
+        if !(margin >= 0.0 && margin.is_finite()) {
+            return Err(format!("--gate {s:?}: margin must be >= 0"));
+        }
+        Ok(Gate { metric: m.to_string(), margin })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EvaluatorConfig {
+    pub model: String,
+    pub holdout: PathBuf,
+    pub format: Option<Format>,
+    pub columns: ColumnSpec,
+    /// Score every version without metrics, then exit.
+    pub once: bool,
+    pub gate: Option<Gate>,
+    pub dry_run: bool,
+    /// How many recent scored versions the gate compares with.
+    pub gate_window: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Data(#[from] WorkerError),
+    #[error(transparent)]
+    Client(#[from] accrete_client::ClientError),
+    #[error("{0}")]
+    Config(String),
+}
+
+impl From<tonic::Status> for EvalError {
+    fn from(s: tonic::Status) -> Self {
+        EvalError::Client(s.into())
+    }
+}
+
+/// Whether bigger is better for a metric.
+pub fn higher_is_better(metric: &str) -> bool {
+    matches!(metric, "auc" | "accuracy" | "r2")
+}
+
+/// The metric that ranks versions of a model of these dimensions.
+pub fn primary_metric(d: &Dims) -> &'static str {
+    match (d.kind, d.outputs) {
+        (accrete_core::ModelKind::Linear, _) | (accrete_core::ModelKind::Mlp, 1) => "rmse",
+        (_, k) if k >= 2 => "accuracy",
+        _ => "auc",
+    }
+}
+
+/// Metrics of predictions `p` (outputs per row as the model gives them) against `y`.
+pub fn score(d: &Dims, y: &[f32], p: &[f32]) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    let k = d.outputs.max(1);
+    match primary_metric(d) {
+        "rmse" => {
+            m.insert("rmse".into(), metrics::rmse(y, p));
+            m.insert("mae".into(), metrics::mae(y, p));
+            m.insert("r2".into(), metrics::r2(y, p));
+        }
+        "accuracy" => {
+            let (mut ll, mut hits) = (0.0, 0usize);
+            for (row, label) in p.chunks_exact(k).zip(y) {
+                ll -= (row.get(*label as usize).copied().unwrap_or(0.0) as f64).clamp(1e-15, 1.0).ln();
+                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+                hits += (best == *label as usize) as usize;
+            }
+            m.insert("logloss".into(), ll / y.len().max(1) as f64);
+            m.insert("accuracy".into(), hits as f64 / y.len().max(1) as f64);
+        }
+        _ => {
+            m.insert("logloss".into(), metrics::logloss(y, p));
+            m.insert("auc".into(), metrics::auc(y, p));
+            m.insert("accuracy".into(), metrics::accuracy(y, p));
+        }
+    }
+    m
+}
+
+/// The holdout, parsed once: raw rows, their distinct hashed keys, labels.
+pub struct Holdout {
+    pub batch: Batch,
+    pub raw_dense: Vec<f32>,
+}
+
+impl Holdout {
+    pub fn load(config: &EvaluatorConfig, view: &ModelView) -> Result<Holdout, EvalError> {
+        let mut rows =
+            RowSource::open(&config.holdout, config.format, &config.columns, view.target, OnBadRow::Skip, true)?;
+        let mut batch = Batch::new(view.target.features);
+        while rows.fill(&mut batch, 1 << 20)? > 0 {}
+        if batch.is_empty() {
+            return Err(EvalError::Config(format!("{}: no labelled rows to score with", config.holdout.display())));
+        }
+        batch.compact();
+        let raw_dense = batch.dense.clone();
+        Ok(Holdout { batch, raw_dense })
+    }
+}
+
+/// Pulls the exact parameters of `version` that the holdout touches and scores them.
+pub async fn score_version(
+    client: &mut Client,
+    model: &str,
+    view: &ModelView,
+    h: &mut Holdout,
+    version: u64,
+) -> Result<BTreeMap<String, f64>, EvalError> {
+    let keys: Vec<u64> = h.batch.uniq.iter().map(|k| *k as u64).collect();
+    let mut slices: Vec<pb::PullSlice> = view
+        .tensors
+        .iter()
+        .filter(|(_, hashed)| !hashed || !keys.is_empty())
+        .map(|(name, hashed)| pb::PullSlice {
+            tensor: name.clone(),
+            keys: if *hashed { keys.clone() } else { vec![] },
+            ..Default::default()
+        })
+        .collect();
+    if view.has_norm {
+        slices.push(pb::PullSlice { tensor: "norm".into(), ..Default::default() });
+    }
+    let req = pb::PullRequest { model: model.into(), version: Some(version), slices, ..Default::default() };
+    let r = client.params.pull(req).await?.into_inner();
+    let (mut t, mut norm) = (Tensors::default(), Vec::new());
+    for c in r.tensors {
+        let v = accrete_proto::bytes_to_f32s(&c.values).unwrap_or_default();
+        match t.get_mut(&c.tensor) {
+            Some(slot) => *slot = v,
+            None => norm = v,
+        }
+    }
+    h.batch.dense.copy_from_slice(&h.raw_dense);
+    glm::prepare_dense(&mut h.batch.dense, h.batch.features, &norm);
+    let mut out = Vec::new();
+    kinds::predict(&view.dims, &t.views(), &h.batch, &h.batch.local, &mut out);
+    Ok(score(&view.dims, &h.batch.labels, &out))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub scored: Vec<(u64, BTreeMap<String, f64>)>,
+    pub rollbacks: Vec<(u64, u64, String)>,
+}
+
+/// What the gate decides about a freshly scored version.
+pub fn gate_decision(gate: &Gate, scored: &[(u64, f64)], version: u64, value: f64) -> Option<(u64, f64)> {
+    let hib = higher_is_better(&gate.metric);
+    let best = scored.iter().filter(|(v, x)| *v != version && x.is_finite()).max_by(|a, b| {
+        if hib {
+            a.1.total_cmp(&b.1)
+        } else {
+            b.1.total_cmp(&a.1)
+        }
+    })?;
+    let worse = if hib { best.1 - value } else { value - best.1 };
+    (worse > gate.margin).then_some(*best)
+}
+
+/// Scores versions: with `once`, every retained version without the primary metric; else
+/// also every new version until `shutdown`, catching up first on versions made while the
+/// evaluator was down.
+pub async fn run(
+    config: EvaluatorConfig,
+    mut client: Client,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<Report, EvalError> {
+    let info = client.models.get_model_info(pb::ModelRef { name: config.model.clone() }).await?.into_inner();
+    let view = ModelView::from_info(&info).map_err(|m| EvalError::Config(format!("model {:?}: {m}", config.model)))?;
+    let primary = primary_metric(&view.dims);
+    if let Some(g) = &config.gate {
+        if !["auc", "accuracy", "logloss", "rmse", "mae", "r2"].contains(&g.metric.as_str()) {
+            return Err(EvalError::Config(format!(
+                "--gate metric {:?} is not one of auc, accuracy, logloss, rmse, mae, r2",
+                g.metric
+            )));
+        }
+    }
+    let mut holdout = Holdout::load(&config, &view)?;
+    tracing::info!(model = %config.model, rows = holdout.batch.rows(), primary, "holdout loaded");
+    let mut report = Report::default();
+    let mut history: Vec<(u64, f64)> = Vec::new();
+    let versions =
+        client.models.list_versions(pb::ModelRef { name: config.model.clone() }).await?.into_inner().versions;
+    let gate_metric = config.gate.as_ref().map_or(primary.to_string(), |g| g.metric.clone());
+    for v in &versions {
+        if let Some(x) = v.metrics.get(&gate_metric) {
+            history.push((v.version, *x));
+        }
+    }
+    let todo: Vec<pb::VersionInfo> = versions.into_iter().filter(|v| !v.metrics.contains_key(primary)).collect();
+    for v in todo {
+        evaluate(&config, &mut client, &view, &mut holdout, &v, &gate_metric, &mut history, &mut report).await?;
+    }
+    if config.once {
+        return Ok(report);
+    }
+    let after = history.iter().map(|(v, _)| *v).chain(report.scored.iter().map(|(v, _)| *v)).max().unwrap_or(0);
+    let mut events = client
+        .models
+        .watch_versions(pb::WatchRequest { model: config.model.clone(), after_version: Some(after) })
+        .await?
+        .into_inner();
+    tokio::pin!(shutdown);
+    loop {
+        let ev = tokio::select! {
+            _ = &mut shutdown => break,
+            ev = events.next() => ev,
+        };
+        let Some(ev) = ev else { break };
+        let ev = ev?;
+        let kind = pb::VersionEventKind::try_from(ev.kind).unwrap_or(pb::VersionEventKind::Unspecified);
+        let fresh = matches!(
+            kind,
+            pb::VersionEventKind::Created | pb::VersionEventKind::RolledBack | pb::VersionEventKind::Imported
+        );
+        if let (true, Some(v)) = (fresh, ev.version) {
+            evaluate(&config, &mut client, &view, &mut holdout, &v, &gate_metric, &mut history, &mut report).await?;
+        }
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn evaluate(
+    config: &EvaluatorConfig,
+    client: &mut Client,
+    view: &ModelView,
+    holdout: &mut Holdout,
+    v: &pb::VersionInfo,
+    gate_metric: &str,
+    history: &mut Vec<(u64, f64)>,
+    report: &mut Report,
+) -> Result<(), EvalError> {
+    let m = match score_version(client, &config.model, view, holdout, v.version).await {
+        Ok(m) => m,
+        // dropped by retention between listing and scoring
+        Err(EvalError::Client(accrete_client::ClientError::Status(s))) if s.code() == tonic::Code::NotFound => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    let req = pb::ReportMetricsRequest {
+        model: config.model.clone(),
+        version: v.version,
+        metrics: m.iter().map(|(k, x)| (k.clone(), *x)).collect(),
+    };
+    client.models.report_metrics(req).await?;
+    let line: Vec<String> = m.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
+    tracing::info!(model = %config.model, version = v.version, "scored {}", line.join(" "));
+    report.scored.push((v.version, m.clone()));
+    let value = m.get(gate_metric).copied().unwrap_or(f64::NAN);
+    let is_rollback = v.reason.starts_with("rollback");
+    if let (Some(gate), false) = (&config.gate, is_rollback) {
+        let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
+        if let Some((best_v, best)) = gate_decision(gate, &window, v.version, value) {
+            let why = format!(
+                "quality gate: {} {value:.4} of version {} is worse than the best recent {best:.4} (version {best_v}) by more than {}",
+                gate.metric, v.version, gate.margin
+            );
+            if config.dry_run {
+                tracing::warn!(model = %config.model, "dry run, would roll back to {best_v}: {why}");
+            } else {
+                let rb = client
+                    .models
+                    .rollback(pb::RollbackRequest {
+                        model: config.model.clone(),
+                        to_version: best_v,
+                        reason: why.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                tracing::warn!(model = %config.model, to = best_v, new_head = rb.version, "{why}");
+                report.rollbacks.push((v.version, best_v, why));
+            }
+        }
+    }
+    history.push((v.version, value));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_compares_with_the_best_recent_version() {
+        let g: Gate = "auc:0.01".parse().unwrap();
+        let hist = [(1, 0.60), (2, 0.70), (3, 0.695)];
+        assert_eq!(gate_decision(&g, &hist, 4, 0.695), None);
+        assert_eq!(gate_decision(&g, &hist, 4, 0.68), Some((2, 0.70)));
+        let g: Gate = "logloss:0.02".parse().unwrap();
+        let hist = [(1, 0.50), (2, 0.55)];
+        assert_eq!(gate_decision(&g, &hist, 3, 0.515), None);
+        assert_eq!(gate_decision(&g, &hist, 3, 0.53), Some((1, 0.50)));
+        assert!("auc".parse::<Gate>().is_err());
+        assert!("auc:x".parse::<Gate>().is_err());
+    }
+}
