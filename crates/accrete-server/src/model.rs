@@ -72,9 +72,50 @@ struct Live {
     since_commit: u64,
     workers: BTreeMap<String, WorkerProgress>,
     last_commit: Instant,
+    /// Policy snapshots taken at exact update counts, waiting to be written in order.
+    pending: std::collections::VecDeque<Snapshot>,
 }
 
+/// The content of a future version, copied out of the live state at one instant.
+struct Snapshot {
+    chunks: ChunkBatch,
+    updates: u64,
+    since_parent: u64,
+    epoch: u64,
+    workers: Vec<WorkerProgress>,
+    steps: u64,
+    reason: String,
+}
+
+/// Policy snapshots allowed to wait for the writer; beyond that, commits coalesce.
+const MAX_PENDING: usize = 8;
+
 impl Live {
+    /// Copies the changed chunks (one buffer) and the counters, and clears the marks.
+    fn snapshot(&mut self, reason: &str) -> Snapshot {
+        let p = &self.params;
+        let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| p.chunk_bytes(t, c))).sum();
+        let mut chunks = ChunkBatch::with_capacity(bytes);
+        for t in 0..p.tensors.len() {
+            for c in p.dirty_chunks(t) {
+                chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out));
+            }
+        }
+        let snap = Snapshot {
+            chunks,
+            updates: self.updates,
+            since_parent: self.since_commit,
+            epoch: self.epoch,
+            workers: self.workers.values().cloned().collect(),
+            steps: self.params.steps,
+            reason: reason.to_string(),
+        };
+        self.params.clear_dirty();
+        self.since_commit = 0;
+        self.last_commit = Instant::now();
+        snap
+    }
+
     /// Replaces the parameters with a version's content (rollback, import).
     fn reset(&mut self, mut params: Params, epoch: u64, head: u64) {
         params.clear_dirty();
@@ -177,6 +218,7 @@ impl ModelHandle {
             since_commit: 0,
             workers: head.workers.iter().map(|w| (w.worker_id.clone(), w.clone())).collect(),
             last_commit: Instant::now(),
+            pending: Default::default(),
         };
         let sync = SyncState::new(record.spec.consistency, record.spec.staleness, LEASE);
         ModelHandle {
@@ -293,13 +335,21 @@ impl ModelHandle {
         if !meta.worker_id.is_empty() {
             record_progress(&mut live.workers, meta);
         }
+        Ack { epoch: live.epoch, head: live.head, updates: live.updates, commit_due: self.snapshot_if_due(live) }
+    }
+
+    /// The update-count policy: at every N-th update, snapshot the live state (written
+    /// by a background commit). True when a commit should run.
+    fn snapshot_if_due(&self, live: &mut Live) -> bool {
         let every = self.record.spec.commit.every_updates;
-        Ack {
-            epoch: live.epoch,
-            head: live.head,
-            updates: live.updates,
-            commit_due: every > 0 && live.since_commit >= every,
+        if every == 0 || live.since_commit < every {
+            return !live.pending.is_empty();
         }
+        if live.pending.len() < MAX_PENDING {
+            let snap = live.snapshot("policy");
+            live.pending.push_back(snap);
+        }
+        true
     }
 
     /// BSP: adds a checked push to the round of its clock, then applies complete rounds.
@@ -367,13 +417,8 @@ impl ModelHandle {
             live.updates += 1;
             live.since_commit += 1;
             sync.applied = c;
-            let every = self.record.spec.commit.every_updates;
-            ack = Some(Ack {
-                epoch: live.epoch,
-                head: live.head,
-                updates: live.updates,
-                commit_due: every > 0 && live.since_commit >= every,
-            });
+            let commit_due = self.snapshot_if_due(&mut live);
+            ack = Some(Ack { epoch: live.epoch, head: live.head, updates: live.updates, commit_due });
         }
         ack
     }
@@ -462,8 +507,7 @@ impl ModelHandle {
 
     /// True when the update-count commit policy asks for a commit.
     pub fn commit_due_by_updates(&self) -> bool {
-        let every = self.record.spec.commit.every_updates;
-        every > 0 && lock(&self.live).since_commit >= every
+        !lock(&self.live).pending.is_empty()
     }
 
     /// Marks a policy commit as scheduled; false when one is already pending.
@@ -481,61 +525,80 @@ impl ModelHandle {
         f(&l.params, l.head, l.epoch, l.updates)
     }
 
-    /// Commits the live state as a new version when anything changed since the head.
-    /// Blocking (sled writes and a flush): call from a blocking thread.
+    /// Commits: first the policy snapshots already taken (in order), then the live state
+    /// if anything changed since. Blocking (sled writes and a flush): call from a blocking
+    /// thread. Returns the newest version and whether any was made.
     pub fn commit(&self, reason: &str) -> Result<(VersionRecord, bool)> {
         let mut head = lock(&self.head);
-        let (rec, manifest, chunks) = {
+        let mut created = self.write_pending(&mut head)?;
+        let snap = {
             let mut live = lock(&self.live);
-            if live.since_commit == 0 {
-                return Ok((head.record.clone(), false));
-            }
-            let version = head.record.version + 1;
-            let mut manifest = head.manifest.clone();
-            let p = &live.params;
-            let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| p.chunk_bytes(t, c))).sum();
-            let mut chunks = ChunkBatch::with_capacity(bytes);
-            for t in 0..p.tensors.len() {
-                for c in p.dirty_chunks(t) {
-                    chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out));
-                    manifest.tensors[t][c] = version;
-                }
-            }
-            let rec = VersionRecord {
-                version,
-                parent: Some(head.record.version),
-                created_unix_ms: now_unix_ms(),
-                updates: live.updates,
-                updates_since_parent: live.since_commit,
-                reason: reason.to_string(),
-                lineage_epoch: live.epoch,
-                workers: live.workers.values().cloned().collect(),
-                chunks_written: chunks.len() as u64,
-                steps: live.params.steps,
-                ..Default::default()
-            };
-            live.params.clear_dirty();
-            live.since_commit = 0;
-            live.last_commit = Instant::now();
-            (rec, manifest, chunks)
+            (live.since_commit > 0).then(|| live.snapshot(reason))
         };
-        if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &chunks) {
+        if let Some(snap) = snap {
+            self.write_snapshot(&mut head, snap)?;
+            created = true;
+        }
+        Ok((head.record.clone(), created))
+    }
+
+    /// Writes the policy snapshots taken by pushes; true if any.
+    pub fn commit_pending(&self) -> Result<bool> {
+        let mut head = lock(&self.head);
+        self.write_pending(&mut head)
+    }
+
+    fn write_pending(&self, head: &mut Head) -> Result<bool> {
+        let mut any = false;
+        loop {
+            // (the live lock is released before the write)
+            let Some(snap) = lock(&self.live).pending.pop_front() else { break };
+            self.write_snapshot(head, snap)?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Makes a snapshot the next version: its chunks point at the new version in a copy of
+    /// the head's manifest; written and flushed before it is announced.
+    fn write_snapshot(&self, head: &mut Head, snap: Snapshot) -> Result<()> {
+        let version = head.record.version + 1;
+        let mut manifest = head.manifest.clone();
+        for (t, c, _) in &snap.chunks.chunks {
+            manifest.tensors[*t as usize][*c as usize] = version;
+        }
+        let rec = VersionRecord {
+            version,
+            parent: Some(head.record.version),
+            created_unix_ms: now_unix_ms(),
+            updates: snap.updates,
+            updates_since_parent: snap.since_parent,
+            reason: snap.reason,
+            lineage_epoch: snap.epoch,
+            workers: snap.workers,
+            chunks_written: snap.chunks.len() as u64,
+            steps: snap.steps,
+            ..Default::default()
+        };
+        if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &snap.chunks) {
+            // The live values of those chunks go into the next commit instead.
             let mut live = lock(&self.live);
-            chunks.chunks.iter().for_each(|(t, c, _)| live.params.mark_dirty(*t as usize, *c as usize));
+            snap.chunks.chunks.iter().for_each(|(t, c, _)| live.params.mark_dirty(*t as usize, *c as usize));
             live.since_commit += rec.updates_since_parent;
             return Err(e.into());
         }
         lock(&self.live).head = rec.version;
         *head = Head { record: rec.clone(), manifest };
-        self.retain(&head)?;
-        self.emit(EventKind::Created, rec.clone());
-        Ok((rec, true))
+        self.retain(head)?;
+        self.emit(EventKind::Created, rec);
+        Ok(())
     }
 
     /// Makes a new head version holding `to`'s content, reloads the live state from it and
     /// starts a new lineage epoch. Writes a manifest and a record, no parameters.
     pub fn rollback(&self, to: u64, why: &str) -> Result<VersionRecord> {
         let mut head = lock(&self.head);
+        self.write_pending(&mut head)?;
         let target = self.version(to)?;
         let manifest = self.manifest_of(to)?;
         let params = self.load_content(&manifest, target.steps)?;
@@ -567,6 +630,7 @@ impl ModelHandle {
     /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
     pub fn import(&self, params: Params, source: &str) -> Result<VersionRecord> {
         let mut head = lock(&self.head);
+        self.write_pending(&mut head)?;
         let version = head.record.version + 1;
         let written = write_all_chunks(&self.store, self.record.id, version, &params)?;
         let manifest = Manifest::full(&params, version);

@@ -86,9 +86,11 @@ impl Service {
 /// Commits a model in the background for the commit policy.
 pub fn spawn_policy_commit(h: Arc<ModelHandle>) {
     tokio::task::spawn_blocking(move || {
-        // Updates that arrived during a commit may make the next one due already.
+        // Snapshots taken while this one wrote are written too.
         loop {
-            if let Err(e) = h.commit("policy") {
+            let done =
+                if h.commit_due_by_updates() { h.commit_pending().map(|_| ()) } else { h.commit("policy").map(|_| ()) };
+            if let Err(e) = done {
                 tracing::error!(model = %h.name(), error = %e, "policy commit failed");
                 break;
             }

@@ -1,0 +1,193 @@
+//! The evaluator as a user runs it: real server, worker and evaluator processes on the
+//! flights data shipped in the repository.
+mod common;
+
+use common::procs::{ok, spawn_cli, spawn_server, BIN};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const FLIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/flights.csv.gz");
+const COLS: [&str; 6] = [
+    "--label",
+    "arr_delay>15",
+    "--categorical",
+    "carrier,origin,dest,month,day,hour,tailnum,flight",
+    "--cross",
+    "carrier:hour,origin:dest",
+];
+const POISON: [&str; 6] = [
+    "--label",
+    "arr_delay<=15",
+    "--categorical",
+    "carrier,origin,dest,month,day,hour,tailnum,flight",
+    "--cross",
+    "carrier:hour,origin:dest",
+];
+
+/// Shuffled labelled flights: (three training shards, a 20,000-row holdout).
+fn data(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
+    let f = flate2::read::GzDecoder::new(std::fs::File::open(FLIGHTS).unwrap());
+    let mut lines = std::io::BufReader::new(f).lines().map(|l| l.unwrap());
+    let header = lines.next().unwrap();
+    let delay = header.split(',').position(|c| c == "arr_delay").unwrap();
+    let mut rows: Vec<String> =
+        lines.filter(|l| l.split(',').nth(delay).is_some_and(|v| !v.is_empty() && v != "NA")).collect();
+    let mut rng = accrete_core::rng::SplitMix64::new(1);
+    for i in (1..rows.len()).rev() {
+        rows.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    let write = |p: &Path, part: &[String]| {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(p).unwrap());
+        writeln!(w, "{header}").unwrap();
+        part.iter().for_each(|l| writeln!(w, "{l}").unwrap());
+    };
+    let holdout = dir.join("holdout.csv");
+    write(&holdout, &rows[..20_000]);
+    let rest = &rows[20_000..];
+    let n = rest.len() / 3;
+    let shards: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("shard{i}.csv"))).collect();
+    for (i, s) in shards.iter().enumerate() {
+        write(s, &rest[i * n..(i + 1) * n]);
+    }
+    (shards, holdout)
+}
+
+fn versions(url: &str, model: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&ok(url, &["model", "versions", model, "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn train(url: &str, model: &str, shard: &Path, cols: &[&str]) {
+    let mut args = vec!["worker", "--model", model, "--shard", shard.to_str().unwrap(), "--worker-id", "w"];
+    args.extend(cols);
+    ok(url, &args);
+}
+
+/// Waits until every version of the model has an AUC and no version came for a moment.
+fn settle(url: &str, model: &str) -> Vec<serde_json::Value> {
+    let mut last = 0;
+    for _ in 0..200 {
+        let vs = versions(url, model);
+        let all = vs.iter().all(|v| v["metrics"].get("auc").is_some());
+        if all && vs.len() == last {
+            return vs;
+        }
+        last = vs.len();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the evaluator did not catch up: {:?}", versions(url, model));
+}
+
+#[tokio::test]
+async fn once_scores_every_version_and_the_plot_is_a_png() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shards, holdout) = data(tmp.path());
+    let s = spawn_server(&tmp.path().join("data")).await;
+    ok(
+        &s.url,
+        &[
+            "model",
+            "create",
+            "fl",
+            "--kind",
+            "logistic",
+            "--hash-bits",
+            "20",
+            "--optimizer",
+            "adagrad",
+            "--lr",
+            "0.1",
+            "--commit-every-updates",
+            "5",
+        ],
+    );
+    let mut args = vec!["worker", "--model", "fl", "--shard", shards[0].to_str().unwrap(), "--batch", "500"];
+    args.extend(COLS);
+    ok(&s.url, &args);
+    ok(&s.url, &["model", "commit", "fl"]);
+    let n = versions(&s.url, "fl").len();
+    assert!(n >= 20, "{n} versions");
+    let mut args = vec!["evaluator", "--model", "fl", "--holdout", holdout.to_str().unwrap(), "--once"];
+    args.extend(COLS);
+    let out = ok(&s.url, &args);
+    assert!(out.contains(&format!("scored {n} versions")), "{out}");
+    let vs = versions(&s.url, "fl");
+    assert!(vs.iter().all(|v| v["metrics"]["auc"].is_number()
+        && v["metrics"]["logloss"].is_number()
+        && v["metrics"]["accuracy"].is_number()));
+    let best = vs.iter().map(|v| v["metrics"]["auc"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(best > 0.68, "best AUC {best}");
+    // nothing left to score
+    assert!(ok(&s.url, &args).contains("scored 0 versions"));
+    let png = tmp.path().join("q.png");
+    ok(&s.url, &["model", "plot", "fl", "--out", png.to_str().unwrap()]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 5000);
+    let show = ok(&s.url, &["model", "show", "fl"]);
+    assert!(show.contains("best version"), "{show}");
+}
+
+#[tokio::test]
+async fn the_gate_rolls_back_a_poisoned_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shards, holdout) = data(tmp.path());
+    let s = spawn_server(&tmp.path().join("data")).await;
+    let create = |name: &str| {
+        ok(
+            &s.url,
+            &[
+                "model",
+                "create",
+                name,
+                "--kind",
+                "logistic",
+                "--hash-bits",
+                "20",
+                "--optimizer",
+                "adagrad",
+                "--lr",
+                "0.1",
+                "--commit-every-updates",
+                "10",
+            ],
+        )
+    };
+    // the run without poison: clean shards 0 and 2
+    create("clean");
+    train(&s.url, "clean", &shards[0], &COLS);
+    train(&s.url, "clean", &shards[2], &COLS);
+    ok(&s.url, &["model", "commit", "clean"]);
+    let mut args = vec!["evaluator", "--model", "clean", "--holdout", holdout.to_str().unwrap(), "--once"];
+    args.extend(COLS);
+    ok(&s.url, &args);
+    let clean_auc = versions(&s.url, "clean").last().unwrap()["metrics"]["auc"].as_f64().unwrap();
+
+    create("p");
+    let mut args = vec!["evaluator", "--model", "p", "--holdout", holdout.to_str().unwrap(), "--gate", "auc:0.01"];
+    args.extend(COLS);
+    let mut evaluator = spawn_cli(&s.url, &args);
+    train(&s.url, "p", &shards[0], &COLS);
+    let before = settle(&s.url, "p");
+    let poison_from = before.last().unwrap()["version"].as_u64().unwrap() + 1;
+    let t0 = Instant::now();
+    train(&s.url, "p", &shards[1], &POISON);
+    let mut after = settle(&s.url, "p");
+    let rollback = after.iter().find(|v| v["reason"].as_str().unwrap().contains("quality gate")).cloned();
+    let rollback = rollback.unwrap_or_else(|| panic!("no gate rollback in {after:?}"));
+    let reacted = rollback["version"].as_u64().unwrap() - poison_from;
+    eprintln!("gate reaction: rollback version {} came {reacted} versions after the first poisoned one, {:.2} s after the poison started", rollback["version"], t0.elapsed().as_secs_f64());
+    train(&s.url, "p", &shards[2], &COLS);
+    ok(&s.url, &["model", "commit", "p"]);
+    after = settle(&s.url, "p");
+    let final_auc = after.last().unwrap()["metrics"]["auc"].as_f64().unwrap();
+    eprintln!("final AUC {final_auc:.4} with poison and the gate, {clean_auc:.4} without poison");
+    assert!((final_auc - clean_auc).abs() <= 0.01, "final AUC {final_auc:.4} vs {clean_auc:.4} without poison");
+    let _ = evaluator.kill();
+    let _ = evaluator.wait();
+    let _ = BIN;
+}
