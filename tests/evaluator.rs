@@ -191,3 +191,77 @@ async fn the_gate_rolls_back_a_poisoned_model() {
     let _ = evaluator.wait();
     let _ = BIN;
 }
+
+#[tokio::test]
+async fn a_window_of_recent_rows_tracks_a_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    // flights in time order: every fifth row goes to the holdout stream
+    let f = flate2::read::GzDecoder::new(std::fs::File::open(FLIGHTS).unwrap());
+    let mut lines = std::io::BufReader::new(f).lines().map(|l| l.unwrap());
+    let header = lines.next().unwrap();
+    let delay = header.split(',').position(|c| c == "arr_delay").unwrap();
+    let rows: Vec<String> =
+        lines.filter(|l| l.split(',').nth(delay).is_some_and(|v| !v.is_empty() && v != "NA")).take(90_000).collect();
+    let (train, holdout) = (tmp.path().join("train.csv"), tmp.path().join("holdout.csv"));
+    std::fs::write(&train, format!("{header}\n")).unwrap();
+    std::fs::write(&holdout, format!("{header}\n")).unwrap();
+    let append = |chunk: &[String], offset: usize| {
+        let mut tr = std::fs::OpenOptions::new().append(true).open(&train).unwrap();
+        let mut ho = std::fs::OpenOptions::new().append(true).open(&holdout).unwrap();
+        for (i, l) in chunk.iter().enumerate() {
+            writeln!(if (offset + i) % 5 == 4 { &mut ho } else { &mut tr }, "{l}").unwrap();
+        }
+    };
+    let s = spawn_server(&tmp.path().join("data")).await;
+    ok(
+        &s.url,
+        &[
+            "model",
+            "create",
+            "st",
+            "--kind",
+            "logistic",
+            "--hash-bits",
+            "20",
+            "--optimizer",
+            "adagrad",
+            "--lr",
+            "0.1",
+            "--commit-every-updates",
+            "10",
+        ],
+    );
+    append(&rows[..30_000], 0);
+    let mut args = vec![
+        "evaluator",
+        "--model",
+        "st",
+        "--holdout",
+        holdout.to_str().unwrap(),
+        "--holdout-follow",
+        "--window",
+        "3000",
+    ];
+    args.extend(COLS);
+    let mut evaluator = spawn_cli(&s.url, &args);
+    let mut args = vec!["worker", "--model", "st", "--shard", train.to_str().unwrap(), "--follow", "--batch", "500"];
+    args.extend(COLS);
+    let mut worker = spawn_cli(&s.url, &args);
+    for (i, chunk) in rows[30_000..].chunks(30_000).enumerate() {
+        settle(&s.url, "st");
+        append(chunk, 30_000 * (i + 1));
+    }
+    let vs = settle(&s.url, "st");
+    let aucs: Vec<f64> = vs.iter().skip(1).map(|v| v["metrics"]["auc"].as_f64().unwrap()).collect();
+    assert!(vs.len() >= 10, "{} versions", vs.len());
+    let offsets: Vec<u64> =
+        vs.iter().filter_map(|v| v["workers"].get(0).map(|w| w["offset"].as_u64().unwrap())).collect();
+    assert!(offsets.windows(2).all(|w| w[0] <= w[1]) && offsets.last() > offsets.first(), "offsets {offsets:?}");
+    let (lo, hi) = aucs.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+    assert!(hi - lo > 0.005, "the windowed metric did not move: {aucs:?}");
+    eprintln!("windowed AUC over {} versions: {:.4}..{:.4}", aucs.len(), lo, hi);
+    for p in [&mut worker, &mut evaluator] {
+        let _ = std::process::Command::new("kill").args(["-INT", &p.id().to_string()]).status();
+        let _ = p.wait();
+    }
+}

@@ -87,6 +87,22 @@ impl Batch {
         self.val.truncate(start);
     }
 
+    /// Keeps only the last `n` rows (a sliding window over a growing file).
+    pub fn keep_last(&mut self, n: usize) {
+        let rows = self.rows();
+        if rows <= n {
+            return;
+        }
+        let k = rows - n;
+        let cut = self.row_ptr[k];
+        self.labels.drain(..k);
+        self.dense.drain(..k * self.features);
+        self.idx.drain(..cut);
+        self.val.drain(..cut);
+        self.row_ptr.drain(..k);
+        self.row_ptr.iter_mut().for_each(|p| *p -= cut);
+    }
+
     /// Fills `uniq` and `local` (sort + dedup, then a binary search per occurrence).
     pub fn compact(&mut self) {
         self.uniq.clear();
@@ -111,6 +127,22 @@ mod tests {
         assert_eq!(murmur3_32(b"test", 0), 0xba6b_d213);
         assert_eq!(murmur3_32(b"Hello, world!", 1234), 0xfaf6_cdb3);
         assert_eq!(murmur3_32(b"The quick brown fox jumps over the lazy dog", 0), 0x2e4f_f723);
+    }
+
+    #[test]
+    fn keep_last_drops_the_oldest_rows() {
+        let mut b = Batch::new(1);
+        for r in 0..4u32 {
+            b.dense.push(r as f32);
+            for i in 0..r {
+                b.idx.push(i);
+                b.val.push(r as f32);
+            }
+            b.finish_row(r as f32);
+        }
+        b.keep_last(2);
+        assert_eq!((b.labels.clone(), b.dense.clone()), (vec![2.0, 3.0], vec![2.0, 3.0]));
+        assert_eq!((b.row_ptr.clone(), b.idx.clone()), (vec![0, 2, 5], vec![0, 1, 0, 1, 2]));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct EvaluatorConfig {
     pub dry_run: bool,
     /// How many recent scored versions the gate compares with.
     pub gate_window: usize,
+    /// Re-read rows appended to the holdout before each scoring.
+    pub holdout_follow: bool,
+    /// Score on the most recent N labelled rows only (0 = all).
+    pub window: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,8 @@ pub enum EvalError {
     Client(#[from] accrete_client::ClientError),
     #[error("{0}")]
     Config(String),
+    #[error("the holdout has no labelled rows yet")]
+    EmptyHoldout,
 }
 
 impl From<tonic::Status> for EvalError {
@@ -110,24 +116,48 @@ pub fn score(d: &Dims, y: &[f32], p: &[f32]) -> BTreeMap<String, f64> {
     m
 }
 
-/// The holdout, parsed once: raw rows, their distinct hashed keys, labels.
+/// The holdout: raw rows (parsed once, or followed as the file grows and cut to a
+/// window), and a working copy whose dense inputs are standardised per version.
 pub struct Holdout {
+    raw: Batch,
     pub batch: Batch,
-    pub raw_dense: Vec<f32>,
+    source: Option<RowSource>,
+    window: usize,
 }
 
 impl Holdout {
     pub fn load(config: &EvaluatorConfig, view: &ModelView) -> Result<Holdout, EvalError> {
-        let mut rows =
-            RowSource::open(&config.holdout, config.format, &config.columns, view.target, OnBadRow::Skip, true)?;
-        let mut batch = Batch::new(view.target.features);
-        while rows.fill(&mut batch, 1 << 20)? > 0 {}
-        if batch.is_empty() {
+        let rows = RowSource::open(&config.holdout, config.format, &config.columns, view.target, OnBadRow::Skip, true)?;
+        let mut h = Holdout {
+            raw: Batch::new(view.target.features),
+            batch: Batch::new(view.target.features),
+            source: Some(rows),
+            window: config.window,
+        };
+        h.refresh()?;
+        if !config.holdout_follow {
+            h.source = None;
+        }
+        if h.raw.is_empty() && !config.holdout_follow {
             return Err(EvalError::Config(format!("{}: no labelled rows to score with", config.holdout.display())));
         }
-        batch.compact();
-        let raw_dense = batch.dense.clone();
-        Ok(Holdout { batch, raw_dense })
+        Ok(h)
+    }
+
+    /// Reads rows appended since the last call and keeps the window.
+    pub fn refresh(&mut self) -> Result<(), EvalError> {
+        if let Some(src) = self.source.as_mut() {
+            while src.fill(&mut self.raw, 1 << 20)? > 0 {}
+            if self.window > 0 {
+                self.raw.keep_last(self.window);
+            }
+            self.raw.compact();
+        }
+        Ok(())
+    }
+
+    pub fn rows(&self) -> usize {
+        self.raw.rows()
     }
 }
 
@@ -163,7 +193,7 @@ pub async fn score_version(
             None => norm = v,
         }
     }
-    h.batch.dense.copy_from_slice(&h.raw_dense);
+    h.batch.clone_from(&h.raw);
     glm::prepare_dense(&mut h.batch.dense, h.batch.features, &norm);
     let mut out = Vec::new();
     kinds::predict(&view.dims, &t.views(), &h.batch, &h.batch.local, &mut out);
@@ -210,7 +240,7 @@ pub async fn run(
         }
     }
     let mut holdout = Holdout::load(&config, &view)?;
-    tracing::info!(model = %config.model, rows = holdout.batch.rows(), primary, "holdout loaded");
+    tracing::info!(model = %config.model, rows = holdout.rows(), primary, "holdout loaded");
     let mut report = Report::default();
     let mut history: Vec<(u64, f64)> = Vec::new();
     let versions =

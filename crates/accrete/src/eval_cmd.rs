@@ -29,6 +29,12 @@ pub struct EvaluatorArgs {
     /// Recent scored versions the gate compares with.
     #[arg(long, default_value_t = 10)]
     gate_window: usize,
+    /// Keep reading rows appended to the holdout (delayed labels arriving).
+    #[arg(long)]
+    holdout_follow: bool,
+    /// Score on the most recent N labelled rows of the holdout (0 = all).
+    #[arg(long, default_value_t = 0)]
+    window: usize,
     #[arg(long, env = "ACCRETE_SERVER", default_value = "http://127.0.0.1:50051")]
     server: String,
 }
@@ -43,6 +49,8 @@ pub async fn evaluator(a: EvaluatorArgs) -> Result<()> {
         gate: a.gate.clone(),
         dry_run: a.dry_run,
         gate_window: a.gate_window,
+        holdout_follow: a.holdout_follow,
+        window: a.window,
     };
     let client = Client::connect(&a.server).await?;
     let shutdown = async {
