@@ -19,16 +19,22 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Starts `accrete server` on `dir` and waits until it answers.
 pub async fn spawn_server(dir: &Path) -> Proc {
+    spawn_server_with(dir, &[]).await
+}
+
+/// [`spawn_server`] with extra flags.
+pub async fn spawn_server_with(dir: &Path, extra: &[&str]) -> Proc {
     let port = free_port();
     let child = Command::new(BIN)
         .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

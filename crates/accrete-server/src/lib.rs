@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod http;
 pub mod model;
 pub mod predict;
 pub mod registry;
@@ -70,6 +71,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    serve(config, listener, None, shutdown).await
+}
+
+/// [`run`], plus the dashboard and `/metrics` on `http_listener` when given.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     config.validate()?;
     let (dir, cache) = (config.data_dir.clone(), config.cache_bytes);
     let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> {
@@ -79,6 +90,16 @@ pub async fn run(
     .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
     let reg = Arc::new(reg);
     let ticker = tokio::spawn(commit_ticker(reg.clone()));
+    let http_task = http_listener.map(|l| {
+        tracing::info!(addr = ?l.local_addr().ok(), "dashboard and /metrics");
+        let stopping = reg.stopping();
+        let app = http::router(reg.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopping).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        })
+    });
     let limit = config.max_message_bytes;
     // The transport admits up to 4x the limit so the handlers can refuse oversize messages
     // with RESOURCE_EXHAUSTED and a message naming the limit.
@@ -136,6 +157,10 @@ pub async fn run(
         _ = grace => Ok(()),
     };
     ticker.abort();
+    if let Some(t) = http_task {
+        reg.begin_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
     let store = reg.store().clone();
     tokio::task::spawn_blocking(move || store.flush())
         .await

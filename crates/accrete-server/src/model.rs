@@ -142,6 +142,19 @@ pub struct ModelHandle {
     commit_pending: AtomicBool,
     sync: Mutex<SyncState>,
     sync_changed: tokio::sync::Notify,
+    pushes: std::sync::atomic::AtomicU64,
+    values: std::sync::atomic::AtomicU64,
+    commits: std::sync::atomic::AtomicU64,
+    commit_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    pub pushes: u64,
+    pub values: u64,
+    pub commits: u64,
+    pub commit_seconds: f64,
 }
 
 /// How long a worker stays in the barrier without a heartbeat, pull or push.
@@ -231,6 +244,10 @@ impl ModelHandle {
             commit_pending: AtomicBool::new(false),
             sync: Mutex::new(sync),
             sync_changed: tokio::sync::Notify::new(),
+            pushes: Default::default(),
+            values: Default::default(),
+            commits: Default::default(),
+            commit_nanos: Default::default(),
         }
     }
 
@@ -240,6 +257,15 @@ impl ModelHandle {
 
     pub fn spec(&self) -> &ModelSpec {
         &self.record.spec
+    }
+
+    pub fn counters(&self) -> Counters {
+        Counters {
+            pushes: self.pushes.load(Ordering::Relaxed),
+            values: self.values.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            commit_seconds: self.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -289,6 +315,8 @@ impl ModelHandle {
                 *slot = t;
             }
         }
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+        self.values.fetch_add(grads.iter().map(|g| g.values.len() as u64 / 4).sum(), Ordering::Relaxed);
         let tensor_of = |i: usize, g: &Grad<'_>| {
             tensors
                 .get(i)
@@ -562,6 +590,7 @@ impl ModelHandle {
     /// Makes a snapshot the next version: its chunks point at the new version in a copy of
     /// the head's manifest; written and flushed before it is announced.
     fn write_snapshot(&self, head: &mut Head, snap: Snapshot) -> Result<()> {
+        let started = Instant::now();
         let version = head.record.version + 1;
         let mut manifest = head.manifest.clone();
         for (t, c, _) in &snap.chunks.chunks {
@@ -589,6 +618,8 @@ impl ModelHandle {
         }
         lock(&self.live).head = rec.version;
         *head = Head { record: rec.clone(), manifest };
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.retain(head)?;
         self.emit(EventKind::Created, rec);
         Ok(())

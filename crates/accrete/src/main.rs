@@ -44,6 +44,9 @@ struct ServerArgs {
     /// Largest request or response message in bytes; bigger ones get RESOURCE_EXHAUSTED.
     #[arg(long, env = "ACCRETE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     max_message_bytes: usize,
+    /// Serve the dashboard (models, versions, quality chart) and /metrics on this address.
+    #[arg(long, env = "ACCRETE_HTTP")]
+    http: Option<SocketAddr>,
     /// sled page cache in bytes (the live parameters are held apart from it).
     #[arg(long, env = "ACCRETE_CACHE_BYTES", default_value_t = 16 << 20)]
     cache_bytes: u64,
@@ -90,7 +93,15 @@ async fn serve(a: ServerArgs) -> anyhow::Result<()> {
         max_message_bytes: a.max_message_bytes,
         cache_bytes: a.cache_bytes,
     };
-    accrete_server::run(config, listener, shutdown_signal()).await?;
+    let http = match a.http {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (--http): {e}"))?,
+        ),
+        None => None,
+    };
+    accrete_server::serve(config, listener, http, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,0 +1,106 @@
+//! The HTTP side of a server (`--http ADDR`): a small dashboard page (models, versions,
+//! lineage and the quality chart, refreshed every 2 s), its JSON API, and `/metrics` in
+//! the Prometheus text format.
+use crate::registry::Registry;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+const PAGE: &str = include_str!("../assets/dashboard.html");
+
+pub fn router(reg: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/api/models", get(models))
+        .route("/api/models/{name}/versions", get(versions))
+        .route("/metrics", get(metrics))
+        .with_state(reg)
+}
+
+fn json(v: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+async fn models(State(reg): State<Arc<Registry>>) -> Response {
+    let list: Vec<serde_json::Value> = reg
+        .list()
+        .iter()
+        .map(|h| {
+            let st = h.status();
+            serde_json::json!({
+                "name": h.name(),
+                "kind": h.spec().kind.as_str(),
+                "parameters": h.layout.iter().map(|t| t.len()).sum::<u64>(),
+                "head_version": st.head,
+                "lineage_epoch": st.epoch,
+                "updates": st.updates,
+                "uncommitted_updates": st.since_commit,
+                "versions": h.versions().map(|v| v.len()).unwrap_or(0),
+            })
+        })
+        .collect();
+    json(serde_json::Value::Array(list))
+}
+
+async fn versions(State(reg): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
+    let h = match reg.get(&name) {
+        Ok(h) => h,
+        Err(e) => return (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+    };
+    match h.versions() {
+        Ok(vs) => json(serde_json::to_value(vs).unwrap_or_default()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Prometheus text format: counters (pushes, values applied, commits, commit seconds) and
+/// gauges (head version, retained versions, the newest scored version's metrics).
+async fn metrics(State(reg): State<Arc<Registry>>) -> Response {
+    let mut out = String::new();
+    let families = [
+        ("accrete_pushes_total", "counter", "Pushes received."),
+        ("accrete_values_applied_total", "counter", "Gradient values applied to parameters."),
+        ("accrete_commits_total", "counter", "Versions written by commits."),
+        ("accrete_commit_seconds_total", "counter", "Seconds spent writing commits."),
+        ("accrete_head_version", "gauge", "The newest version."),
+        ("accrete_versions", "gauge", "Retained versions."),
+        ("accrete_updates_uncommitted", "gauge", "Applied updates not in a version yet."),
+        ("accrete_version_metric", "gauge", "Metrics of the newest scored version."),
+    ];
+    let models = reg.list();
+    for (name, kind, help) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for h in &models {
+            let m = h.name();
+            let c = h.counters();
+            let st = h.status();
+            match name {
+                "accrete_pushes_total" => line(&mut out, name, m, c.pushes as f64),
+                "accrete_values_applied_total" => line(&mut out, name, m, c.values as f64),
+                "accrete_commits_total" => line(&mut out, name, m, c.commits as f64),
+                "accrete_commit_seconds_total" => line(&mut out, name, m, c.commit_seconds),
+                "accrete_head_version" => line(&mut out, name, m, st.head as f64),
+                "accrete_versions" => line(&mut out, name, m, h.versions().map(|v| v.len()).unwrap_or(0) as f64),
+                "accrete_updates_uncommitted" => line(&mut out, name, m, st.since_commit as f64),
+                _ => {
+                    let vs = h.versions().unwrap_or_default();
+                    if let Some(v) = vs.iter().rev().find(|v| !v.metrics.is_empty()) {
+                        for (k, x) in &v.metrics {
+                            let _ =
+                                writeln!(out, "{name}{{model=\"{m}\",metric=\"{k}\",version=\"{}\"}} {x}", v.version);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn line(out: &mut String, name: &str, model: &str, v: f64) {
+    let _ = writeln!(out, "{name}{{model=\"{model}\"}} {v}");
+}
