@@ -529,7 +529,9 @@ async fn evaluator_bench(versions: u64) -> Result<()> {
     let mut s = spec("ev", 0, pb::OptimizerKind::Adagrad, 0);
     s.kind = pb::ModelKind::Logistic as i32;
     s.hash_bits = 20;
-    s.optimizer.as_mut().map(|o| o.lr = 0.1);
+    if let Some(o) = s.optimizer.as_mut() {
+        o.lr = 0.1;
+    }
     // ~277k training rows in batches of 1000: a commit every 277/versions pushes
     s.commit = Some(pb::CommitPolicy { every_updates: (277 / versions.max(1)).max(1), ..Default::default() });
     create(&mut c, s).await?;
