@@ -169,7 +169,11 @@ pub async fn score_version(
     h: &mut Holdout,
     version: u64,
 ) -> Result<BTreeMap<String, f64>, EvalError> {
-    let keys: Vec<u64> = h.batch.uniq.iter().map(|k| *k as u64).collect();
+    h.refresh()?;
+    if h.raw.is_empty() {
+        return Err(EvalError::EmptyHoldout);
+    }
+    let keys: Vec<u64> = h.raw.uniq.iter().map(|k| *k as u64).collect();
     let mut slices: Vec<pb::PullSlice> = view
         .tensors
         .iter()
@@ -300,6 +304,10 @@ async fn evaluate(
         // dropped by retention between listing and scoring
         Err(EvalError::Client(accrete_client::ClientError::Status(s))) if s.code() == tonic::Code::NotFound => {
             return Ok(())
+        }
+        Err(EvalError::EmptyHoldout) => {
+            tracing::warn!(model = %config.model, version = v.version, "not scored: the holdout has no labelled rows yet");
+            return Ok(());
         }
         Err(e) => return Err(e),
     };

@@ -83,8 +83,14 @@ const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Draws a metric over versions, marking rollbacks.
 pub async fn plot(a: PlotArgs, server: &str) -> Result<()> {
-    use plotters::prelude::IntoDrawingArea;
     let mut c = Client::connect(server).await?;
+    plot_to(&mut c, &a.name, a.metric.clone(), &a.out).await
+}
+
+/// Writes the plot of `name`'s versions to `out` (.png or .svg).
+pub async fn plot_to(c: &mut Client, name: &str, metric: Option<String>, out: &std::path::Path) -> Result<()> {
+    use plotters::prelude::IntoDrawingArea;
+    let a = PlotArgs { name: name.to_string(), out: out.to_path_buf(), metric };
     let info = c
         .models
         .get_model_info(pb::ModelRef { name: a.name.clone() })

@@ -4,6 +4,7 @@ mod bench;
 mod eval_cmd;
 mod model_cmd;
 mod output;
+mod quickstart;
 mod worker_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole system on the flights data shipped inside the binary (start here).
+    Quickstart(quickstart::QuickstartArgs),
     /// Run a parameter server.
     Server(ServerArgs),
     /// Create, inspect, version, roll back, import and export models.
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Server(a) => serve(a).await,
+            Command::Quickstart(a) => quickstart::run(a).await,
             Command::Model(a) => model_cmd::run(a).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Worker(a) => worker_cmd::worker(a).await,
