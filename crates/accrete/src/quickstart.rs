@@ -18,6 +18,9 @@ const FLIGHTS: &[u8] = include_bytes!("../data/flights.csv.gz");
 const MODEL: &str = "flights";
 const WORKERS: usize = 2;
 
+/// A row with its position in its month.
+type Numbered<'a> = (usize, &'a String);
+
 #[derive(Args)]
 pub struct QuickstartArgs {
     /// Where the server keeps its data (created; the quickstart's model is replaced).
@@ -161,7 +164,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     );
     let mut train_rows = 0u64;
     for (m, rows) in months.iter().enumerate() {
-        let (held, train): (Vec<(usize, &String)>, Vec<(usize, &String)>) =
+        let (held, train): (Vec<Numbered<'_>>, Vec<Numbered<'_>>) =
             rows.iter().enumerate().partition(|(i, _)| i % 5 == 4);
         append(&holdout, &held.iter().map(|(_, l)| *l).collect::<Vec<_>>())?;
         for (w, shard) in shards.iter().enumerate() {
