@@ -3,6 +3,16 @@
 #![allow(dead_code)]
 pub mod procs;
 
+/// Tests that need a tool beyond the Rust toolchain (headless Chromium, Python with grpcio)
+/// skip with a message when it is missing, unless `ACCRETE_REQUIRE_EXTERNAL` is set, as
+/// `.ci/run` does: there a missing tool fails the test.
+pub fn missing_tool(what: &str) {
+    if std::env::var_os("ACCRETE_REQUIRE_EXTERNAL").is_some() {
+        panic!("{what} is required (ACCRETE_REQUIRE_EXTERNAL is set)");
+    }
+    eprintln!("SKIPPED: {what} is not installed; .ci/run installs it");
+}
+
 use accrete_client::Client;
 use accrete_proto::v1 as pb;
 use std::path::PathBuf;

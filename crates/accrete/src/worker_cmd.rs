@@ -76,6 +76,10 @@ pub struct WorkerArgs {
     batch: usize,
     #[arg(long, default_value_t = 1)]
     epochs: u64,
+    /// With a directory --shard: train on its N-th file in name order (e.g. a Kubernetes
+    /// Indexed Job's completion index over the files `accrete split` wrote).
+    #[arg(long, env = "ACCRETE_SHARD_INDEX")]
+    shard_index: Option<usize>,
     /// Keep reading rows appended to the shard (and new part files) until Ctrl-C.
     #[arg(long)]
     follow: bool,
@@ -95,7 +99,17 @@ enum BadRowArg {
     Fail,
 }
 
-pub async fn worker(a: WorkerArgs) -> Result<()> {
+pub async fn worker(mut a: WorkerArgs) -> Result<()> {
+    if let Some(i) = a.shard_index {
+        let parts = accrete_worker::source::parts_of(&a.shard).with_context(|| a.shard.display().to_string())?;
+        if !a.shard.is_dir() {
+            bail!("--shard-index needs a directory --shard, got {}", a.shard.display());
+        }
+        a.shard = parts
+            .get(i)
+            .cloned()
+            .with_context(|| format!("--shard-index {i}: {} holds only {} files", a.shard.display(), parts.len()))?;
+    }
     let worker_id = a.worker_id.clone().unwrap_or_else(|| {
         a.shard.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "worker".into())
     });
