@@ -101,8 +101,9 @@ async fn dashboard_and_metrics_show_versions_and_quality() {
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
-    let chromium =
-        chromium.expect("headless Chromium is needed for this test: apt-get install chromium (.ci/run does)");
+    let Some(chromium) = chromium else {
+        return common::missing_tool("headless Chromium (Debian's chromium package)");
+    };
     let url = format!("http://{http}/?model=dash");
     let profile = tmp.path().join("chromium");
     let flags = [

@@ -10,6 +10,13 @@ async fn the_python_example_trains_against_a_real_server() {
     let tmp = tempfile::tempdir().unwrap();
     let s = spawn_server(&tmp.path().join("data")).await;
     let python = std::env::var("ACCRETE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ready = std::process::Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools, numpy"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        return common::missing_tool(&format!("{python} with grpcio, grpcio-tools and numpy"));
+    }
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../accrete-python");
     let out = std::process::Command::new(&python)
         .arg("example.py")
