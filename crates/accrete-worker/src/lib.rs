@@ -58,6 +58,9 @@ pub struct WorkerConfig {
     pub follow: bool,
     pub worker_id: String,
     pub on_bad_row: OnBadRow,
+    /// Write each row's label and prediction made before training on it (progressive
+    /// validation) to this file, one `label<TAB>prediction` line per row.
+    pub progressive_out: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -402,6 +405,13 @@ pub async fn run(
     let features = view.target.features;
     let mut batch = Batch::new(features);
     let mut grads = Tensors::default();
+    let mut predictions = Vec::new();
+    let mut progressive = match &config.progressive_out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|source| WorkerError::Io { path: p.clone(), source })?,
+        )),
+        None => None,
+    };
     let mut stats = Vec::new();
     let mut clock = joined.clock;
     let shard_name = config.shard.to_string_lossy().to_string();
@@ -436,6 +446,12 @@ pub async fn run(
                 glm::prepare_dense(&mut batch.dense, features, &merged);
             }
             let hashed_rows = batch.uniq.len();
+            if let Some(out) = progressive.as_mut() {
+                kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
+                write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(|source| {
+                    WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source }
+                })?;
+            }
             let loss = kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, hashed_rows, &mut grads);
             clock += 1;
             let mut chunks = Vec::with_capacity(view.tensors.len() + 1);
@@ -487,6 +503,11 @@ pub async fn run(
         tracing::debug!(epoch, rows = report.rows, "epoch done");
     }
     stopper.abort();
+    if let Some(mut out) = progressive {
+        use std::io::Write;
+        out.flush()
+            .map_err(|source| WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source })?;
+    }
     report.last_updates = pusher.finish().await?;
     heartbeat.abort();
     client.params.leave(pb::WorkerRef { model: config.model.clone(), worker_id: config.worker_id.clone() }).await?;
@@ -571,4 +592,11 @@ pub fn feature_rows(batch: &Batch) -> pb::FeatureRows {
         indices: batch.idx.clone(),
         values: accrete_proto::f32s_to_bytes(&batch.val),
     }
+}
+
+fn write_progressive(out: &mut impl std::io::Write, labels: &[f32], p: &[f32], k: usize) -> std::io::Result<()> {
+    for (y, row) in labels.iter().zip(p.chunks_exact(k.max(1))) {
+        writeln!(out, "{y}\t{}", row[0])?;
+    }
+    Ok(())
 }

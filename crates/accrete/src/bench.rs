@@ -551,6 +551,7 @@ async fn evaluator_bench(versions: u64) -> Result<()> {
         follow: false,
         worker_id: "bench".into(),
         on_bad_row: accrete_worker::OnBadRow::Skip,
+        progressive_out: None,
     };
     accrete_worker::run(wc, Client::connect(&url).await?, std::future::pending(), Default::default()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

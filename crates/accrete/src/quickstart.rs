@@ -135,6 +135,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
             follow: true,
             worker_id: format!("worker-{i}"),
             on_bad_row: accrete_worker::OnBadRow::Skip,
+            progressive_out: None,
         };
         workers.push(tokio::spawn(accrete_worker::run(
             config,

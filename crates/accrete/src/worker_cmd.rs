@@ -76,6 +76,10 @@ pub struct WorkerArgs {
     batch: usize,
     #[arg(long, default_value_t = 1)]
     epochs: u64,
+    /// Write each row's label and its prediction before training on it (progressive
+    /// validation), tab-separated, to this file.
+    #[arg(long)]
+    progressive_out: Option<PathBuf>,
     /// With a directory --shard: train on its N-th file in name order (e.g. a Kubernetes
     /// Indexed Job's completion index over the files `accrete split` wrote).
     #[arg(long, env = "ACCRETE_SHARD_INDEX")]
@@ -122,6 +126,7 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
         epochs: a.epochs,
         follow: a.follow,
         worker_id: worker_id.clone(),
+        progressive_out: a.progressive_out.clone(),
         on_bad_row: match a.on_bad_row {
             BadRowArg::Skip => OnBadRow::Skip,
             BadRowArg::Fail => OnBadRow::Fail,
