@@ -3,47 +3,21 @@
 //! modes with a worker killed mid-run, bad rows, and follow mode.
 mod common;
 
+use common::data::{labelled_flights, read_gz, shuffle, write_csv, COLS, HOUSING};
 use common::procs::{cli, ok, spawn_cli, spawn_server};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-const FLIGHTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/flights.csv.gz");
-const COLS: [&str; 6] = [
-    "--label",
-    "arr_delay>15",
-    "--categorical",
-    "carrier,origin,dest,month,day,hour,tailnum,flight",
-    "--cross",
-    "carrier:hour,origin:dest",
-];
 
 /// Flights with a label, shuffled with a seeded generator and split 80/20, like the
 /// reference figures' seeded random split (not the same permutation).
 fn flights_split(dir: &Path) -> (PathBuf, PathBuf) {
-    let f = flate2::read::GzDecoder::new(std::fs::File::open(FLIGHTS).unwrap());
-    let mut lines = std::io::BufReader::new(f).lines();
-    let header = lines.next().unwrap().unwrap();
-    let delay = header.split(',').position(|c| c == "arr_delay").unwrap();
-    let mut rows: Vec<String> = lines
-        .map(|l| l.unwrap())
-        .filter(|l| l.split(',').nth(delay).is_some_and(|v| !v.is_empty() && v != "NA"))
-        .collect();
-    let mut rng = accrete_core::rng::SplitMix64::new(0);
-    for i in (1..rows.len()).rev() {
-        rows.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
+    let (header, mut rows) = labelled_flights();
+    shuffle(&mut rows, 0);
     let cut = rows.len() * 4 / 5;
-    let write = |path: &Path, part: &[String]| {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-        writeln!(w, "{header}").unwrap();
-        for l in part {
-            writeln!(w, "{l}").unwrap();
-        }
-    };
     let (train, test) = (dir.join("train.csv"), dir.join("test.csv"));
-    write(&train, &rows[..cut]);
-    write(&test, &rows[cut..]);
+    write_csv(&train, &header, &rows[..cut]);
+    write_csv(&test, &header, &rows[cut..]);
     (train, test)
 }
 
@@ -329,15 +303,8 @@ async fn a_restarted_worker_resumes_from_its_recorded_offset() {
 #[tokio::test]
 async fn california_housing_linear_regression_beats_the_mean() {
     let tmp = tempfile::tempdir().unwrap();
-    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/data/california_housing.csv.gz");
-    let f = flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap());
-    let mut lines = std::io::BufReader::new(f).lines().map(|l| l.unwrap());
-    let header = lines.next().unwrap();
-    let mut rows: Vec<String> = lines.collect();
-    let mut rng = accrete_core::rng::SplitMix64::new(0);
-    for i in (1..rows.len()).rev() {
-        rows.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-    }
+    let (header, mut rows) = read_gz(HOUSING);
+    shuffle(&mut rows, 0);
     let cut = rows.len() * 4 / 5;
     let (train, test) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
     std::fs::write(&train, format!("{header}\n{}\n", rows[..cut].join("\n"))).unwrap();
