@@ -603,7 +603,7 @@ fn pull_from(
             tensor: s.tensor.clone(),
             slot: if req.ema { "ema".into() } else { String::new() },
             offset: offset as u64,
-            keys: s.keys.clone(),
+            keys: vec![], // values follow the order of the request's keys
             values: out.into(),
         });
     }
