@@ -33,6 +33,13 @@ fn split(input: &Path, out: &Path) {
     assert!(o.status.success(), "split: {}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// The shard files `split` wrote, in name order.
+fn parts_of(dir: &Path) -> Vec<PathBuf> {
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    parts.sort();
+    parts
+}
+
 fn labels(test: &Path) -> Vec<f32> {
     let text = std::fs::read_to_string(test).unwrap();
     let mut lines = text.lines();
@@ -93,8 +100,7 @@ async fn three_workers_reach_the_reference_auc_in_every_consistency_mode() {
     let s = spawn_server(&tmp.path().join("data")).await;
     let shards = tmp.path().join("shards");
     split(&train, &shards);
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(&shards).unwrap().map(|e| e.unwrap().path()).collect();
-    parts.sort();
+    let parts = parts_of(&shards);
     assert_eq!(parts.len(), 3);
     for mode in ["asp", "ssp:2", "bsp"] {
         let name = format!("fl-{}", mode.replace(':', ""));
@@ -142,8 +148,7 @@ async fn bsp_goes_on_when_a_worker_is_killed() {
     let s = spawn_server(&tmp.path().join("data")).await;
     let shards = tmp.path().join("shards");
     split(&train, &shards);
-    let mut parts: Vec<PathBuf> = std::fs::read_dir(&shards).unwrap().map(|e| e.unwrap().path()).collect();
-    parts.sort();
+    let parts = parts_of(&shards);
     ok(
         &s.url,
         &[
