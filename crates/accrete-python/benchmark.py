@@ -224,7 +224,15 @@ def peer(kind, d, k, info):
     return secs, rss, info["y_test"] if info["test_rows"] else info["y_train"], p
 
 
-def accrete(binary, d, k, info, workers=2):
+# accrete's settings per scenario (optimizer, learning rate, rows per batch, consistency).
+# Gradients are sums over a batch. One pass over a fixed split: AdaGrad. A time-ordered
+# stream that drifts: constant-rate SGD, small batches, and ssp:0 so that the two workers'
+# shards (rows dealt round-robin) advance through time together; under ASP one worker runs
+# ahead and the model mixes two periods of the stream.
+SETTINGS = {"a": ("adagrad", "0.1", "1000", "asp"), "b": ("sgd", "0.01", "50", "ssp:0"), "c": ("adagrad", "0.2", "1000", "asp")}
+
+
+def accrete(binary, d, k, info, workers=2, opt=None, lr=None, batch=None, consistency=None):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     url = f"http://127.0.0.1:{port}"
     srv = subprocess.Popen([binary, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", f"{d}/{k}_server"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -235,8 +243,8 @@ def accrete(binary, d, k, info, workers=2):
             time.sleep(0.05)
         progressive = not info["test_rows"]
         # a drifting stream is tracked by a constant learning rate; one pass by AdaGrad
-        opt, lr, batch = ("sgd", "0.01", "100") if progressive else ("adagrad", "0.1", "1000")
-        subprocess.run([binary, "model", "create", "m", "--kind", "logistic", "--hash-bits", "20", "--optimizer", opt, "--lr", lr, "--server", url], check=True, capture_output=True)
+        opt, lr, batch, consistency = (x or y for x, y in zip((opt, lr, batch, consistency), SETTINGS[k]))
+        subprocess.run([binary, "model", "create", "m", "--kind", "logistic", "--hash-bits", "20", "--optimizer", opt, "--lr", lr, "--consistency", consistency, "--server", url], check=True, capture_output=True)
         subprocess.run([binary, "split", "--input", f"{d}/{k}_train.csv", "--shards", str(workers), "--out", f"{d}/{k}_shards"], check=True, capture_output=True)
         cols = ["--label", info["label"], "--categorical", ",".join(info["cats"])]
         if info["cross"]:
@@ -276,7 +284,7 @@ def main():
     d = tempfile.mkdtemp(prefix="accrete-bench-")
     info = prepare(d, args.synthetic_rows)
     names = {"a": "(a) flights, random 80/20, one pass", "b": "(b) flights in time order, progressive", "c": f"(c) synthetic Zipf, {args.synthetic_rows:,} rows"}
-    systems = [("Vowpal Wabbit 9.11.9", lambda k: vw(d, k, info[k])), ("accrete 1 server + 2 workers (AdaGrad 0.1, batch 1000; (b): SGD 0.01, batch 100)", lambda k: accrete(args.accrete, d, k, info[k])),
+    systems = [("Vowpal Wabbit 9.11.9", lambda k: vw(d, k, info[k])), ("accrete 1 server + 2 workers", lambda k: accrete(args.accrete, d, k, info[k])),
                ("river LogisticRegression", lambda k: peer("river", d, k, info[k])), ("scikit-learn SGDClassifier partial_fit", lambda k: peer("sklearn", d, k, info[k]))]
     skip = set(s for s in args.skip.split(",") if s)
     rows = []
@@ -287,10 +295,12 @@ def main():
                 continue
             secs, rss, y, p = f(k)
             base = base or secs
+            if name.startswith("accrete"):
+                name += " ({} {}, batch {}, {})".format(*SETTINGS[k])
             n = info[k]["train_rows"]
             rows.append({"scenario": names[k], "system": name, "seconds": secs, "rows_per_s": n / secs, "logloss": logloss(y, p), "auc": auc(y, p), "peak_rss_mib": rss, "time_vs_vw": secs / base})
             r = rows[-1]
-            print(f"{names[k]:<42} {name:<40} {secs:7.2f} s {r['rows_per_s']:>10,.0f} rows/s  logloss {r['logloss']:.4f}  AUC {r['auc']:.4f}  RSS {rss:7.1f} MiB  x{r['time_vs_vw']:.2f}", flush=True)
+            print(f"{names[k]:<42} {name:<60} {secs:7.2f} s {r['rows_per_s']:>10,.0f} rows/s  logloss {r['logloss']:.4f}  AUC {r['auc']:.4f}  RSS {rss:7.1f} MiB  x{r['time_vs_vw']:.2f}", flush=True)
     table = ["| scenario | system | wall s | rows/s | logloss | AUC | peak RSS MiB | time / VW |", "|---|---|---|---|---|---|---|---|"]
     table += [f"| {r['scenario']} | {r['system']} | {r['seconds']:.2f} | {r['rows_per_s']:,.0f} | {r['logloss']:.4f} | {r['auc']:.4f} | {r['peak_rss_mib']:.0f} | {r['time_vs_vw']:.2f} |" for r in rows]
     print("\n" + "\n".join(table))

@@ -7,30 +7,72 @@
 
 /// MurmurHash3 x86 32-bit.
 pub fn murmur3_32(data: &[u8], seed: u32) -> u32 {
-    const C1: u32 = 0xcc9e_2d51;
-    const C2: u32 = 0x1b87_3593;
-    let mut h = seed;
-    let mut blocks = data.chunks_exact(4);
-    for b in &mut blocks {
-        let mut k = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
-        h ^= k;
-        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+    Murmur3::new(seed).write(data).finish()
+}
+
+/// MurmurHash3 x86 32-bit over bytes given in pieces: the hash of a common prefix (a
+/// column's `name=`) is worked out once and each value continues from it, with the same
+/// result as hashing the joined bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Murmur3 {
+    h: u32,
+    /// Bytes not yet making up a whole 4-byte block, little-endian, and how many.
+    pending: u32,
+    npending: u32,
+    len: u32,
+}
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+
+impl Murmur3 {
+    pub const fn new(seed: u32) -> Self {
+        Murmur3 { h: seed, pending: 0, npending: 0, len: 0 }
     }
-    let tail = blocks.remainder();
-    let mut k = 0u32;
-    for (i, b) in tail.iter().enumerate() {
-        k |= (*b as u32) << (8 * i);
+
+    #[inline(always)]
+    fn block(h: u32, k: u32) -> u32 {
+        let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
     }
-    if !tail.is_empty() {
-        h ^= k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+
+    /// Continues the hash with `data`.
+    #[inline]
+    pub fn write(mut self, mut data: &[u8]) -> Self {
+        self.len = self.len.wrapping_add(data.len() as u32);
+        while self.npending > 0 && !data.is_empty() {
+            self.pending |= (data[0] as u32) << (8 * self.npending);
+            self.npending += 1;
+            data = &data[1..];
+            if self.npending == 4 {
+                self.h = Self::block(self.h, self.pending);
+                (self.pending, self.npending) = (0, 0);
+            }
+        }
+        let mut blocks = data.chunks_exact(4);
+        for b in &mut blocks {
+            self.h = Self::block(self.h, u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        }
+        for b in blocks.remainder() {
+            self.pending |= (*b as u32) << (8 * self.npending);
+            self.npending += 1;
+        }
+        self
     }
-    h ^= data.len() as u32;
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
+
+    #[inline]
+    pub fn finish(self) -> u32 {
+        let mut h = self.h;
+        if self.npending > 0 {
+            h ^= self.pending.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+        }
+        h ^= self.len;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
 }
 
 /// Rows of features and labels. Dense values are row-major `rows × features`; hashed
@@ -47,7 +89,11 @@ pub struct Batch {
     /// position in that list.
     pub uniq: Vec<u32>,
     pub local: Vec<u32>,
+    /// Open-addressing table of [`Batch::compact`]: `key << 32 | position`, or EMPTY.
+    table: Vec<u64>,
 }
+
+const EMPTY: u64 = u64::MAX;
 
 impl Batch {
     pub fn new(features: usize) -> Self {
@@ -103,15 +149,38 @@ impl Batch {
         self.row_ptr.iter_mut().for_each(|p| *p -= cut);
     }
 
-    /// Fills `uniq` and `local` (sort + dedup, then a binary search per occurrence).
+    /// Fills `uniq` (the distinct hashed rows, in order of first occurrence) and `local`
+    /// (each occurrence's position in `uniq`), with a reused open-addressing table: linear
+    /// in the occurrences, no allocation once the buffers have grown.
     pub fn compact(&mut self) {
         self.uniq.clear();
-        self.uniq.extend_from_slice(&self.idx);
-        self.uniq.sort_unstable();
-        self.uniq.dedup();
         self.local.clear();
-        let uniq = &self.uniq;
-        self.local.extend(self.idx.iter().map(|i| uniq.binary_search(i).unwrap_or_default() as u32));
+        let need = (2 * self.idx.len()).next_power_of_two().max(16);
+        if self.table.len() < need {
+            self.table = vec![EMPTY; need];
+        }
+        let cap = self.table.len();
+        let shift = 64 - cap.trailing_zeros();
+        let mask = cap - 1;
+        for &k in &self.idx {
+            // Fibonacci hashing spreads sequential keys (LIBSVM feature numbers) too.
+            let mut slot = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
+            let pos = loop {
+                let e = self.table[slot];
+                if e == EMPTY {
+                    let pos = self.uniq.len() as u32;
+                    self.table[slot] = (k as u64) << 32 | pos as u64;
+                    self.uniq.push(k);
+                    break pos;
+                }
+                if (e >> 32) as u32 == k {
+                    break e as u32;
+                }
+                slot = (slot + 1) & mask;
+            };
+            self.local.push(pos);
+        }
+        self.table.fill(EMPTY);
     }
 }
 
@@ -127,6 +196,17 @@ mod tests {
         assert_eq!(murmur3_32(b"test", 0), 0xba6b_d213);
         assert_eq!(murmur3_32(b"Hello, world!", 1234), 0xfaf6_cdb3);
         assert_eq!(murmur3_32(b"The quick brown fox jumps over the lazy dog", 0), 0x2e4f_f723);
+    }
+
+    #[test]
+    fn murmur3_in_pieces_equals_murmur3_of_the_whole() {
+        let data = b"origin=JFK^dest=LAX and some more bytes";
+        for n in 0..=data.len() {
+            for m in n..=data.len() {
+                let h = Murmur3::new(7).write(&data[..n]).write(&data[n..m]).write(&data[m..]).finish();
+                assert_eq!(h, murmur3_32(data, 7), "split at {n}, {m}");
+            }
+        }
     }
 
     #[test]
@@ -154,7 +234,33 @@ mod tests {
         }
         b.finish_row(1.0);
         b.compact();
-        assert_eq!(b.uniq, vec![3, 9]);
-        assert_eq!(b.local, vec![1, 0, 1]);
+        assert_eq!(b.uniq, vec![9, 3]);
+        assert_eq!(b.local, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn compact_is_exact_on_many_colliding_keys() {
+        // Keys that share their low bits, sequential keys and repeats, over several batches
+        // of different sizes (the table is reused and resized).
+        let mut b = Batch::new(0);
+        for n in [1usize, 7, 300, 5000, 40] {
+            b.clear();
+            for i in 0..n {
+                for k in [(i as u32 % 97) << 20, i as u32, (i as u32 * 7919) % 1000] {
+                    b.idx.push(k);
+                    b.val.push(1.0);
+                }
+                b.finish_row(0.0);
+            }
+            b.compact();
+            let mut want: Vec<u32> = b.idx.clone();
+            want.sort_unstable();
+            want.dedup();
+            let mut got = b.uniq.clone();
+            got.sort_unstable();
+            assert_eq!(got, want, "batch of {n} rows");
+            assert_eq!(got.len(), b.uniq.len(), "uniq has no repeats");
+            assert!(b.idx.iter().zip(&b.local).all(|(k, l)| b.uniq[*l as usize] == *k));
+        }
     }
 }

@@ -73,63 +73,119 @@ impl Optimizer {
     /// Applies `g` to `w` with slots `s0`, `s1` (empty when the optimizer has fewer).
     /// `step` is the 1-based number of this update (Adam's bias correction).
     pub fn apply(&self, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], g: &[f32], step: u64) {
-        let o = &self.spec;
         let n = w.len();
         // Equal lengths, stated up front, let the loops below run without bounds checks.
         let g = &g[..n];
-        let l2 = o.l2;
-        match o.kind {
-            OptimizerKind::Sgd => {
-                for i in 0..n {
-                    let gi = g[i] + l2 * w[i];
-                    w[i] -= o.lr * gi;
-                }
-            }
+        let r = Rule::new(&self.spec, step);
+        match self.spec.kind {
+            OptimizerKind::Sgd => (0..n).for_each(|i| r.sgd(&mut w[i], g[i])),
             OptimizerKind::Momentum => {
                 let v = &mut s0[..n];
-                for i in 0..n {
-                    let gi = g[i] + l2 * w[i];
-                    v[i] = o.momentum * v[i] + gi;
-                    w[i] -= o.lr * v[i];
-                }
+                (0..n).for_each(|i| r.momentum(&mut w[i], &mut v[i], g[i]))
             }
             OptimizerKind::Adagrad => {
                 let a = &mut s0[..n];
-                for i in 0..n {
-                    let gi = g[i] + l2 * w[i];
-                    a[i] += gi * gi;
-                    w[i] -= o.lr * gi / (a[i].sqrt() + o.eps);
-                }
+                (0..n).for_each(|i| r.adagrad(&mut w[i], &mut a[i], g[i]))
             }
             OptimizerKind::Adam => {
-                let t = step.min(i32::MAX as u64) as i32;
-                let c1 = 1.0 / (1.0 - o.beta1.powi(t));
-                let c2 = 1.0 / (1.0 - o.beta2.powi(t));
                 let (m, v) = (&mut s0[..n], &mut s1[..n]);
-                for i in 0..n {
-                    let gi = g[i] + l2 * w[i];
-                    m[i] = o.beta1 * m[i] + (1.0 - o.beta1) * gi;
-                    v[i] = o.beta2 * v[i] + (1.0 - o.beta2) * gi * gi;
-                    w[i] -= o.lr * (m[i] * c1) / ((v[i] * c2).sqrt() + o.eps);
-                }
+                (0..n).for_each(|i| r.adam(&mut w[i], &mut m[i], &mut v[i], g[i]))
             }
             OptimizerKind::Ftrl => {
                 let (z, nn) = (&mut s0[..n], &mut s1[..n]);
-                let (alpha, beta, l1) = (o.lr, o.beta2, o.l1);
-                for i in 0..n {
-                    let gi = g[i];
-                    let n_new = nn[i] + gi * gi;
-                    let sigma = (n_new.sqrt() - nn[i].sqrt()) / alpha;
-                    z[i] += gi - sigma * w[i];
-                    nn[i] = n_new;
-                    w[i] = if z[i].abs() <= l1 {
-                        0.0
-                    } else {
-                        -(z[i] - z[i].signum() * l1) / ((beta + n_new.sqrt()) / alpha + l2)
-                    };
-                }
+                (0..n).for_each(|i| r.ftrl(&mut w[i], &mut z[i], &mut nn[i], g[i]))
             }
         }
+    }
+
+    /// Applies `g[i]` to the single parameter `keys[i]` of `w` (and of the slots, whole
+    /// tensors here): the sparse update of a one-column table, matched once per call.
+    /// Keys must be in range (checked before); a repeated key is updated once per
+    /// occurrence, in order.
+    pub fn apply_keys(&self, w: &mut [f32], s0: &mut [f32], s1: &mut [f32], keys: &[u64], g: &[f32], step: u64) {
+        let r = Rule::new(&self.spec, step);
+        let it = keys.iter().map(|k| *k as usize).zip(g);
+        match self.spec.kind {
+            OptimizerKind::Sgd => it.for_each(|(k, g)| r.sgd(&mut w[k], *g)),
+            OptimizerKind::Momentum => it.for_each(|(k, g)| r.momentum(&mut w[k], &mut s0[k], *g)),
+            OptimizerKind::Adagrad => it.for_each(|(k, g)| r.adagrad(&mut w[k], &mut s0[k], *g)),
+            OptimizerKind::Adam => it.for_each(|(k, g)| r.adam(&mut w[k], &mut s0[k], &mut s1[k], *g)),
+            OptimizerKind::Ftrl => it.for_each(|(k, g)| r.ftrl(&mut w[k], &mut s0[k], &mut s1[k], *g)),
+        }
+    }
+}
+
+/// The update rule of each optimizer for one parameter, with its constants worked out
+/// once per call.
+#[derive(Clone, Copy)]
+struct Rule {
+    lr: f32,
+    l1: f32,
+    l2: f32,
+    eps: f32,
+    momentum: f32,
+    beta1: f32,
+    beta2: f32,
+    /// Adam's bias corrections 1/(1-beta1^t), 1/(1-beta2^t).
+    c1: f32,
+    c2: f32,
+}
+
+impl Rule {
+    fn new(o: &OptimizerSpec, step: u64) -> Rule {
+        let t = step.min(i32::MAX as u64) as i32;
+        Rule {
+            lr: o.lr,
+            l1: o.l1,
+            l2: o.l2,
+            eps: o.eps,
+            momentum: o.momentum,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            c1: 1.0 / (1.0 - o.beta1.powi(t)),
+            c2: 1.0 / (1.0 - o.beta2.powi(t)),
+        }
+    }
+
+    #[inline(always)]
+    fn sgd(&self, w: &mut f32, g: f32) {
+        *w -= self.lr * (g + self.l2 * *w);
+    }
+
+    #[inline(always)]
+    fn momentum(&self, w: &mut f32, v: &mut f32, g: f32) {
+        *v = self.momentum * *v + g + self.l2 * *w;
+        *w -= self.lr * *v;
+    }
+
+    #[inline(always)]
+    fn adagrad(&self, w: &mut f32, a: &mut f32, g: f32) {
+        let g = g + self.l2 * *w;
+        *a += g * g;
+        *w -= self.lr * g / (a.sqrt() + self.eps);
+    }
+
+    #[inline(always)]
+    fn adam(&self, w: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
+        let g = g + self.l2 * *w;
+        *m = self.beta1 * *m + (1.0 - self.beta1) * g;
+        *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
+        *w -= self.lr * (*m * self.c1) / ((*v * self.c2).sqrt() + self.eps);
+    }
+
+    /// FTRL-Proximal: `lr` is alpha, `beta2` is beta.
+    #[inline(always)]
+    fn ftrl(&self, w: &mut f32, z: &mut f32, n: &mut f32, g: f32) {
+        let (alpha, beta) = (self.lr, self.beta2);
+        let n_new = *n + g * g;
+        let sigma = (n_new.sqrt() - n.sqrt()) / alpha;
+        *z += g - sigma * *w;
+        *n = n_new;
+        *w = if z.abs() <= self.l1 {
+            0.0
+        } else {
+            -(*z - z.signum() * self.l1) / ((beta + n_new.sqrt()) / alpha + self.l2)
+        };
     }
 }
 
@@ -207,6 +263,33 @@ mod tests {
         // |z| <= l1 -> w = 0
         let (w, _, _) = run(OptimizerKind::Ftrl, |s| s.l1 = 5.0, 0.0, &[2.0]);
         close(w, 0.0);
+    }
+
+    #[test]
+    fn keyed_updates_match_dense_updates_of_the_same_parameters() {
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Momentum,
+            OptimizerKind::Adagrad,
+            OptimizerKind::Adam,
+            OptimizerKind::Ftrl,
+        ] {
+            let mut spec = OptimizerSpec::new(kind, 0.1);
+            spec.l2 = 0.01;
+            spec.l1 = 0.001;
+            let opt = Optimizer::new(spec);
+            let w0: Vec<f32> = (0..8).map(|i| i as f32 * 0.1 - 0.3).collect();
+            let (mut w, mut s0, mut s1) = (w0.clone(), vec![0.5f32; 8], vec![0.25f32; 8]);
+            let (mut dw, mut d0, mut d1) = (w0.clone(), vec![0.5f32; 8], vec![0.25f32; 8]);
+            let keys = [5u64, 1, 6];
+            let g = [0.3f32, -1.5, 2.0];
+            opt.apply_keys(&mut w, &mut s0, &mut s1, &keys, &g, 3);
+            for (k, gi) in keys.iter().zip(g) {
+                let k = *k as usize;
+                opt.apply(&mut dw[k..k + 1], &mut d0[k..k + 1], &mut d1[k..k + 1], &[gi], 3);
+            }
+            assert_eq!((w, s0, s1), (dw, d0, d1), "{kind:?}");
+        }
     }
 
     #[test]

@@ -158,6 +158,14 @@ impl Params {
         let (opt, decay, ema) = (self.opt, self.ema_decay, self.ema_slot());
         let ts = &mut self.tensors[t];
         let cols = ts.spec.cols as usize;
+        if cols == 1 && ema.is_none() {
+            // One float per key (linear and logistic tables): one optimizer match per call.
+            let (s0, rest) = ts.slots.split_first_mut().map_or((&mut [][..], &mut [][..]), |(a, r)| (&mut a[..], r));
+            let s1 = rest.first_mut().map_or(&mut [][..], |b| &mut b[..]);
+            opt.apply_keys(&mut ts.w, s0, s1, keys, g, step);
+            keys.iter().for_each(|k| ts.dirty[*k as usize / CHUNK_FLOATS] = true);
+            return;
+        }
         for (i, k) in keys.iter().enumerate() {
             let start = *k as usize * cols;
             apply_range(&opt, ts, start, &g[i * cols..(i + 1) * cols], step);

@@ -594,9 +594,12 @@ fn pull_from(
             accrete_proto::put_f32s(&mut out, &w[offset..offset + len]);
         } else {
             let cols = p.tensors[t].spec.cols as usize;
-            out.reserve(s.keys.len() * cols * 4);
-            for k in &s.keys {
-                accrete_proto::put_f32s(&mut out, &w[*k as usize * cols..(*k as usize + 1) * cols]);
+            out.resize(s.keys.len() * cols * 4, 0);
+            for (k, dst) in s.keys.iter().zip(out.chunks_exact_mut(cols * 4)) {
+                let row = &w[*k as usize * cols..(*k as usize + 1) * cols];
+                for (v, d) in row.iter().zip(dst.chunks_exact_mut(4)) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
             }
         }
         tensors.push(pb::TensorChunk {

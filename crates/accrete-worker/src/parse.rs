@@ -2,7 +2,9 @@
 //! as dense features, other columns hashed as `column=value`, crosses `a=va^b=vb`) and
 //! LIBSVM (`label idx:val …`, 1-based indices). Nothing is allocated per row: fields are
 //! byte ranges of the line, hashed keys are built in a reused buffer.
-use accrete_core::features::{murmur3_32, Batch};
+#[cfg(test)]
+use accrete_core::features::murmur3_32;
+use accrete_core::features::{Batch, Murmur3};
 
 /// How the label is read: a column, optionally binarised by a threshold
 /// (`arr_delay>15`, `y<=0`, `class=3`).
@@ -76,6 +78,13 @@ pub struct Target {
     pub classes: usize,
 }
 
+impl Target {
+    /// Keeps the low `hash_bits` bits of a hash: its row of the hashed table.
+    pub fn hash_mask(&self) -> u32 {
+        1u32.checked_shl(self.hash_bits).map_or(u32::MAX, |b| b - 1)
+    }
+}
+
 /// What went wrong with a row; the caller adds file:line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowError {
@@ -97,17 +106,29 @@ pub struct CsvParser {
     pub header: Vec<String>,
     label: Option<(usize, LabelSpec)>,
     dense: Vec<usize>,
-    hashed_numeric: Vec<usize>,
-    categorical: Vec<usize>,
-    cross: Vec<(usize, usize)>,
+    /// Numeric columns hashed by name: (column, masked hash of the name).
+    hashed_numeric: Vec<(usize, u32)>,
+    /// (column, the hash state after `name=`).
+    categorical: Vec<(usize, Murmur3)>,
+    /// (column a, column b, the hash state after `a=`, the bytes `^b=`).
+    cross: Vec<(usize, usize, Murmur3, Vec<u8>)>,
     target: Target,
     fields: Vec<(usize, usize)>,
-    key: Vec<u8>,
 }
 
 /// Splits a CSV line into field byte ranges (quotes honoured; `""` inside quotes kept).
 fn split_fields(line: &[u8], out: &mut Vec<(usize, usize)>) {
     out.clear();
+    if memchr::memchr(b'"', line).is_none() {
+        // The common case: no quotes, so every comma separates fields.
+        let mut start = 0;
+        for i in memchr::memchr_iter(b',', line) {
+            out.push((start, i));
+            start = i + 1;
+        }
+        out.push((start, line.len()));
+        return;
+    }
     let (mut start, mut quoted, mut i) = (0, false, 0);
     while i < line.len() {
         match line[i] {
@@ -180,21 +201,21 @@ impl CsvParser {
         if target.hash_bits == 0 && !(categorical.is_empty() && cross.is_empty() && hashed_numeric.is_empty()) {
             return Err("the model has no hashed table (--hash-bits) for categorical columns".into());
         }
+        let mask = target.hash_mask();
+        let prefix = |c: usize| Murmur3::new(0).write(names[c].as_bytes()).write(b"=");
         Ok(CsvParser {
+            hashed_numeric: hashed_numeric
+                .into_iter()
+                .map(|c| (c, Murmur3::new(0).write(names[c].as_bytes()).finish() & mask))
+                .collect(),
+            categorical: categorical.into_iter().map(|c| (c, prefix(c))).collect(),
+            cross: cross.into_iter().map(|(a, b)| (a, b, prefix(a), format!("^{}=", names[b]).into_bytes())).collect(),
             header: names,
             label,
             dense,
-            hashed_numeric,
-            categorical,
-            cross,
             target,
             fields: Vec::new(),
-            key: Vec::new(),
         })
-    }
-
-    fn hash(&mut self, bits: u32) -> u32 {
-        murmur3_32(&self.key, 0) & ((1u32 << bits) - 1)
     }
 
     /// Parses one line into `batch`; `require_label` skips rows without one.
@@ -238,44 +259,24 @@ impl CsvParser {
             let x = if missing(v) { f32::NAN } else { self.number(i, v, true)? };
             batch.dense.push(x);
         }
-        let bits = self.target.hash_bits;
-        for i in 0..self.hashed_numeric.len() {
-            let c = self.hashed_numeric[i];
+        let mask = self.target.hash_mask();
+        for (i, &(c, h)) in self.hashed_numeric.iter().enumerate() {
             let (a, b) = self.fields[c];
             if missing(&line[a..b]) {
                 continue;
             }
             let x = self.number(i, &line[a..b], false)?;
-            self.key.clear();
-            self.key.extend_from_slice(self.header[c].as_bytes());
-            let h = self.hash(bits);
             batch.idx.push(h);
             batch.val.push(x);
         }
-        for i in 0..self.categorical.len() {
-            let c = self.categorical[i];
+        for &(c, prefix) in &self.categorical {
             let (a, b) = self.fields[c];
-            self.key.clear();
-            self.key.extend_from_slice(self.header[c].as_bytes());
-            self.key.push(b'=');
-            self.key.extend_from_slice(&line[a..b]);
-            let h = self.hash(bits);
-            batch.idx.push(h);
+            batch.idx.push(prefix.write(&line[a..b]).finish() & mask);
             batch.val.push(1.0);
         }
-        for i in 0..self.cross.len() {
-            let (ca, cb) = self.cross[i];
-            let ((a0, a1), (b0, b1)) = (self.fields[ca], self.fields[cb]);
-            self.key.clear();
-            self.key.extend_from_slice(self.header[ca].as_bytes());
-            self.key.push(b'=');
-            self.key.extend_from_slice(&line[a0..a1]);
-            self.key.push(b'^');
-            self.key.extend_from_slice(self.header[cb].as_bytes());
-            self.key.push(b'=');
-            self.key.extend_from_slice(&line[b0..b1]);
-            let h = self.hash(bits);
-            batch.idx.push(h);
+        for (ca, cb, prefix, mid) in &self.cross {
+            let ((a0, a1), (b0, b1)) = (self.fields[*ca], self.fields[*cb]);
+            batch.idx.push(prefix.write(&line[a0..a1]).write(mid).write(&line[b0..b1]).finish() & mask);
             batch.val.push(1.0);
         }
         batch.finish_row(label);
@@ -283,7 +284,7 @@ impl CsvParser {
     }
 
     fn number(&self, i: usize, v: &[u8], dense: bool) -> Result<f32, RowError> {
-        let c = if dense { self.dense[i] } else { self.hashed_numeric[i] };
+        let c = if dense { self.dense[i] } else { self.hashed_numeric[i].0 };
         parse_f64(v).map(|x| x as f32).filter(|x| x.is_finite()).ok_or_else(|| {
             RowError::Bad(format!("column {:?}: {:?} is not a number", self.header[c], String::from_utf8_lossy(v)))
         })
