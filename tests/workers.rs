@@ -345,3 +345,53 @@ async fn california_housing_linear_regression_beats_the_mean() {
     eprintln!("california housing: RMSE {rmse:.4}, predicting the mean {base:.4}");
     assert!(rmse < 0.8 * base, "RMSE {rmse:.4} vs predicting the mean {base:.4}");
 }
+
+/// The applied updates of a model, all time.
+async fn updates_of(url: &str, model: &str) -> u64 {
+    let mut c = accrete_client::Client::connect(url).await.unwrap();
+    let info = c.models.get_model_info(accrete_proto::v1::ModelRef { name: model.into() }).await.unwrap();
+    info.into_inner().updates
+}
+
+/// A worker reading a pipe whose producer pauses is blocked in `read`; its heartbeats go
+/// on from their own thread and keep it in the BSP barrier, so the other worker waits for
+/// it. A worker that really goes silent (SIGSTOP) loses its lease after `--lease-ms`, and
+/// the other finishes alone.
+#[tokio::test]
+async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::procs::spawn_server_with(&tmp.path().join("data"), &["--lease-ms", "400"]).await;
+    let create = ["model", "create", "p", "--kind", "logistic", "--hash-bits", "16", "--optimizer", "sgd"];
+    ok(&s.url, &[&create[..], &["--lr", "0.05", "--consistency", "bsp"]].concat());
+    let rows: Vec<String> = (0..20_000).map(|i| format!("{},v{}", i % 2, i % 7)).collect();
+    let file = tmp.path().join("b.csv");
+    write_csv(&file, "y,x", &rows);
+    let fifo = tmp.path().join("a.csv");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        return common::missing_tool("mkfifo");
+    }
+    // Read and write: the pipe never lacks a reader, and opening it does not block.
+    let mut pipe = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    pipe.write_all(format!("y,x\n{}\n", rows[..10].join("\n")).as_bytes()).unwrap();
+    let worker = |shard: &Path, id: &str| {
+        let args = ["worker", "--model", "p", "--batch", "10", "--label", "y", "--categorical", "x", "--worker-id", id];
+        spawn_cli(&s.url, &[&args[..], &["--shard", shard.to_str().unwrap()]].concat())
+    };
+    let mut a = worker(&fifo, "a");
+    let b = worker(&file, "b");
+    // Five leases: worker a has pushed its one batch and waits for rows.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let held = updates_of(&s.url, "p").await;
+    assert!(held <= 2, "worker b went on without a ({held} updates): a lost its lease while blocked on the pipe");
+    assert!(a.try_wait().unwrap().is_none(), "worker a exited while its pipe was open");
+
+    let stop = std::process::Command::new("kill").args(["-STOP", &a.id().to_string()]).status().unwrap();
+    assert!(stop.success());
+    let out = tokio::task::spawn_blocking(move || b.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "worker b failed: {}", String::from_utf8_lossy(&out.stderr));
+    let after = updates_of(&s.url, "p").await;
+    assert!(after >= 1990, "worker b trained alone once a's lease expired: {after} updates");
+    a.kill().unwrap();
+    a.wait().unwrap();
+}

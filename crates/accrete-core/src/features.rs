@@ -85,7 +85,7 @@ pub struct Batch {
     pub row_ptr: Vec<usize>,
     pub idx: Vec<u32>,
     pub val: Vec<f32>,
-    /// After [`Batch::compact`]: the distinct hashed rows, sorted, and each occurrence's
+    /// After [`Batch::compact`]: the distinct hashed rows (in order of first occurrence) and each occurrence's
     /// position in that list.
     pub uniq: Vec<u32>,
     pub local: Vec<u32>,
@@ -155,21 +155,23 @@ impl Batch {
     pub fn compact(&mut self) {
         self.uniq.clear();
         self.local.clear();
-        let need = (2 * self.idx.len()).next_power_of_two().max(16);
-        if self.table.len() < need {
-            self.table = vec![EMPTY; need];
+        let cap = (2 * self.idx.len()).next_power_of_two().max(16);
+        if self.table.len() < cap {
+            self.table = vec![EMPTY; cap];
         }
-        let cap = self.table.len();
+        // A table grown by a big batch keeps its memory; a small batch uses (and resets)
+        // only the part it needs.
+        let table = &mut self.table[..cap];
         let shift = 64 - cap.trailing_zeros();
         let mask = cap - 1;
         for &k in &self.idx {
             // Fibonacci hashing spreads sequential keys (LIBSVM feature numbers) too.
             let mut slot = ((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize;
             let pos = loop {
-                let e = self.table[slot];
+                let e = table[slot];
                 if e == EMPTY {
                     let pos = self.uniq.len() as u32;
-                    self.table[slot] = (k as u64) << 32 | pos as u64;
+                    table[slot] = (k as u64) << 32 | pos as u64;
                     self.uniq.push(k);
                     break pos;
                 }
@@ -180,7 +182,7 @@ impl Batch {
             };
             self.local.push(pos);
         }
-        self.table.fill(EMPTY);
+        table.fill(EMPTY);
     }
 }
 

@@ -154,7 +154,7 @@ impl Rule {
 
     #[inline(always)]
     fn momentum(&self, w: &mut f32, v: &mut f32, g: f32) {
-        *v = self.momentum * *v + g + self.l2 * *w;
+        *v = self.momentum * *v + (g + self.l2 * *w);
         *w -= self.lr * *v;
     }
 

@@ -37,16 +37,27 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// How long a worker that sends nothing (no heartbeat, pull or push) stays in its
+    /// model's SSP/BSP barrier.
+    pub lease: std::time::Duration,
 }
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        ServerConfig { data_dir: data_dir.into(), max_message_bytes: 64 << 20, cache_bytes: 16 << 20 }
+        ServerConfig {
+            data_dir: data_dir.into(),
+            max_message_bytes: 64 << 20,
+            cache_bytes: 16 << 20,
+            lease: model::DEFAULT_LEASE,
+        }
     }
 
     pub fn validate(&self) -> Result<(), ServerError> {
         if self.max_message_bytes < 1024 {
             return Err(ServerError::Config(format!("max message bytes {} is below 1024", self.max_message_bytes)));
+        }
+        if self.lease < std::time::Duration::from_millis(100) {
+            return Err(ServerError::Config(format!("worker lease {:?} is below 100 ms", self.lease)));
         }
         Ok(())
     }
@@ -82,9 +93,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
-    let (dir, cache) = (config.data_dir.clone(), config.cache_bytes);
+    let (dir, cache, lease) = (config.data_dir.clone(), config.cache_bytes, config.lease);
     let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> {
-        Ok(Registry::open(Store::open(&dir, cache)?)?)
+        Ok(Registry::open(Store::open(&dir, cache)?, lease)?)
     })
     .await
     .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;

@@ -158,7 +158,8 @@ pub struct Counters {
 }
 
 /// How long a worker stays in the barrier without a heartbeat, pull or push.
-const LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a silent worker stays in its model's barrier, unless the server is told otherwise.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves consistent data (updates are per value), so
@@ -177,7 +178,12 @@ pub struct Status {
 
 impl ModelHandle {
     /// Creates a new model: initial parameters committed as version 1.
-    pub fn create(store: Store, events: broadcast::Sender<Event>, spec: ModelSpec) -> Result<ModelHandle> {
+    pub fn create(
+        store: Store,
+        events: broadcast::Sender<Event>,
+        lease: std::time::Duration,
+        spec: ModelSpec,
+    ) -> Result<ModelHandle> {
         spec.validate()?;
         let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms() };
         let params = Params::init(&record.spec);
@@ -193,13 +199,18 @@ impl ModelHandle {
         let version = VersionRecord { chunks_written: written, ..version };
         store.write_version(record.id, &version, &manifest, &ChunkBatch::default())?;
         store.put_model(&record)?;
-        let handle = ModelHandle::assemble(store, events, record, version.clone(), manifest, params);
+        let handle = ModelHandle::assemble(store, events, lease, record, version.clone(), manifest, params);
         handle.emit(EventKind::Created, version);
         Ok(handle)
     }
 
     /// Loads a model's head version from the store (server start).
-    pub fn load(store: Store, events: broadcast::Sender<Event>, record: ModelRecord) -> Result<ModelHandle> {
+    pub fn load(
+        store: Store,
+        events: broadcast::Sender<Event>,
+        lease: std::time::Duration,
+        record: ModelRecord,
+    ) -> Result<ModelHandle> {
         let name = record.spec.name.clone();
         let head = store
             .versions(record.id)?
@@ -211,12 +222,13 @@ impl ModelHandle {
         let mut params = Params::zeros(&record.spec);
         store.load_params(record.id, &name, &manifest, &mut params)?;
         params.steps = head.steps;
-        Ok(ModelHandle::assemble(store, events, record, head, manifest, params))
+        Ok(ModelHandle::assemble(store, events, lease, record, head, manifest, params))
     }
 
     fn assemble(
         store: Store,
         events: broadcast::Sender<Event>,
+        lease: std::time::Duration,
         record: ModelRecord,
         head: VersionRecord,
         manifest: Manifest,
@@ -233,7 +245,7 @@ impl ModelHandle {
             last_commit: Instant::now(),
             pending: Default::default(),
         };
-        let sync = SyncState::new(record.spec.consistency, record.spec.staleness, LEASE);
+        let sync = SyncState::new(record.spec.consistency, record.spec.staleness, lease);
         ModelHandle {
             layout: layout(&record.spec),
             record,

@@ -14,21 +14,23 @@ pub struct Registry {
     admin: Mutex<()>,
     events: broadcast::Sender<Event>,
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Workers' lease in every model's barrier.
+    lease: std::time::Duration,
 }
 
 impl Registry {
     /// Loads every model's head version. Blocking.
-    pub fn open(store: Store) -> Result<Registry> {
+    pub fn open(store: Store, lease: std::time::Duration) -> Result<Registry> {
         let (events, _) = broadcast::channel(4096);
         let mut models = HashMap::new();
         for rec in store.models()? {
             let name = rec.spec.name.clone();
-            let handle = ModelHandle::load(store.clone(), events.clone(), rec)?;
+            let handle = ModelHandle::load(store.clone(), events.clone(), lease, rec)?;
             tracing::info!(model = %name, version = handle.head_version(), "loaded");
             models.insert(name, Arc::new(handle));
         }
         let (stopping, _) = tokio::sync::watch::channel(false);
-        Ok(Registry { store, models: RwLock::new(models), admin: Mutex::new(()), events, stopping })
+        Ok(Registry { store, models: RwLock::new(models), admin: Mutex::new(()), events, stopping, lease })
     }
 
     pub fn store(&self) -> &Store {
@@ -55,7 +57,7 @@ impl Registry {
             return Err(ServiceError::ModelExists(spec.name));
         }
         let name = spec.name.clone();
-        let handle = Arc::new(ModelHandle::create(self.store.clone(), self.events.clone(), spec)?);
+        let handle = Arc::new(ModelHandle::create(self.store.clone(), self.events.clone(), self.lease, spec)?);
         self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name, handle.clone());
         Ok(handle)
     }

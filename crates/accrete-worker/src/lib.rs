@@ -61,6 +61,11 @@ pub struct WorkerConfig {
     /// Write each row's label and prediction made before training on it (progressive
     /// validation) to this file, one `label<TAB>prediction` line per row.
     pub progressive_out: Option<PathBuf>,
+    /// The server's URL for a heartbeat connection of its own, on its own thread: the
+    /// lease is then renewed even while a long batch (or a resume's skip through the shard)
+    /// keeps a single-threaded caller busy. `None`: heartbeats are a task of the caller's
+    /// runtime, on the worker's connection.
+    pub heartbeat_server: Option<String>,
 }
 
 impl WorkerConfig {
@@ -395,7 +400,7 @@ pub async fn run(
         })
         .await?
         .into_inner();
-    let heartbeat = spawn_heartbeat(client.clone(), &config.model, &config.worker_id, joined.lease_ms);
+    let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
     let resume_at = (joined.shard == config.shard.to_string_lossy() && (config.epochs == 1 || config.follow))
         .then_some(joined.offset)
         .filter(|o| *o > 0);
@@ -509,24 +514,74 @@ pub async fn run(
             .map_err(|source| WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source })?;
     }
     report.last_updates = pusher.finish().await?;
-    heartbeat.abort();
+    drop(heartbeat);
     client.params.leave(pb::WorkerRef { model: config.model.clone(), worker_id: config.worker_id.clone() }).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-/// Renews the worker's lease in the background.
-fn spawn_heartbeat(mut client: Client, model: &str, worker: &str, lease_ms: u64) -> tokio::task::JoinHandle<()> {
-    let req = pb::WorkerRef { model: model.to_string(), worker_id: worker.to_string() };
-    let every = std::time::Duration::from_millis((lease_ms / 3).max(100));
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            if let Err(e) = client.params.heartbeat(req.clone()).await {
-                tracing::warn!(error = %e.message(), "heartbeat refused");
+/// Renews the worker's lease in the background until dropped.
+enum Heartbeat {
+    Task(tokio::task::JoinHandle<()>),
+    /// Dropping the sender ends the thread's loop.
+    Thread(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>),
+}
+
+impl Heartbeat {
+    fn start(config: &WorkerConfig, client: &Client, lease_ms: u64) -> Heartbeat {
+        let req = pb::WorkerRef { model: config.model.clone(), worker_id: config.worker_id.clone() };
+        let every = std::time::Duration::from_millis((lease_ms / 3).max(100));
+        let Some(url) = config.heartbeat_server.clone() else {
+            return Heartbeat::Task(tokio::spawn(beat(client.clone(), req, every, None)));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_req = req.clone();
+        let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+            let req = thread_req;
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(async move {
+                    match Client::connect(&url).await {
+                        Ok(c) => beat(c, req, every, Some(rx)).await,
+                        Err(e) => tracing::warn!("heartbeat connection: {e}"),
+                    }
+                }),
+                Err(e) => tracing::warn!("heartbeat runtime: {e}"),
             }
+        });
+        if let Err(e) = thread {
+            tracing::warn!("cannot start the heartbeat thread ({e}); heartbeats share the worker's runtime");
+            return Heartbeat::Task(tokio::spawn(beat(client.clone(), req, every, None)));
         }
-    })
+        Heartbeat::Thread(tx)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Heartbeat::Task(t) = self {
+            t.abort();
+        }
+    }
+}
+
+async fn beat(
+    mut client: Client,
+    req: pb::WorkerRef,
+    every: std::time::Duration,
+    mut stop: Option<tokio::sync::oneshot::Receiver<()>>,
+) {
+    loop {
+        match stop.as_mut() {
+            Some(rx) => tokio::select! {
+                _ = rx => return,
+                _ = tokio::time::sleep(every) => {}
+            },
+            None => tokio::time::sleep(every).await,
+        }
+        if let Err(e) = client.params.heartbeat(req.clone()).await {
+            tracing::warn!(error = %e.message(), "heartbeat refused");
+        }
+    }
 }
 
 /// Pushes on one stream without waiting for each ack. A push refused for a stale lineage

@@ -41,7 +41,11 @@ pub fn parts_of(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         parts.sort();
         Ok(parts)
     } else {
-        File::open(path)?;
+        // A regular file is opened to report a missing or unreadable one now; a pipe
+        // (`/dev/stdin`, a FIFO) is not, since opening it is reading from it.
+        if std::fs::metadata(path)?.is_file() {
+            File::open(path)?;
+        }
         Ok(vec![path.to_path_buf()])
     }
 }

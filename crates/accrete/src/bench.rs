@@ -552,6 +552,7 @@ async fn evaluator_bench(versions: u64) -> Result<()> {
         worker_id: "bench".into(),
         on_bad_row: accrete_worker::OnBadRow::Skip,
         progressive_out: None,
+        heartbeat_server: None,
     };
     accrete_worker::run(wc, Client::connect(&url).await?, std::future::pending(), Default::default()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -136,6 +136,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
             worker_id: format!("worker-{i}"),
             on_bad_row: accrete_worker::OnBadRow::Skip,
             progressive_out: None,
+            heartbeat_server: None,
         };
         workers.push(tokio::spawn(accrete_worker::run(
             config,

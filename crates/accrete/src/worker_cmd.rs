@@ -127,6 +127,7 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
         follow: a.follow,
         worker_id: worker_id.clone(),
         progressive_out: a.progressive_out.clone(),
+        heartbeat_server: Some(a.server.clone()),
         on_bad_row: match a.on_bad_row {
             BadRowArg::Skip => OnBadRow::Skip,
             BadRowArg::Fail => OnBadRow::Fail,
