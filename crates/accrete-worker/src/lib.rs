@@ -378,11 +378,13 @@ pub async fn run(
     config.validate()?;
     // Shutdown is checked between batches: the batch in hand is pushed, its ack awaited.
     let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(tokio::sync::Notify::new());
     let stopper = {
-        let stop = stop.clone();
+        let (stop, stopped) = (stop.clone(), stopped.clone());
         tokio::spawn(async move {
             shutdown.await;
             stop.store(true, Ordering::Release);
+            stopped.notify_one();
         })
     };
     let model_err = |message: String| WorkerError::Model { model: config.model.clone(), message };
@@ -408,7 +410,7 @@ pub async fn run(
         tracing::info!(worker = %config.worker_id, offset = o, "resuming from the offset recorded for this worker");
     }
     let features = view.target.features;
-    let mut batch = Batch::new(features);
+    let (mut reader, mut filled) = Reader::start(&config, view.target, resume_at, stop.clone());
     let mut grads = Tensors::default();
     let mut predictions = Vec::new();
     let mut progressive = match &config.progressive_out {
@@ -420,93 +422,79 @@ pub async fn run(
     let mut stats = Vec::new();
     let mut clock = joined.clock;
     let shard_name = config.shard.to_string_lossy().to_string();
-    for epoch in 0..config.epochs {
-        let mut rows =
-            RowSource::open(&config.shard, config.format, &config.columns, view.target, config.on_bad_row, true)?;
-        if let (0, Some(o)) = (epoch, resume_at) {
-            rows.skip_to(o)?;
+    loop {
+        let next = tokio::select! {
+            next = filled.recv() => next,
+            _ = stopped.notified() => None,
+        };
+        let Some(next) = next else { break };
+        let (mut batch, n, offset) = match next? {
+            Filled::Batch { batch, rows, offset } => (batch, rows, offset),
+            Filled::Done => break,
+        };
+        let p = pull(&mut client, &config.model, &view, &batch.uniq, &config.worker_id, clock).await?;
+        if view.has_norm {
+            glm::batch_stats(&batch.dense, features, &mut stats);
+            // Standardise with the shared statistics and this batch's, as the server
+            // will have them once the push lands.
+            let mut merged = if p.norm.len() == stats.len() { p.norm.clone() } else { vec![0.0; stats.len()] };
+            glm::merge_stats(&mut merged, &stats, features);
+            glm::prepare_dense(&mut batch.dense, features, &merged);
         }
-        loop {
-            batch.clear();
-            let mut n = rows.fill(&mut batch, config.batch)?;
-            while n == 0 && config.follow {
-                if stop.load(Ordering::Acquire) {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                rows.poll_new_parts()?;
-                n = rows.fill(&mut batch, config.batch)?;
-            }
-            if n == 0 {
-                break;
-            }
-            batch.compact();
-            let p = pull(&mut client, &config.model, &view, &batch.uniq, &config.worker_id, clock).await?;
-            if view.has_norm {
-                glm::batch_stats(&batch.dense, features, &mut stats);
-                // Standardise with the shared statistics and this batch's, as the server
-                // will have them once the push lands.
-                let mut merged = if p.norm.len() == stats.len() { p.norm.clone() } else { vec![0.0; stats.len()] };
-                glm::merge_stats(&mut merged, &stats, features);
-                glm::prepare_dense(&mut batch.dense, features, &merged);
-            }
-            let hashed_rows = batch.uniq.len();
-            if let Some(out) = progressive.as_mut() {
-                kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
-                write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(|source| {
-                    WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source }
-                })?;
-            }
-            let loss = kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, hashed_rows, &mut grads);
-            clock += 1;
-            let mut chunks = Vec::with_capacity(view.tensors.len() + 1);
-            for (name, hashed) in &view.tensors {
-                let g = grads.get(name);
-                if g.is_empty() {
-                    continue;
-                }
-                let keys = if *hashed { batch.uniq.iter().map(|k| *k as u64).collect() } else { vec![] };
-                chunks.push(pb::TensorChunk {
-                    tensor: name.clone(),
-                    keys,
-                    values: accrete_proto::f32s_to_bytes(g),
-                    ..Default::default()
-                });
-            }
-            if view.has_norm {
-                chunks.push(pb::TensorChunk {
-                    tensor: "norm".into(),
-                    values: accrete_proto::f32s_to_bytes(&stats),
-                    ..Default::default()
-                });
-            }
-            let meta = pb::PushMeta {
-                worker_id: config.worker_id.clone(),
-                shard: shard_name.clone(),
-                offset: rows.offset(),
-                clock,
-                rows: n as u64,
-                loss_sum: loss,
-            };
-            let req = pb::PushRequest {
-                model: config.model.clone(),
-                lineage_epoch: p.epoch,
-                grads: chunks,
-                meta: Some(meta),
-            };
-            pusher.send(&mut client, req).await?;
-            report.rows += n as u64;
-            progress.record(n as u64, loss);
-            report.pushes += 1;
-            report.loss_sum += loss;
-            if stop.load(Ordering::Acquire) {
-                break;
-            }
+        let hashed_rows = batch.uniq.len();
+        if let Some(out) = progressive.as_mut() {
+            kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
+            write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(|source| {
+                WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source }
+            })?;
         }
-        report.bad_rows += rows.bad_rows;
-        report.unlabelled_rows += rows.unlabelled;
-        tracing::debug!(epoch, rows = report.rows, "epoch done");
+        let loss = kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, hashed_rows, &mut grads);
+        clock += 1;
+        let mut chunks = Vec::with_capacity(view.tensors.len() + 1);
+        for (name, hashed) in &view.tensors {
+            let g = grads.get(name);
+            if g.is_empty() {
+                continue;
+            }
+            let keys = if *hashed { batch.uniq.iter().map(|k| *k as u64).collect() } else { vec![] };
+            chunks.push(pb::TensorChunk {
+                tensor: name.clone(),
+                keys,
+                values: accrete_proto::f32s_to_bytes(g),
+                ..Default::default()
+            });
+        }
+        if view.has_norm {
+            chunks.push(pb::TensorChunk {
+                tensor: "norm".into(),
+                values: accrete_proto::f32s_to_bytes(&stats),
+                ..Default::default()
+            });
+        }
+        reader.recycle(batch);
+        let meta = pb::PushMeta {
+            worker_id: config.worker_id.clone(),
+            shard: shard_name.clone(),
+            offset,
+            clock,
+            rows: n as u64,
+            loss_sum: loss,
+        };
+        let req =
+            pb::PushRequest { model: config.model.clone(), lineage_epoch: p.epoch, grads: chunks, meta: Some(meta) };
+        pusher.send(&mut client, req).await?;
+        report.rows += n as u64;
+        progress.record(n as u64, loss);
+        report.pushes += 1;
+        report.loss_sum += loss;
+        if stop.load(Ordering::Acquire) {
+            break;
+        }
     }
+    tracing::debug!(rows = report.rows, "shard done");
+    report.bad_rows = reader.skipped.bad.load(Ordering::Relaxed);
+    report.unlabelled_rows = reader.skipped.unlabelled.load(Ordering::Relaxed);
+    drop(filled); // a reader still filling stops at its next batch
     stopper.abort();
     if let Some(mut out) = progressive {
         use std::io::Write;
@@ -518,6 +506,110 @@ pub async fn run(
     client.params.leave(pb::WorkerRef { model: config.model.clone(), worker_id: config.worker_id.clone() }).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// What the reading thread hands the training loop.
+enum Filled {
+    /// A batch of `rows` rows (compacted), and the shard offset just after it.
+    Batch { batch: Box<Batch>, rows: usize, offset: u64 },
+    /// Every epoch is read.
+    Done,
+}
+
+/// Rows the reading thread skipped so far: bad, and without a label.
+#[derive(Debug, Default)]
+struct Skipped {
+    bad: AtomicU64,
+    unlabelled: AtomicU64,
+}
+
+/// Reads, parses and compacts the shard's batches on a thread of its own, up to
+/// [`Reader::AHEAD`] batches ahead of training, so parsing overlaps the pull's round trip
+/// and the gradient. Batches go back to it for reuse: nothing is allocated per batch once
+/// the pool's buffers have grown.
+struct Reader {
+    spare: std::sync::mpsc::Sender<Box<Batch>>,
+    skipped: Arc<Skipped>,
+}
+
+impl Reader {
+    const AHEAD: usize = 2;
+
+    fn start(
+        config: &WorkerConfig,
+        target: parse::Target,
+        resume_at: Option<u64>,
+        stop: Arc<AtomicBool>,
+    ) -> (Reader, mpsc::Receiver<Result<Filled, WorkerError>>) {
+        let (tx, rx) = mpsc::channel(Self::AHEAD);
+        let (spare, pool) = std::sync::mpsc::channel();
+        // one batch in training, AHEAD queued, one being filled
+        for _ in 0..Self::AHEAD + 2 {
+            let _ = spare.send(Box::new(Batch::new(target.features)));
+        }
+        let config = config.clone();
+        let skipped = Arc::new(Skipped::default());
+        let spawned = std::thread::Builder::new().name("reader".into()).spawn({
+            let (tx, skipped) = (tx.clone(), skipped.clone());
+            move || {
+                let result = read_shard(&config, target, resume_at, &stop, &pool, &tx, &skipped);
+                let _ = tx.blocking_send(result.map(|()| Filled::Done));
+            }
+        });
+        if let Err(e) = spawned {
+            let _ = tx.try_send(Err(WorkerError::Config(format!("cannot start the reading thread: {e}"))));
+        }
+        (Reader { spare, skipped }, rx)
+    }
+
+    fn recycle(&mut self, batch: Box<Batch>) {
+        let _ = self.spare.send(batch);
+    }
+}
+
+/// The reading thread's loop: every epoch of the shard, batch by batch, until the training
+/// loop is gone, `stop` is set, or an error.
+fn read_shard(
+    config: &WorkerConfig,
+    target: parse::Target,
+    resume_at: Option<u64>,
+    stop: &AtomicBool,
+    pool: &std::sync::mpsc::Receiver<Box<Batch>>,
+    tx: &mpsc::Sender<Result<Filled, WorkerError>>,
+    skipped: &Skipped,
+) -> Result<(), WorkerError> {
+    let mut held: Option<Box<Batch>> = None;
+    for epoch in 0..config.epochs {
+        let mut rows = RowSource::open(&config.shard, config.format, &config.columns, target, config.on_bad_row, true)?;
+        if let (0, Some(o)) = (epoch, resume_at) {
+            rows.skip_to(o)?;
+        }
+        let (bad0, unlabelled0) = (skipped.bad.load(Ordering::Relaxed), skipped.unlabelled.load(Ordering::Relaxed));
+        loop {
+            // The training loop is gone when the pool is.
+            let Some(mut batch) = held.take().or_else(|| pool.recv().ok()) else { return Ok(()) };
+            batch.clear();
+            let mut n = rows.fill(&mut batch, config.batch)?;
+            while n == 0 && config.follow && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                rows.poll_new_parts()?;
+                n = rows.fill(&mut batch, config.batch)?;
+            }
+            skipped.bad.store(bad0 + rows.bad_rows, Ordering::Relaxed);
+            skipped.unlabelled.store(unlabelled0 + rows.unlabelled, Ordering::Relaxed);
+            if n == 0 {
+                held = Some(batch);
+                break;
+            }
+            batch.compact();
+            let offset = rows.offset();
+            if tx.blocking_send(Ok(Filled::Batch { batch, rows: n, offset })).is_err() || stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        tracing::debug!(epoch, "epoch read");
+    }
+    Ok(())
 }
 
 /// Renews the worker's lease in the background until dropped.
