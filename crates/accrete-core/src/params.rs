@@ -311,6 +311,9 @@ pub fn check_rows<G: Grad + ?Sized>(
     let t = tensor_index(layout, tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
     let spec = &layout[t];
     let shape = |message: String| UpdateError::Shape { tensor: tensor.to_string(), message };
+    if spec.stats {
+        return Err(shape("statistics are pushed whole (no keys): count, mean and M2 of each feature".into()));
+    }
     if keys.len() * spec.cols as usize != g.len() {
         return Err(shape(format!(
             "{} keys of {} floats need {} values, got {}",

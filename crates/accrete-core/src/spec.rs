@@ -173,6 +173,8 @@ pub struct ModelSpec {
 pub const MAX_HASH_BITS: u32 = 28;
 /// The largest model accepted: 2^31 floats of weights (8 GiB).
 pub const MAX_PARAMETERS: u64 = 1 << 31;
+/// Weights and optimizer slots together (16 GiB of f32).
+pub const MAX_FLOATS: u64 = 1 << 32;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid model spec: {field}: {message}")]
@@ -224,11 +226,24 @@ impl ModelSpec {
         if !(self.commit.every_secs.is_finite() && self.commit.every_secs >= 0.0) {
             return Err(SpecError::field("commit.every_secs", format!("must be >= 0, got {}", self.commit.every_secs)));
         }
-        let params: u64 = crate::layout(self).iter().map(|t| t.len()).sum();
-        if params > MAX_PARAMETERS {
+        // In u128: each tensor is at most 2^32 rows × 2^32 columns, so nothing overflows
+        // whatever the request asked for.
+        let params: u128 = crate::layout(self).iter().map(|t| t.rows as u128 * t.cols as u128).sum();
+        if params > MAX_PARAMETERS as u128 {
             return Err(SpecError::field(
                 "layout",
                 format!("{params} parameters is over the limit of {MAX_PARAMETERS}"),
+            ));
+        }
+        let slots = crate::layout::slots(self);
+        let floats = params * (1 + slots.len() as u128);
+        if floats > MAX_FLOATS as u128 {
+            return Err(SpecError::field(
+                "layout",
+                format!(
+                    "{params} parameters with optimizer and EMA slots ({}) hold {floats} floats, over the limit of {MAX_FLOATS}",
+                    slots.join(", ")
+                ),
             ));
         }
         Ok(())
@@ -293,6 +308,21 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_shapes_are_refused_by_name_without_overflow() {
+        let mut m = ModelSpec::new("m", ModelKind::Mlp);
+        (m.features, m.hidden, m.classes) = (u32::MAX, u32::MAX - 46_342, 46_341);
+        let e = m.validate().unwrap_err();
+        assert_eq!(e.field, "layout", "{e:?}");
+        let mut a = ModelSpec::new("a", ModelKind::Logistic);
+        a.hash_bits = 28;
+        a.features = 1 << 28;
+        a.optimizer = OptimizerSpec::new(OptimizerKind::Adam, 0.01);
+        a.ema_decay = 0.99;
+        let e = a.validate().unwrap_err();
+        assert!(e.message.contains("m, v, ema"), "{e:?}");
+    }
 
     #[test]
     fn validation_names_the_field() {

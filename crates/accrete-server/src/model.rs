@@ -158,6 +158,14 @@ pub struct Counters {
 }
 
 /// How long a worker stays in the barrier without a heartbeat, pull or push.
+/// Workers whose progress a model records (every version carries them).
+const MAX_WORKERS: usize = 4096;
+const MAX_NAME_BYTES: usize = 256;
+const MAX_SHARD_BYTES: usize = 4096;
+const MAX_ROWS_PER_PUSH: u64 = 1 << 40;
+/// BSP rounds a push may be ahead of the last applied one.
+const MAX_ROUNDS_AHEAD: u64 = 16;
+
 /// How long a silent worker stays in its model's barrier, unless the server is told otherwise.
 pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -320,6 +328,7 @@ impl ModelHandle {
     /// the gradients join their clock's round instead, applied once every live worker's
     /// are in.
     pub fn push(&self, epoch: u64, grads: &[Grad<'_>], meta: &PushMeta<'_>) -> Result<Ack> {
+        self.check_meta(meta)?;
         let mut tensors = [0usize; 8];
         for (i, g) in grads.iter().enumerate() {
             let t = self.check(g)?;
@@ -340,6 +349,7 @@ impl ModelHandle {
         }
         let mut live = lock(&self.live);
         self.check_epoch(&live, epoch)?;
+        self.check_room(&live, meta)?;
         live.params.begin_update();
         for (i, g) in grads.iter().enumerate() {
             let t = tensor_of(i, g);
@@ -358,6 +368,41 @@ impl ModelHandle {
             self.sync_changed.notify_waiters();
         }
         Ok(ack)
+    }
+
+    /// A push's metadata: what the version records keep of it must be storable.
+    fn check_meta(&self, m: &PushMeta<'_>) -> Result<()> {
+        let bad = |what: String| {
+            ServiceError::Invalid(format!("model {:?}: push from worker {:?}: {what}", self.name(), m.worker_id))
+        };
+        if !(m.loss_sum.is_finite() && m.loss_sum >= 0.0) {
+            return Err(bad(format!("loss_sum {} is not a finite, non-negative number", m.loss_sum)));
+        }
+        if m.worker_id.len() > MAX_NAME_BYTES || m.shard.len() > MAX_SHARD_BYTES {
+            return Err(bad(format!(
+                "worker_id ({} bytes) or shard ({} bytes) is longer than {MAX_NAME_BYTES} / {MAX_SHARD_BYTES} bytes",
+                m.worker_id.len(),
+                m.shard.len()
+            )));
+        }
+        if m.rows > MAX_ROWS_PER_PUSH {
+            return Err(bad(format!("rows {} is more than {MAX_ROWS_PER_PUSH} in one push", m.rows)));
+        }
+        Ok(())
+    }
+
+    /// Refuses a push from a new worker id once the model records [`MAX_WORKERS`] workers'
+    /// progress (each version carries them all).
+    fn check_room(&self, live: &Live, m: &PushMeta<'_>) -> Result<()> {
+        if !m.worker_id.is_empty() && live.workers.len() >= MAX_WORKERS && !live.workers.contains_key(m.worker_id) {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: push from worker {:?}: the model already records the progress of {MAX_WORKERS} workers; \
+                 reuse worker ids (e.g. the shard's name)",
+                self.name(),
+                m.worker_id
+            )));
+        }
+        Ok(())
     }
 
     fn check_epoch(&self, live: &Live, epoch: u64) -> Result<()> {
@@ -404,6 +449,21 @@ impl ModelHandle {
         {
             let live = lock(&self.live);
             self.check_epoch(&live, epoch)?;
+            self.check_room(&live, meta)?;
+        }
+        // A worker pushes clock c after pulling at c-1, which BSP allows once round c-1 is
+        // applied: clocks from an old round, or far ahead, are not a worker's.
+        if meta.clock <= sync.applied || meta.clock > sync.applied + MAX_ROUNDS_AHEAD {
+            let msg = format!(
+                "model {:?}: worker {:?} pushed clock {}, but BSP is at round {} (a push belongs to rounds {}..={})",
+                self.name(),
+                meta.worker_id,
+                meta.clock,
+                sync.applied,
+                sync.applied + 1,
+                sync.applied + MAX_ROUNDS_AHEAD
+            );
+            return Err(ServiceError::Invalid(msg));
         }
         let round = sync.rounds.entry(meta.clock).or_default();
         if round.from.iter().any(|w| w == meta.worker_id) {
@@ -828,9 +888,10 @@ fn record_progress(workers: &mut BTreeMap<String, WorkerProgress>, m: &PushMeta<
         }
         w.offset = m.offset;
         w.clock = m.clock;
-        w.rows += m.rows;
-        w.pushes += 1;
-        w.loss_sum += m.loss_sum;
+        w.rows = w.rows.saturating_add(m.rows);
+        w.pushes = w.pushes.saturating_add(1);
+        // finite in JSON records, whatever the number of pushes
+        w.loss_sum = (w.loss_sum + m.loss_sum).min(f64::MAX);
     }
 }
 

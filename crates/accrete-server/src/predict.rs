@@ -50,9 +50,16 @@ fn tensor<'a>(p: &'a Params, name: &str) -> &'a [f32] {
     p.tensor_index(name).map_or(&[][..], |t| &p.tensors[t].w[..])
 }
 
-/// Scores `rows` with `p`: returns (outputs per row, values).
-pub fn predict(spec: &ModelSpec, p: &Params, rows: &pb::FeatureRows) -> Result<(u32, Vec<f32>)> {
+/// Scores `rows` with `p`: returns (outputs per row, values). The response (rows ×
+/// outputs floats) must fit in `limit` bytes, checked before anything is allocated.
+pub fn predict(spec: &ModelSpec, p: &Params, rows: &pb::FeatureRows, limit: usize) -> Result<(u32, Vec<f32>)> {
     let dims = Dims::of(spec);
+    let bytes = rows.rows as u64 * dims.outputs.max(1) as u64 * 4;
+    if bytes > limit as u64 {
+        let what =
+            format!("predictions for {} rows from model {:?} (send fewer rows per request)", rows.rows, spec.name);
+        return Err(ServiceError::TooLarge { what, bytes: bytes as usize, limit });
+    }
     let mut b = batch_from(spec, rows)?;
     glm::prepare_dense(&mut b.dense, b.features, tensor(p, "norm"));
     let mut out = Vec::new();

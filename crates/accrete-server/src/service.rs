@@ -484,13 +484,15 @@ impl Parameters for Service {
         let h = self.reg.get(&req.model)?;
         let rows = req.rows.unwrap_or_default();
         let (version, (outputs, values)) = match req.version {
-            None => h.with_live(|p, head, _, _| crate::predict::predict(h.spec(), p, &rows).map(|r| (head, r)))?,
+            None => {
+                h.with_live(|p, head, _, _| crate::predict::predict(h.spec(), p, &rows, self.limit).map(|r| (head, r)))?
+            }
             Some(v) => {
                 let (rec, params) = {
                     let h = h.clone();
                     blocking(move || h.load_version(v)).await?
                 };
-                (rec.version, crate::predict::predict(h.spec(), &params, &rows)?)
+                (rec.version, crate::predict::predict(h.spec(), &params, &rows, self.limit)?)
             }
         };
         Ok(Response::new(pb::PredictResponse { version, outputs, values: accrete_proto::f32s_to_bytes(&values) }))

@@ -146,7 +146,7 @@ impl SyncState {
             ConsistencyMode::Asp => true,
             ConsistencyMode::Ssp => {
                 let slowest = self.workers.values().map(|w| w.clock).min().unwrap_or(clock);
-                slowest + self.staleness >= clock
+                slowest.saturating_add(self.staleness) >= clock
             }
             ConsistencyMode::Bsp => clock == 0 || self.applied >= clock,
         }
