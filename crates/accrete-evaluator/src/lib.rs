@@ -127,7 +127,9 @@ pub struct Holdout {
 
 impl Holdout {
     pub fn load(config: &EvaluatorConfig, view: &ModelView) -> Result<Holdout, EvalError> {
-        let rows = RowSource::open(&config.holdout, config.format, &config.columns, view.target, OnBadRow::Skip, true)?;
+        let mut rows =
+            RowSource::open(&config.holdout, config.format, &config.columns, view.target, OnBadRow::Skip, true)?;
+        rows.set_follow(config.holdout_follow);
         let mut h = Holdout {
             raw: Batch::new(view.target.features),
             batch: Batch::new(view.target.features),

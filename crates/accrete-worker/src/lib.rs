@@ -174,7 +174,12 @@ impl ModelView {
         let tensors = info.tensors.iter().filter(|t| t.name != "norm").map(|t| (t.name.clone(), t.sparse)).collect();
         Ok(ModelView {
             dims,
-            target: Target { features: spec.features as usize, hash_bits: spec.hash_bits, classes: dims.classes() },
+            target: Target {
+                features: spec.features as usize,
+                hash_bits: spec.hash_bits,
+                classes: dims.classes(),
+                binary: matches!(kind, ModelKind::Logistic | ModelKind::Fm),
+            },
             tensors,
             has_norm: info.tensors.iter().any(|t| t.name == "norm"),
         })
@@ -227,6 +232,12 @@ impl RowSource {
         self.reader.offset
     }
 
+    /// Following a growing shard: a last row still being written is not read until its
+    /// newline arrives.
+    pub fn set_follow(&mut self, follow: bool) {
+        self.reader.follow = follow;
+    }
+
     pub fn skip_to(&mut self, offset: u64) -> Result<(), WorkerError> {
         let mut buf = Vec::new();
         self.reader
@@ -264,7 +275,8 @@ impl RowSource {
             }
             let result = match self.format {
                 Format::Csv if self.reader.is_header => {
-                    if self.csv.as_ref().is_none_or(|p| split_eq(&self.line, &p.header)) {
+                    // each part file has its header: a part whose columns differ gets its own parser
+                    if self.csv.as_ref().is_none_or(|p| !split_eq(&self.line, &p.header)) {
                         self.csv_header()?;
                     }
                     continue;
@@ -302,12 +314,24 @@ impl RowSource {
         let header = self.line.clone();
         let mut sample = Vec::new();
         if self.spec.numeric.is_empty() && self.spec.categorical.is_empty() {
+            let name = |why: &str| {
+                WorkerError::Config(format!(
+                    "{}: cannot tell numeric from categorical columns ({why}); name them with --numeric / --categorical",
+                    self.reader.pos
+                ))
+            };
+            if !std::fs::metadata(&self.reader.pos.file).is_ok_and(|m| m.is_file()) {
+                return Err(name("a pipe cannot be sampled"));
+            }
             let mut probe = ShardReader::open(&self.reader.pos.file)
                 .map_err(|source| WorkerError::Io { path: self.reader.pos.file.clone(), source })?;
             let mut buf = Vec::new();
             let _ = probe.next_line(&mut buf);
             while sample.len() < 1000 && probe.next_line(&mut buf).unwrap_or(false) {
                 sample.push(buf.clone());
+            }
+            if sample.is_empty() {
+                return Err(name("the file has no rows yet"));
             }
         }
         let p = CsvParser::new(&header, &self.spec, self.target, &sample)
@@ -581,6 +605,7 @@ fn read_shard(
     let mut held: Option<Box<Batch>> = None;
     for epoch in 0..config.epochs {
         let mut rows = RowSource::open(&config.shard, config.format, &config.columns, target, config.on_bad_row, true)?;
+        rows.set_follow(config.follow);
         if let (0, Some(o)) = (epoch, resume_at) {
             rows.skip_to(o)?;
         }
@@ -746,4 +771,37 @@ fn write_progressive(out: &mut impl std::io::Write, labels: &[f32], p: &[f32], k
         writeln!(out, "{y}\t{}", row[0])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_part_file_is_read_with_its_own_header() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("part-0.csv"), "y,c\n1,a\n").unwrap();
+        std::fs::write(dir.path().join("part-1.csv"), "c,y\nb,0\n").unwrap();
+        let spec =
+            ColumnSpec { label: Some("y".parse().unwrap()), categorical: vec!["c".into()], ..Default::default() };
+        let target = Target { features: 0, hash_bits: 8, classes: 0, binary: true };
+        let mut rows = RowSource::open(dir.path(), None, &spec, target, OnBadRow::Fail, true).unwrap();
+        let mut b = Batch::new(0);
+        assert_eq!(rows.fill(&mut b, 10).unwrap(), 2);
+        assert_eq!(b.labels, vec![1.0, 0.0]);
+        let h = |s: &str| accrete_core::features::murmur3_32(s.as_bytes(), 0) & 255;
+        assert_eq!(b.idx, vec![h("c=a"), h("c=b")]);
+    }
+
+    #[test]
+    fn column_kinds_are_not_guessed_from_a_file_without_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        std::fs::write(&path, "y,c\n").unwrap();
+        let spec = ColumnSpec { label: Some("y".parse().unwrap()), ..Default::default() };
+        let target = Target { features: 0, hash_bits: 8, classes: 0, binary: true };
+        let mut rows = RowSource::open(&path, None, &spec, target, OnBadRow::Fail, true).unwrap();
+        let e = rows.fill(&mut Batch::new(0), 10).unwrap_err().to_string();
+        assert!(e.contains("s.csv:1") && e.contains("no rows yet") && e.contains("--categorical"), "{e}");
+    }
 }

@@ -76,9 +76,33 @@ pub struct Target {
     pub hash_bits: u32,
     /// Labels are class indices below this (softmax); 0 = not a classifier of classes.
     pub classes: usize,
+    /// A binary classifier (logistic, FM): labels are 0/1, and -1 means 0.
+    pub binary: bool,
 }
 
 impl Target {
+    /// Checks a parsed label against the model: finite; a class index for classifiers of
+    /// classes; 0/1 (or -1/+1) for binary ones.
+    pub fn check_label(&self, label: f32) -> Result<f32, RowError> {
+        if label.is_nan() {
+            return Ok(label); // no label: the caller decides
+        }
+        if !label.is_finite() {
+            return Err(RowError::Bad(format!("label {label} is not a finite number")));
+        }
+        if self.classes > 0 && (label < 0.0 || label as usize >= self.classes || label.fract() != 0.0) {
+            return Err(RowError::Bad(format!("label {label} is not a class in 0..{}", self.classes)));
+        }
+        if self.binary {
+            return match label {
+                1.0 => Ok(1.0),
+                0.0 | -1.0 => Ok(0.0),
+                _ => Err(RowError::Bad(format!("label {label} is not 0 or 1 (or -1/+1) for a binary model"))),
+            };
+        }
+        Ok(label)
+    }
+
     /// Keeps the low `hash_bits` bits of a hash: its row of the hashed table.
     pub fn hash_mask(&self) -> u32 {
         1u32.checked_shl(self.hash_bits).map_or(u32::MAX, |b| b - 1)
@@ -158,6 +182,13 @@ impl CsvParser {
         split_fields(header, &mut f);
         let names: Vec<String> =
             f.iter().map(|(a, b)| String::from_utf8_lossy(&header[*a..*b]).trim().to_string()).collect();
+        if let Some((i, n)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+            return Err(format!(
+                "column {n:?} appears twice in the header (columns {} and {})",
+                names.iter().position(|m| m == n).unwrap_or(0) + 1,
+                i + 1
+            ));
+        }
         let find = |c: &str| {
             names
                 .iter()
@@ -247,12 +278,7 @@ impl CsvParser {
             None if require_label => return Err(RowError::NoLabel),
             None => f32::NAN,
         };
-        if self.target.classes > 0
-            && !label.is_nan()
-            && (label < 0.0 || label as usize >= self.target.classes || label.fract() != 0.0)
-        {
-            return Err(RowError::Bad(format!("label {label} is not a class in 0..{}", self.target.classes)));
-        }
+        let label = self.target.check_label(label)?;
         for i in 0..self.dense.len() {
             let (a, b) = self.fields[self.dense[i]];
             let v = &line[a..b];
@@ -301,9 +327,7 @@ pub fn parse_libsvm(line: &[u8], target: Target, batch: &mut Batch, require_labe
         None => f32::NAN,
         Some(t) => t.parse::<f32>().map_err(|_| RowError::Bad(format!("label {t:?} is not a number")))?,
     };
-    if target.classes > 0 && (label < 0.0 || label as usize >= target.classes || label.fract() != 0.0) {
-        return Err(RowError::Bad(format!("label {label} is not a class in 0..{}", target.classes)));
-    }
+    let label = target.check_label(label)?;
     let start = batch.dense.len();
     batch.dense.resize(start + target.features, 0.0);
     for tok in tokens {
@@ -349,7 +373,7 @@ mod tests {
             categorical: vec!["c".into(), "o".into()],
             cross: vec![("c".into(), "o".into())],
         };
-        let t = Target { features: 0, hash_bits: 20, classes: 0 };
+        let t = Target { features: 0, hash_bits: 20, classes: 0, binary: false };
         let mut p = CsvParser::new(b"d,c,o", &spec, t, &[]).unwrap();
         let mut b = Batch::new(0);
         p.parse(b"20,UA,EWR", &mut b, true).unwrap();
@@ -364,23 +388,46 @@ mod tests {
     #[test]
     fn csv_guesses_numeric_columns_and_checks_the_model_shape() {
         let spec = ColumnSpec { label: Some("y".parse().unwrap()), ..Default::default() };
-        let t = Target { features: 1, hash_bits: 0, classes: 0 };
+        let t = Target { features: 1, hash_bits: 0, classes: 0, binary: false };
         let mut p = CsvParser::new(b"x,y", &spec, t, &[b"1,2".to_vec()]).unwrap();
         let mut b = Batch::new(1);
         p.parse(b"3,6", &mut b, true).unwrap();
         assert_eq!((b.dense.clone(), b.labels.clone()), (vec![3.0], vec![6.0]));
         let e = CsvParser::new(b"x,z,y", &spec, t, &[b"1,2,3".to_vec()]).unwrap_err();
         assert!(e.contains("1 dense features") && e.contains("2 numeric columns"), "{e}");
+        let e = CsvParser::new(b"x,y,x", &spec, t, &[b"1,2,3".to_vec()]).unwrap_err();
+        assert!(e.contains("\"x\" appears twice in the header (columns 1 and 3)"), "{e}");
     }
 
     #[test]
     fn libsvm_rows_fill_dense_inputs() {
-        let t = Target { features: 4, hash_bits: 0, classes: 10 };
+        let t = Target { features: 4, hash_bits: 0, classes: 10, binary: false };
         let mut b = Batch::new(4);
         parse_libsvm(b"3 1:0.5 4:2", t, &mut b, true).unwrap();
         assert_eq!((b.dense.clone(), b.labels.clone()), (vec![0.5, 0.0, 0.0, 2.0], vec![3.0]));
         assert!(matches!(parse_libsvm(b"3 0:1", t, &mut b, true), Err(RowError::Bad(_))));
         assert!(matches!(parse_libsvm(b"3 x", t, &mut b, true), Err(RowError::Bad(_))));
         assert!(matches!(parse_libsvm(b"12 1:1", t, &mut b, true), Err(RowError::Bad(m)) if m.contains("class")));
+    }
+
+    #[test]
+    fn labels_must_be_finite_and_binary_models_take_0_1_or_minus_1_plus_1() {
+        let bin = Target { features: 0, hash_bits: 8, classes: 0, binary: true };
+        let mut b = Batch::new(0);
+        for (line, want) in [(&b"+1 3:1"[..], 1.0), (b"-1 3:1", 0.0), (b"0 3:1", 0.0), (b"1 3:1", 1.0)] {
+            b.clear();
+            parse_libsvm(line, bin, &mut b, true).unwrap();
+            assert_eq!(b.labels, vec![want], "{}", String::from_utf8_lossy(line));
+        }
+        assert!(matches!(parse_libsvm(b"2 3:1", bin, &mut b, true), Err(RowError::Bad(m)) if m.contains("0 or 1")));
+        let reg = Target { binary: false, ..bin };
+        for line in [&b"inf 3:1"[..], b"1e999 3:1", b"-Infinity 3:1"] {
+            let r = parse_libsvm(line, reg, &mut b, true);
+            assert!(matches!(&r, Err(RowError::Bad(m)) if m.contains("not a finite number")), "{r:?}");
+        }
+        let spec =
+            ColumnSpec { label: Some("y".parse().unwrap()), categorical: vec!["c".into()], ..Default::default() };
+        let mut p = CsvParser::new(b"y,c", &spec, reg, &[]).unwrap();
+        assert!(matches!(p.parse(b"inf,a", &mut b, true), Err(RowError::Bad(m)) if m.contains("not a finite number")));
     }
 }

@@ -29,6 +29,10 @@ pub struct ShardReader {
     pub offset: u64,
     /// The first line of the current part (a CSV header) is handed out with `is_header`.
     pub is_header: bool,
+    /// Following a growing shard: a last line without its newline is being written, and
+    /// is held back (in `partial`) until the rest arrives.
+    pub follow: bool,
+    partial: Vec<u8>,
 }
 
 /// The part files of a shard: the file itself, or a directory's visible files by name.
@@ -72,6 +76,8 @@ impl ShardReader {
             pos: Position::default(),
             offset: 0,
             is_header: false,
+            follow: false,
+            partial: Vec::new(),
         })
     }
 
@@ -81,25 +87,35 @@ impl ShardReader {
         loop {
             if self.current.is_none() {
                 let Some(p) = self.parts.get(self.next_part).cloned() else { return Ok(false) };
-                self.current = Some(open(&p)?);
                 self.pos = Position { file: p, line: 0 };
+                self.current = Some(open(&self.pos.file)?);
                 self.next_part += 1;
             }
             let Some(r) = self.current.as_mut() else { continue };
             buf.clear();
+            buf.append(&mut self.partial);
             let n = r.read_until(b'\n', buf)?;
-            if n == 0 {
-                if self.next_part < self.parts.len() {
+            let last_part = self.next_part >= self.parts.len();
+            if n == 0 && buf.is_empty() {
+                if !last_part {
                     self.current = None;
                     continue;
                 }
                 return Ok(false);
             }
-            self.offset += n as u64;
+            if self.follow && last_part && buf.last() != Some(&b'\n') {
+                // a row being appended: wait for its newline
+                std::mem::swap(&mut self.partial, buf);
+                return Ok(false);
+            }
+            self.offset += buf.len() as u64;
             self.pos.line += 1;
             self.is_header = self.pos.line == 1;
             while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 buf.pop();
+            }
+            if self.is_header && buf.starts_with(b"\xef\xbb\xbf") {
+                buf.drain(..3); // a UTF-8 byte order mark is not part of the first column's name
             }
             return Ok(true);
         }
@@ -126,5 +142,38 @@ impl ShardReader {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn following_holds_back_a_row_until_its_newline_and_drops_a_bom() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        std::fs::write(&path, b"\xef\xbb\xbfy,x\n1,a\n0,b").unwrap();
+        let mut r = ShardReader::open(&path).unwrap();
+        r.follow = true;
+        let mut buf = Vec::new();
+        assert!(r.next_line(&mut buf).unwrap());
+        assert_eq!((buf.as_slice(), r.is_header), (&b"y,x"[..], true));
+        assert!(r.next_line(&mut buf).unwrap());
+        assert_eq!(buf, b"1,a");
+        assert!(!r.next_line(&mut buf).unwrap(), "a row without its newline is still being written");
+        assert_eq!(r.offset, 11);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"b\n").unwrap();
+        assert!(r.next_line(&mut buf).unwrap());
+        assert_eq!((buf.as_slice(), r.pos.line, r.offset), (&b"0,bb"[..], 3, 16));
+        // not following, a last line without a newline is a row
+        let mut r = ShardReader::open(&path).unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"1,c").unwrap();
+        let mut lines = Vec::new();
+        while r.next_line(&mut buf).unwrap() {
+            lines.push(String::from_utf8(buf.clone()).unwrap());
+        }
+        assert_eq!(lines, ["y,x", "1,a", "0,bb", "1,c"]);
     }
 }

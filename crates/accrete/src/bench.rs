@@ -453,7 +453,7 @@ fn worker_bench(input: Option<std::path::PathBuf>, batch_rows: usize) -> Result<
         categorical: "carrier,origin,dest,month,day,hour,tailnum,flight".split(',').map(String::from).collect(),
         cross: vec![("carrier".into(), "hour".into()), ("origin".into(), "dest".into())],
     };
-    let target = accrete_worker::parse::Target { features: 0, hash_bits: 20, classes: 0 };
+    let target = accrete_worker::parse::Target { features: 0, hash_bits: 20, classes: 0, binary: true };
     let dims = Dims { kind: accrete_core::ModelKind::Logistic, features: 0, outputs: 1, hidden: 0, factors: 0 };
     // Read the file once into memory (decompressed) so the figure is parsing, not gunzip.
     let mut text = Vec::new();
