@@ -169,8 +169,43 @@ async fn import_makes_a_new_version_from_an_export() {
     small.hash_bits = 4;
     create(&mut c, small).await;
     let e = safetensors::import(&mut c, "small", &f).await.unwrap_err();
-    assert!(e.to_string().contains("INVALID_ARGUMENT") && e.to_string().contains("\"w\""), "{e}");
+    assert!(e.to_string().contains("tensor \"w\" is 3x1, model \"small\" has it 2x1"), "{e}");
     assert_eq!(versions(&mut c, "small").await.len(), 1);
+    // A transposed matrix has the right number of floats but not the model's shape.
+    let mut soft = linear("soft", 3, pb::OptimizerKind::Sgd, 0.1);
+    (soft.kind, soft.classes) = (pb::ModelKind::Softmax as i32, 2);
+    create(&mut c, soft).await;
+    let g = dir.path().join("soft.safetensors");
+    safetensors::export(&mut c, "soft", None, false, &g).await.unwrap();
+    let bytes = std::fs::read(&g).unwrap();
+    let at = bytes.windows(13).position(|w| w == b"\"shape\":[3,2]").expect("w's shape in the header");
+    let mut flipped = bytes.clone();
+    flipped[at..at + 13].copy_from_slice(b"\"shape\":[2,3]");
+    std::fs::write(&g, flipped).unwrap();
+    let e = safetensors::import(&mut c, "soft", &g).await.unwrap_err().to_string();
+    assert!(e.contains("tensor \"w\" is 2x3, model \"soft\" has it 3x2"), "{e}");
+    assert_eq!(versions(&mut c, "soft").await.len(), 1);
+    // AdaGrad's sums of squares, and the statistics' counts, cannot be negative.
+    create(&mut c, linear("g", 2, pb::OptimizerKind::Adagrad, 0.1)).await;
+    use pb::import_message::Item;
+    let header =
+        pb::ImportMessage { item: Some(Item::Header(pb::ImportHeader { model: "g".into(), source: "t".into() })) };
+    let chunk = |tensor: &str, slot: &str, v: &[f32]| pb::ImportMessage {
+        item: Some(Item::Chunk(pb::TensorChunk { slot: slot.into(), ..dense(tensor, 0, v) })),
+    };
+    let cases = [
+        (chunk("w", "accum", &[1.0, -1.0]), "slot \"accum\": value -1 at 1 is negative"),
+        (chunk("norm", "", &[1.0, -2.0, 0.0, 0.0, 0.0, 0.0]), "statistics count or M2: value -2 at 1 is negative"),
+        // what the client sends when it cannot read the rest of its file
+        (pb::ImportMessage { item: None }, "only TensorChunk messages may follow"),
+    ];
+    for (bad, needle) in cases {
+        let msgs = vec![header.clone(), chunk("w", "", &[1.0, 2.0]), bad];
+        let e = c.models.import(tokio_stream::iter(msgs)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains(needle), "{}", e.message());
+    }
+    assert_eq!(versions(&mut c, "g").await.len(), 1);
 }
 
 #[tokio::test]
@@ -331,6 +366,14 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     assert!(e.message().contains("4294967295 rows"), "{}", e.message());
+
+    for (name, value, needle) in [("auc\"} 1\nx{", 0.5, "letters, digits"), ("auc", f64::NAN, "finite")] {
+        let req =
+            pb::ReportMetricsRequest { model: "m".into(), version: 1, metrics: [(name.to_string(), value)].into() };
+        let e = c.models.report_metrics(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains(needle), "{}", e.message());
+    }
 
     let mut bytes = dense("w", 0, &[1.0]);
     bytes.values = bytes::Bytes::from_static(&[0, 0, 0]);

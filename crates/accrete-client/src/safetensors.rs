@@ -187,23 +187,37 @@ fn parse_entry(path: &Path, name: &str, v: &serde_json::Value) -> Result<Entry> 
     let shape = nums("shape").ok_or_else(|| bad("shape is missing"))?;
     let offs =
         nums("data_offsets").filter(|o| o.len() == 2 && o[0] <= o[1]).ok_or_else(|| bad("data_offsets are invalid"))?;
-    let count: u64 = shape.iter().product();
-    if count * 4 != offs[1] - offs[0] {
+    let bytes = shape.iter().try_fold(4u64, |a, d| a.checked_mul(*d));
+    if bytes != Some(offs[1] - offs[0]) {
         return Err(bad(&format!("shape {shape:?} does not match {} data bytes", offs[1] - offs[0])));
     }
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
         [n] => (1, *n),
-        _ => (1, count),
+        _ => return Err(bad(&format!("shape {shape:?}: only 1-D and 2-D tensors are read"))),
     };
     let (tensor, slot) = name.split_once('.').unwrap_or((name, ""));
     Ok(Entry { tensor: tensor.to_string(), slot: slot.to_string(), rows, cols, begin: offs[0], end: offs[1] })
 }
 
-/// Imports a safetensors file into `model` as a new version (the server checks that every
-/// weight tensor is present with the model's shape).
+/// Imports a safetensors file into `model` as a new version. Every entry's shape is
+/// checked against the model's layout first (a 1-D entry may stand for a single row or
+/// column); the server checks that every weight tensor is complete. If the file cannot be
+/// read to its end, the server is made to refuse the upload, so nothing is committed.
 pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb::VersionInfo> {
     let (entries, data_start, _) = read_header(path)?;
+    let info = client.models.get_model_info(pb::ModelRef { name: model.into() }).await?.into_inner();
+    for e in &entries {
+        let Some(t) = info.tensors.iter().find(|t| t.name == e.tensor) else { continue }; // the server names it
+        let (rows, cols) = (t.rows, t.cols as u64);
+        let fits = (e.rows, e.cols) == (rows, cols) || e.rows == 1 && e.cols == rows * cols && (rows == 1 || cols == 1);
+        if !fits {
+            return Err(format_err(
+                path,
+                format!("tensor {:?} is {}x{}, model {model:?} has it {rows}x{cols}", e.name(), e.rows, e.cols),
+            ));
+        }
+    }
     let source = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportMessage>(4);
     let header = pb::ImportMessage {
@@ -215,32 +229,48 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb:
         if tx.blocking_send(header).is_err() {
             return Ok(());
         }
-        let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-        f.seek(SeekFrom::Start(data_start)).map_err(io_err(path))?;
-        for e in entries {
-            let mut left = e.end - e.begin;
-            let mut offset = 0u64;
-            while left > 0 {
-                let n = left.min(IMPORT_CHUNK_FLOATS as u64 * 4);
-                let mut buf = vec![0u8; n as usize];
-                f.read_exact(&mut buf).map_err(io_err(path))?;
-                let chunk = pb::TensorChunk {
-                    tensor: e.tensor.clone(),
-                    slot: e.slot.clone(),
-                    offset,
-                    keys: vec![],
-                    values: buf.into(),
-                };
-                if tx.blocking_send(pb::ImportMessage { item: Some(pb::import_message::Item::Chunk(chunk)) }).is_err() {
-                    return Ok(());
-                }
-                offset += n / 4;
-                left -= n;
-            }
+        let result = send_entries(path, data_start, &entries, &tx);
+        if result.is_err() {
+            // The upload must not end as if complete (the server would take what it got):
+            // a message that is not a chunk makes the server refuse the whole import.
+            let _ = tx.blocking_send(pb::ImportMessage { item: None });
         }
-        Ok(())
+        result
     });
     let result = client.models.import(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
     reader.await.map_err(|e| ClientError::Protocol(format!("file reader failed: {e}")))??;
     Ok(result?.into_inner())
+}
+
+/// Streams the entries' data, in chunks, as import messages.
+fn send_entries(
+    path: &Path,
+    data_start: u64,
+    entries: &[Entry],
+    tx: &tokio::sync::mpsc::Sender<pb::ImportMessage>,
+) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(data_start)).map_err(io_err(path))?;
+    for e in entries {
+        let mut left = e.end - e.begin;
+        let mut offset = 0u64;
+        while left > 0 {
+            let n = left.min(IMPORT_CHUNK_FLOATS as u64 * 4);
+            let mut buf = vec![0u8; n as usize];
+            f.read_exact(&mut buf).map_err(io_err(path))?;
+            let chunk = pb::TensorChunk {
+                tensor: e.tensor.clone(),
+                slot: e.slot.clone(),
+                offset,
+                keys: vec![],
+                values: buf.into(),
+            };
+            if tx.blocking_send(pb::ImportMessage { item: Some(pb::import_message::Item::Chunk(chunk)) }).is_err() {
+                return Ok(()); // the call ended; its result says why
+            }
+            offset += n / 4;
+            left -= n;
+        }
+    }
+    Ok(())
 }

@@ -836,6 +836,13 @@ impl ModelHandle {
         if let Some((k, x)) = metrics.iter().find(|(k, x)| k.is_empty() || !x.is_finite()) {
             return Err(ServiceError::Invalid(format!("metric {k:?} = {x} is not a finite number with a name")));
         }
+        // Names go into /metrics labels and the dashboard as they are.
+        let name_ok = |k: &str| k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if let Some(k) = metrics.keys().find(|k| !name_ok(k)) {
+            return Err(ServiceError::Invalid(format!(
+                "metric name {k:?}: use at most 64 letters, digits and _ . : -"
+            )));
+        }
         let _head = lock(&self.head);
         let mut rec = self.version(v)?;
         rec.metrics.extend(metrics.iter().map(|(k, x)| (k.clone(), *x)));

@@ -368,6 +368,20 @@ impl ImportFiller {
             return Err(self.err(&c.tensor, format!("value {v} is NaN or infinite")));
         }
         let next = self.filled.get(&(t, slot)).copied().unwrap_or(0);
+        // Sums of squares and counts cannot be negative: the optimizer would take their
+        // square roots, the statistics would divide by them.
+        let slot_name = slot.map(|s| self.params.slot_names[s]);
+        let spec = &self.params.tensors[t].spec;
+        let f = spec.cols as u64;
+        let must_be_positive = |k: u64| match slot_name {
+            Some("accum") | Some("v") | Some("n") => true,
+            None if spec.stats => k < f || k >= 2 * f,
+            _ => false,
+        };
+        if let Some((j, v)) = values.iter().enumerate().find(|(j, v)| **v < 0.0 && must_be_positive(next + *j as u64)) {
+            let what = slot_name.map_or("statistics count or M2".to_string(), |s| format!("slot {s:?}"));
+            return Err(self.err(&c.tensor, format!("{what}: value {v} at {} is negative", next + j as u64)));
+        }
         let ts = &mut self.params.tensors[t];
         let len = ts.w.len() as u64;
         if !c.keys.is_empty() || c.offset != next || next + values.len() as u64 > len {

@@ -333,7 +333,8 @@ impl Store {
 
 fn u64_key(k: &[u8]) -> u64 {
     let mut b = [0u8; 8];
-    b.copy_from_slice(&k[..8.min(k.len())]);
+    let n = 8.min(k.len());
+    b[..n].copy_from_slice(&k[..n]);
     u64::from_be_bytes(b)
 }
 

@@ -6,6 +6,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
+/// The longest line read: a file without newlines (or binary data) is refused, not loaded.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 /// Where a line came from, for messages.
 #[derive(Debug, Clone, Default)]
 pub struct Position {
@@ -56,7 +59,7 @@ pub fn parts_of(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn open(path: &Path) -> std::io::Result<BufReader<Box<dyn Read + Send>>> {
     let f = File::open(path)?;
-    let r: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e == "gz") {
+    let r: Box<dyn Read + Send> = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
         Box::new(flate2::read::MultiGzDecoder::new(f))
     } else {
         Box::new(f)
@@ -94,7 +97,18 @@ impl ShardReader {
             let Some(r) = self.current.as_mut() else { continue };
             buf.clear();
             buf.append(&mut self.partial);
-            let n = r.read_until(b'\n', buf)?;
+            let room = (MAX_LINE_BYTES + 1).saturating_sub(buf.len()) as u64;
+            let n = r.by_ref().take(room).read_until(b'\n', buf)?;
+            if buf.len() > MAX_LINE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "line {} is longer than {} MiB (is this a text file?)",
+                        self.pos.line + 1,
+                        MAX_LINE_BYTES >> 20
+                    ),
+                ));
+            }
             let last_part = self.next_part >= self.parts.len();
             if n == 0 && buf.is_empty() {
                 if !last_part {
@@ -175,5 +189,19 @@ mod tests {
             lines.push(String::from_utf8(buf.clone()).unwrap());
         }
         assert_eq!(lines, ["y,x", "1,a", "0,bb", "1,c"]);
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_with_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        let mut data = b"y,x\n".to_vec();
+        data.resize(4 + MAX_LINE_BYTES + 10, b'a');
+        std::fs::write(&path, data).unwrap();
+        let mut r = ShardReader::open(&path).unwrap();
+        let mut buf = Vec::new();
+        assert!(r.next_line(&mut buf).unwrap());
+        let e = r.next_line(&mut buf).unwrap_err().to_string();
+        assert!(e.contains("line 2 is longer than 64 MiB"), "{e}");
     }
 }
