@@ -781,8 +781,10 @@ impl ModelHandle {
         }
     }
 
+    /// The head version (from the live state: the `head` lock can be held by a long
+    /// import or commit, and this is called from async handlers).
     pub fn head_version(&self) -> u64 {
-        lock(&self.head).record.version
+        lock(&self.live).head
     }
 
     fn manifest_of(&self, v: u64) -> Result<Manifest> {

@@ -25,7 +25,11 @@ const EXPORT_CHUNK_FLOATS: usize = 1 << 20;
 pub struct Service {
     reg: Arc<Registry>,
     limit: usize,
+    heavy: Arc<tokio::sync::Semaphore>,
 }
+
+/// Whole copies of models the service holds at once (see [`Service::heavy`]).
+const HEAVY_AT_ONCE: usize = 2;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -36,7 +40,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 impl Service {
     pub fn new(reg: Arc<Registry>, limit: usize) -> Self {
-        Service { reg, limit }
+        Service { reg, limit, heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)) }
+    }
+
+    /// A permit for work that makes a whole copy of a model (loading a version for export,
+    /// pull or predict; assembling an import): at most [`HEAVY_AT_ONCE`] at a time, the
+    /// others wait. (An export's stream keeps its copy after the permit is returned, so a
+    /// slow reader cannot hold up the evaluator's version pulls.)
+    async fn heavy(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.heavy.clone().acquire_owned().await.map_err(|e| ServiceError::Internal(format!("{e}")))
     }
 
     fn check_size(&self, what: impl FnOnce() -> String, bytes: usize) -> Result<()> {
@@ -194,6 +206,7 @@ impl Models for Service {
         let version = req.version.unwrap_or_else(|| h.head_version());
         let (rec, params) = {
             let h = h.clone();
+            let _permit = self.heavy().await?;
             blocking(move || h.load_version(version)).await?
         };
         let header = pb::ExportHeader { model: Some(self.info(&h)?), version: Some(version_to_pb(h.name(), &rec)) };
@@ -222,6 +235,7 @@ impl Models for Service {
             _ => return Err(ServiceError::Invalid("an import starts with an ImportHeader message".into()).into()),
         };
         let h = self.reg.get(&header.model)?;
+        let _permit = self.heavy().await?;
         let mut filler = ImportFiller::new(h.empty_params(), h.name());
         while let Some(msg) = stream.message().await? {
             self.check_size(|| format!("import chunk for model {:?}", header.model), msg.encoded_len())?;
@@ -443,6 +457,7 @@ impl Parameters for Service {
             Some(v) => {
                 let (rec, params) = {
                     let h = h.clone();
+                    let _permit = self.heavy().await?;
                     blocking(move || h.load_version(v)).await?
                 };
                 pull_from(&params, &h, &req, self.limit, rec.version, rec.lineage_epoch, rec.updates)?
@@ -504,6 +519,7 @@ impl Parameters for Service {
             Some(v) => {
                 let (rec, params) = {
                     let h = h.clone();
+                    let _permit = self.heavy().await?;
                     blocking(move || h.load_version(v)).await?
                 };
                 (rec.version, crate::predict::predict(h.spec(), &params, &rows, self.limit)?)
