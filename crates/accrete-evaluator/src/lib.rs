@@ -203,8 +203,16 @@ pub async fn score_version(
     glm::prepare_dense(&mut h.batch.dense, h.batch.features, &norm);
     let mut out = Vec::new();
     kinds::predict(&view.dims, &t.views(), &h.batch, &h.batch.local, &mut out);
-    Ok(score(&view.dims, &h.batch.labels, &out))
+    let mut m = score(&view.dims, &h.batch.labels, &out);
+    if out.iter().any(|x| !x.is_finite()) {
+        m.insert(DIVERGED.into(), 1.0);
+    }
+    Ok(m)
 }
+
+/// Set in a version's scores when its predictions are not finite numbers (the weights
+/// diverged): its other metrics are meaningless and the gate takes it as the worst.
+pub const DIVERGED: &str = "diverged";
 
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -313,16 +321,25 @@ async fn evaluate(
         }
         Err(e) => return Err(e),
     };
+    let diverged = m.contains_key(DIVERGED);
+    let (finite, not): (BTreeMap<String, f64>, BTreeMap<String, f64>) =
+        m.clone().into_iter().partition(|(_, x)| x.is_finite());
+    if !not.is_empty() {
+        let names: Vec<&str> = not.keys().map(|k| k.as_str()).collect();
+        let why = if diverged { "its predictions are not finite" } else { "e.g. a holdout with one class" };
+        tracing::warn!(model = %config.model, version = v.version, "{} not finite ({why}); not stored", names.join(", "));
+    }
     let req = pb::ReportMetricsRequest {
         model: config.model.clone(),
         version: v.version,
-        metrics: m.iter().map(|(k, x)| (k.clone(), *x)).collect(),
+        metrics: finite.into_iter().collect(),
     };
     client.models.report_metrics(req).await?;
     let line: Vec<String> = m.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
     tracing::info!(model = %config.model, version = v.version, "scored {}", line.join(" "));
     report.scored.push((v.version, m.clone()));
-    let value = m.get(gate_metric).copied().unwrap_or(f64::NAN);
+    let worst = if higher_is_better(gate_metric) { f64::NEG_INFINITY } else { f64::INFINITY };
+    let value = if diverged { worst } else { m.get(gate_metric).copied().unwrap_or(f64::NAN) };
     let is_rollback = v.reason.starts_with("rollback");
     if let (Some(gate), false) = (&config.gate, is_rollback) {
         let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
@@ -362,6 +379,8 @@ mod tests {
         let hist = [(1, 0.60), (2, 0.70), (3, 0.695)];
         assert_eq!(gate_decision(&g, &hist, 4, 0.695), None);
         assert_eq!(gate_decision(&g, &hist, 4, 0.68), Some((2, 0.70)));
+        // a diverged version scores as the worst possible
+        assert_eq!(gate_decision(&g, &hist, 4, f64::NEG_INFINITY), Some((2, 0.70)));
         let g: Gate = "logloss:0.02".parse().unwrap();
         let hist = [(1, 0.50), (2, 0.55)];
         assert_eq!(gate_decision(&g, &hist, 3, 0.515), None);
