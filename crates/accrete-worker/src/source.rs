@@ -36,6 +36,8 @@ pub struct ShardReader {
     /// is held back (in `partial`) until the rest arrives.
     pub follow: bool,
     partial: Vec<u8>,
+    /// Bytes read from the current part file (plain files: to notice one that shrinks).
+    in_part: u64,
 }
 
 /// The part files of a shard: the file itself, or a directory's visible files by name.
@@ -81,6 +83,7 @@ impl ShardReader {
             is_header: false,
             follow: false,
             partial: Vec::new(),
+            in_part: 0,
         })
     }
 
@@ -93,12 +96,14 @@ impl ShardReader {
                 self.pos = Position { file: p, line: 0 };
                 self.current = Some(open(&self.pos.file)?);
                 self.next_part += 1;
+                self.in_part = 0;
             }
             let Some(r) = self.current.as_mut() else { continue };
             buf.clear();
             buf.append(&mut self.partial);
             let room = (MAX_LINE_BYTES + 1).saturating_sub(buf.len()) as u64;
             let n = r.by_ref().take(room).read_until(b'\n', buf)?;
+            self.in_part += n as u64;
             if buf.len() > MAX_LINE_BYTES {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidData,
@@ -115,6 +120,7 @@ impl ShardReader {
                     self.current = None;
                     continue;
                 }
+                self.check_not_shrunk()?;
                 return Ok(false);
             }
             if self.follow && last_part && buf.last() != Some(&b'\n') {
@@ -133,6 +139,23 @@ impl ShardReader {
             }
             return Ok(true);
         }
+    }
+
+    /// Following a plain file that is now shorter than what was read from it (truncated,
+    /// or replaced by a new file) would wait forever for rows that never come: an error.
+    fn check_not_shrunk(&self) -> std::io::Result<()> {
+        let plain = !self.pos.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        if self.follow && plain {
+            let len = std::fs::metadata(&self.pos.file)?.len();
+            if len < self.in_part {
+                return Err(std::io::Error::other(format!(
+                    "the file shrank to {len} bytes after {} were read from it (truncated or replaced while followed; \
+                     a growing shard must only be appended to, or get new part files)",
+                    self.in_part
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Follow mode: looks for new part files in a shard directory (the current file's
@@ -189,6 +212,20 @@ mod tests {
             lines.push(String::from_utf8(buf.clone()).unwrap());
         }
         assert_eq!(lines, ["y,x", "1,a", "0,bb", "1,c"]);
+    }
+
+    #[test]
+    fn a_followed_file_that_shrinks_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        std::fs::write(&path, b"y,x\n1,a\n0,b\n").unwrap();
+        let mut r = ShardReader::open(&path).unwrap();
+        r.follow = true;
+        let mut buf = Vec::new();
+        while r.next_line(&mut buf).unwrap() {}
+        std::fs::write(&path, b"y,x\n").unwrap();
+        let e = r.next_line(&mut buf).unwrap_err().to_string();
+        assert!(e.contains("shrank to 4 bytes after 12"), "{e}");
     }
 
     #[test]
