@@ -258,3 +258,35 @@ async fn a_window_of_recent_rows_tracks_a_stream() {
         let _ = p.wait();
     }
 }
+
+/// A version whose weights overflow (here imported: every weight f32::MAX, so every
+/// prediction is infinite) is marked diverged, keeps its finite scores only, and the gate
+/// rolls the model back to the best version before it.
+#[tokio::test]
+async fn the_gate_rolls_back_a_diverged_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    let create = ["model", "create", "d", "--kind", "linear", "--hash-bits", "4", "--optimizer", "sgd"];
+    ok(&s.url, &create);
+    let file = tmp.path().join("d.safetensors");
+    ok(&s.url, &["model", "export", "d", "--out", file.to_str().unwrap()]);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let data = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for w in bytes[data..].chunks_exact_mut(4) {
+        w.copy_from_slice(&f32::MAX.to_le_bytes());
+    }
+    std::fs::write(&file, bytes).unwrap();
+    ok(&s.url, &["model", "import", "d", "--from", file.to_str().unwrap()]);
+    let holdout = tmp.path().join("h.csv");
+    let rows: Vec<String> = (0..50).map(|i| format!("{},v{}", i % 3, i % 5)).collect();
+    write_csv(&holdout, "y,c", &rows);
+    let args = ["evaluator", "--model", "d", "--holdout", holdout.to_str().unwrap(), "--label", "y"];
+    ok(&s.url, &[&args[..], &["--categorical", "c", "--once", "--gate", "rmse:0.1"]].concat());
+    let vs = versions(&s.url, "d");
+    assert_eq!(vs.len(), 3, "{vs:?}");
+    assert!(vs[0]["metrics"]["rmse"].as_f64().is_some_and(f64::is_finite), "{vs:?}");
+    assert_eq!(vs[1]["metrics"]["diverged"].as_f64(), Some(1.0), "{vs:?}");
+    assert!(vs[1]["metrics"].get("rmse").is_none(), "an infinite rmse was stored: {vs:?}");
+    let reason = vs[2]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("rollback to 1") && reason.contains("quality gate"), "{reason}");
+}
