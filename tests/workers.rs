@@ -396,3 +396,37 @@ async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
     a.kill().unwrap();
     a.wait().unwrap();
 }
+
+/// `--shard /dev/stdin` trains on what is piped in, every run (a pipe has no offset to
+/// resume from), and asks for the column kinds rather than sampling the pipe.
+#[tokio::test]
+async fn a_worker_trains_on_its_standard_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    ok(&s.url, &["model", "create", "p", "--kind", "logistic", "--hash-bits", "10"]);
+    let run = |kinds: &[&str]| {
+        let mut child = std::process::Command::new(common::procs::BIN)
+            .args(["worker", "--model", "p", "--shard", "/dev/stdin", "--label", "y", "--server", &s.url])
+            .args(kinds)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // (a worker that refuses to start may have closed its end already)
+        let _ = child.stdin.take().unwrap().write_all(b"y,c\n1,a\n0,b\n1,a\n");
+        child.wait_with_output().unwrap()
+    };
+    for _ in 0..2 {
+        let out = run(&["--categorical", "c"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(": 3 rows"),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("/dev/stdin:1: cannot tell numeric from categorical"), "{stderr}");
+}

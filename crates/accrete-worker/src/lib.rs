@@ -427,9 +427,12 @@ pub async fn run(
         .await?
         .into_inner();
     let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
-    let resume_at = (joined.shard == config.shard.to_string_lossy() && (config.epochs == 1 || config.follow))
-        .then_some(joined.offset)
-        .filter(|o| *o > 0);
+    // A pipe's bytes are new on every run: there is nothing to resume.
+    let seekable = std::fs::metadata(&config.shard).is_ok_and(|m| m.is_file() || m.is_dir());
+    let resume_at =
+        (seekable && joined.shard == config.shard.to_string_lossy() && (config.epochs == 1 || config.follow))
+            .then_some(joined.offset)
+            .filter(|o| *o > 0);
     if let Some(o) = resume_at {
         tracing::info!(worker = %config.worker_id, offset = o, "resuming from the offset recorded for this worker");
     }
