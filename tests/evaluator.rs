@@ -289,4 +289,7 @@ async fn the_gate_rolls_back_a_diverged_version() {
     assert!(vs[1]["metrics"].get("rmse").is_none(), "an infinite rmse was stored: {vs:?}");
     let reason = vs[2]["reason"].as_str().unwrap();
     assert!(reason.starts_with("rollback to 1") && reason.contains("quality gate"), "{reason}");
+    // run again: the diverged version counts as scored, and nothing more is rolled back
+    ok(&s.url, &[&args[..], &["--categorical", "c", "--once", "--gate", "rmse:0.1"]].concat());
+    assert_eq!(versions(&s.url, "d").len(), 3);
 }

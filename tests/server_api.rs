@@ -578,4 +578,41 @@ async fn bsp_refuses_clocks_outside_the_next_rounds() {
     assert_eq!(tensor(&mut c, "b", "w").await, vec![-0.1, -0.1]);
     let e = c.params.push(push(1)).await.unwrap_err();
     assert!(e.message().contains("BSP is at round 1"), "{}", e.message());
+    // a worker that is not in the barrier is told to join again
+    let mut stranger = push(2);
+    stranger.meta.as_mut().unwrap().worker_id = "z".into();
+    let e = c.params.push(stranger).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("join again"), "{}", e.message());
+}
+
+/// Under BSP, a push computed before a rollback is refused, but it still counts in its
+/// round (empty): the worker's clock has moved on, and the others must not wait for it.
+#[tokio::test]
+async fn bsp_rounds_complete_across_a_rollback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = TestServer::start_in(tmp.path().join("d"), 64 << 20).await;
+    let mut c = s.client().await;
+    let mut spec = linear("b", 2, pb::OptimizerKind::Sgd, 0.1);
+    spec.consistency = Some(pb::Consistency { mode: pb::ConsistencyMode::Bsp as i32, staleness: 0 });
+    create(&mut c, spec).await;
+    for w in ["a", "b"] {
+        let join = pb::JoinRequest { model: "b".into(), worker_id: w.into(), shard: w.into() };
+        c.params.join(join).await.unwrap();
+    }
+    let push = |worker: &str, epoch: u64| {
+        let mut r = push_req("b", epoch, vec![dense("w", 0, &[1.0, 1.0])]);
+        r.meta = Some(pb::PushMeta { worker_id: worker.into(), clock: 1, rows: 1, ..Default::default() });
+        r
+    };
+    c.params.push(push("a", 1)).await.unwrap();
+    let rb = pb::RollbackRequest { model: "b".into(), to_version: 1, reason: "test".into() };
+    c.models.rollback(rb).await.unwrap();
+    let e = c.params.push(push("b", 1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Aborted, "{}", e.message());
+    let info = c.models.get_model_info(pb::ModelRef { name: "b".into() }).await.unwrap().into_inner();
+    assert_eq!(info.updates, 1, "round 1 was applied with b's stale push counted empty");
+    // and both may pull for clock 1 at once (BSP holds a pull until its round is applied)
+    let pull = pb::PullRequest { model: "b".into(), worker_id: "a".into(), clock: 1, ..Default::default() };
+    tokio::time::timeout(std::time::Duration::from_secs(5), c.params.pull(pull)).await.expect("pull held").unwrap();
 }

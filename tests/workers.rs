@@ -393,8 +393,17 @@ async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
     assert!(out.status.success(), "worker b failed: {}", String::from_utf8_lossy(&out.stderr));
     let after = updates_of(&s.url, "p").await;
     assert!(after >= 1990, "worker b trained alone once a's lease expired: {after} updates");
-    a.kill().unwrap();
-    a.wait().unwrap();
+    // Woken up, a finds itself out of the barrier: it joins again and trains on the rows
+    // that still come down its pipe.
+    let cont = std::process::Command::new("kill").args(["-CONT", &a.id().to_string()]).status().unwrap();
+    assert!(cont.success());
+    pipe.write_all(format!("{}\n", rows[10..110].join("\n")).as_bytes()).unwrap();
+    drop(pipe);
+    let out = tokio::task::spawn_blocking(move || a.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "worker a failed: {stderr}");
+    assert!(stderr.contains("joined again"), "{stderr}");
+    assert!(updates_of(&s.url, "p").await > after, "a's batches after joining again were applied");
 }
 
 /// `--shard /dev/stdin` trains on what is piped in, every run (a pipe has no offset to

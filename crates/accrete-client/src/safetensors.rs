@@ -194,15 +194,15 @@ fn parse_entry(path: &Path, name: &str, v: &serde_json::Value) -> Result<Entry> 
     let (rows, cols) = match shape.as_slice() {
         [r, c] => (*r, *c),
         [n] => (1, *n),
-        _ => return Err(bad(&format!("shape {shape:?}: only 1-D and 2-D tensors are read"))),
+        [] => (1, 1),
+        _ => return Err(bad(&format!("shape {shape:?}: only 0-D, 1-D and 2-D tensors are read"))),
     };
     let (tensor, slot) = name.split_once('.').unwrap_or((name, ""));
     Ok(Entry { tensor: tensor.to_string(), slot: slot.to_string(), rows, cols, begin: offs[0], end: offs[1] })
 }
 
 /// Imports a safetensors file into `model` as a new version. Every entry's shape is
-/// checked against the model's layout first (a 1-D entry may stand for a single row or
-/// column); the server checks that every weight tensor is complete. If the file cannot be
+/// checked against the model's layout first (a vector may come as a row or a column); the server checks that every weight tensor is complete. If the file cannot be
 /// read to its end, the server is made to refuse the upload, so nothing is committed.
 pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb::VersionInfo> {
     let (entries, data_start, _) = read_header(path)?;
@@ -210,7 +210,10 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb:
     for e in &entries {
         let Some(t) = info.tensors.iter().find(|t| t.name == e.tensor) else { continue }; // the server names it
         let (rows, cols) = (t.rows, t.cols as u64);
-        let fits = (e.rows, e.cols) == (rows, cols) || e.rows == 1 && e.cols == rows * cols && (rows == 1 || cols == 1);
+        // a vector may come as a row or a column
+        let vector = |r: u64, c: u64| r == 1 || c == 1;
+        let fits = (e.rows, e.cols) == (rows, cols)
+            || vector(e.rows, e.cols) && vector(rows, cols) && e.rows * e.cols == rows * cols;
         if !fits {
             return Err(format_err(
                 path,

@@ -260,12 +260,19 @@ pub async fn run(
     let versions =
         client.models.list_versions(pb::ModelRef { name: config.model.clone() }).await?.into_inner().versions;
     let gate_metric = config.gate.as_ref().map_or(primary.to_string(), |g| g.metric.clone());
+    let worst = if higher_is_better(&gate_metric) { f64::NEG_INFINITY } else { f64::INFINITY };
     for v in &versions {
-        if let Some(x) = v.metrics.get(&gate_metric) {
+        if v.metrics.contains_key(DIVERGED) {
+            history.push((v.version, worst));
+        } else if let Some(x) = v.metrics.get(&gate_metric) {
             history.push((v.version, *x));
         }
     }
-    let todo: Vec<pb::VersionInfo> = versions.into_iter().filter(|v| !v.metrics.contains_key(primary)).collect();
+    // A diverged version has no primary metric stored, but it is scored.
+    let todo: Vec<pb::VersionInfo> = versions
+        .into_iter()
+        .filter(|v| !v.metrics.contains_key(primary) && !v.metrics.contains_key(DIVERGED))
+        .collect();
     for v in todo {
         evaluate(&config, &mut client, &view, &mut holdout, &v, &gate_metric, &mut history, &mut report).await?;
     }

@@ -23,6 +23,8 @@ pub enum ServiceError {
     Invalid(String),
     #[error("model {model:?}: push computed against lineage epoch {pushed}, but the current epoch is {current} (the model was rolled back or imported); pull and recompute")]
     StaleLineage { model: String, pushed: u64, current: u64 },
+    #[error("model {model:?}: worker {worker:?} is not in the BSP barrier (its lease expired, or it never joined); join again")]
+    NotInBarrier { model: String, worker: String },
     #[error("{what} is {bytes} bytes, over the server's message limit of {limit} bytes (--max-message-bytes)")]
     TooLarge { what: String, bytes: usize, limit: usize },
     #[error("{0}")]
@@ -38,6 +40,7 @@ impl ServiceError {
             ServiceError::ModelExists(_) | ServiceError::TagExists { .. } => Code::AlreadyExists,
             ServiceError::Spec(_) | ServiceError::Update { .. } | ServiceError::Invalid(_) => Code::InvalidArgument,
             ServiceError::StaleLineage { .. } => Code::Aborted,
+            ServiceError::NotInBarrier { .. } => Code::FailedPrecondition,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
         }

@@ -446,11 +446,18 @@ impl ModelHandle {
         tensor_of: impl Fn(usize, &Grad<'_>) -> usize,
     ) -> Result<Ack> {
         let mut sync = lock(&self.sync);
-        {
-            let live = lock(&self.live);
-            self.check_epoch(&live, epoch)?;
-            self.check_room(&live, meta)?;
+        if !sync.is_member(meta.worker_id) {
+            // Its round has gone on without it: it must join again and take the current clock.
+            return Err(ServiceError::NotInBarrier {
+                model: self.name().to_string(),
+                worker: meta.worker_id.to_string(),
+            });
         }
+        let stale = {
+            let live = lock(&self.live);
+            self.check_room(&live, meta)?;
+            self.check_epoch(&live, epoch).err()
+        };
         // A worker pushes clock c after pulling at c-1, which BSP allows once round c-1 is
         // applied: clocks from an old round, or far ahead, are not a worker's.
         if meta.clock <= sync.applied || meta.clock > sync.applied + MAX_ROUNDS_AHEAD {
@@ -470,6 +477,17 @@ impl ModelHandle {
             let msg =
                 format!("model {:?}: worker {:?} already pushed clock {}", self.name(), meta.worker_id, meta.clock);
             return Err(ServiceError::Invalid(msg));
+        }
+        if let Some(refused) = stale {
+            // Computed on the lineage before a rollback or import: refused, but the worker's
+            // clock moves on with it, so it counts in its round as an empty contribution —
+            // the other workers are not left waiting for a gradient that will not come.
+            round.from.push(meta.worker_id.to_string());
+            sync.touch(meta.worker_id, Some(meta.clock));
+            self.apply_complete_rounds(&mut sync);
+            drop(sync);
+            self.sync_changed.notify_waiters();
+            return Err(refused);
         }
         for (i, g) in grads.iter().enumerate() {
             let t = tensor_of(i, g);

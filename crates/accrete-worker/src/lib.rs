@@ -417,15 +417,12 @@ pub async fn run(
     let started = Instant::now();
     let mut report = Report::default();
     let mut pusher = Pusher::open(&mut client).await?;
-    let joined = client
-        .params
-        .join(pb::JoinRequest {
-            model: config.model.clone(),
-            worker_id: config.worker_id.clone(),
-            shard: config.shard.to_string_lossy().to_string(),
-        })
-        .await?
-        .into_inner();
+    let join = pb::JoinRequest {
+        model: config.model.clone(),
+        worker_id: config.worker_id.clone(),
+        shard: config.shard.to_string_lossy().to_string(),
+    };
+    let joined = client.params.join(join.clone()).await?.into_inner();
     let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
     // A pipe's bytes are new on every run: there is nothing to resume.
     let seekable = std::fs::metadata(&config.shard).is_ok_and(|m| m.is_file() || m.is_dir());
@@ -452,9 +449,10 @@ pub async fn run(
     loop {
         let next = tokio::select! {
             next = filled.recv() => next,
-            _ = stopped.notified() => None,
+            _ = stopped.notified() => break,
         };
-        let Some(next) = next else { break };
+        // The reading thread always ends with Done or an error; without either it panicked.
+        let next = next.ok_or_else(|| WorkerError::Config("the shard's reading thread stopped unexpectedly".into()))?;
         let (mut batch, n, offset) = match next? {
             Filled::Batch { batch, rows, offset } => (batch, rows, offset),
             Filled::Done => break,
@@ -509,7 +507,12 @@ pub async fn run(
         };
         let req =
             pb::PushRequest { model: config.model.clone(), lineage_epoch: p.epoch, grads: chunks, meta: Some(meta) };
-        pusher.send(&mut client, req).await?;
+        if pusher.send(&mut client, req).await? == Sent::Rejoin {
+            // The BSP rounds went on without this worker (its lease expired): join again
+            // and take the barrier's clock; the refused batch's gradient is lost.
+            clock = client.params.join(join.clone()).await?.into_inner().clock;
+            tracing::warn!(worker = %config.worker_id, clock, "left the barrier while away; joined again");
+        }
         report.rows += n as u64;
         progress.record(n as u64, loss);
         report.pushes += 1;
@@ -618,7 +621,7 @@ fn read_shard(
             let Some(mut batch) = held.take().or_else(|| pool.recv().ok()) else { return Ok(()) };
             batch.clear();
             let mut n = rows.fill(&mut batch, config.batch)?;
-            while n == 0 && config.follow && !stop.load(Ordering::Acquire) {
+            while n == 0 && config.follow && !stop.load(Ordering::Acquire) && !tx.is_closed() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 rows.poll_new_parts()?;
                 n = rows.fill(&mut batch, config.batch)?;
@@ -704,6 +707,15 @@ async fn beat(
     }
 }
 
+/// What became of a push handed to [`Pusher::send`] (refusals other than these end the worker).
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Queued (or dropped for a stale lineage: the next pull brings the new one).
+    Sent,
+    /// The stream ended because this worker is no longer in the BSP barrier.
+    Rejoin,
+}
+
 /// Pushes on one stream without waiting for each ack. A push refused for a stale lineage
 /// (the model was rolled back) is dropped and the stream reopened: the next pull brings
 /// the new lineage. Any other refusal ends the worker.
@@ -729,19 +741,20 @@ impl Pusher {
         Ok(Pusher { tx, acks })
     }
 
-    async fn send(&mut self, client: &mut Client, req: pb::PushRequest) -> Result<(), WorkerError> {
+    async fn send(&mut self, client: &mut Client, req: pb::PushRequest) -> Result<Sent, WorkerError> {
         if self.tx.send(req).await.is_ok() {
-            return Ok(());
+            return Ok(Sent::Sent);
         }
         let fresh = Pusher::open(client).await?;
         let old = std::mem::replace(self, fresh);
         match old.acks.await {
             Ok(Err(e)) if e.code() == tonic::Code::Aborted => {
                 tracing::warn!("{}; continuing on the new lineage", e.message());
-                Ok(())
+                Ok(Sent::Sent)
             }
+            Ok(Err(e)) if e.code() == tonic::Code::FailedPrecondition => Ok(Sent::Rejoin),
             Ok(Err(e)) => Err(e.into()),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(Sent::Sent),
             Err(e) => Err(WorkerError::Config(format!("push stream task failed: {e}"))),
         }
     }
@@ -751,6 +764,10 @@ impl Pusher {
         match self.acks.await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) if e.code() == tonic::Code::Aborted => Ok(0),
+            Ok(Err(e)) if e.code() == tonic::Code::FailedPrecondition => {
+                tracing::warn!("{}; the last push was not applied", e.message());
+                Ok(0)
+            }
             Ok(Err(e)) => Err(e.into()),
             Err(e) => Err(WorkerError::Config(format!("push stream task failed: {e}"))),
         }

@@ -278,7 +278,8 @@ impl CsvParser {
             None if require_label => return Err(RowError::NoLabel),
             None => f32::NAN,
         };
-        let label = self.target.check_label(label)?;
+        // (rows read only to be scored keep whatever label they have)
+        let label = if require_label { self.target.check_label(label)? } else { label };
         for i in 0..self.dense.len() {
             let (a, b) = self.fields[self.dense[i]];
             let v = &line[a..b];
@@ -327,7 +328,7 @@ pub fn parse_libsvm(line: &[u8], target: Target, batch: &mut Batch, require_labe
         None => f32::NAN,
         Some(t) => t.parse::<f32>().map_err(|_| RowError::Bad(format!("label {t:?} is not a number")))?,
     };
-    let label = target.check_label(label)?;
+    let label = if require_label { target.check_label(label)? } else { label };
     let start = batch.dense.len();
     batch.dense.resize(start + target.features, 0.0);
     for tok in tokens {

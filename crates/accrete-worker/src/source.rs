@@ -126,6 +126,9 @@ impl ShardReader {
             if self.follow && last_part && buf.last() != Some(&b'\n') {
                 // a row being appended: wait for its newline
                 std::mem::swap(&mut self.partial, buf);
+                if n == 0 {
+                    self.check_not_shrunk()?;
+                }
                 return Ok(false);
             }
             self.offset += buf.len() as u64;
@@ -146,8 +149,9 @@ impl ShardReader {
     fn check_not_shrunk(&self) -> std::io::Result<()> {
         let plain = !self.pos.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz"));
         if self.follow && plain {
-            let len = std::fs::metadata(&self.pos.file)?.len();
-            if len < self.in_part {
+            let m = std::fs::metadata(&self.pos.file)?;
+            if m.is_file() && m.len() < self.in_part {
+                let len = m.len();
                 return Err(std::io::Error::other(format!(
                     "the file shrank to {len} bytes after {} were read from it (truncated or replaced while followed; \
                      a growing shard must only be appended to, or get new part files)",
