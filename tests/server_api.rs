@@ -545,43 +545,46 @@ async fn worker_progress_is_recorded_with_versions() {
     assert!((w.loss_sum - 13.8).abs() < 1e-9);
 }
 
-/// Under BSP a push belongs to the next rounds: a clock from a round already applied (which
-/// no other worker would ever fill) or far ahead is refused by name, and changes nothing.
-#[tokio::test]
-async fn bsp_refuses_clocks_outside_the_next_rounds() {
+/// A server with a 2-float linear BSP model "b" that `workers` have joined.
+async fn bsp_model(workers: &[&str]) -> (tempfile::TempDir, TestServer, accrete_client::Client) {
     let tmp = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(tmp.path().join("d"), 64 << 20).await;
     let mut c = s.client().await;
     let mut spec = linear("b", 2, pb::OptimizerKind::Sgd, 0.1);
     spec.consistency = Some(pb::Consistency { mode: pb::ConsistencyMode::Bsp as i32, staleness: 0 });
     create(&mut c, spec).await;
-    let joined = c
-        .params
-        .join(pb::JoinRequest { model: "b".into(), worker_id: "a".into(), shard: "s".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(joined.clock, 0);
-    let push = |clock: u64| {
-        let mut r = push_req("b", 0, vec![dense("w", 0, &[1.0, 1.0])]);
-        r.meta = Some(pb::PushMeta { worker_id: "a".into(), clock, rows: 1, ..Default::default() });
-        r
-    };
+    for w in workers {
+        let join = pb::JoinRequest { model: "b".into(), worker_id: w.to_string(), shard: w.to_string() };
+        assert_eq!(c.params.join(join).await.unwrap().into_inner().clock, 0);
+    }
+    (tmp, s, c)
+}
+
+/// A push of gradient [1, 1] to "b" from `worker` for its `clock`-th batch.
+fn bsp_push(worker: &str, clock: u64, epoch: u64) -> pb::PushRequest {
+    let mut r = push_req("b", epoch, vec![dense("w", 0, &[1.0, 1.0])]);
+    r.meta = Some(pb::PushMeta { worker_id: worker.into(), clock, rows: 1, ..Default::default() });
+    r
+}
+
+/// Under BSP a push belongs to the next rounds: a clock from a round already applied (which
+/// no other worker would ever fill) or far ahead is refused by name, and changes nothing.
+#[tokio::test]
+async fn bsp_refuses_clocks_outside_the_next_rounds() {
+    let (_tmp, _s, mut c) = bsp_model(&["a"]).await;
     for clock in [0, 17, u64::MAX] {
-        let e = c.params.push(push(clock)).await.unwrap_err();
+        let e = c.params.push(bsp_push("a", clock, 0)).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
         assert!(e.message().contains(&format!("pushed clock {clock}, but BSP is at round 0")), "{}", e.message());
     }
     assert_eq!(tensor(&mut c, "b", "w").await, vec![0.0, 0.0], "a refused push changed the model");
     // the one live worker's round 1 is complete: applied at once
-    c.params.push(push(1)).await.unwrap();
+    c.params.push(bsp_push("a", 1, 0)).await.unwrap();
     assert_eq!(tensor(&mut c, "b", "w").await, vec![-0.1, -0.1]);
-    let e = c.params.push(push(1)).await.unwrap_err();
+    let e = c.params.push(bsp_push("a", 1, 0)).await.unwrap_err();
     assert!(e.message().contains("BSP is at round 1"), "{}", e.message());
     // a worker that is not in the barrier is told to join again
-    let mut stranger = push(2);
-    stranger.meta.as_mut().unwrap().worker_id = "z".into();
-    let e = c.params.push(stranger).await.unwrap_err();
+    let e = c.params.push(bsp_push("z", 2, 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("join again"), "{}", e.message());
 }
@@ -590,25 +593,11 @@ async fn bsp_refuses_clocks_outside_the_next_rounds() {
 /// round (empty): the worker's clock has moved on, and the others must not wait for it.
 #[tokio::test]
 async fn bsp_rounds_complete_across_a_rollback() {
-    let tmp = tempfile::tempdir().unwrap();
-    let s = TestServer::start_in(tmp.path().join("d"), 64 << 20).await;
-    let mut c = s.client().await;
-    let mut spec = linear("b", 2, pb::OptimizerKind::Sgd, 0.1);
-    spec.consistency = Some(pb::Consistency { mode: pb::ConsistencyMode::Bsp as i32, staleness: 0 });
-    create(&mut c, spec).await;
-    for w in ["a", "b"] {
-        let join = pb::JoinRequest { model: "b".into(), worker_id: w.into(), shard: w.into() };
-        c.params.join(join).await.unwrap();
-    }
-    let push = |worker: &str, epoch: u64| {
-        let mut r = push_req("b", epoch, vec![dense("w", 0, &[1.0, 1.0])]);
-        r.meta = Some(pb::PushMeta { worker_id: worker.into(), clock: 1, rows: 1, ..Default::default() });
-        r
-    };
-    c.params.push(push("a", 1)).await.unwrap();
+    let (_tmp, _s, mut c) = bsp_model(&["a", "b"]).await;
+    c.params.push(bsp_push("a", 1, 1)).await.unwrap();
     let rb = pb::RollbackRequest { model: "b".into(), to_version: 1, reason: "test".into() };
     c.models.rollback(rb).await.unwrap();
-    let e = c.params.push(push("b", 1)).await.unwrap_err();
+    let e = c.params.push(bsp_push("b", 1, 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::Aborted, "{}", e.message());
     let info = c.models.get_model_info(pb::ModelRef { name: "b".into() }).await.unwrap().into_inner();
     assert_eq!(info.updates, 1, "round 1 was applied with b's stale push counted empty");
