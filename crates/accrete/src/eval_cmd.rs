@@ -144,17 +144,20 @@ where
     // A bundled font: no fontconfig or system fonts needed.
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let (x0, x1) =
-        (points.iter().map(|p| p.0).fold(f64::MAX, f64::min), points.iter().map(|p| p.0).fold(f64::MIN, f64::max));
+    // every scored version and every rollback in view
+    let xs = || points.iter().map(|p| p.0).chain(rollbacks.iter().copied());
+    let (x0, x1) = (xs().fold(f64::MAX, f64::min), xs().fold(f64::MIN, f64::max));
     let (y0, y1) =
         (points.iter().map(|p| p.1).fold(f64::MAX, f64::min), points.iter().map(|p| p.1).fold(f64::MIN, f64::max));
     let pad = ((y1 - y0) * 0.1).max(1e-3);
+    // room above the data for the legend (top right), so it never hides a point
+    let top = y1 + 3.0 * pad;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 26))
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (y0 - pad)..(y1 + pad))
+        .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (y0 - pad)..top)
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     chart
         .configure_mesh()
@@ -183,6 +186,7 @@ where
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .label_font(("sans-serif", 15))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
