@@ -9,8 +9,10 @@ writes without copies.
     from accrete_client import Client
     c = Client("http://127.0.0.1:50051")
     c.create_model("m", kind="linear", features=8, optimizer="sgd", lr=0.05)
-    w = c.pull("m")["w"]                 # numpy arrays, shape (rows, cols)
-    c.push_dense("m", "w", grad_w)       # a gradient; the server applies its optimizer
+    p = c.pull("m")                      # numpy arrays, shape (rows, cols), by tensor
+    c.push("m", {"w": grad_w, "b": grad_b}, epoch=p["_epoch"])   # the server's optimizer applies it
+    c.predict("m", dense=x)              # scores rows with the live model (or a version)
+    for event in c.watch("m"): ...       # new versions, rollbacks, as they happen
 """
 import importlib
 import os
@@ -101,3 +103,44 @@ class Client:
 
     def versions(self, model):
         return list(self.models.ListVersions(pb.ModelRef(name=model)).versions)
+
+    def predict(self, model, dense=None, hashed=None, version=None):
+        """Scores rows on the server: `dense` an array (rows, features) for the model's
+        dense inputs (raw values; the server standardises them as in training), `hashed`
+        a list of {table row: value} dicts, one per row, for its hashed table. Returns an
+        array (rows, outputs): values, probabilities, or class probabilities."""
+        dense = None if dense is None else np.asarray(dense, dtype="<f4")
+        n = len(dense) if dense is not None else len(hashed or [])
+        rows = pb.FeatureRows(rows=n, features=0 if dense is None else dense.shape[1])
+        if dense is not None:
+            rows.dense = _f32(dense)
+        if hashed is not None:
+            if len(hashed) != n:
+                raise ValueError(f"{len(hashed)} hashed rows for {n} dense rows")
+            ptr, idx, val = [0], [], []
+            for row in hashed:
+                idx.extend(int(k) for k in row)
+                val.extend(float(v) for v in row.values())
+                ptr.append(len(idx))
+            rows.row_ptr.extend(ptr)
+            rows.indices.extend(idx)
+            rows.values = _f32(np.array(val, dtype=np.float32))
+        req = pb.PredictRequest(model=model, rows=rows)
+        if version is not None:
+            req.version = version
+        r = self.params.Predict(req)
+        return np.frombuffer(r.values, dtype="<f4").reshape(n, max(r.outputs, 1))
+
+    def rollback(self, model, to_version, reason=""):
+        """Makes a new head version holding `to_version`'s parameters (a new lineage:
+        pushes computed before it are refused with ABORTED). Returns the new version."""
+        return self.models.Rollback(pb.RollbackRequest(model=model, to_version=to_version, reason=reason))
+
+    def watch(self, model="", after_version=None):
+        """Yields (kind, VersionInfo) for each new version of `model` ("" = every model) as
+        it happens; with `after_version`, first the retained versions after it."""
+        req = pb.WatchRequest(model=model)
+        if after_version is not None:
+            req.after_version = after_version
+        for ev in self.models.WatchVersions(req):
+            yield pb.VersionEventKind.Name(ev.kind), ev.version

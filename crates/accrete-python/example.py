@@ -38,6 +38,20 @@ def main():
     if dist > 0.05 or abs(b - b_true) > 0.05:
         print("FAIL: the model did not learn the synthetic weights", file=sys.stderr)
         return 1
+    # Query the model the server keeps: predictions of the latest parameters...
+    x_new = rng.normal(size=(5, 8)).astype(np.float32)
+    served = c.predict(args.model, dense=x_new)[:, 0]
+    err = float(np.abs(served - (x_new @ w_true + b_true)).max())
+    print(f"served predictions within {err:.4f} of the truth")
+    # ...and a rollback to the first version, seen by a watcher of the model's versions.
+    head = versions[-1].version
+    events = c.watch(args.model, after_version=head)
+    rolled = c.rollback(args.model, 1, reason="python example")
+    kind, v = next(events)
+    print(f"watched {kind} to version {v.version} ({v.reason}); predictions are now {c.predict(args.model, dense=x_new)[0, 0]:.4f}")
+    if err > 0.1 or v.version != rolled.version or kind != "VERSION_EVENT_KIND_ROLLED_BACK":
+        print("FAIL: predictions or the watched rollback are wrong", file=sys.stderr)
+        return 1
     return 0
 
 
