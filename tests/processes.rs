@@ -96,6 +96,17 @@ async fn a_data_dir_that_is_not_ours_is_refused_at_start() {
 }
 
 #[tokio::test]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let _first = spawn_server(&dir).await;
+    let out = Command::new(BIN).args(["server", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in use: another accrete server holds its database lock"), "{err}");
+}
+
+#[tokio::test]
 async fn cli_reports_tables_json_and_server_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let mut p = spawn_server(&tmp.path().join("data")).await;

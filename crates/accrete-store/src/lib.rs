@@ -35,6 +35,8 @@ pub enum StoreError {
     NotOurs(PathBuf),
     #[error("data dir {dir}: {message}")]
     Damaged { dir: PathBuf, message: String },
+    #[error("data dir {0} is in use: another accrete server holds its database lock")]
+    InUse(PathBuf),
     #[error("data dir {dir}: {source}")]
     Io { dir: PathBuf, source: std::io::Error },
     #[error("storage error: {0}")]
@@ -143,12 +145,31 @@ impl Store {
         }
         let path = dir.join("db");
         let config = sled::Config::new().path(&path).cache_capacity(cache_bytes);
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
-            .map_err(|_| StoreError::Damaged { dir: dir.to_path_buf(), message: "sled panicked while opening".into() })?
-            .map_err(|e| StoreError::Damaged {
-                dir: dir.to_path_buf(),
-                message: format!("cannot open database: {e}"),
+        // The database's lock may still be held for a moment by a store just closed (its
+        // flusher thread ends after the handle is dropped); longer means another server.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let db = loop {
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|_| {
+                StoreError::Damaged { dir: dir.to_path_buf(), message: "sled panicked while opening".into() }
             })?;
+            match opened {
+                Ok(db) => break db,
+                // (sled 0.34 reports the lock as an error of kind Other with this text)
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.to_string().contains("could not acquire lock") =>
+                {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::InUse(dir.to_path_buf()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    let message = format!("cannot open database: {e}");
+                    return Err(StoreError::Damaged { dir: dir.to_path_buf(), message });
+                }
+            }
+        };
         let models = db.open_tree("models")?;
         let store = Store { db, models, dir: dir.to_path_buf(), unflushed: Default::default() };
         store.recover()?;
