@@ -3,7 +3,7 @@
 //! `target/test-artifacts/dashboard.png`.
 mod common;
 
-use common::procs::{free_port, ok, spawn_server_with};
+use common::procs::{ok, spawn_server_with};
 use std::io::{Read, Write};
 use std::process::Command;
 
@@ -18,8 +18,8 @@ fn get(addr: &str, path: &str) -> String {
 #[tokio::test]
 async fn dashboard_and_metrics_show_versions_and_quality() {
     let tmp = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let s = spawn_server_with(&tmp.path().join("data"), &["--http", &http]).await;
+    let s = spawn_server_with(&tmp.path().join("data"), &["--http", "127.0.0.1:0"]).await;
+    let http = s.http.clone().unwrap().trim_start_matches("http://").to_string();
     let data = tmp.path().join("d.csv");
     let mut rows = String::from("x,c,y\n");
     let mut rng = accrete_core::rng::SplitMix64::new(3);

@@ -10,6 +10,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_accrete");
 pub struct Proc {
     pub child: Child,
     pub url: String,
+    /// The dashboard's URL when started with `--http`.
+    pub http: Option<String>,
 }
 
 impl Drop for Proc {
@@ -19,27 +21,39 @@ impl Drop for Proc {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Starts `accrete server` on `dir` and waits until it answers.
 pub async fn spawn_server(dir: &Path) -> Proc {
     spawn_server_with(dir, &[]).await
 }
 
-/// [`spawn_server`] with extra flags.
+/// [`spawn_server`] with extra flags. The server binds port 0 (`--http 127.0.0.1:0` too, if
+/// given) and the addresses it got are read from its first lines of output, so no other
+/// process can take a port between choosing and binding it.
 pub async fn spawn_server_with(dir: &Path, extra: &[&str]) -> Proc {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let p = Proc { child, url: format!("http://127.0.0.1:{port}") };
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let line = next();
+    let addr = line.strip_prefix("accrete server listening on ").unwrap_or_else(|| panic!("server said {line:?}"));
+    let url = format!("http://{addr}");
+    let http = extra.contains(&"--http").then(|| {
+        let line = next();
+        line.strip_prefix("dashboard and /metrics on ")
+            .unwrap_or_else(|| panic!("server said {line:?}"))
+            .trim_end_matches('/')
+            .to_string()
+    });
+    // nothing more is printed on stdout; keep the pipe drained all the same
+    std::thread::spawn(move || lines.for_each(drop));
+    let p = Proc { child, url, http };
     for _ in 0..200 {
         if accrete_client::Client::connect(&p.url).await.is_ok() {
             return p;

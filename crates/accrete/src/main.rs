@@ -117,6 +117,13 @@ async fn serve(a: ServerArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // The bound addresses, on stdout (logs go to stderr): with port 0, how to find it.
+    if let Ok(addr) = listener.local_addr() {
+        println!("accrete server listening on {addr}");
+    }
+    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
+        println!("dashboard and /metrics on http://{addr}/");
+    }
     accrete_server::serve(config, listener, http, shutdown_signal()).await?;
     Ok(())
 }
