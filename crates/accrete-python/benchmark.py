@@ -15,7 +15,7 @@ accrete runs as 1 server + 2 workers on loopback (processes started here); every
 reads its own data files, parsing included in the time. Features for flights: carrier,
 origin, dest, month, day, hour, tailnum, flight, crosses carrier x hour and origin x dest.
 """
-import argparse, csv, gzip, json, math, os, random, shutil, socket, subprocess, sys, tempfile, time
+import argparse, csv, gzip, json, math, os, random, shutil, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLIGHTS = os.path.join(HERE, "..", "accrete", "data", "flights.csv.gz")
@@ -233,10 +233,14 @@ SETTINGS = {"a": ("adagrad", "0.1", "1000", "asp"), "b": ("sgd", "0.01", "50", "
 
 
 def accrete(binary, d, k, info, workers=2, opt=None, lr=None, batch=None, consistency=None):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    url = f"http://127.0.0.1:{port}"
     shutil.rmtree(f"{d}/{k}_server", ignore_errors=True)  # a fresh server for each run
-    srv = subprocess.Popen([binary, "server", "--listen", f"127.0.0.1:{port}", "--data-dir", f"{d}/{k}_server"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # port 0: the server says which port it got on its first line of output
+    srv = subprocess.Popen([binary, "server", "--listen", "127.0.0.1:0", "--data-dir", f"{d}/{k}_server"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = srv.stdout.readline()
+    if not line.startswith("accrete server listening on "):
+        srv.kill()
+        raise RuntimeError(f"accrete server did not start: {line!r}")
+    url = "http://" + line.split()[-1]
     try:
         for _ in range(200):
             if subprocess.run([binary, "model", "list", "--server", url], capture_output=True).returncode == 0:
