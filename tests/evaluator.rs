@@ -3,7 +3,7 @@
 mod common;
 
 use common::data::{labelled_flights, shuffle, write_csv, COLS};
-use common::procs::{ok, spawn_cli, spawn_server};
+use common::procs::{create_flights_model, ok, spawn_cli, spawn_server};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -66,24 +66,7 @@ async fn once_scores_every_version_and_the_plot_is_a_png() {
     let tmp = tempfile::tempdir().unwrap();
     let (shards, holdout) = data(tmp.path());
     let s = spawn_server(&tmp.path().join("data")).await;
-    ok(
-        &s.url,
-        &[
-            "model",
-            "create",
-            "fl",
-            "--kind",
-            "logistic",
-            "--hash-bits",
-            "20",
-            "--optimizer",
-            "adagrad",
-            "--lr",
-            "0.1",
-            "--commit-every-updates",
-            "5",
-        ],
-    );
+    create_flights_model(&s.url, "fl", &["--commit-every-updates", "5"]);
     let mut args = vec!["worker", "--model", "fl", "--shard", shards[0].to_str().unwrap(), "--batch", "500"];
     args.extend(COLS);
     ok(&s.url, &args);
@@ -135,26 +118,7 @@ async fn the_gate_rolls_back_a_poisoned_model() {
     let tmp = tempfile::tempdir().unwrap();
     let (shards, holdout) = data(tmp.path());
     let s = spawn_server(&tmp.path().join("data")).await;
-    let create = |name: &str| {
-        ok(
-            &s.url,
-            &[
-                "model",
-                "create",
-                name,
-                "--kind",
-                "logistic",
-                "--hash-bits",
-                "20",
-                "--optimizer",
-                "adagrad",
-                "--lr",
-                "0.1",
-                "--commit-every-updates",
-                "10",
-            ],
-        )
-    };
+    let create = |name: &str| create_flights_model(&s.url, name, &["--commit-every-updates", "10"]);
     // the run without poison: clean shards 0 and 2
     create("clean");
     train(&s.url, "clean", &shards[0], &COLS);
@@ -206,24 +170,7 @@ async fn a_window_of_recent_rows_tracks_a_stream() {
         }
     };
     let s = spawn_server(&tmp.path().join("data")).await;
-    ok(
-        &s.url,
-        &[
-            "model",
-            "create",
-            "st",
-            "--kind",
-            "logistic",
-            "--hash-bits",
-            "20",
-            "--optimizer",
-            "adagrad",
-            "--lr",
-            "0.1",
-            "--commit-every-updates",
-            "10",
-        ],
-    );
+    create_flights_model(&s.url, "st", &["--commit-every-updates", "10"]);
     append(&rows[..30_000], 0);
     let mut args = vec![
         "evaluator",

@@ -4,7 +4,7 @@
 mod common;
 
 use common::data::{labelled_flights, read_gz, shuffle, write_csv, COLS, HOUSING};
-use common::procs::{cli, ok, spawn_cli, spawn_server};
+use common::procs::{cli, create_flights_model, ok, spawn_cli, spawn_server};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,24 +104,7 @@ async fn three_workers_reach_the_reference_auc_in_every_consistency_mode() {
     assert_eq!(parts.len(), 3);
     for mode in ["asp", "ssp:2", "bsp"] {
         let name = format!("fl-{}", mode.replace(':', ""));
-        ok(
-            &s.url,
-            &[
-                "model",
-                "create",
-                &name,
-                "--kind",
-                "logistic",
-                "--hash-bits",
-                "20",
-                "--optimizer",
-                "adagrad",
-                "--lr",
-                "0.1",
-                "--consistency",
-                mode,
-            ],
-        );
+        create_flights_model(&s.url, &name, &["--consistency", mode]);
         let workers: Vec<_> = parts
             .iter()
             .map(|p| {
@@ -149,24 +132,7 @@ async fn bsp_goes_on_when_a_worker_is_killed() {
     let shards = tmp.path().join("shards");
     split(&train, &shards);
     let parts = parts_of(&shards);
-    ok(
-        &s.url,
-        &[
-            "model",
-            "create",
-            "b",
-            "--kind",
-            "logistic",
-            "--hash-bits",
-            "20",
-            "--optimizer",
-            "adagrad",
-            "--lr",
-            "0.1",
-            "--consistency",
-            "bsp",
-        ],
-    );
+    create_flights_model(&s.url, "b", &["--consistency", "bsp"]);
     let mut workers: Vec<_> = parts
         .iter()
         .map(|p| {

@@ -75,6 +75,13 @@ pub fn ok(url: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `model create NAME` of the logistic model the flights scenarios train (2^20 hashed rows,
+/// AdaGrad 0.1), with `extra` flags (consistency, commit policy).
+pub fn create_flights_model(url: &str, name: &str, extra: &[&str]) -> String {
+    let spec = ["--kind", "logistic", "--hash-bits", "20", "--optimizer", "adagrad", "--lr", "0.1"];
+    ok(url, &[&["model", "create", name][..], &spec, extra].concat())
+}
+
 /// Starts a CLI process in the background (stdout and stderr captured).
 pub fn spawn_cli(url: &str, args: &[&str]) -> Child {
     Command::new(BIN).args(args).args(["--server", url]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()

@@ -220,6 +220,16 @@ pub struct Report {
     pub rollbacks: Vec<(u64, u64, String)>,
 }
 
+/// The value the gate compares for a version: its `metric`, or the worst possible one when
+/// the version diverged.
+fn gate_value(metric: &str, diverged: bool, value: Option<&f64>) -> Option<f64> {
+    match diverged {
+        true if higher_is_better(metric) => Some(f64::NEG_INFINITY),
+        true => Some(f64::INFINITY),
+        false => value.copied(),
+    }
+}
+
 /// What the gate decides about a freshly scored version.
 pub fn gate_decision(gate: &Gate, scored: &[(u64, f64)], version: u64, value: f64) -> Option<(u64, f64)> {
     let hib = higher_is_better(&gate.metric);
@@ -260,12 +270,9 @@ pub async fn run(
     let versions =
         client.models.list_versions(pb::ModelRef { name: config.model.clone() }).await?.into_inner().versions;
     let gate_metric = config.gate.as_ref().map_or(primary.to_string(), |g| g.metric.clone());
-    let worst = if higher_is_better(&gate_metric) { f64::NEG_INFINITY } else { f64::INFINITY };
     for v in &versions {
-        if v.metrics.contains_key(DIVERGED) {
-            history.push((v.version, worst));
-        } else if let Some(x) = v.metrics.get(&gate_metric) {
-            history.push((v.version, *x));
+        if let Some(x) = gate_value(&gate_metric, v.metrics.contains_key(DIVERGED), v.metrics.get(&gate_metric)) {
+            history.push((v.version, x));
         }
     }
     // A diverged version has no primary metric stored, but it is scored.
@@ -345,8 +352,7 @@ async fn evaluate(
     let line: Vec<String> = m.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
     tracing::info!(model = %config.model, version = v.version, "scored {}", line.join(" "));
     report.scored.push((v.version, m.clone()));
-    let worst = if higher_is_better(gate_metric) { f64::NEG_INFINITY } else { f64::INFINITY };
-    let value = if diverged { worst } else { m.get(gate_metric).copied().unwrap_or(f64::NAN) };
+    let value = gate_value(gate_metric, diverged, m.get(gate_metric)).unwrap_or(f64::NAN);
     let is_rollback = v.reason.starts_with("rollback");
     if let (Some(gate), false) = (&config.gate, is_rollback) {
         let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
