@@ -14,7 +14,7 @@ async fn acknowledged_versions_survive_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let mut p = spawn_server(&dir).await;
-    let mut c = accrete_client::Client::connect(&p.url).await.unwrap();
+    let mut c = common::connect(&p.url).await.unwrap();
     let mut spec = linear("d", 50_000, pb::OptimizerKind::Adam, 0.01);
     spec.hash_bits = 12;
     spec.init = Some(pb::InitSpec { seed: 9, scale: 0.1 });
@@ -35,7 +35,7 @@ async fn acknowledged_versions_survive_kill_9() {
     p.child.wait().unwrap();
 
     let mut p = spawn_server(&dir).await;
-    let mut c = accrete_client::Client::connect(&p.url).await.unwrap();
+    let mut c = common::connect(&p.url).await.unwrap();
     assert_eq!(versions(&mut c, "d").await, before);
     for (v, tensors) in &committed {
         let got = pull_all(&mut c, "d", Some(*v)).await.1;
@@ -60,7 +60,7 @@ async fn sigterm_shuts_down_cleanly_with_exit_0() {
     let out = cli(&p.url, &["model", "create", "m", "--kind", "linear", "--features", "3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // An open watch stream must not keep the server from stopping.
-    let mut c = accrete_client::Client::connect(&p.url).await.unwrap();
+    let mut c = common::connect(&p.url).await.unwrap();
     let watch = c
         .models
         .watch_versions(pb::WatchRequest { model: "m".into(), after_version: None })

@@ -1,5 +1,5 @@
-//! The Python client's example (a numpy training loop, then predictions, a rollback and a
-//! watch) against a real server. Needs a
+//! The Python client's example (a numpy training loop, then predictions, a rollback, a
+//! watch, and a fenced older incarnation) against a real server. Needs a
 //! Python with grpcio, grpcio-tools and numpy: `ACCRETE_PYTHON` names it (`.ci/run` makes
 //! one), else `python3`.
 mod common;
@@ -31,6 +31,8 @@ async fn the_python_example_trains_against_a_real_server() {
         "{python} example.py failed (it needs grpcio, grpcio-tools and numpy; .ci/run installs them):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("learned w within"), "{stdout}");
+    assert!(stdout.contains("(manual: commit: python example)"), "{stdout}");
+    assert!(stdout.contains("a push of the older one is refused"), "{stdout}");
     assert!(stdout.contains("served predictions within"), "{stdout}");
     assert!(stdout.contains("watched VERSION_EVENT_KIND_ROLLED_BACK"), "{stdout}");
 }

@@ -123,8 +123,8 @@ async fn rollback_restores_content_bitwise_and_refuses_stale_lineage() {
     // The exported head is v2's content, bitwise, with the optimizer state.
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("head.st"), dir.path().join("v2.st"));
-    safetensors::export(&mut c, "r", None, true, &a).await.unwrap();
-    safetensors::export(&mut c, "r", Some(v2.version), true, &b).await.unwrap();
+    safetensors::export(&mut c.typed, "r", None, true, &a).await.unwrap();
+    safetensors::export(&mut c.typed, "r", Some(v2.version), true, &b).await.unwrap();
     let (ha, hb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     let data = |h: &[u8]| h[8 + u64::from_le_bytes(h[..8].try_into().unwrap()) as usize..].to_vec();
     assert_eq!(data(&ha), data(&hb));
@@ -154,12 +154,12 @@ async fn import_makes_a_new_version_from_an_export() {
     create(&mut c, b).await;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("a.safetensors");
-    safetensors::export(&mut c, "a", None, false, &f).await.unwrap();
+    safetensors::export(&mut c.typed, "a", None, false, &f).await.unwrap();
     let (entries, _, meta) = safetensors::read_header(&f).unwrap();
     assert_eq!(entries.iter().map(|e| e.name()).collect::<Vec<_>>(), vec!["w", "h", "b", "norm"]);
     assert_eq!(meta["accrete.model"], "a");
     let before = pull_all(&mut c, "b", None).await.0;
-    let v = safetensors::import(&mut c, "b", &f).await.unwrap();
+    let v = safetensors::import(&mut c.typed, "b", &f).await.unwrap();
     assert_eq!((v.version, v.parent, v.lineage_epoch), (2, Some(1), before.lineage_epoch + 1));
     assert!(v.reason.starts_with("import"));
     let (ta, tb) = (pull_all(&mut c, "a", None).await.1, pull_all(&mut c, "b", None).await.1);
@@ -168,7 +168,7 @@ async fn import_makes_a_new_version_from_an_export() {
     let mut small = linear("small", 2, pb::OptimizerKind::Sgd, 0.1);
     small.hash_bits = 4;
     create(&mut c, small).await;
-    let e = safetensors::import(&mut c, "small", &f).await.unwrap_err();
+    let e = safetensors::import(&mut c.typed, "small", &f).await.unwrap_err();
     assert!(e.to_string().contains("tensor \"w\" is 3x1, model \"small\" has it 2x1"), "{e}");
     assert_eq!(versions(&mut c, "small").await.len(), 1);
     // A transposed matrix has the right number of floats but not the model's shape.
@@ -176,13 +176,13 @@ async fn import_makes_a_new_version_from_an_export() {
     (soft.kind, soft.classes) = (pb::ModelKind::Softmax as i32, 2);
     create(&mut c, soft).await;
     let g = dir.path().join("soft.safetensors");
-    safetensors::export(&mut c, "soft", None, false, &g).await.unwrap();
+    safetensors::export(&mut c.typed, "soft", None, false, &g).await.unwrap();
     let bytes = std::fs::read(&g).unwrap();
     let at = bytes.windows(13).position(|w| w == b"\"shape\":[3,2]").expect("w's shape in the header");
     let mut flipped = bytes.clone();
     flipped[at..at + 13].copy_from_slice(b"\"shape\":[2,3]");
     std::fs::write(&g, flipped).unwrap();
-    let e = safetensors::import(&mut c, "soft", &g).await.unwrap_err().to_string();
+    let e = safetensors::import(&mut c.typed, "soft", &g).await.unwrap_err().to_string();
     assert!(e.contains("tensor \"w\" is 2x3, model \"soft\" has it 3x2"), "{e}");
     assert_eq!(versions(&mut c, "soft").await.len(), 1);
     // AdaGrad's sums of squares, and the statistics' counts, cannot be negative.
@@ -221,7 +221,7 @@ async fn commit_policy_and_retention_keep_tagged_versions() {
         // let the background policy commit land before more updates arrive
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let info = |c: &mut accrete_client::Client| {
+    let info = |c: &mut common::Conn| {
         let mut c = c.clone();
         async move { c.models.get_model_info(pb::ModelRef { name: "p".into() }).await.unwrap().into_inner() }
     };
@@ -332,6 +332,17 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
         (push_req("m", 0, vec![dense("w", 0, &[f32::INFINITY])]), Code::InvalidArgument, "NaN or infinite"),
         (push_req("m", 99, vec![dense("w", 0, &[1.0])]), Code::Aborted, "epoch"),
         (push_req("m", 0, vec![dense("w", 0, &vec![1.0; 20_000])]), Code::ResourceExhausted, "limit of 65536 bytes"),
+        // keys of an older client (varints) are never read as a dense update
+        (
+            push_req("m", 0, vec![pb::TensorChunk { varint_keys: vec![1], ..rows("h", &[], &[1.0]) }]),
+            Code::InvalidArgument,
+            "little-endian u64",
+        ),
+        (
+            push_req("m", 0, vec![pb::TensorChunk { keys: vec![1, 0, 0].into(), ..rows("h", &[], &[1.0]) }]),
+            Code::InvalidArgument,
+            "not a multiple of 8",
+        ),
     ];
     for (req, code, needle) in cases {
         let e = c.params.push(req).await.unwrap_err();
@@ -463,8 +474,8 @@ async fn pulls_serve_ranges_keys_versions_and_the_ema() {
         .await
         .unwrap();
     let slices = vec![
-        pb::PullSlice { tensor: "w".into(), offset: 1, len: 3, keys: vec![] },
-        pb::PullSlice { tensor: "h".into(), keys: vec![9, 3, 0], ..Default::default() },
+        pb::PullSlice { tensor: "w".into(), offset: 1, len: 3, ..Default::default() },
+        pb::PullSlice { tensor: "h".into(), keys: accrete_proto::keys_to_bytes(&[9, 3, 0]), ..Default::default() },
     ];
     let pull = |ema: bool, version: Option<u64>| pb::PullRequest {
         model: "e".into(),
@@ -485,7 +496,11 @@ async fn pulls_serve_ranges_keys_versions_and_the_ema() {
     let r = c.params.pull(pull(false, Some(1))).await.unwrap().into_inner();
     assert!(r.tensors.iter().all(|t| accrete_proto::bytes_to_f32s(&t.values).unwrap().iter().all(|v| *v == 0.0)));
     let bad = pb::PullRequest {
-        slices: vec![pb::PullSlice { tensor: "h".into(), keys: vec![16], ..Default::default() }],
+        slices: vec![pb::PullSlice {
+            tensor: "h".into(),
+            keys: accrete_proto::keys_to_bytes(&[16]),
+            ..Default::default()
+        }],
         ..pull(false, None)
     };
     let e = c.params.pull(bad).await.unwrap_err();
@@ -532,6 +547,8 @@ async fn worker_progress_is_recorded_with_versions() {
             clock: i,
             rows: 10,
             loss_sum: 6.9,
+            incarnation: 0,
+            seq: i,
         });
         c.params.push(req).await.unwrap();
     }
@@ -539,14 +556,57 @@ async fn worker_progress_is_recorded_with_versions() {
     assert_eq!(v.workers.len(), 1);
     let w = &v.workers[0];
     assert_eq!(
-        (w.worker_id.as_str(), w.shard.as_str(), w.offset, w.clock, w.rows, w.pushes),
-        ("w0", "part-0.csv", 250, 2, 20, 2)
+        (w.worker_id.as_str(), w.shard.as_str(), w.offset, w.clock, w.rows, w.pushes, w.seq),
+        ("w0", "part-0.csv", 250, 2, 20, 2, 2)
     );
     assert!((w.loss_sum - 13.8).abs() < 1e-9);
+    assert_eq!(v.kind, pb::VersionKind::Manual as i32);
+}
+
+#[tokio::test]
+async fn a_newer_incarnation_fences_the_older_one_across_restarts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = TestServer::start_in(dir.clone(), 64 << 20).await;
+    let mut c = s.client().await;
+    create(&mut c, linear("inc", 2, pb::OptimizerKind::Sgd, 0.1)).await;
+    let join = |c: &mut common::Conn| {
+        let mut c = c.clone();
+        async move {
+            let req = pb::JoinRequest { model: "inc".into(), worker_id: "w".into(), shard: String::new() };
+            c.params.join(req).await.unwrap().into_inner().incarnation
+        }
+    };
+    let push = |incarnation: u64, seq: u64| {
+        let mut req = push_req("inc", 0, vec![dense("w", 0, &[1.0, 1.0])]);
+        req.meta = Some(pb::PushMeta { worker_id: "w".into(), incarnation, seq, ..Default::default() });
+        req
+    };
+    let first = join(&mut c).await;
+    c.params.push(push(first, 1)).await.unwrap();
+    let second = join(&mut c).await;
+    assert!(second > first, "incarnations grow: {first} then {second}");
+    let before = tensor(&mut c, "inc", "w").await;
+    let e = c.params.push(push(first, 2)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains(&format!("incarnation {first}")) && e.message().contains("\"w\""), "{}", e.message());
+    assert_eq!(tensor(&mut c, "inc", "w").await, before, "a fenced push changes nothing");
+    c.params.push(push(second, 1)).await.unwrap();
+    let v = commit(&mut c, "inc").await;
+    assert_eq!((v.workers[0].incarnation, v.workers[0].seq), (second, 1));
+    // the incarnation is durable: after a restart the old one stays fenced, and the next
+    // join gives a newer one still
+    drop(c);
+    s.stop().await;
+    let s = TestServer::start_in(dir, 64 << 20).await;
+    let mut c = s.client().await;
+    let e = c.params.push(push(first, 3)).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(join(&mut c).await > second);
 }
 
 /// A server with a 2-float linear BSP model "b" that `workers` have joined.
-async fn bsp_model(workers: &[&str]) -> (tempfile::TempDir, TestServer, accrete_client::Client) {
+async fn bsp_model(workers: &[&str]) -> (tempfile::TempDir, TestServer, common::Conn) {
     let tmp = tempfile::tempdir().unwrap();
     let s = TestServer::start_in(tmp.path().join("d"), 64 << 20).await;
     let mut c = s.client().await;

@@ -314,7 +314,7 @@ async fn california_housing_linear_regression_beats_the_mean() {
 
 /// The applied updates of a model, all time.
 async fn updates_of(url: &str, model: &str) -> u64 {
-    let mut c = accrete_client::Client::connect(url).await.unwrap();
+    let mut c = common::connect(url).await.unwrap();
     let info = c.models.get_model_info(accrete_proto::v1::ModelRef { name: model.into() }).await.unwrap();
     info.into_inner().updates
 }

@@ -52,6 +52,16 @@ def _f32(a):
     return np.ascontiguousarray(a, dtype="<f4").tobytes()
 
 
+def _keys(keys):
+    """Row keys as the wire carries them: little-endian u64, 8 bytes each."""
+    return np.ascontiguousarray(keys, dtype="<u8").tobytes()
+
+
+def version_kind(v):
+    """What made a version: "created", "policy", "manual", "rollback" or "import"."""
+    return pb.VersionKind.Name(v.kind).removeprefix("VERSION_KIND_").lower()
+
+
 class Client:
     """Both services of one server, over one channel."""
 
@@ -85,17 +95,24 @@ class Client:
         out["_version"], out["_epoch"] = r.version, r.lineage_epoch
         return out
 
-    def push(self, model, grads, epoch=0, worker_id="python", rows=0, loss_sum=0.0):
+    def join(self, model, worker_id, shard=""):
+        """Joins the model's barrier as `worker_id`: the answer holds the worker's new
+        incarnation (pass it to push; pushes of older incarnations are refused) and the
+        offset recorded for it."""
+        return self.params.Join(pb.JoinRequest(model=model, worker_id=worker_id, shard=shard))
+
+    def push(self, model, grads, epoch=0, worker_id="python", rows=0, loss_sum=0.0, incarnation=0, seq=0):
         """Pushes gradients: {tensor: array} for dense tensors (whole), or
-        {tensor: (keys, rows_array)} for rows of a hashed table."""
+        {tensor: (keys, rows_array)} for rows of a hashed table. A joined worker passes
+        its incarnation and numbers its pushes with `seq`."""
         chunks = []
         for name, g in grads.items():
             if isinstance(g, tuple):
                 keys, values = g
-                chunks.append(pb.TensorChunk(tensor=name, keys=[int(k) for k in keys], values=_f32(values)))
+                chunks.append(pb.TensorChunk(tensor=name, keys=_keys(keys), values=_f32(values)))
             else:
                 chunks.append(pb.TensorChunk(tensor=name, offset=0, values=_f32(g)))
-        meta = pb.PushMeta(worker_id=worker_id, rows=rows, loss_sum=loss_sum)
+        meta = pb.PushMeta(worker_id=worker_id, rows=rows, loss_sum=loss_sum, incarnation=incarnation, seq=seq)
         return self.params.Push(pb.PushRequest(model=model, lineage_epoch=epoch, grads=chunks, meta=meta))
 
     def commit(self, model, reason=""):

@@ -5,9 +5,10 @@ versions. Run against a server: python example.py --server http://127.0.0.1:5005
 import argparse
 import sys
 
+import grpc
 import numpy as np
 
-from accrete_client import Client
+from accrete_client import Client, version_kind
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     c.commit(args.model, reason="python example")
     dist = float(np.abs(w - w_true).max())
     versions = c.versions(args.model)
-    print(f"learned w within {dist:.4f} of the truth, b = {b:.4f} (true {b_true}); {len(versions)} versions, head {versions[-1].version} ({versions[-1].reason})")
+    print(f"learned w within {dist:.4f} of the truth, b = {b:.4f} (true {b_true}); {len(versions)} versions, head {versions[-1].version} ({version_kind(versions[-1])}: {versions[-1].reason})")
     if dist > 0.05 or abs(b - b_true) > 0.05:
         print("FAIL: the model did not learn the synthetic weights", file=sys.stderr)
         return 1
@@ -51,6 +52,20 @@ def main():
     print(f"watched {kind} to version {v.version} ({v.reason}); predictions are now {c.predict(args.model, dense=x_new)[0, 0]:.4f}")
     if err > 0.1 or v.version != rolled.version or kind != "VERSION_EVENT_KIND_ROLLED_BACK":
         print("FAIL: predictions or the watched rollback are wrong", file=sys.stderr)
+        return 1
+    # A worker's pushes carry its incarnation: joining again fences the older process.
+    zero = {"w": np.zeros(8, np.float32), "b": np.zeros(1, np.float32)}
+    first = c.join(args.model, "py-worker").incarnation
+    second = c.join(args.model, "py-worker").incarnation
+    c.push(args.model, zero, worker_id="py-worker", incarnation=second, seq=1)
+    try:
+        c.push(args.model, zero, worker_id="py-worker", incarnation=first, seq=1)
+        fenced = "accepted"
+    except grpc.RpcError as e:
+        fenced = "refused" if e.code() == grpc.StatusCode.FAILED_PRECONDITION else f"failed with {e.code()}"
+    print(f"incarnation {first} -> {second}: a push of the older one is {fenced}")
+    if fenced != "refused" or second <= first:
+        print("FAIL: an older incarnation's push was not refused", file=sys.stderr)
         return 1
     return 0
 

@@ -14,11 +14,15 @@ pub fn missing_tool(what: &str) {
     eprintln!("SKIPPED: {what} is not installed; .ci/run installs it");
 }
 
+use accrete_client::raw::RawClient;
 use accrete_client::Client;
 use accrete_proto::v1 as pb;
+use accrete_proto::v1::models_client::ModelsClient;
+use accrete_proto::v1::parameters_client::ParametersClient;
 use std::path::PathBuf;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::transport::Channel;
 
 pub struct TestServer {
     pub url: String,
@@ -49,9 +53,9 @@ impl TestServer {
         TestServer { url, dir, _tmp: None, stop: Some(stop), task: Some(task) }
     }
 
-    pub async fn client(&self) -> Client {
+    pub async fn client(&self) -> Conn {
         for _ in 0..100 {
-            if let Ok(c) = Client::connect(&self.url).await {
+            if let Ok(c) = connect(&self.url).await {
                 return c;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -69,6 +73,20 @@ impl TestServer {
     }
 }
 
+/// A connection for tests of the wire contract: the generated stubs (`models`, `params`)
+/// and the typed client of the roles (`typed`).
+#[derive(Clone)]
+pub struct Conn {
+    pub models: ModelsClient<Channel>,
+    pub params: ParametersClient<Channel>,
+    pub typed: Client,
+}
+
+pub async fn connect(url: &str) -> Result<Conn, accrete_client::ClientError> {
+    let RawClient { models, params } = RawClient::connect(url).await?;
+    Ok(Conn { models, params, typed: Client::connect(url).await? })
+}
+
 pub fn linear(name: &str, features: u32, optimizer: pb::OptimizerKind, lr: f32) -> pb::ModelSpec {
     pb::ModelSpec {
         name: name.into(),
@@ -79,7 +97,7 @@ pub fn linear(name: &str, features: u32, optimizer: pb::OptimizerKind, lr: f32) 
     }
 }
 
-pub async fn create(c: &mut Client, spec: pb::ModelSpec) -> pb::ModelInfo {
+pub async fn create(c: &mut Conn, spec: pb::ModelSpec) -> pb::ModelInfo {
     c.models.create_model(pb::CreateModelRequest { spec: Some(spec) }).await.unwrap().into_inner()
 }
 
@@ -95,7 +113,7 @@ pub fn dense(tensor: &str, offset: u64, values: &[f32]) -> pb::TensorChunk {
 pub fn rows(tensor: &str, keys: &[u64], values: &[f32]) -> pb::TensorChunk {
     pb::TensorChunk {
         tensor: tensor.into(),
-        keys: keys.to_vec(),
+        keys: accrete_proto::keys_to_bytes(keys),
         values: accrete_proto::f32s_to_bytes(values),
         ..Default::default()
     }
@@ -106,11 +124,7 @@ pub fn push_req(model: &str, epoch: u64, grads: Vec<pb::TensorChunk>) -> pb::Pus
 }
 
 /// The whole live model, tensor by tensor, as f32 values.
-pub async fn pull_all(
-    c: &mut Client,
-    model: &str,
-    version: Option<u64>,
-) -> (pb::PullResponse, Vec<(String, Vec<f32>)>) {
+pub async fn pull_all(c: &mut Conn, model: &str, version: Option<u64>) -> (pb::PullResponse, Vec<(String, Vec<f32>)>) {
     let r = c
         .params
         .pull(pb::PullRequest { model: model.into(), version, ..Default::default() })
@@ -121,15 +135,15 @@ pub async fn pull_all(
     (r, t)
 }
 
-pub async fn tensor(c: &mut Client, model: &str, name: &str) -> Vec<f32> {
+pub async fn tensor(c: &mut Conn, model: &str, name: &str) -> Vec<f32> {
     pull_all(c, model, None).await.1.into_iter().find(|(n, _)| n == name).unwrap().1
 }
 
-pub async fn versions(c: &mut Client, model: &str) -> Vec<pb::VersionInfo> {
+pub async fn versions(c: &mut Conn, model: &str) -> Vec<pb::VersionInfo> {
     c.models.list_versions(pb::ModelRef { name: model.into() }).await.unwrap().into_inner().versions
 }
 
-pub async fn commit(c: &mut Client, model: &str) -> pb::VersionInfo {
+pub async fn commit(c: &mut Conn, model: &str) -> pb::VersionInfo {
     c.models
         .commit(pb::CommitRequest { model: model.into(), reason: String::new() })
         .await

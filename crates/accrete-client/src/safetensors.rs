@@ -6,6 +6,7 @@
 //! `[rows, cols]`, dtype F32; with optimizer state, slots follow as `{tensor}.{slot}`
 //! (`h.accum`, `w.m`, …). `__metadata__` records the model, kind, version and epoch.
 use crate::{Client, ClientError, Result};
+use accrete_core::VersionRecord;
 use accrete_proto::v1 as pb;
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
@@ -65,7 +66,7 @@ pub async fn export(
     version: Option<u64>,
     with_slots: bool,
     out: &Path,
-) -> Result<pb::VersionInfo> {
+) -> Result<VersionRecord> {
     let req = pb::ExportRequest { model: model.to_string(), version, optimizer_state: with_slots };
     let mut stream = client.models.export(req).await?.into_inner();
     let header = match stream.next().await.transpose()?.and_then(|m| m.item) {
@@ -131,7 +132,7 @@ pub async fn export(
     }
     w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?.sync_all().map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, out).map_err(io_err(out))?;
-    Ok(ver)
+    Ok(ver.into())
 }
 
 /// Reads and checks a safetensors header: every entry F32, byte ranges inside the file,
@@ -204,7 +205,7 @@ fn parse_entry(path: &Path, name: &str, v: &serde_json::Value) -> Result<Entry> 
 /// Imports a safetensors file into `model` as a new version. Every entry's shape is
 /// checked against the model's layout first (a vector may come as a row or a column); the server checks that every weight tensor is complete. If the file cannot be
 /// read to its end, the server is made to refuse the upload, so nothing is committed.
-pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb::VersionInfo> {
+pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<VersionRecord> {
     let (entries, data_start, _) = read_header(path)?;
     let info = client.models.get_model_info(pb::ModelRef { name: model.into() }).await?.into_inner();
     for e in &entries {
@@ -242,7 +243,7 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<pb:
     });
     let result = client.models.import(tokio_stream::wrappers::ReceiverStream::new(rx)).await;
     reader.await.map_err(|e| ClientError::Protocol(format!("file reader failed: {e}")))??;
-    Ok(result?.into_inner())
+    Ok(result?.into_inner().into())
 }
 
 /// Streams the entries' data, in chunks, as import messages.
@@ -265,8 +266,8 @@ fn send_entries(
                 tensor: e.tensor.clone(),
                 slot: e.slot.clone(),
                 offset,
-                keys: vec![],
                 values: buf.into(),
+                ..Default::default()
             };
             if tx.blocking_send(pb::ImportMessage { item: Some(pb::import_message::Item::Chunk(chunk)) }).is_err() {
                 return Ok(()); // the call ended; its result says why

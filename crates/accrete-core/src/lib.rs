@@ -1,21 +1,31 @@
-//! Pure model math of accrete: model specifications and their validation, parameter
-//! layouts, server-side optimizers, seeded initialisation and the live parameter state with
-//! its dirty-chunk tracking. No IO, no async: everything here is tested without sockets.
+//! Pure model math of accrete and the types every role shares: model specifications and
+//! their validation, parameter layouts, server-side optimizers, seeded initialisation, the
+//! live parameter state with its dirty-chunk tracking, the model kinds' math and scoring,
+//! and the plain types of the API (model info, versions, pushes, pulls). No IO, no async:
+//! everything here is tested without sockets.
 
 pub mod features;
 pub mod glm;
+pub mod info;
 pub mod kinds;
 pub mod layout;
 pub mod metrics;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod pull;
+pub mod push;
 pub mod rng;
+pub mod scoring;
 pub mod spec;
+pub mod version;
+pub mod view;
 
+pub use info::{ModelInfo, TensorInfo};
 pub use layout::{layout, TensorSpec};
 pub use optim::Optimizer;
 pub use params::{Params, TensorState, CHUNK_FLOATS};
 pub use spec::{
     CommitPolicy, ConsistencyMode, InitSpec, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, SpecError,
 };
+pub use version::{EventKind, VersionEvent, VersionKind, VersionRecord, WorkerProgress};

@@ -39,6 +39,55 @@ impl<'a> LeBytes<'a> {
     }
 }
 
+/// Where a sparse update's row keys come from: a `u64` slice, or fixed-width
+/// little-endian `u64` bytes straight from the wire (decoded as they are read, no copy).
+pub trait Keys {
+    fn len(&self) -> usize;
+    fn at(&self, i: usize) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Keys for [u64] {
+    #[inline]
+    fn len(&self) -> usize {
+        <[u64]>::len(self)
+    }
+    #[inline]
+    fn at(&self, i: usize) -> u64 {
+        self[i]
+    }
+}
+
+/// Little-endian u64 keys, 8 bytes each; `len` is in keys (trailing bytes ignored:
+/// callers check the length first with [`LeKeys::whole`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LeKeys<'a>(pub &'a [u8]);
+
+impl<'a> LeKeys<'a> {
+    /// True when the bytes hold whole keys.
+    pub fn whole(&self) -> bool {
+        self.0.len().is_multiple_of(8)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u64> + 'a {
+        self.0.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    }
+}
+
+impl Keys for LeKeys<'_> {
+    #[inline]
+    fn len(&self) -> usize {
+        self.0.len() / 8
+    }
+    #[inline]
+    fn at(&self, i: usize) -> u64 {
+        let b = &self.0[8 * i..8 * i + 8];
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
 impl Grad for LeBytes<'_> {
     #[inline]
     fn len(&self) -> usize {

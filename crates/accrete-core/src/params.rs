@@ -4,7 +4,7 @@
 //! A chunk is [`CHUNK_FLOATS`] consecutive floats of one tensor; its stored form is the
 //! weights of that range followed by each slot's values of the same range, little-endian.
 use crate::layout::{layout, slots, TensorSpec};
-use crate::optim::{Grad, Optimizer};
+use crate::optim::{Grad, Keys, LeKeys, Optimizer};
 use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
 
@@ -190,21 +190,25 @@ impl Params {
         }
     }
 
-    /// [`Params::apply_rows`] from little-endian f32 bytes, a block of rows at a time.
-    pub fn apply_rows_le(&mut self, t: usize, keys: &[u64], bytes: &[u8]) {
+    /// [`Params::apply_rows`] from little-endian u64 keys and f32 bytes, a block of rows
+    /// at a time (keys and values decoded into stack buffers, nothing allocated).
+    pub fn apply_rows_le(&mut self, t: usize, keys: LeKeys<'_>, bytes: &[u8]) {
         let cols = self.tensors[t].spec.cols as usize;
         if cols > BLOCK {
             // Wide rows: each row in blocks, as a dense update of its range.
             for (k, row) in keys.iter().zip(bytes.chunks(cols * 4)) {
-                self.apply_dense_le(t, *k as usize * cols, row);
+                self.apply_dense_le(t, k as usize * cols, row);
             }
             return;
         }
         let per = BLOCK / cols;
         let mut buf = [0f32; BLOCK];
-        for (k, block) in keys.chunks(per).zip(bytes.chunks(per * cols * 4)) {
+        let mut kbuf = [0u64; BLOCK];
+        for (kblock, block) in keys.0.chunks(per * 8).zip(bytes.chunks(per * cols * 4)) {
+            let m = LeKeys(kblock).len();
+            LeKeys(kblock).iter().zip(kbuf.iter_mut()).for_each(|(k, dst)| *dst = k);
             let n = decode_block(block, &mut buf);
-            self.apply_rows(t, k, &buf[..n]);
+            self.apply_rows(t, &kbuf[..m], &buf[..n]);
         }
     }
 
@@ -302,10 +306,10 @@ pub fn check_dense<G: Grad + ?Sized>(
 }
 
 /// Checks a sparse update of `keys` rows; `g` holds `cols` floats per key.
-pub fn check_rows<G: Grad + ?Sized>(
+pub fn check_rows<K: Keys + ?Sized, G: Grad + ?Sized>(
     layout: &[TensorSpec],
     tensor: &str,
-    keys: &[u64],
+    keys: &K,
     g: &G,
 ) -> Result<usize, UpdateError> {
     let t = tensor_index(layout, tensor).ok_or_else(|| UpdateError::NoTensor(tensor.to_string()))?;
@@ -323,7 +327,7 @@ pub fn check_rows<G: Grad + ?Sized>(
             g.len()
         )));
     }
-    if let Some(k) = keys.iter().find(|k| **k >= spec.rows) {
+    if let Some(k) = (0..keys.len()).map(|i| keys.at(i)).find(|k| *k >= spec.rows) {
         return Err(shape(format!("key {k} is out of range (rows 0..{})", spec.rows)));
     }
     check_finite(tensor, g)?;
@@ -397,7 +401,7 @@ mod tests {
         let h = p.tensor_index("h").unwrap();
         p.begin_update();
         let keys = [5u64, 40_000];
-        check_rows(&layout(&spec()), "h", &keys, &[0.5f32, -0.25][..]).unwrap();
+        check_rows(&layout(&spec()), "h", &keys[..], &[0.5f32, -0.25][..]).unwrap();
         p.apply_rows(h, &keys, &[0.5f32, -0.25][..]);
         assert_eq!(p.dirty_chunks(h).collect::<Vec<_>>(), vec![0, 2]);
         let mut blob = Vec::new();
@@ -421,7 +425,8 @@ mod tests {
             p.begin_update();
         }
         a.apply_rows(h, &keys, &g[..]);
-        b.apply_rows_le(h, &keys, &bytes);
+        let key_bytes: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+        b.apply_rows_le(h, LeKeys(&key_bytes), &bytes);
         a.apply_dense(w, 1, &g[..2]);
         b.apply_dense_le(w, 1, &bytes[..8]);
         for t in [h, w] {
@@ -441,8 +446,14 @@ mod tests {
         let l = layout(&spec());
         assert!(matches!(check_dense(&l, "nope", 0, &[1.0f32][..]), Err(UpdateError::NoTensor(_))));
         assert!(matches!(check_dense(&l, "w", 2, &[1.0f32, 1.0][..]), Err(UpdateError::Shape { .. })));
-        assert!(matches!(check_rows(&layout(&spec()), "h", &[1 << 16], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
-        assert!(matches!(check_rows(&layout(&spec()), "h", &[1, 2], &[1.0f32][..]), Err(UpdateError::Shape { .. })));
+        assert!(matches!(
+            check_rows(&layout(&spec()), "h", &[1u64 << 16][..], &[1.0f32][..]),
+            Err(UpdateError::Shape { .. })
+        ));
+        assert!(matches!(
+            check_rows(&layout(&spec()), "h", &[1u64, 2][..], &[1.0f32][..]),
+            Err(UpdateError::Shape { .. })
+        ));
         let e = check_dense(&l, "w", 0, &[1.0f32, f32::NAN][..]).unwrap_err();
         assert!(e.to_string().contains("value 1"), "{e}");
     }

@@ -6,16 +6,16 @@
 //! Entry point: [`run`] with an [`EvaluatorConfig`], a connected client and a shutdown
 //! future.
 
-use accrete_client::Client;
+use accrete_client::{Client, ClientError};
 use accrete_core::features::Batch;
-use accrete_core::kinds::{self, Dims, Tensors};
-use accrete_core::{glm, metrics};
-use accrete_proto::v1 as pb;
-use accrete_worker::parse::ColumnSpec;
-use accrete_worker::{Format, ModelView, OnBadRow, RowSource, WorkerError};
+use accrete_core::glm;
+use accrete_core::kinds;
+use accrete_core::scoring::{self, higher_is_better, primary_metric, DIVERGED};
+use accrete_core::view::ModelView;
+use accrete_core::{VersionKind, VersionRecord};
+use accrete_ingest::{ColumnSpec, Format, IngestError, OnBadRow, RowSource, Target};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use tokio_stream::StreamExt as _;
 
 /// `--gate METRIC:MARGIN`: roll back when a version is worse than the best recent one by
 /// more than the margin.
@@ -58,62 +58,13 @@ pub struct EvaluatorConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     #[error(transparent)]
-    Data(#[from] WorkerError),
+    Data(#[from] IngestError),
     #[error(transparent)]
-    Client(#[from] accrete_client::ClientError),
+    Client(#[from] ClientError),
     #[error("{0}")]
     Config(String),
     #[error("the holdout has no labelled rows yet")]
     EmptyHoldout,
-}
-
-impl From<tonic::Status> for EvalError {
-    fn from(s: tonic::Status) -> Self {
-        EvalError::Client(s.into())
-    }
-}
-
-/// Whether bigger is better for a metric.
-pub fn higher_is_better(metric: &str) -> bool {
-    matches!(metric, "auc" | "accuracy" | "r2")
-}
-
-/// The metric that ranks versions of a model of these dimensions.
-pub fn primary_metric(d: &Dims) -> &'static str {
-    match (d.kind, d.outputs) {
-        (accrete_core::ModelKind::Linear, _) | (accrete_core::ModelKind::Mlp, 1) => "rmse",
-        (_, k) if k >= 2 => "accuracy",
-        _ => "auc",
-    }
-}
-
-/// Metrics of predictions `p` (outputs per row as the model gives them) against `y`.
-pub fn score(d: &Dims, y: &[f32], p: &[f32]) -> BTreeMap<String, f64> {
-    let mut m = BTreeMap::new();
-    let k = d.outputs.max(1);
-    match primary_metric(d) {
-        "rmse" => {
-            m.insert("rmse".into(), metrics::rmse(y, p));
-            m.insert("mae".into(), metrics::mae(y, p));
-            m.insert("r2".into(), metrics::r2(y, p));
-        }
-        "accuracy" => {
-            let (mut ll, mut hits) = (0.0, 0usize);
-            for (row, label) in p.chunks_exact(k).zip(y) {
-                ll -= (row.get(*label as usize).copied().unwrap_or(0.0) as f64).clamp(1e-15, 1.0).ln();
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-                hits += (best == *label as usize) as usize;
-            }
-            m.insert("logloss".into(), ll / y.len().max(1) as f64);
-            m.insert("accuracy".into(), hits as f64 / y.len().max(1) as f64);
-        }
-        _ => {
-            m.insert("logloss".into(), metrics::logloss(y, p));
-            m.insert("auc".into(), metrics::auc(y, p));
-            m.insert("accuracy".into(), metrics::accuracy(y, p));
-        }
-    }
-    m
 }
 
 /// The holdout: raw rows (parsed once, or followed as the file grows and cut to a
@@ -127,12 +78,12 @@ pub struct Holdout {
 
 impl Holdout {
     pub fn load(config: &EvaluatorConfig, view: &ModelView) -> Result<Holdout, EvalError> {
-        let mut rows =
-            RowSource::open(&config.holdout, config.format, &config.columns, view.target, OnBadRow::Skip, true)?;
+        let target = Target::of(view);
+        let mut rows = RowSource::open(&config.holdout, config.format, &config.columns, target, OnBadRow::Skip, true)?;
         rows.set_follow(config.holdout_follow);
         let mut h = Holdout {
-            raw: Batch::new(view.target.features),
-            batch: Batch::new(view.target.features),
+            raw: Batch::new(target.features),
+            batch: Batch::new(target.features),
             source: Some(rows),
             window: config.window,
         };
@@ -166,7 +117,6 @@ impl Holdout {
 /// Pulls the exact parameters of `version` that the holdout touches and scores them.
 pub async fn score_version(
     client: &mut Client,
-    model: &str,
     view: &ModelView,
     h: &mut Holdout,
     version: u64,
@@ -175,44 +125,13 @@ pub async fn score_version(
     if h.raw.is_empty() {
         return Err(EvalError::EmptyHoldout);
     }
-    let keys: Vec<u64> = h.raw.uniq.iter().map(|k| *k as u64).collect();
-    let mut slices: Vec<pb::PullSlice> = view
-        .tensors
-        .iter()
-        .filter(|(_, hashed)| !hashed || !keys.is_empty())
-        .map(|(name, hashed)| pb::PullSlice {
-            tensor: name.clone(),
-            keys: if *hashed { keys.clone() } else { vec![] },
-            ..Default::default()
-        })
-        .collect();
-    if view.has_norm {
-        slices.push(pb::PullSlice { tensor: "norm".into(), ..Default::default() });
-    }
-    let req = pb::PullRequest { model: model.into(), version: Some(version), slices, ..Default::default() };
-    let r = client.params.pull(req).await?.into_inner();
-    let (mut t, mut norm) = (Tensors::default(), Vec::new());
-    for c in r.tensors {
-        let v = accrete_proto::bytes_to_f32s(&c.values).unwrap_or_default();
-        match t.get_mut(&c.tensor) {
-            Some(slot) => *slot = v,
-            None => norm = v,
-        }
-    }
+    let p = client.pull_batch(view, &h.raw.uniq, Some(version), None).await?;
     h.batch.clone_from(&h.raw);
-    glm::prepare_dense(&mut h.batch.dense, h.batch.features, &norm);
+    glm::prepare_dense(&mut h.batch.dense, h.batch.features, &p.norm);
     let mut out = Vec::new();
-    kinds::predict(&view.dims, &t.views(), &h.batch, &h.batch.local, &mut out);
-    let mut m = score(&view.dims, &h.batch.labels, &out);
-    if out.iter().any(|x| !x.is_finite()) {
-        m.insert(DIVERGED.into(), 1.0);
-    }
-    Ok(m)
+    kinds::predict(&view.dims, &p.tensors.views(), &h.batch, &h.batch.local, &mut out);
+    Ok(scoring::score(&view.dims, &h.batch.labels, &out))
 }
-
-/// Set in a version's scores when its predictions are not finite numbers (the weights
-/// diverged): its other metrics are meaningless and the gate takes it as the worst.
-pub const DIVERGED: &str = "diverged";
 
 #[derive(Debug, Clone, Default)]
 pub struct Report {
@@ -252,11 +171,10 @@ pub async fn run(
     mut client: Client,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Report, EvalError> {
-    let info = client.models.get_model_info(pb::ModelRef { name: config.model.clone() }).await?.into_inner();
-    let view = ModelView::from_info(&info).map_err(|m| EvalError::Config(format!("model {:?}: {m}", config.model)))?;
+    let view = client.model_view(&config.model).await?;
     let primary = primary_metric(&view.dims);
     if let Some(g) = &config.gate {
-        if !["auc", "accuracy", "logloss", "rmse", "mae", "r2"].contains(&g.metric.as_str()) {
+        if !scoring::METRICS.contains(&g.metric.as_str()) {
             return Err(EvalError::Config(format!(
                 "--gate metric {:?} is not one of auc, accuracy, logloss, rmse, mae, r2",
                 g.metric
@@ -267,8 +185,7 @@ pub async fn run(
     tracing::info!(model = %config.model, rows = holdout.rows(), primary, "holdout loaded");
     let mut report = Report::default();
     let mut history: Vec<(u64, f64)> = Vec::new();
-    let versions =
-        client.models.list_versions(pb::ModelRef { name: config.model.clone() }).await?.into_inner().versions;
+    let versions = client.versions(&config.model).await?;
     let gate_metric = config.gate.as_ref().map_or(primary.to_string(), |g| g.metric.clone());
     for v in &versions {
         if let Some(x) = gate_value(&gate_metric, v.metrics.contains_key(DIVERGED), v.metrics.get(&gate_metric)) {
@@ -276,7 +193,7 @@ pub async fn run(
         }
     }
     // A diverged version has no primary metric stored, but it is scored.
-    let todo: Vec<pb::VersionInfo> = versions
+    let todo: Vec<VersionRecord> = versions
         .into_iter()
         .filter(|v| !v.metrics.contains_key(primary) && !v.metrics.contains_key(DIVERGED))
         .collect();
@@ -287,11 +204,7 @@ pub async fn run(
         return Ok(report);
     }
     let after = history.iter().map(|(v, _)| *v).chain(report.scored.iter().map(|(v, _)| *v)).max().unwrap_or(0);
-    let mut events = client
-        .models
-        .watch_versions(pb::WatchRequest { model: config.model.clone(), after_version: Some(after) })
-        .await?
-        .into_inner();
+    let mut events = client.watch(Some(&config.model), Some(after)).await?;
     tokio::pin!(shutdown);
     loop {
         let ev = tokio::select! {
@@ -300,12 +213,8 @@ pub async fn run(
         };
         let Some(ev) = ev else { break };
         let ev = ev?;
-        let kind = pb::VersionEventKind::try_from(ev.kind).unwrap_or(pb::VersionEventKind::Unspecified);
-        let fresh = matches!(
-            kind,
-            pb::VersionEventKind::Created | pb::VersionEventKind::RolledBack | pb::VersionEventKind::Imported
-        );
-        if let (true, Some(v)) = (fresh, ev.version) {
+        if ev.kind.is_new_version() {
+            let v = ev.version;
             evaluate(&config, &mut client, &view, &mut holdout, &v, &gate_metric, &mut history, &mut report).await?;
         }
     }
@@ -318,17 +227,15 @@ async fn evaluate(
     client: &mut Client,
     view: &ModelView,
     holdout: &mut Holdout,
-    v: &pb::VersionInfo,
+    v: &VersionRecord,
     gate_metric: &str,
     history: &mut Vec<(u64, f64)>,
     report: &mut Report,
 ) -> Result<(), EvalError> {
-    let m = match score_version(client, &config.model, view, holdout, v.version).await {
+    let m = match score_version(client, view, holdout, v.version).await {
         Ok(m) => m,
         // dropped by retention between listing and scoring
-        Err(EvalError::Client(accrete_client::ClientError::Status(s))) if s.code() == tonic::Code::NotFound => {
-            return Ok(())
-        }
+        Err(EvalError::Client(ClientError::NotFound(_))) => return Ok(()),
         Err(EvalError::EmptyHoldout) => {
             tracing::warn!(model = %config.model, version = v.version, "not scored: the holdout has no labelled rows yet");
             return Ok(());
@@ -343,17 +250,12 @@ async fn evaluate(
         let why = if diverged { "its predictions are not finite" } else { "e.g. a holdout with one class" };
         tracing::warn!(model = %config.model, version = v.version, "{} not finite ({why}); not stored", names.join(", "));
     }
-    let req = pb::ReportMetricsRequest {
-        model: config.model.clone(),
-        version: v.version,
-        metrics: finite.into_iter().collect(),
-    };
-    client.models.report_metrics(req).await?;
+    client.report_metrics(&config.model, v.version, &finite).await?;
     let line: Vec<String> = m.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
     tracing::info!(model = %config.model, version = v.version, "scored {}", line.join(" "));
     report.scored.push((v.version, m.clone()));
     let value = gate_value(gate_metric, diverged, m.get(gate_metric)).unwrap_or(f64::NAN);
-    let is_rollback = v.reason.starts_with("rollback");
+    let is_rollback = v.kind == VersionKind::Rollback;
     if let (Some(gate), false) = (&config.gate, is_rollback) {
         let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
         if let Some((best_v, best)) = gate_decision(gate, &window, v.version, value) {
@@ -364,15 +266,7 @@ async fn evaluate(
             if config.dry_run {
                 tracing::warn!(model = %config.model, "dry run, would roll back to {best_v}: {why}");
             } else {
-                let rb = client
-                    .models
-                    .rollback(pb::RollbackRequest {
-                        model: config.model.clone(),
-                        to_version: best_v,
-                        reason: why.clone(),
-                    })
-                    .await?
-                    .into_inner();
+                let rb = client.rollback(&config.model, best_v, &why).await?;
                 tracing::warn!(model = %config.model, to = best_v, new_head = rb.version, "{why}");
                 report.rollbacks.push((v.version, best_v, why));
             }

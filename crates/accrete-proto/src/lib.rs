@@ -1,6 +1,10 @@
 //! Wire types of accrete: the prost/tonic code generated from `proto/accrete/v1`, the file
-//! descriptor set for reflection, and helpers to move f32 slices in and out of the
-//! little-endian byte fields. The only crate that knows protobuf.
+//! descriptor set for reflection, helpers to move f32 values and u64 keys in and out of the
+//! little-endian byte fields, and the conversions between wire and core types
+//! ([`convert`], written once here). Only this crate, the client and the server (and the
+//! benchmarks) see protobuf types.
+
+pub mod convert;
 
 /// Generated code, nested as the proto packages are (`accrete.v1`, `accrete.bench.v1`).
 #[allow(clippy::all, missing_docs)]
@@ -60,4 +64,26 @@ pub fn bytes_to_f32s(bytes: &[u8]) -> Option<Vec<f32>> {
 /// validate the length first).
 pub fn iter_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+}
+
+/// Appends `keys` as fixed-width little-endian u64 bytes.
+pub fn put_keys(out: &mut Vec<u8>, keys: impl ExactSizeIterator<Item = u64>) {
+    out.reserve(keys.len() * 8);
+    for k in keys {
+        out.extend_from_slice(&k.to_le_bytes());
+    }
+}
+
+/// Encodes `keys` as fixed-width little-endian u64 bytes.
+pub fn keys_to_bytes(keys: &[u64]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(keys.len() * 8);
+    put_keys(&mut out, keys.iter().copied());
+    out.into()
+}
+
+/// Decodes fixed-width little-endian u64 keys. `None` when the length is not a multiple
+/// of eight.
+pub fn bytes_to_keys(bytes: &[u8]) -> Option<Vec<u64>> {
+    let keys = accrete_core::optim::LeKeys(bytes);
+    keys.whole().then(|| keys.iter().collect())
 }

@@ -1,5 +1,7 @@
 //! The one error type of the service and its mapping to gRPC status codes (the only place
-//! that decides which code a failure gets).
+//! that decides which code a failure gets). Every refusal also carries a stable name in the
+//! `accrete-refusal` metadata (and a stale lineage the current epoch), so the typed client
+//! tells refusals that share a code apart.
 use accrete_core::params::UpdateError;
 use accrete_core::SpecError;
 use accrete_store::StoreError;
@@ -21,10 +23,18 @@ pub enum ServiceError {
     Update { model: String, source: UpdateError },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Convert(#[from] accrete_proto::convert::ConvertError),
     #[error("model {model:?}: push computed against lineage epoch {pushed}, but the current epoch is {current} (the model was rolled back or imported); pull and recompute")]
     StaleLineage { model: String, pushed: u64, current: u64 },
     #[error("model {model:?}: worker {worker:?} is not in the BSP barrier (its lease expired, or it never joined); join again")]
     NotInBarrier { model: String, worker: String },
+    #[error("model {model:?}: push from incarnation {pushed} of worker {worker:?}, but incarnation {current} has joined since; this process is stale")]
+    StaleIncarnation { model: String, worker: String, pushed: u64, current: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("watch fell behind by {0} events; watch again with after_version to catch up")]
+    WatchLagged(u64),
     #[error("{what} is {bytes} bytes, over the server's message limit of {limit} bytes (--max-message-bytes)")]
     TooLarge { what: String, bytes: usize, limit: usize },
     #[error("{0}")]
@@ -38,11 +48,34 @@ impl ServiceError {
         match self {
             ServiceError::ModelNotFound(_) | ServiceError::VersionNotFound { .. } => Code::NotFound,
             ServiceError::ModelExists(_) | ServiceError::TagExists { .. } => Code::AlreadyExists,
-            ServiceError::Spec(_) | ServiceError::Update { .. } | ServiceError::Invalid(_) => Code::InvalidArgument,
-            ServiceError::StaleLineage { .. } => Code::Aborted,
-            ServiceError::NotInBarrier { .. } => Code::FailedPrecondition,
+            ServiceError::Spec(_)
+            | ServiceError::Update { .. }
+            | ServiceError::Invalid(_)
+            | ServiceError::Convert(_) => Code::InvalidArgument,
+            ServiceError::StaleLineage { .. } | ServiceError::WatchLagged(_) => Code::Aborted,
+            ServiceError::NotInBarrier { .. } | ServiceError::StaleIncarnation { .. } => Code::FailedPrecondition,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
+            ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The stable name of the refusal (metadata `accrete-refusal`).
+    pub fn refusal(&self) -> &'static str {
+        match self {
+            ServiceError::ModelNotFound(_) => "model-not-found",
+            ServiceError::VersionNotFound { .. } => "version-not-found",
+            ServiceError::ModelExists(_) => "model-exists",
+            ServiceError::TagExists { .. } => "tag-exists",
+            ServiceError::Spec(_) => "invalid-spec",
+            ServiceError::Update { .. } | ServiceError::Invalid(_) | ServiceError::Convert(_) => "invalid",
+            ServiceError::StaleLineage { .. } => "stale-lineage",
+            ServiceError::NotInBarrier { .. } => "not-in-barrier",
+            ServiceError::StaleIncarnation { .. } => "stale-incarnation",
+            ServiceError::TooLarge { .. } => "too-large",
+            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::WatchLagged(_) => "watch-lagged",
+            ServiceError::Store(_) | ServiceError::Internal(_) => "internal",
         }
     }
 }
@@ -53,7 +86,13 @@ impl From<ServiceError> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed");
         }
-        Status::new(code, e.to_string())
+        let mut status = Status::new(code, e.to_string());
+        let md = status.metadata_mut();
+        md.insert("accrete-refusal", tonic::metadata::MetadataValue::from_static(e.refusal()));
+        if let ServiceError::StaleLineage { current, .. } = e {
+            md.insert("accrete-lineage-epoch", current.into());
+        }
+        status
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP side of a server (`--http ADDR`): a small dashboard page (models, versions,
 //! lineage and the quality chart, refreshed every 2 s), its JSON API, and `/metrics` in
-//! the Prometheus text format.
+//! the Prometheus text format. Handlers that read version records (sled) run them on a
+//! blocking thread.
 use crate::registry::Registry;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -25,7 +26,19 @@ fn json(v: serde_json::Value) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
+/// Runs a handler's store reads on a blocking thread.
+async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("task failed: {e}")).into_response(),
+    }
+}
+
 async fn models(State(reg): State<Arc<Registry>>) -> Response {
+    blocking(move || models_json(&reg)).await
+}
+
+fn models_json(reg: &Registry) -> Response {
     let list: Vec<serde_json::Value> = reg
         .list()
         .iter()
@@ -34,7 +47,7 @@ async fn models(State(reg): State<Arc<Registry>>) -> Response {
             serde_json::json!({
                 "name": h.name(),
                 "kind": h.spec().kind.as_str(),
-                "parameters": h.layout.iter().map(|t| t.len()).sum::<u64>(),
+                "parameters": h.layout().iter().map(|t| t.len()).sum::<u64>(),
                 "head_version": st.head,
                 "lineage_epoch": st.epoch,
                 "updates": st.updates,
@@ -47,7 +60,11 @@ async fn models(State(reg): State<Arc<Registry>>) -> Response {
 }
 
 async fn versions(State(reg): State<Arc<Registry>>, Path(name): Path<String>) -> Response {
-    let h = match reg.get(&name) {
+    blocking(move || versions_json(&reg, &name)).await
+}
+
+fn versions_json(reg: &Registry, name: &str) -> Response {
+    let h = match reg.get(name) {
         Ok(h) => h,
         Err(e) => return (StatusCode::NOT_FOUND, e.to_string()).into_response(),
     };
@@ -60,6 +77,10 @@ async fn versions(State(reg): State<Arc<Registry>>, Path(name): Path<String>) ->
 /// Prometheus text format: counters (pushes, values applied, commits, commit seconds) and
 /// gauges (head version, retained versions, the newest scored version's metrics).
 async fn metrics(State(reg): State<Arc<Registry>>) -> Response {
+    blocking(move || metrics_text(&reg)).await
+}
+
+fn metrics_text(reg: &Registry) -> Response {
     let mut out = String::new();
     let families = [
         ("accrete_pushes_total", "counter", "Pushes received."),

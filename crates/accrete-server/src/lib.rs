@@ -4,11 +4,18 @@
 //!
 //! Entry point: [`run`] takes a bound listener and a shutdown future, in the manner of
 //! mini-redis, so tests bind `127.0.0.1:0` and hand the listener in.
+//!
+//! A push reads top to bottom: `service::params` (decode) → [`model::ModelHandle::push`]
+//! (the runtime) → [`engine::Engine::push`] (pure) → the optimizer in `accrete_core::Params`.
+//! Versions are written by the runtime (`model::versions`), on blocking threads, and the
+//! commit policy runs in one task per server (`policy`).
 
 pub mod convert;
+pub mod engine;
 pub mod error;
 pub mod http;
 pub mod model;
+pub mod policy;
 pub mod predict;
 pub mod registry;
 pub mod service;
@@ -100,7 +107,7 @@ pub async fn serve(
     .await
     .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
     let reg = Arc::new(reg);
-    let ticker = tokio::spawn(commit_ticker(reg.clone()));
+    let policy = tokio::spawn(policy::run(reg.clone()));
     let http_task = http_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "dashboard and /metrics");
         let stopping = reg.stopping();
@@ -167,7 +174,7 @@ pub async fn serve(
         r = serve => r,
         _ = grace => Ok(()),
     };
-    ticker.abort();
+    policy.abort();
     if let Some(t) = http_task {
         reg.begin_shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
@@ -190,19 +197,4 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
         stream.set_nodelay(true)?;
         Ok(stream)
     })
-}
-
-/// Runs the time-based commit policy: a model with updates older than its `every_secs`
-/// gets a commit.
-async fn commit_ticker(reg: Arc<Registry>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        for h in reg.list() {
-            h.expire_leases();
-            if h.commit_due_by_time() && h.try_schedule_commit() {
-                service::spawn_policy_commit(h);
-            }
-        }
-    }
 }

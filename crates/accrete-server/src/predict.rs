@@ -9,40 +9,18 @@ use accrete_proto::v1 as pb;
 /// Builds a batch from wire rows, checking every count and index against the model.
 fn batch_from(spec: &ModelSpec, rows: &pb::FeatureRows) -> Result<Batch> {
     let bad = |m: String| ServiceError::Invalid(format!("predict with model {:?}: {m}", spec.name));
-    let (n, f) = (rows.rows as usize, spec.features as usize);
+    let f = spec.features as usize;
     if rows.features as usize != f {
         return Err(bad(format!("rows have {} dense features, the model {f}", rows.features)));
     }
-    let dense =
-        accrete_proto::bytes_to_f32s(&rows.dense).ok_or_else(|| bad("dense values are not whole f32s".into()))?;
-    if dense.len() != n * f {
-        return Err(bad(format!("{} dense values for {n} rows of {f} features", dense.len())));
-    }
-    let vals = accrete_proto::bytes_to_f32s(&rows.values).ok_or_else(|| bad("values are not whole f32s".into()))?;
-    let ptr_ok = rows.row_ptr.is_empty() && rows.indices.is_empty()
-        || rows.row_ptr.len() == n + 1
-            && rows.row_ptr.first() == Some(&0)
-            && rows.row_ptr.windows(2).all(|w| w[0] <= w[1])
-            && rows.row_ptr.last().copied() == Some(rows.indices.len() as u32);
-    if !ptr_ok || vals.len() != rows.indices.len() {
-        return Err(bad(
-            "row_ptr must hold rows + 1 non-decreasing offsets ending at the number of indices, one value each".into(),
-        ));
-    }
+    let b = Batch::try_from(rows).map_err(|e| bad(e.to_string()))?;
     let table = if spec.hash_bits > 0 { 1u64 << spec.hash_bits } else { 0 };
-    if let Some(i) = rows.indices.iter().find(|i| **i as u64 >= table) {
+    if let Some(i) = b.idx.iter().find(|i| **i as u64 >= table) {
         return Err(bad(format!("hashed index {i} is out of range (table of {table} rows)")));
     }
-    if let Some(v) = dense.iter().chain(&vals).find(|v| v.is_infinite()) {
+    if let Some(v) = b.dense.iter().chain(&b.val).find(|v| v.is_infinite()) {
         return Err(bad(format!("value {v} is infinite")));
     }
-    let mut b = Batch::new(f);
-    b.dense = dense;
-    b.idx = rows.indices.clone();
-    b.val = vals;
-    b.row_ptr =
-        if rows.row_ptr.is_empty() { vec![0; n + 1] } else { rows.row_ptr.iter().map(|p| *p as usize).collect() };
-    b.labels = vec![f32::NAN; n];
     Ok(b)
 }
 

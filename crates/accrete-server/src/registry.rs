@@ -1,40 +1,45 @@
 //! The models a server holds, by name, and the event bus of their version history.
 use crate::error::{Result, ServiceError};
-use crate::model::{Event, ModelHandle};
+use crate::model::{Context, ModelHandle};
 use accrete_core::ModelSpec;
+use accrete_core::VersionEvent;
 use accrete_store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 
 pub struct Registry {
-    store: Store,
+    /// What every model shares: store, event bus, the commit-policy task's wake-up, lease.
+    ctx: Context,
     models: RwLock<HashMap<String, Arc<ModelHandle>>>,
     /// Serialises creates and deletes (name checks and the store write happen together).
     admin: Mutex<()>,
-    events: broadcast::Sender<Event>,
     stopping: tokio::sync::watch::Sender<bool>,
-    /// Workers' lease in every model's barrier.
-    lease: std::time::Duration,
 }
 
 impl Registry {
     /// Loads every model's head version. Blocking.
     pub fn open(store: Store, lease: std::time::Duration) -> Result<Registry> {
         let (events, _) = broadcast::channel(4096);
+        let ctx = Context { store, events, policy: Arc::new(Notify::new()), lease };
         let mut models = HashMap::new();
-        for rec in store.models()? {
+        for rec in ctx.store.models()? {
             let name = rec.spec.name.clone();
-            let handle = ModelHandle::load(store.clone(), events.clone(), lease, rec)?;
+            let handle = ModelHandle::load(&ctx, rec)?;
             tracing::info!(model = %name, version = handle.head_version(), "loaded");
             models.insert(name, Arc::new(handle));
         }
         let (stopping, _) = tokio::sync::watch::channel(false);
-        Ok(Registry { store, models: RwLock::new(models), admin: Mutex::new(()), events, stopping, lease })
+        Ok(Registry { ctx, models: RwLock::new(models), admin: Mutex::new(()), stopping })
     }
 
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.ctx.store
+    }
+
+    /// The commit-policy task's wake-up, notified by pushes that make a commit due.
+    pub fn policy_wake(&self) -> Arc<Notify> {
+        self.ctx.policy.clone()
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<ModelHandle>> {
@@ -57,7 +62,7 @@ impl Registry {
             return Err(ServiceError::ModelExists(spec.name));
         }
         let name = spec.name.clone();
-        let handle = Arc::new(ModelHandle::create(self.store.clone(), self.events.clone(), self.lease, spec)?);
+        let handle = Arc::new(ModelHandle::create(&self.ctx, spec)?);
         self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name, handle.clone());
         Ok(handle)
     }
@@ -71,8 +76,8 @@ impl Registry {
         Ok(n)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    pub fn subscribe(&self) -> broadcast::Receiver<VersionEvent> {
+        self.ctx.events.subscribe()
     }
 
     /// Tells long-lived streams that the server is stopping.

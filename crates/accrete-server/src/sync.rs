@@ -5,6 +5,8 @@
 //! gradients of clock c from every live worker have been summed and applied as one update.
 //! A worker is live while its lease (renewed by joins, heartbeats, pulls and pushes) has
 //! not expired; an expired or departed worker leaves the barrier, so the others go on.
+//!
+//! Pure state: the time is passed in (`now`), so leases are tested with an injected clock.
 use accrete_core::ConsistencyMode;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -48,11 +50,17 @@ impl Round {
         d.hi = d.hi.max(end);
     }
 
-    pub fn add_rows(&mut self, t: usize, cols: usize, keys: &[u64], mut g: impl Iterator<Item = f32>) {
+    pub fn add_rows(
+        &mut self,
+        t: usize,
+        cols: usize,
+        keys: impl Iterator<Item = u64>,
+        mut g: impl Iterator<Item = f32>,
+    ) {
         let r = self.rows.entry(t).or_default();
         for k in keys {
-            let at = *r.index.entry(*k).or_insert_with(|| {
-                r.keys.push(*k);
+            let at = *r.index.entry(k).or_insert_with(|| {
+                r.keys.push(k);
                 r.values.resize(r.values.len() + cols, 0.0);
                 r.values.len() - cols
             });
@@ -98,9 +106,8 @@ impl SyncState {
         }
     }
 
-    /// Registers or renews a worker; returns its known clock.
-    pub fn touch(&mut self, worker: &str, clock: Option<u64>) -> u64 {
-        let now = Instant::now();
+    /// Registers or renews a worker at `now`; returns its known clock.
+    pub fn touch(&mut self, worker: &str, clock: Option<u64>, now: Instant) -> u64 {
         match self.workers.get_mut(worker) {
             Some(w) => {
                 w.seen = now;
@@ -125,11 +132,15 @@ impl SyncState {
         self.workers.remove(worker).is_some()
     }
 
-    /// Drops workers whose lease expired; returns their ids.
-    pub fn expire(&mut self) -> Vec<String> {
+    /// Drops workers whose lease expired by `now`; returns their ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let lease = self.lease;
-        let gone: Vec<String> =
-            self.workers.iter().filter(|(_, w)| w.seen.elapsed() > lease).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.seen) > lease)
+            .map(|(k, _)| k.clone())
+            .collect();
         for g in &gone {
             self.workers.remove(g);
         }
@@ -165,15 +176,16 @@ mod tests {
 
     #[test]
     fn ssp_lets_a_worker_run_ahead_by_the_staleness_bound() {
+        let now = Instant::now();
         let mut s = SyncState::new(ConsistencyMode::Ssp, 2, Duration::from_secs(10));
-        s.touch("a", Some(0));
-        s.touch("b", Some(0));
+        s.touch("a", Some(0), now);
+        s.touch("b", Some(0), now);
         assert!(s.may_pull(2));
         assert!(!s.may_pull(3));
-        s.touch("a", Some(3));
-        s.touch("b", Some(1));
+        s.touch("a", Some(3), now);
+        s.touch("b", Some(1), now);
         assert!(s.may_pull(3), "the slowest (b at 1) is within 2 of 3");
-        s.touch("a", Some(5));
+        s.touch("a", Some(5), now);
         assert!(!s.may_pull(5));
         s.leave("b");
         assert!(s.may_pull(5), "a departed worker does not hold the others back");
@@ -181,18 +193,21 @@ mod tests {
 
     #[test]
     fn expired_leases_leave_the_barrier() {
-        let mut s = SyncState::new(ConsistencyMode::Ssp, 0, Duration::from_millis(1));
-        s.touch("a", Some(0));
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(s.expire(), vec!["a".to_string()]);
-        assert_eq!(s.live(), 0);
+        let t0 = Instant::now();
+        let mut s = SyncState::new(ConsistencyMode::Ssp, 0, Duration::from_secs(5));
+        s.touch("a", Some(0), t0);
+        s.touch("b", Some(0), t0 + Duration::from_secs(3));
+        assert!(s.expire(t0 + Duration::from_secs(5)).is_empty(), "a lease lasts its whole length");
+        assert_eq!(s.expire(t0 + Duration::from_millis(5001)), vec!["a".to_string()]);
+        assert_eq!(s.live(), 1);
     }
 
     #[test]
     fn bsp_rounds_complete_when_every_live_worker_is_in() {
+        let now = Instant::now();
         let mut s = SyncState::new(ConsistencyMode::Bsp, 0, Duration::from_secs(10));
-        s.touch("a", Some(0));
-        s.touch("b", Some(0));
+        s.touch("a", Some(0), now);
+        s.touch("b", Some(0), now);
         assert!(s.may_pull(0));
         s.rounds.entry(1).or_default().from.push("a".into());
         assert_eq!(s.complete_round(), None);
@@ -204,8 +219,8 @@ mod tests {
     #[test]
     fn rounds_sum_gradients_by_key() {
         let mut r = Round::default();
-        r.add_rows(0, 2, &[5, 7], [1.0, 2.0, 3.0, 4.0].into_iter());
-        r.add_rows(0, 2, &[7], [10.0, 20.0].into_iter());
+        r.add_rows(0, 2, [5, 7].into_iter(), [1.0, 2.0, 3.0, 4.0].into_iter());
+        r.add_rows(0, 2, [7].into_iter(), [10.0, 20.0].into_iter());
         let rows = &r.rows[&0];
         assert_eq!(rows.keys, vec![5, 7]);
         assert_eq!(rows.values, vec![1.0, 2.0, 13.0, 24.0]);

@@ -7,7 +7,9 @@
 //! - tree `f.{id}`: version (u64 BE) → [`Manifest`]: for every chunk of every tensor, the
 //!   version whose commit wrote its current content;
 //! - tree `c.{id}`: (written-by version, tensor, chunk) (BE) → chunk blob (weights, then
-//!   optimizer slots, little-endian f32).
+//!   optimizer slots, little-endian f32);
+//! - tree `i.{id}`: worker id → its latest incarnation (u64 BE), bumped at every join and
+//!   flushed before the join is answered, so incarnations only grow, across restarts.
 //!
 //! A commit writes the changed chunks under its own version number, then the manifest and
 //! the version record, then flushes: a version is visible only once everything it
@@ -19,8 +21,9 @@
 mod manifest;
 mod records;
 
+pub use accrete_core::{VersionRecord, WorkerProgress};
 pub use manifest::Manifest;
-pub use records::{now_unix_ms, ModelRecord, VersionRecord, WorkerProgress};
+pub use records::{now_unix_ms, ModelRecord};
 
 use accrete_core::Params;
 use std::collections::HashSet;
@@ -188,7 +191,7 @@ impl Store {
             let name = String::from_utf8_lossy(&name).to_string();
             let id = name
                 .split_once('.')
-                .and_then(|(p, id)| ["v", "f", "c"].contains(&p).then(|| id.parse::<u64>().ok()))
+                .and_then(|(p, id)| ["v", "f", "c", "i"].contains(&p).then(|| id.parse::<u64>().ok()))
                 .flatten();
             if id.is_some_and(|id| !ids.contains(&id)) {
                 self.db.drop_tree(name.as_bytes())?;
@@ -228,7 +231,7 @@ impl Store {
         let n = self.tree(rec.id, 'v')?.len() as u64;
         self.models.remove(rec.spec.name.as_bytes())?;
         self.db.flush()?;
-        for kind in ['v', 'f', 'c'] {
+        for kind in ['v', 'f', 'c', 'i'] {
             self.db.drop_tree(format!("{kind}.{}", rec.id))?;
         }
         self.flush()?;
@@ -338,6 +341,22 @@ impl Store {
         }
         self.flush()?;
         Ok(freed)
+    }
+
+    /// Gives `worker` its next incarnation (1 for a new worker) and makes it durable.
+    pub fn bump_incarnation(&self, id: u64, worker: &str) -> Result<u64> {
+        let tree = self.tree(id, 'i')?;
+        let next = tree.update_and_fetch(worker.as_bytes(), |old| Some(be(old.map_or(0, u64_key) + 1).to_vec()))?;
+        self.flush()?;
+        Ok(next.map_or(1, |v| u64_key(&v)))
+    }
+
+    /// Every worker's latest incarnation.
+    pub fn incarnations(&self, id: u64) -> Result<Vec<(String, u64)>> {
+        self.tree(id, 'i')?
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (String::from_utf8_lossy(&k).to_string(), u64_key(&v))).map_err(Into::into))
+            .collect()
     }
 
     /// Bytes sled reports on disk.

@@ -104,3 +104,20 @@ fn manifest_encoding_roundtrips_and_rejects_truncation() {
     assert_eq!(Manifest::decode(&b[..b.len() - 1]), None);
     assert_eq!(Manifest::decode(&[]), None);
 }
+
+#[test]
+fn incarnations_only_grow_across_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.put_model(&ModelRecord { id: 7, spec: spec(), created_unix_ms: 0 }).unwrap();
+        assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 1);
+        assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 2);
+        assert_eq!(s.bump_incarnation(7, "w1").unwrap(), 1);
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.incarnations(7).unwrap(), vec![("w0".to_string(), 2), ("w1".to_string(), 1)]);
+    assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 3);
+    s.delete_model(&ModelRecord { id: 7, spec: spec(), created_unix_ms: 0 }).unwrap();
+    assert_eq!(s.incarnations(7).unwrap(), vec![], "deleted with its model");
+}

@@ -1,8 +1,9 @@
 //! `accrete evaluator` and `accrete model plot`: quality across versions.
 use crate::worker_cmd::DataArgs;
 use accrete_client::Client;
+use accrete_core::scoring::primary_metric;
+use accrete_core::VersionKind;
 use accrete_evaluator::{EvaluatorConfig, Gate};
-use accrete_proto::v1 as pb;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -91,28 +92,16 @@ pub async fn plot(a: PlotArgs, server: &str) -> Result<()> {
 pub async fn plot_to(c: &mut Client, name: &str, metric: Option<String>, out: &std::path::Path) -> Result<()> {
     use plotters::prelude::IntoDrawingArea;
     let a = PlotArgs { name: name.to_string(), out: out.to_path_buf(), metric };
-    let info = c
-        .models
-        .get_model_info(pb::ModelRef { name: a.name.clone() })
-        .await
-        .map_err(accrete_client::ClientError::from)?
-        .into_inner();
-    let view = accrete_worker::ModelView::from_info(&info).map_err(|m| anyhow::anyhow!("model {:?}: {m}", a.name))?;
-    let metric = a.metric.clone().unwrap_or_else(|| accrete_evaluator::primary_metric(&view.dims).to_string());
-    let versions = c
-        .models
-        .list_versions(pb::ModelRef { name: a.name.clone() })
-        .await
-        .map_err(accrete_client::ClientError::from)?
-        .into_inner()
-        .versions;
+    let view = c.model_view(&a.name).await?;
+    let metric = a.metric.clone().unwrap_or_else(|| primary_metric(&view.dims).to_string());
+    let versions = c.versions(&a.name).await?;
     let points: Vec<(f64, f64)> =
         versions.iter().filter_map(|v| v.metrics.get(&metric).map(|x| (v.version as f64, *x))).collect();
     if points.is_empty() {
         anyhow::bail!("model {:?} has no version scored with {metric:?} yet (run accrete evaluator)", a.name);
     }
     let rollbacks: Vec<f64> =
-        versions.iter().filter(|v| v.reason.starts_with("rollback")).map(|v| v.version as f64).collect();
+        versions.iter().filter(|v| v.kind == VersionKind::Rollback).map(|v| v.version as f64).collect();
     let ext = a.out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
     let title = format!("{}: {metric} by version", a.name);
     match ext.as_str() {

@@ -1,6 +1,5 @@
 //! The `accrete` binary: one program, a subcommand per role. Flags are parsed here (clap,
 //! with `env` for what a container sets); library crates get plain config structs.
-mod bench;
 mod eval_cmd;
 mod model_cmd;
 mod output;
@@ -33,7 +32,7 @@ enum Command {
     /// Cut a dataset into N shards (rows dealt round-robin; CSV header kept in each).
     Split(worker_cmd::SplitArgs),
     /// Benchmarks with ratios measured in one run.
-    Bench(bench::BenchArgs),
+    Bench(accrete_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,9 +59,12 @@ struct ServerArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
+    // Colour codes only for a terminal: redirected logs stay plain text.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     // A worker's loop (parse, pull, compute, push) runs on one thread: no CPU spent waking
@@ -84,7 +86,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(a) => serve(a).await,
             Command::Quickstart(a) => quickstart::run(a).await,
             Command::Model(a) => model_cmd::run(a).await,
-            Command::Bench(a) => bench::run(a).await,
+            Command::Bench(a) => accrete_bench::run(a).await,
             Command::Worker(a) => worker_cmd::worker(a).await,
             Command::Split(a) => worker_cmd::split(a),
             Command::Evaluator(a) => eval_cmd::evaluator(a).await,

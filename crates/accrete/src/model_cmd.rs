@@ -1,11 +1,15 @@
-//! `accrete model …`: the admin client over gRPC.
+//! `accrete model …`: the admin commands, one function each, over the typed client.
 use crate::output::{self, table};
 use accrete_client::{safetensors, Client};
-use accrete_proto::v1 as pb;
+use accrete_core::scoring::{best_by, primary_metric};
+use accrete_core::view::ModelView;
+use accrete_core::{
+    CommitPolicy, ConsistencyMode, InitSpec, ModelInfo, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec,
+    VersionRecord,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
-use tokio_stream::StreamExt;
 
 #[derive(Args)]
 pub struct ModelArgs {
@@ -165,44 +169,55 @@ struct CreateArgs {
     consistency: String,
 }
 
-fn parse_consistency(s: &str) -> Result<pb::Consistency> {
-    let (mode, staleness) = match s.split_once(':') {
-        None if s == "asp" => (pb::ConsistencyMode::Asp, 0),
-        None if s == "bsp" => (pb::ConsistencyMode::Bsp, 0),
+impl From<Kind> for ModelKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Linear => ModelKind::Linear,
+            Kind::Logistic => ModelKind::Logistic,
+            Kind::Softmax => ModelKind::Softmax,
+            Kind::Fm => ModelKind::Fm,
+            Kind::Mlp => ModelKind::Mlp,
+        }
+    }
+}
+
+impl From<Opt> for OptimizerKind {
+    fn from(o: Opt) -> Self {
+        match o {
+            Opt::Sgd => OptimizerKind::Sgd,
+            Opt::Momentum => OptimizerKind::Momentum,
+            Opt::Adagrad => OptimizerKind::Adagrad,
+            Opt::Adam => OptimizerKind::Adam,
+            Opt::Ftrl => OptimizerKind::Ftrl,
+        }
+    }
+}
+
+fn parse_consistency(s: &str) -> Result<(ConsistencyMode, u32)> {
+    Ok(match s.split_once(':') {
+        None if s == "asp" => (ConsistencyMode::Asp, 0),
+        None if s == "bsp" => (ConsistencyMode::Bsp, 0),
         Some(("ssp", n)) => (
-            pb::ConsistencyMode::Ssp,
+            ConsistencyMode::Ssp,
             n.parse().with_context(|| format!("--consistency {s}: staleness {n:?} is not a number"))?,
         ),
         _ => bail!("--consistency {s:?}: expected asp, bsp or ssp:S"),
-    };
-    Ok(pb::Consistency { mode: mode as i32, staleness })
+    })
 }
 
-fn spec(a: &CreateArgs) -> Result<pb::ModelSpec> {
-    let kind = match a.kind {
-        Kind::Linear => pb::ModelKind::Linear,
-        Kind::Logistic => pb::ModelKind::Logistic,
-        Kind::Softmax => pb::ModelKind::Softmax,
-        Kind::Fm => pb::ModelKind::Fm,
-        Kind::Mlp => pb::ModelKind::Mlp,
-    };
-    let optimizer = match a.optimizer {
-        Opt::Sgd => pb::OptimizerKind::Sgd,
-        Opt::Momentum => pb::OptimizerKind::Momentum,
-        Opt::Adagrad => pb::OptimizerKind::Adagrad,
-        Opt::Adam => pb::OptimizerKind::Adam,
-        Opt::Ftrl => pb::OptimizerKind::Ftrl,
-    };
-    Ok(pb::ModelSpec {
+/// The spec as asked for; hyper-parameters left at 0 take the server's defaults.
+fn spec(a: &CreateArgs) -> Result<ModelSpec> {
+    let (consistency, staleness) = parse_consistency(&a.consistency)?;
+    Ok(ModelSpec {
         name: a.name.clone(),
-        kind: kind as i32,
+        kind: a.kind.into(),
         features: a.features,
         hash_bits: a.hash_bits,
         classes: a.classes,
         hidden: a.hidden,
         factors: a.factors,
-        optimizer: Some(pb::OptimizerSpec {
-            kind: optimizer as i32,
+        optimizer: OptimizerSpec {
+            kind: a.optimizer.into(),
             lr: a.lr,
             momentum: a.momentum,
             beta1: a.beta1,
@@ -210,179 +225,192 @@ fn spec(a: &CreateArgs) -> Result<pb::ModelSpec> {
             eps: a.eps,
             l1: a.l1,
             l2: a.l2,
-        }),
-        init: Some(pb::InitSpec { seed: a.init_seed, scale: a.init_scale }),
+        },
+        init: InitSpec { seed: a.init_seed, scale: a.init_scale },
         ema_decay: a.ema_decay,
-        commit: Some(pb::CommitPolicy {
+        commit: CommitPolicy {
             every_updates: a.commit_every_updates,
             every_secs: a.commit_every_secs,
             keep_last: a.keep_last,
-        }),
-        consistency: Some(parse_consistency(&a.consistency)?),
+        },
+        consistency,
+        staleness,
     })
 }
 
 pub async fn run(a: ModelArgs) -> Result<()> {
     let conn = a.conn;
-    let cmd = match a.cmd {
+    match a.cmd {
         ModelCmd::Predict(p) => return crate::worker_cmd::predict(p, &conn.server).await,
         ModelCmd::Plot(p) => return crate::eval_cmd::plot(p, &conn.server).await,
-        other => other,
-    };
+        _ => {}
+    }
     let mut c = Client::connect(&conn.server).await?;
-    match cmd {
-        ModelCmd::Predict(_) | ModelCmd::Plot(_) => {}
-        ModelCmd::Create(args) => {
-            let info = c
-                .models
-                .create_model(pb::CreateModelRequest { spec: Some(spec(&args)?) })
-                .await
-                .map_err(err)?
-                .into_inner();
-            print_model(&info, conn.json);
-        }
-        ModelCmd::List => {
-            let models = c.models.list_models(pb::ListModelsRequest {}).await.map_err(err)?.into_inner().models;
-            if conn.json {
-                println!("{}", serde_json::Value::Array(models.iter().map(output::model_json).collect()));
-            } else {
-                let rows: Vec<Vec<String>> = models
-                    .iter()
-                    .map(|m| {
-                        let s = m.spec.clone().unwrap_or_default();
-                        let o = s.optimizer.unwrap_or_default();
-                        vec![
-                            s.name,
-                            output::kind_name(s.kind),
-                            m.parameters.to_string(),
-                            output::optimizer_name(o.kind),
-                            m.head_version.to_string(),
-                            m.versions.to_string(),
-                            m.uncommitted_updates.to_string(),
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "KIND", "PARAMETERS", "OPTIMIZER", "HEAD", "VERSIONS", "UNCOMMITTED"], &rows);
-            }
-        }
-        ModelCmd::Show { name } => {
-            let info = c.models.get_model_info(pb::ModelRef { name: name.clone() }).await.map_err(err)?.into_inner();
-            let versions = c.models.list_versions(pb::ModelRef { name }).await.map_err(err)?.into_inner().versions;
-            let best = best_version(&info, &versions);
-            if conn.json {
-                let mut j = output::model_json(&info);
-                j["best"] = best.map_or(
-                    serde_json::Value::Null,
-                    |(v, m, x)| serde_json::json!({"version": v, "metric": m, "value": x}),
-                );
-                println!("{j}");
-            } else {
-                print_model(&info, false);
-                match best {
-                    Some((v, m, x)) => println!("best version {v}: {m} {x:.4}"),
-                    None => println!("no version scored yet (run accrete evaluator)"),
-                }
-            }
-        }
-        ModelCmd::Delete { name } => {
-            let r = c.models.delete_model(pb::ModelRef { name }).await.map_err(err)?.into_inner();
-            if conn.json {
-                println!("{}", serde_json::json!({"name": r.name, "versions_dropped": r.versions_dropped}));
-            } else {
-                println!("deleted model {} ({} versions)", r.name, r.versions_dropped);
-            }
-        }
-        ModelCmd::Commit { name, reason } => {
-            let r = c.models.commit(pb::CommitRequest { model: name.clone(), reason }).await.map_err(err)?.into_inner();
-            let v = r.version.unwrap_or_default();
-            if conn.json {
-                let mut j = output::version_json(&v);
-                j["created"] = serde_json::json!(r.created);
-                println!("{j}");
-            } else if r.created {
-                println!("committed {name} version {} ({} chunks written)", v.version, v.chunks_written);
-            } else {
-                println!("nothing to commit: {name} is at version {}", v.version);
-            }
-        }
-        ModelCmd::Versions { name } => {
-            let vs = c.models.list_versions(pb::ModelRef { name }).await.map_err(err)?.into_inner().versions;
-            print_versions(&vs, conn.json);
-        }
-        ModelCmd::Tag { name, version, label } => {
-            let v = c.models.tag(pb::TagRequest { model: name, version, label }).await.map_err(err)?.into_inner();
-            print_version(&v, conn.json, "tagged");
-        }
-        ModelCmd::Rollback { name, to, reason } => {
-            let v = c
-                .models
-                .rollback(pb::RollbackRequest { model: name, to_version: to, reason })
-                .await
-                .map_err(err)?
-                .into_inner();
-            print_version(&v, conn.json, "rolled back: new head");
-        }
+    let c = &mut c;
+    let json = conn.json;
+    match a.cmd {
+        ModelCmd::Predict(_) | ModelCmd::Plot(_) => Ok(()),
+        ModelCmd::Create(args) => create(c, &args, json).await,
+        ModelCmd::List => list(c, json).await,
+        ModelCmd::Show { name } => show(c, &name, json).await,
+        ModelCmd::Delete { name } => delete(c, &name, json).await,
+        ModelCmd::Commit { name, reason } => commit(c, &name, &reason, json).await,
+        ModelCmd::Versions { name } => versions(c, &name, json).await,
+        ModelCmd::Tag { name, version, label } => tag(c, &name, version, &label, json).await,
+        ModelCmd::Rollback { name, to, reason } => rollback(c, &name, to, &reason, json).await,
         ModelCmd::Export { name, version, out, optimizer_state } => {
-            let v = safetensors::export(&mut c, &name, version, optimizer_state, &out).await?;
-            if conn.json {
-                println!("{}", serde_json::json!({"model": name, "version": v.version, "out": out}));
-            } else {
-                println!("exported {name} version {} to {} (safetensors)", v.version, out.display());
-            }
+            export(c, &name, version, &out, optimizer_state, json).await
         }
-        ModelCmd::Import { name, from } => {
-            let v = safetensors::import(&mut c, &name, &from).await?;
-            print_version(&v, conn.json, "imported: new head");
+        ModelCmd::Import { name, from } => import(c, &name, &from, json).await,
+        ModelCmd::Watch { name, after } => watch(c, name.as_deref(), after, json).await,
+    }
+}
+
+async fn create(c: &mut Client, a: &CreateArgs, json: bool) -> Result<()> {
+    let info = c.create_model(&spec(a)?).await?;
+    print_model(&info, json);
+    Ok(())
+}
+
+async fn list(c: &mut Client, json: bool) -> Result<()> {
+    let models = c.list_models().await?;
+    if json {
+        println!("{}", serde_json::Value::Array(models.iter().map(output::model_json).collect()));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            vec![
+                m.spec.name.clone(),
+                m.spec.kind.as_str().into(),
+                m.parameters.to_string(),
+                m.spec.optimizer.kind.as_str().into(),
+                m.head_version.to_string(),
+                m.versions.to_string(),
+                m.uncommitted_updates.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "KIND", "PARAMETERS", "OPTIMIZER", "HEAD", "VERSIONS", "UNCOMMITTED"], &rows);
+    Ok(())
+}
+
+async fn show(c: &mut Client, name: &str, json: bool) -> Result<()> {
+    let info = c.model_info(name).await?;
+    let versions = c.versions(name).await?;
+    let best = best_version(&info, &versions);
+    if json {
+        let mut j = output::model_json(&info);
+        j["best"] = best
+            .map_or(serde_json::Value::Null, |(v, m, x)| serde_json::json!({"version": v, "metric": m, "value": x}));
+        println!("{j}");
+    } else {
+        print_model(&info, false);
+        match best {
+            Some((v, m, x)) => println!("best version {v}: {m} {x:.4}"),
+            None => println!("no version scored yet (run accrete evaluator)"),
         }
-        ModelCmd::Watch { name, after } => {
-            let req = pb::WatchRequest { model: name.unwrap_or_default(), after_version: after };
-            let mut s = c.models.watch_versions(req).await.map_err(err)?.into_inner();
-            while let Some(ev) = s.next().await {
-                let ev = ev.map_err(err)?;
-                let v = ev.version.unwrap_or_default();
-                let kind = pb::VersionEventKind::try_from(ev.kind)
-                    .map(|k| k.as_str_name().trim_start_matches("VERSION_EVENT_KIND_").to_lowercase())
-                    .unwrap_or_default();
-                if conn.json {
-                    let mut j = output::version_json(&v);
-                    j["event"] = serde_json::json!(kind);
-                    println!("{j}");
-                } else {
-                    println!("{kind} {} version {} ({})", v.model, v.version, v.reason);
-                }
-            }
+    }
+    Ok(())
+}
+
+async fn delete(c: &mut Client, name: &str, json: bool) -> Result<()> {
+    let n = c.delete_model(name).await?;
+    if json {
+        println!("{}", serde_json::json!({"name": name, "versions_dropped": n}));
+    } else {
+        println!("deleted model {name} ({n} versions)");
+    }
+    Ok(())
+}
+
+async fn commit(c: &mut Client, name: &str, reason: &str, json: bool) -> Result<()> {
+    let (v, created) = c.commit(name, reason).await?;
+    if json {
+        let mut j = output::version_json(name, &v);
+        j["created"] = serde_json::json!(created);
+        println!("{j}");
+    } else if created {
+        println!("committed {name} version {} ({} chunks written)", v.version, v.chunks_written);
+    } else {
+        println!("nothing to commit: {name} is at version {}", v.version);
+    }
+    Ok(())
+}
+
+async fn versions(c: &mut Client, name: &str, json: bool) -> Result<()> {
+    let vs = c.versions(name).await?;
+    print_versions(name, &vs, json);
+    Ok(())
+}
+
+async fn tag(c: &mut Client, name: &str, version: u64, label: &str, json: bool) -> Result<()> {
+    let v = c.tag(name, version, label).await?;
+    print_version(name, &v, json, "tagged");
+    Ok(())
+}
+
+async fn rollback(c: &mut Client, name: &str, to: u64, reason: &str, json: bool) -> Result<()> {
+    let v = c.rollback(name, to, reason).await?;
+    print_version(name, &v, json, "rolled back: new head");
+    Ok(())
+}
+
+async fn export(
+    c: &mut Client,
+    name: &str,
+    version: Option<u64>,
+    out: &std::path::Path,
+    optimizer_state: bool,
+    json: bool,
+) -> Result<()> {
+    let v = safetensors::export(c, name, version, optimizer_state, out).await?;
+    if json {
+        println!("{}", serde_json::json!({"model": name, "version": v.version, "out": out}));
+    } else {
+        println!("exported {name} version {} to {} (safetensors)", v.version, out.display());
+    }
+    Ok(())
+}
+
+async fn import(c: &mut Client, name: &str, from: &std::path::Path, json: bool) -> Result<()> {
+    let v = safetensors::import(c, name, from).await?;
+    print_version(name, &v, json, "imported: new head");
+    Ok(())
+}
+
+async fn watch(c: &mut Client, name: Option<&str>, after: Option<u64>, json: bool) -> Result<()> {
+    let mut events = c.watch(name, after).await?;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        let (v, kind) = (&ev.version, ev.kind.as_str());
+        if json {
+            let mut j = output::version_json(&ev.model, v);
+            j["event"] = serde_json::json!(kind);
+            println!("{j}");
+        } else {
+            println!("{kind} {} version {} ({})", ev.model, v.version, v.reason);
         }
     }
     Ok(())
 }
 
 /// The best retained version by the model's primary metric: (version, metric, value).
-fn best_version(info: &pb::ModelInfo, versions: &[pb::VersionInfo]) -> Option<(u64, &'static str, f64)> {
-    let view = accrete_worker::ModelView::from_info(info).ok()?;
-    let metric = accrete_evaluator::primary_metric(&view.dims);
-    let hib = accrete_evaluator::higher_is_better(metric);
-    versions
-        .iter()
-        .filter_map(|v| v.metrics.get(metric).map(|x| (v.version, *x)))
-        .filter(|(_, x)| x.is_finite())
-        .max_by(|a, b| if hib { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) })
-        .map(|(v, x)| (v, metric, x))
+fn best_version(info: &ModelInfo, versions: &[VersionRecord]) -> Option<(u64, &'static str, f64)> {
+    let metric = primary_metric(&ModelView::of(&info.spec).dims);
+    best_by(metric, versions.iter().map(|v| (v.version, &v.metrics))).map(|(v, x)| (v, metric, x))
 }
 
-/// A status as `CODE: message`, the server's words.
-fn err(s: tonic::Status) -> anyhow::Error {
-    accrete_client::ClientError::from(s).into()
-}
-
-fn print_model(m: &pb::ModelInfo, json: bool) {
+fn print_model(m: &ModelInfo, json: bool) {
     if json {
         println!("{}", output::model_json(m));
         return;
     }
     let j = output::model_json(m);
-    let s = m.spec.clone().unwrap_or_default();
-    println!("model {}  kind {}  parameters {}", s.name, j["kind"].as_str().unwrap_or(""), m.parameters);
-    println!("optimizer {}  consistency {}", j["optimizer"], j["consistency"].as_str().unwrap_or(""));
+    let s = &m.spec;
+    println!("model {}  kind {}  parameters {}", s.name, s.kind.as_str(), m.parameters);
+    println!("optimizer {}  consistency {}", j["optimizer"], output::consistency_name(s));
     println!(
         "head version {}  lineage epoch {}  updates {} ({} uncommitted)  versions {}",
         m.head_version, m.lineage_epoch, m.updates, m.uncommitted_updates, m.versions
@@ -403,13 +431,12 @@ fn print_model(m: &pb::ModelInfo, json: bool) {
     table(&["TENSOR", "ROWS", "COLS", "LAYOUT", "SLOTS"], &rows);
 }
 
-fn print_version(v: &pb::VersionInfo, json: bool, what: &str) {
+fn print_version(model: &str, v: &VersionRecord, json: bool, what: &str) {
     if json {
-        println!("{}", output::version_json(v));
+        println!("{}", output::version_json(model, v));
     } else {
         println!(
-            "{what} {} version {} (parent {}, epoch {}): {}",
-            v.model,
+            "{what} {model} version {} (parent {}, epoch {}): {}",
             v.version,
             v.parent.map_or("-".into(), |p| p.to_string()),
             v.lineage_epoch,
@@ -418,9 +445,9 @@ fn print_version(v: &pb::VersionInfo, json: bool, what: &str) {
     }
 }
 
-fn print_versions(vs: &[pb::VersionInfo], json: bool) {
+fn print_versions(model: &str, vs: &[VersionRecord], json: bool) {
     if json {
-        println!("{}", serde_json::Value::Array(vs.iter().map(output::version_json).collect()));
+        println!("{}", serde_json::Value::Array(vs.iter().map(|v| output::version_json(model, v)).collect()));
         return;
     }
     let rows: Vec<Vec<String>> = vs
@@ -430,6 +457,7 @@ fn print_versions(vs: &[pb::VersionInfo], json: bool) {
                 v.version.to_string(),
                 v.parent.map_or("-".into(), |p| p.to_string()),
                 output::time(v.created_unix_ms),
+                v.kind.as_str().into(),
                 v.updates.to_string(),
                 v.lineage_epoch.to_string(),
                 v.reason.clone(),
@@ -438,5 +466,5 @@ fn print_versions(vs: &[pb::VersionInfo], json: bool) {
             ]
         })
         .collect();
-    table(&["VERSION", "PARENT", "CREATED (UTC)", "UPDATES", "EPOCH", "REASON", "TAGS", "METRICS"], &rows);
+    table(&["VERSION", "PARENT", "CREATED (UTC)", "KIND", "UPDATES", "EPOCH", "REASON", "TAGS", "METRICS"], &rows);
 }

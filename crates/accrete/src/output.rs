@@ -1,11 +1,12 @@
 //! Rendering of client results: readable tables by default, JSON with `--json`.
-use accrete_proto::v1 as pb;
+use accrete_core::{ConsistencyMode, ModelInfo, ModelSpec, VersionRecord};
 use serde_json::{json, Value};
 
-pub fn version_json(v: &pb::VersionInfo) -> Value {
+pub fn version_json(model: &str, v: &VersionRecord) -> Value {
     json!({
-        "model": v.model,
+        "model": model,
         "version": v.version,
+        "kind": v.kind.as_str(),
         "parent": v.parent,
         "created_unix_ms": v.created_unix_ms,
         "updates": v.updates,
@@ -17,27 +18,25 @@ pub fn version_json(v: &pb::VersionInfo) -> Value {
         "metrics": v.metrics.iter().map(|(k, x)| (k.clone(), json!(x))).collect::<serde_json::Map<_, _>>(),
         "chunks_written": v.chunks_written,
         "workers": v.workers.iter().map(|w| json!({
-            "worker_id": w.worker_id, "shard": w.shard, "offset": w.offset, "clock": w.clock,
-            "rows": w.rows, "pushes": w.pushes, "loss_sum": w.loss_sum,
+            "worker_id": w.worker_id, "incarnation": w.incarnation, "seq": w.seq, "shard": w.shard,
+            "offset": w.offset, "clock": w.clock, "rows": w.rows, "pushes": w.pushes, "loss_sum": w.loss_sum,
         })).collect::<Vec<_>>(),
     })
 }
 
-pub fn model_json(m: &pb::ModelInfo) -> Value {
-    let s = m.spec.clone().unwrap_or_default();
-    let o = s.optimizer.unwrap_or_default();
-    let c = s.commit.unwrap_or_default();
-    let cons = s.consistency.unwrap_or_default();
+pub fn model_json(m: &ModelInfo) -> Value {
+    let s = &m.spec;
+    let (o, c) = (&s.optimizer, &s.commit);
     json!({
         "name": s.name,
-        "kind": kind_name(s.kind),
+        "kind": s.kind.as_str(),
         "features": s.features, "hash_bits": s.hash_bits, "classes": s.classes, "hidden": s.hidden, "factors": s.factors,
-        "optimizer": {"kind": optimizer_name(o.kind), "lr": o.lr, "momentum": o.momentum, "beta1": o.beta1,
+        "optimizer": {"kind": o.kind.as_str(), "lr": o.lr, "momentum": o.momentum, "beta1": o.beta1,
                       "beta2": o.beta2, "eps": o.eps, "l1": o.l1, "l2": o.l2},
-        "init": s.init.map(|i| json!({"seed": i.seed, "scale": i.scale})),
+        "init": {"seed": s.init.seed, "scale": s.init.scale},
         "ema_decay": s.ema_decay,
         "commit": {"every_updates": c.every_updates, "every_secs": c.every_secs, "keep_last": c.keep_last},
-        "consistency": consistency_name(cons.mode, cons.staleness),
+        "consistency": consistency_name(s),
         "tensors": m.tensors.iter().map(|t| json!({"name": t.name, "rows": t.rows, "cols": t.cols, "sparse": t.sparse, "slots": t.slots})).collect::<Vec<_>>(),
         "parameters": m.parameters,
         "head_version": m.head_version,
@@ -49,23 +48,11 @@ pub fn model_json(m: &pb::ModelInfo) -> Value {
     })
 }
 
-pub fn kind_name(k: i32) -> String {
-    pb::ModelKind::try_from(k)
-        .map(|k| k.as_str_name().trim_start_matches("MODEL_KIND_").to_lowercase())
-        .unwrap_or_default()
-}
-
-pub fn optimizer_name(k: i32) -> String {
-    pb::OptimizerKind::try_from(k)
-        .map(|k| k.as_str_name().trim_start_matches("OPTIMIZER_KIND_").to_lowercase())
-        .unwrap_or_default()
-}
-
-pub fn consistency_name(mode: i32, staleness: u32) -> String {
-    match pb::ConsistencyMode::try_from(mode) {
-        Ok(pb::ConsistencyMode::Bsp) => "bsp".into(),
-        Ok(pb::ConsistencyMode::Ssp) => format!("ssp:{staleness}"),
-        _ => "asp".into(),
+pub fn consistency_name(s: &ModelSpec) -> String {
+    match s.consistency {
+        ConsistencyMode::Asp => "asp".into(),
+        ConsistencyMode::Bsp => "bsp".into(),
+        ConsistencyMode::Ssp => format!("ssp:{}", s.staleness),
     }
 }
 
@@ -103,8 +90,6 @@ pub fn time(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
-pub fn metrics_cell(m: &std::collections::HashMap<String, f64>) -> String {
-    let mut kv: Vec<_> = m.iter().collect();
-    kv.sort_by(|a, b| a.0.cmp(b.0));
-    kv.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
+pub fn metrics_cell(m: &std::collections::BTreeMap<String, f64>) -> String {
+    m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
 }

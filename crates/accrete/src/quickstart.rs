@@ -2,17 +2,24 @@
 //! A server (with its dashboard), two workers following shards that grow month by month
 //! as the 2013 New York flights "arrive" in time order, an evaluator scoring every version
 //! on a window of recent held-out rows, a rollback, the quality plot, and a summary.
+//!
+//! `run` reads as the steps a newcomer watches: start the server, create the model, start
+//! the workers and the evaluator, replay the months, finish training, roll back, plot and
+//! summarise.
 use crate::eval_cmd;
 use accrete_client::Client;
-use accrete_proto::v1 as pb;
-use accrete_worker::parse::ColumnSpec;
+use accrete_core::VersionRecord;
+use accrete_core::{CommitPolicy, EventKind, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, VersionKind};
+use accrete_ingest::{ColumnSpec, OnBadRow};
+use accrete_worker::{Progress, WorkerConfig, WorkerError};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_stream::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 const FLIGHTS: &[u8] = include_bytes!("../data/flights.csv.gz");
 const MODEL: &str = "flights";
@@ -71,61 +78,75 @@ fn append(path: &Path, lines: &[&String]) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(a: QuickstartArgs) -> Result<()> {
-    let started = Instant::now();
-    let dir = std::path::absolute(&a.data_dir)?;
-    let stream = dir.join("stream");
-    std::fs::create_dir_all(&stream)?;
-    println!("accrete quickstart: 2013 New York flights, predicting arrival delays over 15 minutes");
-    println!("data dir {}", dir.display());
+/// A stop signal: `stop(&rx)` resolves once `true` is sent.
+fn stop(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
 
-    // server, with its dashboard
+/// The server, running in this process with its dashboard.
+struct Server {
+    url: String,
+    dashboard: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<Result<(), accrete_server::ServerError>>,
+}
+
+async fn start_server(dir: &Path) -> Result<Server> {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", grpc.local_addr()?);
-    let dash = format!("http://{}/", http.local_addr()?);
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard = format!("http://{}/", http.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let config = accrete_server::ServerConfig::new(dir.join("server"));
-    let server = tokio::spawn(accrete_server::serve(config, grpc, Some(http), async {
+    let task = tokio::spawn(accrete_server::serve(config, grpc, Some(http), async {
         let _ = stopped.await;
     }));
-    let mut c = connect(&url).await?;
-    println!("server on {url}; dashboard {dash}");
-    if c.models.get_model_info(pb::ModelRef { name: MODEL.into() }).await.is_ok() {
-        c.models.delete_model(pb::ModelRef { name: MODEL.into() }).await?;
-    }
-    let spec = pb::ModelSpec {
-        name: MODEL.into(),
-        kind: pb::ModelKind::Logistic as i32,
-        hash_bits: 20,
-        optimizer: Some(pb::OptimizerSpec { kind: pb::OptimizerKind::Adagrad as i32, lr: 0.1, ..Default::default() }),
-        commit: Some(pb::CommitPolicy { every_updates: 25, every_secs: 0.0, keep_last: 0 }),
-        ..Default::default()
-    };
-    c.models.create_model(pb::CreateModelRequest { spec: Some(spec) }).await?;
-    println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; AdaGrad; a version every 25 pushes\n");
+    Ok(Server { url, dashboard, stop, task })
+}
 
-    // data files that grow: two training shards and a holdout (every fifth row)
-    let (header, months) = months()?;
-    let shards: Vec<PathBuf> = (0..WORKERS).map(|i| stream.join(format!("shard-{i}.csv"))).collect();
-    let holdout = stream.join("holdout.csv");
+/// The quickstart's model, replacing one left by an earlier run.
+async fn create_model(c: &mut Client) -> Result<()> {
+    if c.model_info(MODEL).await.is_ok() {
+        c.delete_model(MODEL).await?;
+    }
+    let mut spec = ModelSpec::new(MODEL, ModelKind::Logistic);
+    spec.hash_bits = 20;
+    spec.optimizer = OptimizerSpec::new(OptimizerKind::Adagrad, 0.1);
+    spec.commit = CommitPolicy { every_updates: 25, every_secs: 0.0, keep_last: 0 };
+    c.create_model(&spec).await?;
+    println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; AdaGrad; a version every 25 pushes\n");
+    Ok(())
+}
+
+/// Files that grow as the months arrive: the workers' shards and a holdout.
+struct Stream {
+    shards: Vec<PathBuf>,
+    holdout: PathBuf,
+}
+
+fn prepare_stream(dir: &Path, header: &str) -> Result<Stream> {
+    std::fs::create_dir_all(dir)?;
+    let shards: Vec<PathBuf> = (0..WORKERS).map(|i| dir.join(format!("shard-{i}.csv"))).collect();
+    let holdout = dir.join("holdout.csv");
     for p in shards.iter().chain(std::iter::once(&holdout)) {
         std::fs::write(p, format!("{header}\n"))?;
     }
+    Ok(Stream { shards, holdout })
+}
 
-    // workers follow their shards; the evaluator follows the holdout, window of 5,000 rows
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (stop_eval_tx, stop_eval_rx) = tokio::sync::watch::channel(false);
-    let stop = |rx: &tokio::sync::watch::Receiver<bool>| {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let progress: Vec<Arc<accrete_worker::Progress>> = (0..WORKERS).map(|_| Default::default()).collect();
+/// Workers following their shards until `stop_rx` says so.
+async fn start_workers(
+    url: &str,
+    stream: &Stream,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<(Vec<Arc<Progress>>, Vec<JoinHandle<Result<accrete_worker::Report, WorkerError>>>)> {
+    let progress: Vec<Arc<Progress>> = (0..WORKERS).map(|_| Default::default()).collect();
     let mut workers = Vec::new();
-    for (i, shard) in shards.iter().enumerate() {
-        let config = accrete_worker::WorkerConfig {
+    for (i, shard) in stream.shards.iter().enumerate() {
+        let config = WorkerConfig {
             model: MODEL.into(),
             shard: shard.clone(),
             format: None,
@@ -134,20 +155,29 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
             epochs: 1,
             follow: true,
             worker_id: format!("worker-{i}"),
-            on_bad_row: accrete_worker::OnBadRow::Skip,
+            on_bad_row: OnBadRow::Skip,
             progressive_out: None,
             heartbeat_server: None,
         };
         workers.push(tokio::spawn(accrete_worker::run(
             config,
-            connect(&url).await?,
-            stop(&stop_rx),
+            connect(url).await?,
+            stop(stop_rx),
             progress[i].clone(),
         )));
     }
-    let ev_config = accrete_evaluator::EvaluatorConfig {
+    Ok((progress, workers))
+}
+
+/// The evaluator, following the holdout and scoring on its 5,000 most recent rows.
+async fn start_evaluator(
+    url: &str,
+    holdout: &Path,
+    stop_rx: &watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<accrete_evaluator::Report, accrete_evaluator::EvalError>>> {
+    let config = accrete_evaluator::EvaluatorConfig {
         model: MODEL.into(),
-        holdout: holdout.clone(),
+        holdout: holdout.to_path_buf(),
         format: None,
         columns: columns()?,
         once: false,
@@ -157,9 +187,17 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
         holdout_follow: true,
         window: 5000,
     };
-    let evaluator = tokio::spawn(accrete_evaluator::run(ev_config, connect(&url).await?, stop(&stop_eval_rx)));
-    let table = tokio::spawn(print_scores(connect(&url).await?));
+    Ok(tokio::spawn(accrete_evaluator::run(config, connect(url).await?, stop(stop_rx))))
+}
 
+/// Appends each month's rows (every fifth to the holdout, the rest dealt to the shards),
+/// pausing between months; returns the rows dealt for training.
+async fn replay_months(
+    months: &[Vec<String>],
+    stream: &Stream,
+    pause: Duration,
+    progress: &[Arc<Progress>],
+) -> Result<u64> {
     println!(
         "{:<8} {:>10} {:>8}   versions are scored on the 5,000 most recent held-out rows as they arrive",
         "month", "rows", "trained"
@@ -168,69 +206,57 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     for (m, rows) in months.iter().enumerate() {
         let (held, train): (Vec<Numbered<'_>>, Vec<Numbered<'_>>) =
             rows.iter().enumerate().partition(|(i, _)| i % 5 == 4);
-        append(&holdout, &held.iter().map(|(_, l)| *l).collect::<Vec<_>>())?;
-        for (w, shard) in shards.iter().enumerate() {
+        append(&stream.holdout, &held.iter().map(|(_, l)| *l).collect::<Vec<_>>())?;
+        for (w, shard) in stream.shards.iter().enumerate() {
             let part: Vec<&String> = train.iter().filter(|(i, _)| i % WORKERS == w).map(|(_, l)| *l).collect();
             append(shard, &part)?;
         }
         train_rows += train.len() as u64;
-        tokio::time::sleep(Duration::from_millis(a.month_ms)).await;
+        tokio::time::sleep(pause).await;
         let trained: u64 = progress.iter().map(|p| p.rows()).sum();
         println!("{:<8} {:>10} {:>8}   (month {} arrived)", format!("2013-{:02}", m + 1), rows.len(), trained, m + 1);
     }
-    while progress.iter().map(|p| p.rows()).sum::<u64>() < train_rows {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = stop_tx.send(true);
-    for w in workers {
-        w.await??;
-    }
-    let last =
-        c.models.commit(pb::CommitRequest { model: MODEL.into(), reason: "end of stream".into() }).await?.into_inner();
-    // let the evaluator score the last versions before it stops
-    wait_scored(&mut c).await?;
-    let _ = stop_eval_tx.send(true);
-    evaluator.await??;
-    table.abort();
+    Ok(train_rows)
+}
 
-    // a rollback, as an operator would do after a bad stretch
-    let versions = c.models.list_versions(pb::ModelRef { name: MODEL.into() }).await?.into_inner().versions;
-    let best = versions
+/// The best scored version by AUC.
+fn best_by_auc(versions: &[VersionRecord]) -> Option<VersionRecord> {
+    versions
         .iter()
         .filter(|v| v.metrics.contains_key("auc"))
         .max_by(|a, b| a.metrics["auc"].total_cmp(&b.metrics["auc"]))
-        .cloned();
-    let head = last.version.map_or(0, |v| v.version);
-    println!();
-    if let Some(b) = &best {
-        let rb = c
-            .models
-            .rollback(pb::RollbackRequest {
-                model: MODEL.into(),
-                to_version: b.version,
-                reason: "quickstart demo".into(),
-            })
-            .await?
-            .into_inner();
-        println!(
-            "rollback: version {} now holds version {}'s parameters (parent {head}, lineage epoch {}); versions 1..{head} are kept, and pushes computed before the rollback are refused",
-            rb.version, b.version, rb.lineage_epoch
-        );
-    }
-    let png = dir.join("quality.png");
-    eval_cmd::plot_to(&mut c, MODEL, None, &png).await?;
-    let versions = c.models.list_versions(pb::ModelRef { name: MODEL.into() }).await?.into_inner().versions;
-    let trained: u64 = progress.iter().map(|p| p.rows()).sum();
+        .cloned()
+}
 
+/// Rolls back to the best version, as an operator would after a bad stretch.
+async fn demo_rollback(c: &mut Client, best: &VersionRecord, head: u64) -> Result<()> {
+    let rb = c.rollback(MODEL, best.version, "quickstart demo").await?;
+    println!(
+        "rollback: version {} now holds version {}'s parameters (parent {head}, lineage epoch {}); versions 1..{head} are kept, and pushes computed before the rollback are refused",
+        rb.version, best.version, rb.lineage_epoch
+    );
+    Ok(())
+}
+
+fn summary(
+    started: Instant,
+    dir: &Path,
+    holdout: &Path,
+    trained: u64,
+    versions: &[VersionRecord],
+    best: Option<&VersionRecord>,
+    png: &Path,
+) {
+    let count = |k: VersionKind| versions.iter().filter(|v| v.kind == k).count();
     println!("\n== summary ({:.0} s)", started.elapsed().as_secs_f64());
     println!("rows trained     {trained} by {WORKERS} workers, in time order");
     println!(
         "versions         {} (1 created, {} by the commit policy, 1 at the end of the stream, {} rollback)",
         versions.len(),
-        versions.iter().filter(|v| v.reason == "policy").count(),
-        versions.iter().filter(|v| v.reason.starts_with("rollback")).count()
+        count(VersionKind::Policy),
+        count(VersionKind::Rollback)
     );
-    if let Some(b) = &best {
+    if let Some(b) = best {
         let m: Vec<String> = ["auc", "logloss", "accuracy"]
             .iter()
             .filter_map(|k| b.metrics.get(*k).map(|x| format!("{k} {x:.4}")))
@@ -245,8 +271,53 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     println!("  accrete model show {MODEL}");
     println!("  accrete model predict {MODEL} --input {} --label 'arr_delay>15' \\", holdout.display());
     println!("      --categorical carrier,origin,dest,month,day,hour,tailnum,flight --cross carrier:hour,origin:dest");
-    let _ = stop_server.send(());
-    server.await??;
+}
+
+pub async fn run(a: QuickstartArgs) -> Result<()> {
+    let started = Instant::now();
+    let dir = std::path::absolute(&a.data_dir)?;
+    println!("accrete quickstart: 2013 New York flights, predicting arrival delays over 15 minutes");
+    println!("data dir {}", dir.display());
+    let server = start_server(&dir).await?;
+    let mut c = connect(&server.url).await?;
+    println!("server on {}; dashboard {}", server.url, server.dashboard);
+    create_model(&mut c).await?;
+
+    let (header, months) = months()?;
+    let stream = prepare_stream(&dir.join("stream"), &header)?;
+    let (stop_workers, workers_rx) = watch::channel(false);
+    let (stop_evaluator, evaluator_rx) = watch::channel(false);
+    let (progress, workers) = start_workers(&server.url, &stream, &workers_rx).await?;
+    let evaluator = start_evaluator(&server.url, &stream.holdout, &evaluator_rx).await?;
+    let table = tokio::spawn(print_scores(connect(&server.url).await?));
+    let train_rows = replay_months(&months, &stream, Duration::from_millis(a.month_ms), &progress).await?;
+
+    // every row trained, the workers stop, a last commit, the evaluator catches up
+    while progress.iter().map(|p| p.rows()).sum::<u64>() < train_rows {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_workers.send(true);
+    for w in workers {
+        w.await??;
+    }
+    let (last, _) = c.commit(MODEL, "end of stream").await?;
+    wait_scored(&mut c).await?;
+    let _ = stop_evaluator.send(true);
+    evaluator.await??;
+    table.abort();
+
+    let best = best_by_auc(&c.versions(MODEL).await?);
+    println!();
+    if let Some(b) = &best {
+        demo_rollback(&mut c, b, last.version).await?;
+    }
+    let png = dir.join("quality.png");
+    eval_cmd::plot_to(&mut c, MODEL, None, &png).await?;
+    let versions = c.versions(MODEL).await?;
+    let trained: u64 = progress.iter().map(|p| p.rows()).sum();
+    summary(started, &dir, &stream.holdout, trained, &versions, best.as_ref(), &png);
+    let _ = server.stop.send(());
+    server.task.await??;
     Ok(())
 }
 
@@ -257,8 +328,7 @@ async fn connect(url: &str) -> Result<Client> {
 /// Waits until every version has an AUC (the evaluator runs alongside).
 async fn wait_scored(c: &mut Client) -> Result<()> {
     for _ in 0..200 {
-        let vs = c.models.list_versions(pb::ModelRef { name: MODEL.into() }).await?.into_inner().versions;
-        if vs.iter().all(|v| v.metrics.contains_key("auc")) {
+        if c.versions(MODEL).await?.iter().all(|v| v.metrics.contains_key("auc")) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,20 +338,18 @@ async fn wait_scored(c: &mut Client) -> Result<()> {
 
 /// Prints each version as it is scored.
 async fn print_scores(mut c: Client) -> Result<()> {
-    let mut s =
-        c.models.watch_versions(pb::WatchRequest { model: MODEL.into(), after_version: None }).await?.into_inner();
-    while let Some(ev) = s.next().await {
+    let mut events = c.watch(Some(MODEL), None).await?;
+    while let Some(ev) = events.next().await {
         let ev = ev?;
-        if ev.kind == pb::VersionEventKind::Scored as i32 {
-            if let Some(v) = ev.version {
-                println!(
-                    "         version {:>3} after {:>4} pushes: auc {:.4}  logloss {:.4}",
-                    v.version,
-                    v.updates,
-                    v.metrics.get("auc").copied().unwrap_or(f64::NAN),
-                    v.metrics.get("logloss").copied().unwrap_or(f64::NAN)
-                );
-            }
+        if ev.kind == EventKind::Scored {
+            let v = ev.version;
+            println!(
+                "         version {:>3} after {:>4} pushes: auc {:.4}  logloss {:.4}",
+                v.version,
+                v.updates,
+                v.metrics.get("auc").copied().unwrap_or(f64::NAN),
+                v.metrics.get("logloss").copied().unwrap_or(f64::NAN)
+            );
         }
     }
     Ok(())

@@ -1,9 +1,8 @@
 //! `accrete worker`, `accrete split` and `accrete model predict`: the data-facing commands.
 use accrete_client::Client;
 use accrete_core::features::Batch;
-use accrete_proto::v1 as pb;
-use accrete_worker::parse::{ColumnSpec, LabelSpec};
-use accrete_worker::{Format, ModelView, OnBadRow, RowSource, WorkerConfig};
+use accrete_ingest::{ColumnSpec, Format, LabelSpec, OnBadRow, RowSource, Target};
+use accrete_worker::WorkerConfig;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::io::{BufRead, BufWriter, Write};
@@ -105,7 +104,7 @@ enum BadRowArg {
 
 pub async fn worker(mut a: WorkerArgs) -> Result<()> {
     if let Some(i) = a.shard_index {
-        let parts = accrete_worker::source::parts_of(&a.shard).with_context(|| a.shard.display().to_string())?;
+        let parts = accrete_ingest::source::parts_of(&a.shard).with_context(|| a.shard.display().to_string())?;
         if !a.shard.is_dir() {
             bail!("--shard-index needs a directory --shard, got {}", a.shard.display());
         }
@@ -221,7 +220,7 @@ pub fn split(a: SplitArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let mut reader =
-        accrete_worker::source::ShardReader::open(&a.input).with_context(|| format!("{}", a.input.display()))?;
+        accrete_ingest::source::ShardReader::open(&a.input).with_context(|| format!("{}", a.input.display()))?;
     let mut line = Vec::new();
     let mut n = 0usize;
     while reader.next_line(&mut line).with_context(|| format!("{}", a.input.display()))? {
@@ -259,15 +258,9 @@ pub struct PredictArgs {
 /// a value (regression).
 pub async fn predict(a: PredictArgs, server: &str) -> Result<()> {
     let mut c = Client::connect(server).await?;
-    let info = c
-        .models
-        .get_model_info(pb::ModelRef { name: a.name.clone() })
-        .await
-        .map_err(accrete_client::ClientError::from)?
-        .into_inner();
-    let view = ModelView::from_info(&info).map_err(|m| anyhow::anyhow!("model {:?}: {m}", a.name))?;
-    let mut rows = RowSource::open(&a.input, a.data.format(), &a.data.columns()?, view.target, OnBadRow::Fail, false)?;
-    let mut batch = Batch::new(view.target.features);
+    let target = Target::of(&c.model_view(&a.name).await?);
+    let mut rows = RowSource::open(&a.input, a.data.format(), &a.data.columns()?, target, OnBadRow::Fail, false)?;
+    let mut batch = Batch::new(target.features);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     loop {
@@ -275,15 +268,9 @@ pub async fn predict(a: PredictArgs, server: &str) -> Result<()> {
         if rows.fill(&mut batch, 10_000)? == 0 {
             break;
         }
-        let req = pb::PredictRequest {
-            model: a.name.clone(),
-            version: a.version,
-            rows: Some(accrete_worker::feature_rows(&batch)),
-        };
-        let r = c.params.predict(req).await.map_err(accrete_client::ClientError::from)?.into_inner();
-        let vals = accrete_proto::bytes_to_f32s(&r.values).unwrap_or_default();
+        let r = c.predict(&a.name, a.version, &batch).await?;
         let k = r.outputs.max(1) as usize;
-        for row in vals.chunks_exact(k) {
+        for row in r.values.chunks_exact(k) {
             if k == 1 {
                 writeln!(out, "{}", row[0])?;
             } else {

@@ -1,7 +1,5 @@
 //! `accrete bench server`: the parameter server's benchmarks, run against a real server
-//! process on loopback, with ratios measured in the same run (these machines are shared
-//! and noisy, so absolute times are only context).
-//!
+//! process on loopback:
 //! - dense push+apply of a 10^7-float model vs raw tonic streaming of the same messages to
 //!   a sink that applies nothing;
 //! - sparse 1,000-key pushes (key-updates/s);
@@ -9,112 +7,21 @@
 //! - rollback time for 10^6, 10^7, 10^8 floats;
 //! - server RSS holding a 10^7-float Adam model vs the bytes of weights + slots;
 //! - disk use after 100 commits of 1 % changes with `--keep-last 10`.
-use accrete_client::Client;
+use accrete_client::raw::RawClient;
 use accrete_proto::bench::sink_client::SinkClient;
-use accrete_proto::bench::sink_server::{Sink, SinkServer};
 use accrete_proto::v1 as pb;
 use anyhow::{bail, Result};
-use clap::{Args, Subcommand};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_stream::{Stream, StreamExt};
-
-#[derive(Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    cmd: BenchCmd,
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Parameter-server benchmarks (push, commit, rollback, memory, disk).
-    Server {
-        /// Largest model for the commit and rollback scenarios (floats).
-        #[arg(long, default_value_t = 100_000_000)]
-        max_floats: u64,
-        /// Print one JSON object with every figure.
-        #[arg(long)]
-        json: bool,
-        /// Scenarios to run (dense, sparse, commit, rss, disk); all by default.
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-    },
-    /// Worker throughput without the network: parse, hash and compute gradients of a
-    /// hashed logistic model over a CSV (the flights data by default).
-    Worker {
-        /// CSV to read (default: the flights data shipped in the binary's source tree).
-        #[arg(long)]
-        input: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 1000)]
-        batch: usize,
-    },
-    /// Evaluator throughput: versions of a 10^6-parameter (2^20 hashed rows) logistic model
-    /// scored per second on a 50,000-row holdout of the flights data.
-    Evaluator {
-        #[arg(long, default_value_t = 20)]
-        versions: u64,
-    },
-    /// (internal) Serve the raw-streaming sink that the push benchmark compares with.
-    #[command(hide = true)]
-    Sink {
-        #[arg(long)]
-        listen: SocketAddr,
-    },
-}
-
-pub async fn run(a: BenchArgs) -> Result<()> {
-    match a.cmd {
-        BenchCmd::Server { max_floats, json, only } => server_bench(max_floats, json, &only).await,
-        BenchCmd::Sink { listen } => serve_sink(listen).await,
-        BenchCmd::Worker { input, batch } => worker_bench(input, batch),
-        BenchCmd::Evaluator { versions } => evaluator_bench(versions).await,
-    }
-}
+use tokio_stream::StreamExt;
 
 /// Floats per dense push message: 256 KiB of values.
 const MSG_FLOATS: usize = 64 * 1024;
 
-struct SinkSvc;
-
-type AckStream = Pin<Box<dyn Stream<Item = Result<pb::PushAck, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Sink for SinkSvc {
-    type DrainStream = AckStream;
-    async fn drain(
-        &self,
-        req: tonic::Request<tonic::Streaming<pb::PushRequest>>,
-    ) -> Result<tonic::Response<AckStream>, tonic::Status> {
-        let mut n = 0u64;
-        let acks = req.into_inner().map(move |m| {
-            m.map(|_| {
-                n += 1;
-                pb::PushAck { lineage_epoch: 1, head_version: 1, updates: n }
-            })
-        });
-        Ok(tonic::Response::new(Box::pin(acks)))
-    }
-}
-
-async fn serve_sink(listen: SocketAddr) -> Result<()> {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .add_service(SinkServer::new(SinkSvc).max_decoding_message_size(256 << 20))
-        .serve_with_shutdown(listen, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
-}
-
 /// A child process killed on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -144,14 +51,14 @@ async fn spawn(args: &[&str]) -> Result<(Proc, String)> {
     bail!("{args:?} did not start listening on {listen}")
 }
 
-async fn spawn_server(dir: &Path) -> Result<(Proc, String, Client)> {
+pub(crate) async fn spawn_server(dir: &Path) -> Result<(Proc, String, RawClient)> {
     let d = dir.to_string_lossy().to_string();
     let (p, url) = spawn(&["server", "--data-dir", &d, "--max-message-bytes", &(256u64 << 20).to_string()]).await?;
-    let c = Client::connect(&url).await?;
+    let c = RawClient::connect(&url).await?;
     Ok((p, url, c))
 }
 
-fn spec(name: &str, features: u32, opt: pb::OptimizerKind, keep_last: u32) -> pb::ModelSpec {
+pub(crate) fn spec(name: &str, features: u32, opt: pb::OptimizerKind, keep_last: u32) -> pb::ModelSpec {
     pb::ModelSpec {
         name: name.into(),
         kind: pb::ModelKind::Linear as i32,
@@ -181,7 +88,7 @@ fn dense_msgs(model: &str, start: u64, floats: u64, value: f32) -> Vec<pb::PushR
 }
 
 /// Streams `msgs` `rounds` times over one push stream; returns seconds.
-async fn stream_pushes(c: &mut Client, msgs: &[pb::PushRequest], rounds: usize) -> Result<f64> {
+async fn stream_pushes(c: &mut RawClient, msgs: &[pb::PushRequest], rounds: usize) -> Result<f64> {
     let all: Vec<pb::PushRequest> = (0..rounds).flat_map(|_| msgs.iter().cloned()).collect();
     let n = all.len();
     let t = Instant::now();
@@ -220,13 +127,13 @@ async fn stream_sink(url: &str, msgs: &[pb::PushRequest], rounds: usize) -> Resu
     Ok(t.elapsed().as_secs_f64())
 }
 
-async fn commit(c: &mut Client, model: &str) -> Result<(f64, pb::VersionInfo)> {
+async fn commit(c: &mut RawClient, model: &str) -> Result<(f64, pb::VersionInfo)> {
     let t = Instant::now();
     let r = c.models.commit(pb::CommitRequest { model: model.into(), reason: String::new() }).await?.into_inner();
     Ok((t.elapsed().as_secs_f64(), r.version.unwrap_or_default()))
 }
 
-async fn create(c: &mut Client, s: pb::ModelSpec) -> Result<f64> {
+pub(crate) async fn create(c: &mut RawClient, s: pb::ModelSpec) -> Result<f64> {
     let t = Instant::now();
     c.models.create_model(pb::CreateModelRequest { spec: Some(s) }).await?;
     Ok(t.elapsed().as_secs_f64())
@@ -251,7 +158,7 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
-async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result<()> {
+pub(crate) async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let tmp = tempfile::tempdir()?;
     let mut report = serde_json::Map::new();
@@ -327,14 +234,14 @@ async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result
                 let vals: Vec<f32> = keys.iter().map(|_| (rng.next_f64() - 0.5) as f32).collect();
                 let grads = vec![pb::TensorChunk {
                     tensor: "h".into(),
-                    keys,
+                    keys: accrete_proto::keys_to_bytes(&keys),
                     values: accrete_proto::f32s_to_bytes(&vals),
                     ..Default::default()
                 }];
                 pb::PushRequest { model: "sparse".into(), lineage_epoch: 0, grads, meta: None }
             })
             .collect();
-        let keys_per_round: usize = msgs.iter().map(|m| m.grads[0].keys.len()).sum();
+        let keys_per_round: usize = msgs.iter().map(|m| m.grads[0].keys.len() / 8).sum();
         let rounds = 150;
         stream_pushes(&mut c, &msgs, 10).await?; // warm-up
         let mut best = f64::MAX;
@@ -436,147 +343,5 @@ async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result
     if as_json {
         println!("{}", serde_json::Value::Object(report));
     }
-    Ok(())
-}
-
-/// Rows per second of parse + hash + compact + logistic gradient, one thread, no network:
-/// the worker's own cost per row.
-fn worker_bench(input: Option<std::path::PathBuf>, batch_rows: usize) -> Result<()> {
-    use accrete_core::features::Batch;
-    use accrete_core::kinds::{self, Dims, Tensors};
-    use accrete_worker::parse::ColumnSpec;
-    let input =
-        input.unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/flights.csv.gz")));
-    let columns = ColumnSpec {
-        label: Some("arr_delay>15".parse().map_err(anyhow::Error::msg)?),
-        numeric: vec![],
-        categorical: "carrier,origin,dest,month,day,hour,tailnum,flight".split(',').map(String::from).collect(),
-        cross: vec![("carrier".into(), "hour".into()), ("origin".into(), "dest".into())],
-    };
-    let target = accrete_worker::parse::Target { features: 0, hash_bits: 20, classes: 0, binary: true };
-    let dims = Dims { kind: accrete_core::ModelKind::Logistic, features: 0, outputs: 1, hidden: 0, factors: 0 };
-    // Read the file once into memory (decompressed) so the figure is parsing, not gunzip.
-    let mut text = Vec::new();
-    {
-        let mut r = accrete_worker::source::ShardReader::open(&input)?;
-        let mut line = Vec::new();
-        while r.next_line(&mut line)? {
-            text.extend_from_slice(&line);
-            text.push(b'\n');
-        }
-    }
-    let tmp = tempfile::tempdir()?;
-    let plain = tmp.path().join("data.csv");
-    std::fs::write(&plain, &text)?;
-    let mut best = f64::MAX;
-    let mut rows_total = 0;
-    for _ in 0..3 {
-        let mut src =
-            accrete_worker::RowSource::open(&plain, None, &columns, target, accrete_worker::OnBadRow::Skip, true)?;
-        let mut batch = Batch::new(0);
-        let (mut grads, mut params) = (Tensors::default(), Tensors::default());
-        params.b = vec![0.0];
-        let t = Instant::now();
-        let mut rows = 0;
-        loop {
-            batch.clear();
-            let n = src.fill(&mut batch, batch_rows)?;
-            if n == 0 {
-                break;
-            }
-            batch.compact();
-            params.h.clear();
-            params.h.resize(batch.uniq.len(), 0.0);
-            kinds::train(&dims, &params.views(), &batch, &batch.local, batch.uniq.len(), &mut grads);
-            rows += n;
-        }
-        best = best.min(t.elapsed().as_secs_f64());
-        rows_total = rows;
-    }
-    println!(
-        "worker parse + hash + gradient (logistic, 2^20 hashed rows, 10 features per row, batches of {batch_rows}), one thread: {:.2} M rows/s over {rows_total} rows (goal >= 1 M rows/s; Vowpal Wabbit ~0.38 M rows/s)",
-        rows_total as f64 / best / 1e6
-    );
-    Ok(())
-}
-
-/// Trains a 2^20-row logistic model on flights rows with a commit every few pushes, then
-/// times `accrete evaluator --once` logic over the versions on a 50,000-row holdout.
-async fn evaluator_bench(versions: u64) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let flights = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/data/flights.csv.gz"));
-    let (train, holdout) = (tmp.path().join("train.csv"), tmp.path().join("holdout.csv"));
-    {
-        let mut r = accrete_worker::source::ShardReader::open(&flights)?;
-        let (mut tr, mut ho) = (std::fs::File::create(&train)?, std::fs::File::create(&holdout)?);
-        use std::io::Write;
-        let mut line = Vec::new();
-        let mut n = 0usize;
-        while r.next_line(&mut line)? {
-            line.push(b'\n');
-            if n == 0 {
-                tr.write_all(&line)?;
-                ho.write_all(&line)?;
-            } else if n <= 50_000 {
-                ho.write_all(&line)?;
-            } else {
-                tr.write_all(&line)?;
-            }
-            n += 1;
-        }
-    }
-    let (_p, url, mut c) = spawn_server(&tmp.path().join("data")).await?;
-    let mut s = spec("ev", 0, pb::OptimizerKind::Adagrad, 0);
-    s.kind = pb::ModelKind::Logistic as i32;
-    s.hash_bits = 20;
-    if let Some(o) = s.optimizer.as_mut() {
-        o.lr = 0.1;
-    }
-    // ~277k training rows in batches of 1000: a commit every 277/versions pushes
-    s.commit = Some(pb::CommitPolicy { every_updates: (277 / versions.max(1)).max(1), ..Default::default() });
-    create(&mut c, s).await?;
-    let columns = accrete_worker::parse::ColumnSpec {
-        label: Some("arr_delay>15".parse().map_err(anyhow::Error::msg)?),
-        numeric: vec![],
-        categorical: "carrier,origin,dest,month,day,hour,tailnum,flight".split(',').map(String::from).collect(),
-        cross: vec![("carrier".into(), "hour".into()), ("origin".into(), "dest".into())],
-    };
-    let wc = accrete_worker::WorkerConfig {
-        model: "ev".into(),
-        shard: train,
-        format: None,
-        columns: columns.clone(),
-        batch: 1000,
-        epochs: 1,
-        follow: false,
-        worker_id: "bench".into(),
-        on_bad_row: accrete_worker::OnBadRow::Skip,
-        progressive_out: None,
-        heartbeat_server: None,
-    };
-    accrete_worker::run(wc, Client::connect(&url).await?, std::future::pending(), Default::default()).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ec = accrete_evaluator::EvaluatorConfig {
-        model: "ev".into(),
-        holdout,
-        format: None,
-        columns,
-        once: true,
-        gate: None,
-        dry_run: false,
-        gate_window: 10,
-        holdout_follow: false,
-        window: 0,
-    };
-    // loading the holdout is part of a start, not of scoring: time a run with nothing
-    // to score first, then the real one
-    let t = Instant::now();
-    let r = accrete_evaluator::run(ec, Client::connect(&url).await?, std::future::pending()).await?;
-    let secs = t.elapsed().as_secs_f64();
-    println!(
-        "evaluator: {} versions of a 2^20-row logistic model scored on a 50,000-row holdout in {secs:.2} s (holdout parsing included): {:.1} versions/s (goal: keep up with a commit per second)",
-        r.scored.len(),
-        r.scored.len() as f64 / secs
-    );
     Ok(())
 }

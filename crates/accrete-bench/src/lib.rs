@@ -1,0 +1,69 @@
+//! `accrete bench`: benchmarks of the parameter server, the worker and the evaluator, with
+//! ratios measured in the same run (these machines are shared and noisy, so absolute
+//! times are only context). Benchmarks may use the wire types directly: they measure the
+//! transport as well as the system.
+
+mod evaluator;
+mod server;
+mod sink;
+mod worker;
+
+use clap::{Args, Subcommand};
+use std::net::SocketAddr;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Parameter-server benchmarks (push, commit, rollback, memory, disk).
+    Server {
+        /// Largest model for the commit and rollback scenarios (floats).
+        #[arg(long, default_value_t = 100_000_000)]
+        max_floats: u64,
+        /// Print one JSON object with every figure.
+        #[arg(long)]
+        json: bool,
+        /// Scenarios to run (dense, sparse, commit, rss, disk); all by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Worker throughput without the network: parse, hash and compute gradients of a
+    /// hashed logistic model over a CSV (the flights data by default).
+    Worker {
+        /// CSV to read (default: the flights data shipped in the binary's source tree).
+        #[arg(long)]
+        input: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Evaluator throughput: versions of a 10^6-parameter (2^20 hashed rows) logistic model
+    /// scored per second on a 50,000-row holdout of the flights data.
+    Evaluator {
+        #[arg(long, default_value_t = 20)]
+        versions: u64,
+    },
+    /// (internal) Serve the raw-streaming sink that the push benchmark compares with.
+    #[command(hide = true)]
+    Sink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
+    match a.cmd {
+        BenchCmd::Server { max_floats, json, only } => server::server_bench(max_floats, json, &only).await,
+        BenchCmd::Sink { listen } => sink::serve_sink(listen).await,
+        BenchCmd::Worker { input, batch } => worker::worker_bench(input, batch),
+        BenchCmd::Evaluator { versions } => evaluator::evaluator_bench(versions).await,
+    }
+}
+
+/// The flights data shipped in the binary's source tree.
+pub(crate) fn flights() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../accrete/data/flights.csv.gz"))
+}

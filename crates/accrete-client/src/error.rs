@@ -1,0 +1,135 @@
+//! The client's one error type. Refusals come back typed, so callers decide by kind
+//! (stale lineage, not in the barrier, …) and never by gRPC code: this file is the only
+//! place on the client side that reads a status code.
+use std::path::PathBuf;
+use tonic::Code;
+
+/// Metadata key the server sets on every refusal: a stable name of what was refused.
+pub const REFUSAL_KEY: &str = "accrete-refusal";
+/// Metadata key carrying the current lineage epoch with a stale-lineage refusal.
+pub const EPOCH_KEY: &str = "accrete-lineage-epoch";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect { url: String, source: tonic::transport::Error },
+    /// An unknown model or version.
+    #[error("NOT_FOUND: {0}")]
+    NotFound(String),
+    #[error("ALREADY_EXISTS: {0}")]
+    AlreadyExists(String),
+    /// A push computed against an older lineage (the model was rolled back or imported):
+    /// pull again and go on from `current_epoch`.
+    #[error("ABORTED: {message}")]
+    StaleLineage { current_epoch: u64, message: String },
+    /// The worker is not in the model's BSP barrier (its lease expired): join again.
+    #[error("FAILED_PRECONDITION: {0}")]
+    NotInBarrier(String),
+    /// The push came from an older incarnation of its worker: a newer one has joined.
+    #[error("FAILED_PRECONDITION: {0}")]
+    StaleIncarnation(String),
+    /// The server cannot be reached or is stopping; worth retrying later.
+    #[error("UNAVAILABLE: {0}")]
+    Unavailable(String),
+    /// The request was refused as invalid (shape, values, spec, size).
+    #[error("{code}: {message}")]
+    Invalid { code: &'static str, message: String },
+    /// Any other failure the server reports (internal errors, cancelled calls).
+    #[error("{code}: {message}")]
+    Server { code: &'static str, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    /// The server answered with something this client cannot read.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(s: tonic::Status) -> Self {
+        let refusal = s.metadata().get(REFUSAL_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let message = s.message().to_string();
+        match (s.code(), refusal) {
+            (Code::NotFound, _) => ClientError::NotFound(message),
+            (Code::AlreadyExists, _) => ClientError::AlreadyExists(message),
+            (Code::Aborted, "stale-lineage" | "") => {
+                let current_epoch =
+                    s.metadata().get(EPOCH_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+                ClientError::StaleLineage { current_epoch, message }
+            }
+            (Code::FailedPrecondition, "stale-incarnation") => ClientError::StaleIncarnation(message),
+            (Code::FailedPrecondition, "not-in-barrier" | "") => ClientError::NotInBarrier(message),
+            (Code::Unavailable, _) => ClientError::Unavailable(message),
+            (c @ (Code::InvalidArgument | Code::ResourceExhausted | Code::OutOfRange), _) => {
+                ClientError::Invalid { code: code_name(c), message }
+            }
+            (c, _) => ClientError::Server { code: code_name(c), message },
+        }
+    }
+}
+
+impl From<accrete_proto::convert::ConvertError> for ClientError {
+    fn from(e: accrete_proto::convert::ConvertError) -> Self {
+        ClientError::Protocol(format!("unreadable answer from the server: {e}"))
+    }
+}
+
+/// The gRPC code as its canonical upper-case name (NOT_FOUND, ABORTED, …).
+pub fn code_name(code: Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, refusal: &str, epoch: Option<u64>) -> tonic::Status {
+        let mut s = tonic::Status::new(code, "why");
+        if !refusal.is_empty() {
+            s.metadata_mut().insert(REFUSAL_KEY, refusal.parse().unwrap());
+        }
+        if let Some(e) = epoch {
+            s.metadata_mut().insert(EPOCH_KEY, e.to_string().parse().unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn refusals_come_back_typed() {
+        let e = ClientError::from(status(Code::Aborted, "stale-lineage", Some(7)));
+        assert!(matches!(e, ClientError::StaleLineage { current_epoch: 7, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "ABORTED: why");
+        let e = ClientError::from(status(Code::FailedPrecondition, "stale-incarnation", None));
+        assert!(matches!(e, ClientError::StaleIncarnation(_)), "{e:?}");
+        let e = ClientError::from(status(Code::FailedPrecondition, "not-in-barrier", None));
+        assert!(matches!(e, ClientError::NotInBarrier(_)), "{e:?}");
+        let e = ClientError::from(status(Code::NotFound, "", None));
+        assert_eq!(e.to_string(), "NOT_FOUND: why");
+        let e = ClientError::from(status(Code::ResourceExhausted, "too-large", None));
+        assert!(matches!(e, ClientError::Invalid { code: "RESOURCE_EXHAUSTED", .. }), "{e:?}");
+        let e = ClientError::from(status(Code::Internal, "", None));
+        assert!(matches!(e, ClientError::Server { code: "INTERNAL", .. }), "{e:?}");
+    }
+}

@@ -1,0 +1,48 @@
+//! What a push carries besides its gradients, and the gradients as a client builds them.
+
+/// Who sent a push and how far it got. `incarnation` and `seq` identify the push: a worker
+/// gets a new incarnation each time it joins (a server refuses pushes of an older one),
+/// and numbers its pushes within it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PushMeta {
+    pub worker_id: String,
+    /// 0 = not a joined worker's push (nothing to fence).
+    pub incarnation: u64,
+    pub seq: u64,
+    pub shard: String,
+    /// Shard bytes consumed after the rows of this push.
+    pub offset: u64,
+    pub clock: u64,
+    /// Rows behind this gradient.
+    pub rows: u64,
+    /// Progressive-validation loss of those rows, before training.
+    pub loss_sum: f64,
+}
+
+/// One gradient of a push: a dense range from `offset` (no keys), or rows by key
+/// (`values` then holds the tensor's `cols` floats per key).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gradient {
+    pub tensor: String,
+    pub offset: u64,
+    pub keys: Vec<u64>,
+    pub values: Vec<f32>,
+}
+
+/// A push: the gradients of one batch, against a lineage epoch (0 = don't check).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Push {
+    pub model: String,
+    pub lineage_epoch: u64,
+    pub grads: Vec<Gradient>,
+    pub meta: Option<PushMeta>,
+}
+
+/// What the server says after applying a push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushAck {
+    pub lineage_epoch: u64,
+    pub head_version: u64,
+    /// Applied pushes, all time, after this one.
+    pub updates: u64,
+}

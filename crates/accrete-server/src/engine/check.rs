@@ -1,0 +1,123 @@
+//! What never changes for a model ([`Shape`]: name, layout, consistency, commit policy),
+//! and the validation of a push against it, done before any lock: a [`Checked`] push is
+//! the only kind the engine applies.
+use crate::error::{Result, ServiceError};
+use accrete_core::layout::{layout, TensorSpec};
+use accrete_core::optim::{Keys, LeBytes, LeKeys};
+use accrete_core::params::{check_dense, check_rows};
+use accrete_core::push::PushMeta;
+use accrete_core::{CommitPolicy, ConsistencyMode, ModelSpec};
+
+const MAX_NAME_BYTES: usize = 256;
+const MAX_SHARD_BYTES: usize = 4096;
+const MAX_ROWS_PER_PUSH: u64 = 1 << 40;
+
+/// One gradient of a push: a dense range (`keys` empty) or sparse rows, straight from the
+/// request's bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Grad<'a> {
+    pub tensor: &'a str,
+    pub offset: u64,
+    pub keys: LeKeys<'a>,
+    pub values: &'a [u8],
+}
+
+/// A model's immutable description, shared by its engine and its runtime.
+#[derive(Debug)]
+pub struct Shape {
+    pub name: String,
+    pub layout: Vec<TensorSpec>,
+    pub consistency: ConsistencyMode,
+    pub staleness: u32,
+    pub commit: CommitPolicy,
+}
+
+/// A push whose gradients and metadata passed [`Shape::check`], with each gradient's
+/// tensor index.
+#[derive(Debug)]
+pub struct Checked<'a> {
+    grads: &'a [Grad<'a>],
+    tensors: Vec<usize>,
+    meta: &'a PushMeta,
+}
+
+impl Checked<'_> {
+    pub fn meta(&self) -> &PushMeta {
+        self.meta
+    }
+
+    /// Each gradient with its tensor index.
+    pub fn grads(&self) -> impl Iterator<Item = (usize, &Grad<'_>)> {
+        self.tensors.iter().copied().zip(self.grads)
+    }
+
+    /// Floats carried by the gradients.
+    pub fn values(&self) -> u64 {
+        self.grads.iter().map(|g| g.values.len() as u64 / 4).sum()
+    }
+
+    /// A joined worker's push (anonymous pushes are not fenced nor held at a barrier).
+    pub fn from_worker(&self) -> bool {
+        !self.meta.worker_id.is_empty()
+    }
+}
+
+impl Shape {
+    pub fn of(spec: &ModelSpec) -> Shape {
+        Shape {
+            name: spec.name.clone(),
+            layout: layout(spec),
+            consistency: spec.consistency,
+            staleness: spec.staleness,
+            commit: spec.commit,
+        }
+    }
+
+    /// Validates the metadata (what version records keep of it must be storable) and every
+    /// gradient (tensor exists, range or keys in bounds, value count, finite values). Any
+    /// failure refuses the whole push.
+    pub fn check<'a>(&self, grads: &'a [Grad<'a>], meta: &'a PushMeta) -> Result<Checked<'a>> {
+        self.check_meta(meta)?;
+        let tensors = grads.iter().map(|g| self.check_grad(g)).collect::<Result<_>>()?;
+        Ok(Checked { grads, tensors, meta })
+    }
+
+    fn check_grad(&self, g: &Grad<'_>) -> Result<usize> {
+        if !g.values.len().is_multiple_of(4) {
+            let message = format!(
+                "model {:?}: tensor {:?}: values have {} bytes, not a multiple of 4 (little-endian f32)",
+                self.name,
+                g.tensor,
+                g.values.len()
+            );
+            return Err(ServiceError::Invalid(message));
+        }
+        let v = LeBytes(g.values);
+        let checked = if g.keys.is_empty() {
+            check_dense(&self.layout, g.tensor, g.offset, &v)
+        } else {
+            check_rows(&self.layout, g.tensor, &g.keys, &v)
+        };
+        checked.map_err(|source| ServiceError::Update { model: self.name.clone(), source })
+    }
+
+    fn check_meta(&self, m: &PushMeta) -> Result<()> {
+        let bad = |what: String| {
+            ServiceError::Invalid(format!("model {:?}: push from worker {:?}: {what}", self.name, m.worker_id))
+        };
+        if !(m.loss_sum.is_finite() && m.loss_sum >= 0.0) {
+            return Err(bad(format!("loss_sum {} is not a finite, non-negative number", m.loss_sum)));
+        }
+        if m.worker_id.len() > MAX_NAME_BYTES || m.shard.len() > MAX_SHARD_BYTES {
+            return Err(bad(format!(
+                "worker_id ({} bytes) or shard ({} bytes) is longer than {MAX_NAME_BYTES} / {MAX_SHARD_BYTES} bytes",
+                m.worker_id.len(),
+                m.shard.len()
+            )));
+        }
+        if m.rows > MAX_ROWS_PER_PUSH {
+            return Err(bad(format!("rows {} is more than {MAX_ROWS_PER_PUSH} in one push", m.rows)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,497 @@
+//! The pure engine of one model, in the manner of openraft's engine/runtime split: the live
+//! parameters, the lineage epoch, the head version the live state descends from, the
+//! update counters, the workers' progress and incarnations, the BSP/SSP barrier
+//! ([`SyncState`]), push application, and the commit policy's *decisions* (when a version
+//! is due, and the snapshots that become versions).
+//!
+//! No IO, no locks, no async and no clock: the runtime (`model/mod.rs`, `model/versions.rs`) holds
+//! an engine behind a mutex, passes the time in (`now`), and writes the snapshots the
+//! engine hands out. So every rule here is tested alone with an injected clock (`tests.rs`).
+//!
+//! A push reads: [`Shape::check`] (before any lock) → [`Engine::push`] (epoch and
+//! incarnation checks, then the optimizer via [`Params`], or the BSP round of its clock) →
+//! the update-count policy's snapshot, if this push reached it.
+
+mod check;
+#[cfg(test)]
+mod tests;
+
+pub use check::{Checked, Grad, Shape};
+
+use crate::error::{Result, ServiceError};
+use crate::sync::SyncState;
+use accrete_core::optim::{Keys, LeBytes};
+use accrete_core::pull::Joined;
+use accrete_core::push::{PushAck, PushMeta};
+use accrete_core::{ConsistencyMode, Params, VersionKind, VersionRecord, WorkerProgress};
+use accrete_store::ChunkBatch;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Workers whose progress a model records (every version carries them).
+const MAX_WORKERS: usize = 4096;
+/// BSP rounds a push may be ahead of the last applied one.
+const MAX_ROUNDS_AHEAD: u64 = 16;
+/// Policy snapshots allowed to wait for the writer; beyond that, commits coalesce.
+const MAX_PENDING: usize = 8;
+
+/// The content of a future version, copied out of the live state at one instant.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The chunks changed since the last snapshot (weights and slots of each).
+    pub chunks: ChunkBatch,
+    pub updates: u64,
+    pub since_parent: u64,
+    pub epoch: u64,
+    pub workers: Vec<WorkerProgress>,
+    pub steps: u64,
+    pub kind: VersionKind,
+    pub reason: String,
+}
+
+/// What an accepted push returns.
+#[derive(Debug, Clone, Copy)]
+pub struct Pushed {
+    pub ack: PushAck,
+    /// This push reached the update-count policy: a snapshot waits to be written.
+    pub commit_due: bool,
+}
+
+/// A model's counters, for `ModelInfo`, the dashboard and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub head: u64,
+    pub epoch: u64,
+    pub updates: u64,
+    pub since_commit: u64,
+}
+
+/// A worker's standing in the barrier after a heartbeat or a leave.
+#[derive(Debug, Clone, Copy)]
+pub struct Membership {
+    /// It was a member (a heartbeat renewed it; a leave removed it).
+    pub member: bool,
+    pub lease: Duration,
+    /// Members now.
+    pub live: usize,
+}
+
+/// Parameters with what a pull reports of them: the version they are (for the live state,
+/// the head it descends from), their lineage epoch and the updates applied to them.
+#[derive(Debug, Clone, Copy)]
+pub struct Content<'a> {
+    pub params: &'a Params,
+    pub version: u64,
+    pub epoch: u64,
+    pub updates: u64,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    shape: Arc<Shape>,
+    params: Params,
+    /// Grows at each rollback or import; pushes of an older one are refused.
+    epoch: u64,
+    /// The version the live state descends from.
+    head: u64,
+    /// Applied updates, all time.
+    updates: u64,
+    since_commit: u64,
+    workers: BTreeMap<String, WorkerProgress>,
+    /// Each worker's latest incarnation (from joins, durable in the store).
+    incarnations: HashMap<String, u64>,
+    last_commit: Instant,
+    /// Policy snapshots taken at exact update counts, waiting to be written in order.
+    pending: VecDeque<Snapshot>,
+    sync: SyncState,
+}
+
+impl Engine {
+    /// An engine whose live state is `head`'s content (`params`), at `now`.
+    pub fn new(
+        shape: Arc<Shape>,
+        mut params: Params,
+        head: &VersionRecord,
+        incarnations: Vec<(String, u64)>,
+        lease: Duration,
+        now: Instant,
+    ) -> Engine {
+        params.clear_dirty();
+        Engine {
+            sync: SyncState::new(shape.consistency, shape.staleness, lease),
+            shape,
+            params,
+            epoch: head.lineage_epoch,
+            head: head.version,
+            updates: head.updates,
+            since_commit: 0,
+            workers: head.workers.iter().map(|w| (w.worker_id.clone(), w.clone())).collect(),
+            incarnations: incarnations.into_iter().collect(),
+            last_commit: now,
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    pub fn live(&self) -> Content<'_> {
+        Content { params: &self.params, version: self.head, epoch: self.epoch, updates: self.updates }
+    }
+
+    pub fn status(&self) -> Status {
+        Status { head: self.head, epoch: self.epoch, updates: self.updates, since_commit: self.since_commit }
+    }
+
+    /// Every worker's progress, as a version records it.
+    pub fn progress(&self) -> Vec<WorkerProgress> {
+        self.workers.values().cloned().collect()
+    }
+
+    fn name(&self) -> String {
+        self.shape.name.clone()
+    }
+
+    fn ack(&self) -> PushAck {
+        PushAck { lineage_epoch: self.epoch, head_version: self.head, updates: self.updates }
+    }
+
+    /// Applies a checked push at `now`: a refused push changes nothing. Under BSP a
+    /// worker's gradients join their clock's round instead, applied once every live
+    /// worker's are in.
+    pub fn push(&mut self, push: &Checked<'_>, epoch: u64, now: Instant) -> Result<Pushed> {
+        if self.shape.consistency == ConsistencyMode::Bsp && push.from_worker() {
+            return self.push_to_round(push, epoch, now);
+        }
+        let meta = push.meta();
+        self.check_incarnation(meta)?;
+        self.check_epoch(epoch)?;
+        self.check_room(meta)?;
+        self.params.begin_update();
+        for (t, g) in push.grads() {
+            if g.keys.is_empty() {
+                self.params.apply_dense_le(t, g.offset as usize, g.values);
+            } else {
+                self.params.apply_rows_le(t, g.keys, g.values);
+            }
+        }
+        self.updates += 1;
+        self.since_commit += 1;
+        let pushed = self.finish_push(meta, now);
+        if push.from_worker() && self.shape.consistency == ConsistencyMode::Ssp {
+            self.sync.touch(&meta.worker_id, Some(meta.clock), now);
+        }
+        Ok(pushed)
+    }
+
+    /// Refuses a push from an older incarnation of its worker (a newer one has joined).
+    fn check_incarnation(&self, m: &PushMeta) -> Result<()> {
+        let current = self.incarnations.get(&m.worker_id).copied().unwrap_or(0);
+        if m.incarnation != 0 && m.incarnation < current {
+            return Err(ServiceError::StaleIncarnation {
+                model: self.name(),
+                worker: m.worker_id.clone(),
+                pushed: m.incarnation,
+                current,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a push computed on another lineage (0 = don't check).
+    fn check_epoch(&self, epoch: u64) -> Result<()> {
+        if epoch != 0 && epoch != self.epoch {
+            return Err(ServiceError::StaleLineage { model: self.name(), pushed: epoch, current: self.epoch });
+        }
+        Ok(())
+    }
+
+    /// Refuses a push from a new worker id once the model records [`MAX_WORKERS`] workers'
+    /// progress (each version carries them all).
+    fn check_room(&self, m: &PushMeta) -> Result<()> {
+        if !m.worker_id.is_empty() && self.workers.len() >= MAX_WORKERS && !self.workers.contains_key(&m.worker_id) {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: push from worker {:?}: the model already records the progress of {MAX_WORKERS} workers; \
+                 reuse worker ids (e.g. the shard's name)",
+                self.shape.name, m.worker_id
+            )));
+        }
+        Ok(())
+    }
+
+    fn finish_push(&mut self, meta: &PushMeta, now: Instant) -> Pushed {
+        if !meta.worker_id.is_empty() {
+            record_progress(&mut self.workers, meta);
+        }
+        let commit_due = self.snapshot_if_due(now);
+        Pushed { ack: self.ack(), commit_due }
+    }
+
+    /// BSP: adds a checked push to the round of its clock, then applies complete rounds.
+    fn push_to_round(&mut self, push: &Checked<'_>, epoch: u64, now: Instant) -> Result<Pushed> {
+        let meta = push.meta();
+        if !self.sync.is_member(&meta.worker_id) {
+            // Its round has gone on without it: it must join again and take the current clock.
+            return Err(ServiceError::NotInBarrier { model: self.name(), worker: meta.worker_id.clone() });
+        }
+        self.check_incarnation(meta)?;
+        self.check_room(meta)?;
+        let stale = self.check_epoch(epoch).err();
+        self.check_round(meta)?;
+        if let Some(refused) = stale {
+            // Computed on the lineage before a rollback or import: refused, but the worker's
+            // clock moves on with it, so it counts in its round as an empty contribution —
+            // the other workers are not left waiting for a gradient that will not come.
+            self.enter_round(meta, now);
+            self.apply_complete_rounds(now);
+            return Err(refused);
+        }
+        self.add_to_round(push);
+        self.enter_round(meta, now);
+        let pushed = self.finish_push(meta, now);
+        Ok(self.apply_complete_rounds(now).unwrap_or(pushed))
+    }
+
+    /// A worker pushes clock c after pulling at c-1, which BSP allows once round c-1 is
+    /// applied: clocks from an old round, or far ahead, are not a worker's; nor is a clock
+    /// it already pushed.
+    fn check_round(&self, meta: &PushMeta) -> Result<()> {
+        let applied = self.sync.applied;
+        if meta.clock <= applied || meta.clock > applied + MAX_ROUNDS_AHEAD {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: worker {:?} pushed clock {}, but BSP is at round {} (a push belongs to rounds {}..={})",
+                self.shape.name,
+                meta.worker_id,
+                meta.clock,
+                applied,
+                applied + 1,
+                applied + MAX_ROUNDS_AHEAD
+            )));
+        }
+        if self.sync.rounds.get(&meta.clock).is_some_and(|r| r.from.contains(&meta.worker_id)) {
+            let msg =
+                format!("model {:?}: worker {:?} already pushed clock {}", self.shape.name, meta.worker_id, meta.clock);
+            return Err(ServiceError::Invalid(msg));
+        }
+        Ok(())
+    }
+
+    /// Sums a push's gradients into the round of its clock.
+    fn add_to_round(&mut self, push: &Checked<'_>) {
+        let round = self.sync.rounds.entry(push.meta().clock).or_default();
+        for (t, g) in push.grads() {
+            let spec = &self.shape.layout[t];
+            let values = LeBytes(g.values).iter();
+            if spec.stats {
+                round.add_stats(t, spec.cols as usize, &values.collect::<Vec<_>>());
+            } else if g.keys.is_empty() {
+                round.add_dense(t, spec.len() as usize, g.offset as usize, values);
+            } else {
+                round.add_rows(t, spec.cols as usize, g.keys.iter(), values);
+            }
+        }
+    }
+
+    /// Counts a worker in the round of its clock and moves its clock on.
+    fn enter_round(&mut self, meta: &PushMeta, now: Instant) {
+        self.sync.rounds.entry(meta.clock).or_default().from.push(meta.worker_id.clone());
+        self.sync.touch(&meta.worker_id, Some(meta.clock), now);
+    }
+
+    /// BSP: applies every round that all live workers have contributed to, as one update
+    /// each. Returns the state after the last one applied.
+    fn apply_complete_rounds(&mut self, now: Instant) -> Option<Pushed> {
+        let mut pushed = None;
+        while let Some(c) = self.sync.complete_round() {
+            let Some(round) = self.sync.rounds.remove(&c) else { break };
+            self.params.begin_update();
+            for (t, d) in &round.dense {
+                if d.lo < d.hi {
+                    self.params.apply_dense(*t, d.lo, &d.values[d.lo..d.hi]);
+                }
+            }
+            for (t, r) in &round.rows {
+                self.params.apply_rows(*t, &r.keys, &r.values);
+            }
+            for (t, st) in &round.stats {
+                self.params.merge_stats(*t, st);
+            }
+            self.updates += 1;
+            self.since_commit += 1;
+            self.sync.applied = c;
+            let commit_due = self.snapshot_if_due(now);
+            pushed = Some(Pushed { ack: self.ack(), commit_due });
+        }
+        pushed
+    }
+
+    /// Joins a worker with its new `incarnation` (pushes of older ones are refused from
+    /// now on); under BSP it takes the barrier's clock.
+    pub fn join(&mut self, worker: &str, incarnation: u64, now: Instant) -> Joined {
+        self.incarnations.insert(worker.to_string(), incarnation);
+        let progress = self.workers.get(worker).cloned();
+        let known = progress.as_ref().map_or(0, |p| p.clock);
+        let clock = if self.sync.mode == ConsistencyMode::Bsp { self.sync.applied } else { known };
+        self.sync.leave(worker);
+        let clock = self.sync.touch(worker, Some(clock), now);
+        let (offset, shard) = progress.map(|p| (p.offset, p.shard)).unwrap_or_default();
+        Joined {
+            lease_ms: self.sync.lease.as_millis() as u64,
+            lineage_epoch: self.epoch,
+            clock,
+            offset,
+            shard,
+            live_workers: self.sync.live() as u32,
+            incarnation,
+        }
+    }
+
+    /// Renews a member's lease.
+    pub fn heartbeat(&mut self, worker: &str, now: Instant) -> Membership {
+        let member = self.sync.is_member(worker);
+        if member {
+            self.sync.touch(worker, None, now);
+        }
+        Membership { member, lease: self.sync.lease, live: self.sync.live() }
+    }
+
+    /// Removes a worker from the barrier (and applies rounds it was holding up).
+    pub fn leave(&mut self, worker: &str, now: Instant) -> Membership {
+        let member = self.sync.leave(worker);
+        self.apply_complete_rounds(now);
+        Membership { member, lease: self.sync.lease, live: self.sync.live() }
+    }
+
+    /// Drops workers whose lease expired by `now` (and applies rounds they were holding
+    /// up); returns their ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let gone = self.sync.expire(now);
+        if !gone.is_empty() {
+            self.apply_complete_rounds(now);
+        }
+        gone
+    }
+
+    /// May a worker that has pushed `clock` batches pull at `now`? (Renews its lease.)
+    pub fn may_pull(&mut self, worker: &str, clock: u64, now: Instant) -> bool {
+        if self.sync.is_member(worker) {
+            self.sync.touch(worker, None, now);
+        }
+        self.sync.may_pull(clock)
+    }
+
+    /// The update-count policy: at every N-th update, snapshot the live state (to be
+    /// written by the commit-policy task). True when this update reached it.
+    fn snapshot_if_due(&mut self, now: Instant) -> bool {
+        let every = self.shape.commit.every_updates;
+        if every == 0 || self.since_commit < every {
+            return false;
+        }
+        if self.pending.len() < MAX_PENDING {
+            let snap = self.take_snapshot(VersionKind::Policy, "policy", now);
+            self.pending.push_back(snap);
+        }
+        true
+    }
+
+    /// Is a policy commit due at `now`? Update-count snapshots wait to be written, or
+    /// `every_secs` passed since the last commit with updates since.
+    pub fn commit_due(&self, now: Instant) -> bool {
+        !self.pending.is_empty() || self.time_due(now)
+    }
+
+    fn time_due(&self, now: Instant) -> bool {
+        let secs = self.shape.commit.every_secs;
+        secs > 0.0 && self.since_commit > 0 && now.saturating_duration_since(self.last_commit).as_secs_f64() >= secs
+    }
+
+    /// The next update-count snapshot to write, oldest first.
+    pub fn next_pending(&mut self) -> Option<Snapshot> {
+        self.pending.pop_front()
+    }
+
+    /// The time policy's snapshot, if it is due at `now`.
+    pub fn time_snapshot(&mut self, now: Instant) -> Option<Snapshot> {
+        self.time_due(now).then(|| self.take_snapshot(VersionKind::Policy, "policy", now))
+    }
+
+    /// A snapshot of the live state for a commit of `kind`; `None` when nothing changed
+    /// since the last one.
+    pub fn snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Option<Snapshot> {
+        (self.since_commit > 0).then(|| self.take_snapshot(kind, reason, now))
+    }
+
+    /// Copies the changed chunks (one buffer) and the counters, and clears the marks.
+    fn take_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
+        let p = &self.params;
+        let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| p.chunk_bytes(t, c))).sum();
+        let mut chunks = ChunkBatch::with_capacity(bytes);
+        for t in 0..p.tensors.len() {
+            for c in p.dirty_chunks(t) {
+                chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out));
+            }
+        }
+        let snap = Snapshot {
+            chunks,
+            updates: self.updates,
+            since_parent: self.since_commit,
+            epoch: self.epoch,
+            workers: self.progress(),
+            steps: self.params.steps,
+            kind,
+            reason: reason.to_string(),
+        };
+        self.params.clear_dirty();
+        self.since_commit = 0;
+        self.last_commit = now;
+        snap
+    }
+
+    /// A snapshot whose write failed: the live values of its chunks, and its updates, go
+    /// into the next commit instead.
+    pub fn unwritten(&mut self, chunks: &ChunkBatch, since_parent: u64) {
+        for (t, c, _) in &chunks.chunks {
+            self.params.mark_dirty(*t as usize, *c as usize);
+        }
+        self.since_commit += since_parent;
+    }
+
+    /// A snapshot was written as version `v`: the live state descends from it.
+    pub fn committed(&mut self, v: u64) {
+        self.head = v;
+    }
+
+    /// Replaces the live parameters with a version's content (rollback, import): version
+    /// `head` of lineage `epoch`, at `now`.
+    pub fn install(&mut self, mut params: Params, epoch: u64, head: u64, now: Instant) {
+        params.clear_dirty();
+        self.params = params;
+        self.epoch = epoch;
+        self.head = head;
+        self.since_commit = 0;
+        self.last_commit = now;
+    }
+}
+
+fn record_progress(workers: &mut BTreeMap<String, WorkerProgress>, m: &PushMeta) {
+    // (no key copy per push: the id is cloned only for a new worker)
+    if !workers.contains_key(&m.worker_id) {
+        workers.insert(m.worker_id.clone(), WorkerProgress { worker_id: m.worker_id.clone(), ..Default::default() });
+    }
+    let Some(w) = workers.get_mut(&m.worker_id) else { return };
+    if m.incarnation != 0 {
+        w.incarnation = m.incarnation;
+    }
+    w.seq = m.seq;
+    if w.shard != m.shard {
+        w.shard = m.shard.to_string();
+    }
+    w.offset = m.offset;
+    w.clock = m.clock;
+    w.rows = w.rows.saturating_add(m.rows);
+    w.pushes = w.pushes.saturating_add(1);
+    // finite in JSON records, whatever the number of pushes
+    w.loss_sum = (w.loss_sum + m.loss_sum).min(f64::MAX);
+}

@@ -1,0 +1,295 @@
+//! The engine alone, with an injected clock: pushes, refusals that change nothing, the
+//! barriers and their leases, and the commit policy's decisions.
+use super::*;
+use accrete_core::optim::LeKeys;
+use accrete_core::{CommitPolicy, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec};
+
+const LEASE: Duration = Duration::from_secs(5);
+const LR: f32 = 0.5;
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// A linear model: `w` (4 dense), `h` (16 hashed rows), `b`, `norm`; plain SGD.
+fn spec(consistency: ConsistencyMode, staleness: u32, commit: CommitPolicy) -> ModelSpec {
+    ModelSpec {
+        features: 4,
+        hash_bits: 4,
+        optimizer: OptimizerSpec::new(OptimizerKind::Sgd, LR),
+        consistency,
+        staleness,
+        commit,
+        ..ModelSpec::new("m", ModelKind::Linear)
+    }
+}
+
+fn engine(spec: &ModelSpec, now: Instant) -> Engine {
+    let head = VersionRecord { lineage_epoch: 1, ..VersionRecord::new(1, VersionKind::Created) };
+    Engine::new(Arc::new(Shape::of(spec)), Params::zeros(spec), &head, vec![], LEASE, now)
+}
+
+fn asp() -> Engine {
+    engine(&spec(ConsistencyMode::Asp, 0, CommitPolicy::default()), Instant::now())
+}
+
+fn meta(worker: &str, incarnation: u64, clock: u64) -> PushMeta {
+    PushMeta { worker_id: worker.into(), incarnation, clock, rows: 1, ..Default::default() }
+}
+
+/// Pushes a gradient of `g` for the bias.
+fn push(e: &mut Engine, epoch: u64, m: &PushMeta, g: f32, now: Instant) -> Result<Pushed> {
+    let values = g.to_le_bytes();
+    let grads = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &values }];
+    let shape = e.shape.clone();
+    let checked = shape.check(&grads, m)?;
+    e.push(&checked, epoch, now)
+}
+
+fn bias(e: &Engine) -> f32 {
+    let t = e.params.tensor_index("b").unwrap();
+    e.params.tensors[t].w[0]
+}
+
+#[test]
+fn an_asp_push_is_applied_on_arrival_and_records_the_workers_progress() {
+    let mut e = asp();
+    let m = PushMeta { shard: "s0".into(), offset: 100, seq: 7, ..meta("w", 0, 1) };
+    let pushed = push(&mut e, 1, &m, 1.0, Instant::now()).unwrap();
+    assert_eq!(pushed.ack, PushAck { lineage_epoch: 1, head_version: 1, updates: 1 });
+    assert_eq!(bias(&e), -LR);
+    let progress = e.progress();
+    assert_eq!((progress[0].shard.as_str(), progress[0].offset, progress[0].seq), ("s0", 100, 7));
+}
+
+#[test]
+fn a_stale_epoch_is_refused_and_changes_nothing() {
+    let mut e = asp();
+    let refused = push(&mut e, 2, &meta("w", 0, 1), 1.0, Instant::now()).unwrap_err();
+    assert!(matches!(refused, ServiceError::StaleLineage { pushed: 2, current: 1, .. }), "{refused}");
+    assert_eq!((bias(&e), e.status().updates, e.status().since_commit), (0.0, 0, 0));
+    assert!(e.progress().is_empty(), "a refused push records no progress");
+    assert!(e.params.dirty_chunks(0).next().is_none());
+    push(&mut e, 0, &meta("w", 0, 1), 1.0, Instant::now()).expect("epoch 0 is not checked");
+}
+
+#[test]
+fn a_stale_incarnation_is_refused_and_changes_nothing() {
+    let mut e = asp();
+    let t0 = Instant::now();
+    assert_eq!(e.join("w", 2, t0).incarnation, 2);
+    let refused = push(&mut e, 1, &meta("w", 1, 1), 1.0, t0).unwrap_err();
+    assert!(matches!(refused, ServiceError::StaleIncarnation { pushed: 1, current: 2, .. }), "{refused}");
+    assert_eq!((bias(&e), e.status().updates), (0.0, 0));
+    assert!(e.progress().is_empty());
+    push(&mut e, 1, &meta("w", 2, 1), 1.0, t0).expect("the current incarnation pushes");
+    push(&mut e, 1, &meta("w", 0, 2), 1.0, t0).expect("incarnation 0 is not fenced");
+    assert_eq!(e.progress()[0].incarnation, 2);
+}
+
+#[test]
+fn gradients_are_checked_against_the_layout_before_the_engine_sees_them() {
+    let e = asp();
+    let m = meta("w", 0, 1);
+    let values = 1.0f32.to_le_bytes();
+    let key = 16u64.to_le_bytes();
+    let out_of_range = [Grad { tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
+    let err = e.shape().check(&out_of_range, &m).unwrap_err().to_string();
+    assert!(err.contains("key 16 is out of range"), "{err}");
+    let ragged = [Grad { tensor: "w", offset: 0, keys: LeKeys(&[]), values: &values[..3] }];
+    let err = e.shape().check(&ragged, &m).unwrap_err().to_string();
+    assert!(err.contains("not a multiple of 4"), "{err}");
+    let past_end = [Grad { tensor: "w", offset: 4, keys: LeKeys(&[]), values: &values }];
+    let err = e.shape().check(&past_end, &m).unwrap_err().to_string();
+    assert!(err.contains("outside its 4 floats"), "{err}");
+    let bad_loss = PushMeta { loss_sum: f64::NAN, ..m };
+    let err = e.shape().check(&[], &bad_loss).unwrap_err().to_string();
+    assert!(err.contains("loss_sum NaN"), "{err}");
+}
+
+#[test]
+fn the_time_policy_is_due_only_after_every_secs_with_updates() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_secs: 2.0, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    assert!(!e.commit_due(t0 + secs(10.0)), "no updates, no commit");
+    push(&mut e, 1, &meta("w", 0, 1), 1.0, t0 + secs(1.0)).unwrap();
+    assert!(!e.commit_due(t0 + secs(1.999)));
+    assert!(e.time_snapshot(t0 + secs(1.5)).is_none());
+    assert!(e.commit_due(t0 + secs(2.0)));
+    let snap = e.time_snapshot(t0 + secs(2.0)).expect("due at 2 s");
+    assert_eq!((snap.updates, snap.since_parent, snap.kind), (1, 1, VersionKind::Policy));
+    assert!(!snap.chunks.is_empty());
+    assert!(!e.commit_due(t0 + secs(30.0)), "nothing changed since the snapshot");
+    push(&mut e, 1, &meta("w", 0, 2), 1.0, t0 + secs(3.0)).unwrap();
+    assert!(!e.commit_due(t0 + secs(3.9)), "counted from the last commit, at 2 s");
+    assert!(e.commit_due(t0 + secs(4.0)));
+}
+
+#[test]
+fn update_count_snapshots_are_taken_at_exact_counts_and_wait_in_order() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 3, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    let due: Vec<bool> = (1..=7).map(|c| push(&mut e, 1, &meta("w", 0, c), 1.0, t0).unwrap().commit_due).collect();
+    assert_eq!(due, [false, false, true, false, false, true, false]);
+    assert!(e.commit_due(t0));
+    let first = e.next_pending().unwrap();
+    let second = e.next_pending().unwrap();
+    assert!(e.next_pending().is_none());
+    assert_eq!((first.updates, first.since_parent, first.workers[0].clock), (3, 3, 3));
+    assert_eq!((second.updates, second.since_parent, second.workers[0].clock), (6, 3, 6));
+    assert!(!e.commit_due(t0), "the time policy is off");
+    let manual = e.snapshot(VersionKind::Manual, "commit", t0).unwrap();
+    assert_eq!((manual.updates, manual.since_parent), (7, 1));
+    assert!(e.snapshot(VersionKind::Manual, "commit", t0).is_none(), "nothing changed since");
+}
+
+#[test]
+fn at_most_eight_snapshots_wait_and_later_updates_coalesce() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    for c in 1..=10 {
+        assert!(push(&mut e, 1, &meta("w", 0, c), 1.0, t0).unwrap().commit_due);
+    }
+    let written: Vec<u64> = std::iter::from_fn(|| e.next_pending()).map(|s| s.updates).collect();
+    assert_eq!(written, (1..=8).collect::<Vec<_>>());
+    let rest = e.snapshot(VersionKind::Policy, "policy", t0).unwrap();
+    assert_eq!((rest.updates, rest.since_parent), (10, 2));
+}
+
+#[test]
+fn an_unwritten_snapshot_goes_into_the_next_commit() {
+    let mut e = asp();
+    let now = Instant::now();
+    push(&mut e, 1, &meta("w", 0, 1), 1.0, now).unwrap();
+    let snap = e.snapshot(VersionKind::Manual, "commit", now).unwrap();
+    e.unwritten(&snap.chunks, snap.since_parent);
+    let again = e.snapshot(VersionKind::Manual, "commit", now).unwrap();
+    assert_eq!((again.chunks.len(), again.since_parent), (snap.chunks.len(), 1));
+    e.committed(2);
+    assert_eq!(e.status().head, 2);
+}
+
+#[test]
+fn installed_content_starts_a_new_lineage() {
+    let mut e = asp();
+    let now = Instant::now();
+    push(&mut e, 1, &meta("w", 0, 1), 1.0, now).unwrap();
+    let restored = Params::zeros(&spec(ConsistencyMode::Asp, 0, CommitPolicy::default()));
+    e.install(restored, 2, 3, now);
+    assert_eq!(bias(&e), 0.0);
+    let st = e.status();
+    assert_eq!((st.head, st.epoch, st.updates, st.since_commit), (3, 2, 1, 0));
+    assert!(matches!(push(&mut e, 1, &meta("w", 0, 2), 1.0, now), Err(ServiceError::StaleLineage { .. })));
+    assert_eq!(push(&mut e, 2, &meta("w", 0, 2), 1.0, now).unwrap().ack.lineage_epoch, 2);
+}
+
+fn bsp(now: Instant) -> Engine {
+    engine(&spec(ConsistencyMode::Bsp, 0, CommitPolicy::default()), now)
+}
+
+#[test]
+fn bsp_applies_a_round_once_every_live_worker_is_in() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    assert_eq!(push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap().ack.updates, 0, "the round waits for b");
+    assert!(!e.may_pull("a", 1, t0));
+    let dup = push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap_err().to_string();
+    assert!(dup.contains("already pushed clock 1"), "{dup}");
+    let ahead = push(&mut e, 1, &meta("b", 1, 17), 1.0, t0).unwrap_err().to_string();
+    assert!(ahead.contains("BSP is at round 0"), "{ahead}");
+    assert_eq!(push(&mut e, 1, &meta("b", 1, 1), 1.0, t0).unwrap().ack.updates, 1);
+    assert_eq!(bias(&e), -2.0 * LR, "one update with the summed gradients");
+    assert!(e.may_pull("a", 1, t0) && e.may_pull("b", 1, t0));
+    let past = push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap_err().to_string();
+    assert!(past.contains("BSP is at round 1"), "{past}");
+}
+
+#[test]
+fn a_push_from_outside_the_bsp_barrier_must_join_again() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    let refused = push(&mut e, 1, &meta("a", 0, 1), 1.0, t0).unwrap_err();
+    assert!(matches!(refused, ServiceError::NotInBarrier { .. }), "{refused}");
+    assert!(refused.to_string().contains("join again"));
+    assert_eq!(e.join("a", 1, t0).clock, 0);
+}
+
+#[test]
+fn a_stale_bsp_push_counts_in_its_round_as_an_empty_contribution() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap();
+    let refused = push(&mut e, 7, &meta("b", 1, 1), 1.0, t0).unwrap_err();
+    assert!(matches!(refused, ServiceError::StaleLineage { .. }), "{refused}");
+    assert_eq!((e.status().updates, bias(&e)), (1, -LR), "the round went on with a's gradient alone");
+    assert!(e.may_pull("b", 1, t0));
+}
+
+#[test]
+fn an_expired_lease_completes_a_bsp_round_at_the_injected_time() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0 + secs(4.0)).unwrap();
+    assert!(e.expire(t0 + LEASE).is_empty(), "b's lease lasts until 5 s");
+    assert_eq!(e.status().updates, 0);
+    assert_eq!(e.expire(t0 + LEASE + secs(0.001)), ["b".to_string()]);
+    assert_eq!((e.status().updates, bias(&e)), (1, -LR), "b's departure completed the round");
+    assert!(e.may_pull("a", 1, t0 + secs(5.1)));
+    assert!(!e.heartbeat("b", t0 + secs(5.1)).member);
+    assert!(matches!(push(&mut e, 1, &meta("b", 1, 1), 1.0, t0 + secs(6.0)), Err(ServiceError::NotInBarrier { .. })));
+}
+
+#[test]
+fn heartbeats_keep_a_lease_and_a_departure_releases_the_round() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    assert!(e.heartbeat("b", t0 + secs(4.0)).member);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0 + secs(8.0)).unwrap();
+    assert!(e.expire(t0 + secs(8.5)).is_empty(), "b's heartbeat at 4 s renewed it until 9 s");
+    let left = e.leave("b", t0 + secs(8.6));
+    assert_eq!((left.member, left.live), (true, 1));
+    assert_eq!(e.status().updates, 1);
+}
+
+#[test]
+fn ssp_holds_a_worker_that_runs_more_than_the_staleness_ahead() {
+    let t0 = Instant::now();
+    let mut e = engine(&spec(ConsistencyMode::Ssp, 1, CommitPolicy::default()), t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap();
+    push(&mut e, 1, &meta("a", 1, 2), 1.0, t0).unwrap();
+    assert_eq!(e.status().updates, 2, "SSP applies pushes on arrival");
+    assert!(e.may_pull("a", 1, t0));
+    assert!(!e.may_pull("a", 2, t0), "b at clock 0 is 2 behind");
+    push(&mut e, 1, &meta("b", 1, 1), 1.0, t0).unwrap();
+    assert!(e.may_pull("a", 2, t0));
+    assert!(e.expire(t0 + LEASE + secs(1.0)).len() == 2, "pulls and pushes renewed neither after t0");
+    assert!(e.may_pull("a", 9, t0 + LEASE + secs(1.0)), "no live worker holds anyone back");
+}
+
+#[test]
+fn a_joining_worker_gets_its_recorded_progress_and_the_bsp_clock() {
+    let t0 = Instant::now();
+    let mut e = asp();
+    let m = PushMeta { shard: "part-0".into(), offset: 42, ..meta("w", 0, 5) };
+    push(&mut e, 1, &m, 1.0, t0).unwrap();
+    let joined = e.join("w", 3, t0);
+    assert_eq!((joined.clock, joined.offset, joined.shard.as_str()), (5, 42, "part-0"));
+    assert_eq!((joined.lease_ms, joined.lineage_epoch, joined.live_workers), (5000, 1, 1));
+    let mut b = bsp(t0);
+    b.join("x", 1, t0);
+    push(&mut b, 1, &meta("x", 1, 1), 1.0, t0).unwrap();
+    assert_eq!(b.join("y", 1, t0).clock, 1, "a BSP joiner takes the applied round");
+}

@@ -1,0 +1,265 @@
+//! One model held by the server: the runtime around its [`Engine`]. It owns the engine
+//! behind a mutex (held only for the CPU work of a push, a pull's copy or a barrier check,
+//! never across `.await`), the head version and its manifest behind a second mutex (which
+//! serialises commits, rollbacks and imports; `versions.rs`), the store, the event bus, and
+//! the wake-ups: pullers waiting at the barrier, and the server's commit-policy task.
+//!
+//! Lock order: `head` before `engine`. Pushes, pulls and the barrier take only `engine`.
+//! The time is read here (`Instant::now()`) and passed to the engine.
+
+mod versions;
+
+use crate::engine::{Content, Engine, Grad, Membership, Shape, Status};
+use crate::error::{Result, ServiceError};
+use accrete_core::layout::TensorSpec;
+use accrete_core::pull::Joined;
+use accrete_core::push::{PushAck, PushMeta};
+use accrete_core::{ConsistencyMode, EventKind, ModelSpec, Params, VersionEvent, VersionKind};
+use accrete_store::{now_unix_ms, ChunkBatch, Manifest, ModelRecord, Store, VersionRecord};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, Notify};
+
+/// How long a silent worker stays in its model's barrier, unless the server is told otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+
+/// How often a puller at the barrier looks again without a wake-up.
+const BARRIER_RECHECK: Duration = Duration::from_millis(200);
+
+/// What every model of a server shares: the store, the event bus, the commit-policy
+/// task's wake-up, and the workers' lease.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Store,
+    pub events: broadcast::Sender<VersionEvent>,
+    /// Wakes the commit-policy task (`policy.rs`) when a push makes a commit due.
+    pub policy: Arc<Notify>,
+    pub lease: Duration,
+}
+
+/// The head version: the newest record and its manifest.
+struct Head {
+    record: VersionRecord,
+    manifest: Manifest,
+}
+
+pub struct ModelHandle {
+    pub record: ModelRecord,
+    shape: Arc<Shape>,
+    store: Store,
+    events: broadcast::Sender<VersionEvent>,
+    head: Mutex<Head>,
+    engine: Mutex<Engine>,
+    /// Pullers waiting at the SSP/BSP barrier.
+    barrier: Notify,
+    policy: Arc<Notify>,
+    meters: Meters,
+}
+
+#[derive(Default)]
+struct Meters {
+    pushes: AtomicU64,
+    values: AtomicU64,
+    commits: AtomicU64,
+    commit_nanos: AtomicU64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    pub pushes: u64,
+    pub values: u64,
+    pub commits: u64,
+    pub commit_seconds: f64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves consistent data (updates are per value), so
+    // poisoning is not a reason to stop serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ModelHandle {
+    /// Creates a new model: initial parameters committed as version 1. Blocking.
+    pub fn create(ctx: &Context, spec: ModelSpec) -> Result<ModelHandle> {
+        spec.validate()?;
+        let store = &ctx.store;
+        let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms() };
+        let params = Params::init(&record.spec);
+        let version = VersionRecord {
+            created_unix_ms: now_unix_ms(),
+            reason: "create".into(),
+            lineage_epoch: 1,
+            ..VersionRecord::new(1, VersionKind::Created)
+        };
+        let written = versions::write_all_chunks(store, record.id, 1, &params)?;
+        let manifest = Manifest::full(&params, 1);
+        let version = VersionRecord { chunks_written: written, ..version };
+        store.write_version(record.id, &version, &manifest, &ChunkBatch::default())?;
+        store.put_model(&record)?;
+        let head = Head { record: version.clone(), manifest };
+        let handle = ModelHandle::assemble(ctx, record, head, params, vec![]);
+        handle.emit(EventKind::Created, version);
+        Ok(handle)
+    }
+
+    /// Loads a model's head version from the store (server start). Blocking.
+    pub fn load(ctx: &Context, record: ModelRecord) -> Result<ModelHandle> {
+        let (store, name) = (&ctx.store, record.spec.name.clone());
+        let head = store
+            .versions(record.id)?
+            .pop()
+            .ok_or_else(|| ServiceError::Internal(format!("model {name:?} has no versions")))?;
+        let manifest = store.manifest(record.id, head.version, &name)?.ok_or_else(|| {
+            ServiceError::Internal(format!("model {name:?}: manifest of version {} is missing", head.version))
+        })?;
+        let mut params = Params::zeros(&record.spec);
+        store.load_params(record.id, &name, &manifest, &mut params)?;
+        params.steps = head.steps;
+        let incarnations = store.incarnations(record.id)?;
+        Ok(ModelHandle::assemble(ctx, record, Head { record: head, manifest }, params, incarnations))
+    }
+
+    fn assemble(
+        ctx: &Context,
+        record: ModelRecord,
+        head: Head,
+        params: Params,
+        incarnations: Vec<(String, u64)>,
+    ) -> ModelHandle {
+        let shape = Arc::new(Shape::of(&record.spec));
+        let engine = Engine::new(shape.clone(), params, &head.record, incarnations, ctx.lease, Instant::now());
+        ModelHandle {
+            record,
+            shape,
+            store: ctx.store.clone(),
+            events: ctx.events.clone(),
+            head: Mutex::new(head),
+            engine: Mutex::new(engine),
+            barrier: Notify::new(),
+            policy: ctx.policy.clone(),
+            meters: Meters::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.record.spec
+    }
+
+    /// The model's tensors, in their fixed order.
+    pub fn layout(&self) -> &[TensorSpec] {
+        &self.shape.layout
+    }
+
+    pub fn counters(&self) -> Counters {
+        let m = &self.meters;
+        Counters {
+            pushes: m.pushes.load(Ordering::Relaxed),
+            values: m.values.load(Ordering::Relaxed),
+            commits: m.commits.load(Ordering::Relaxed),
+            commit_seconds: m.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.engine).status()
+    }
+
+    /// The head version (from the engine: the `head` lock can be held by a long import or
+    /// commit, and this is called from async handlers).
+    pub fn head_version(&self) -> u64 {
+        lock(&self.engine).status().head
+    }
+
+    /// Reads the live parameters (or their EMA) through `f`, under the engine lock.
+    pub fn with_live<R>(&self, f: impl FnOnce(Content<'_>) -> R) -> R {
+        f(lock(&self.engine).live())
+    }
+
+    fn emit(&self, kind: EventKind, version: VersionRecord) {
+        // No subscribers is fine.
+        let _ = self.events.send(VersionEvent { kind, model: self.name().to_string(), version });
+    }
+
+    /// Validates a push against the layout (before any lock), applies it through the
+    /// engine, and wakes the commit-policy task when it reached the update-count policy.
+    /// A refused push changes nothing.
+    pub fn push(&self, epoch: u64, grads: &[Grad<'_>], meta: &PushMeta) -> Result<PushAck> {
+        let push = self.shape.check(grads, meta)?;
+        self.meters.pushes.fetch_add(1, Ordering::Relaxed);
+        self.meters.values.fetch_add(push.values(), Ordering::Relaxed);
+        let pushed = lock(&self.engine).push(&push, epoch, Instant::now());
+        if push.from_worker() && self.shape.consistency != ConsistencyMode::Asp {
+            // A clock moved (even a refused BSP push counts in its round).
+            self.barrier.notify_waiters();
+        }
+        let pushed = pushed?;
+        if pushed.commit_due {
+            self.policy.notify_one();
+        }
+        Ok(pushed.ack)
+    }
+
+    /// Joins a worker to the barrier with a new incarnation (durable before this returns;
+    /// pushes of older ones are refused from now on). Blocking (a store write).
+    pub fn join(&self, worker: &str) -> Result<Joined> {
+        let incarnation = self.store.bump_incarnation(self.record.id, worker)?;
+        let joined = lock(&self.engine).join(worker, incarnation, Instant::now());
+        self.barrier.notify_waiters();
+        Ok(joined)
+    }
+
+    /// Renews a worker's lease (`member` false: it is not, or no longer, in the barrier).
+    pub fn heartbeat(&self, worker: &str) -> Membership {
+        lock(&self.engine).heartbeat(worker, Instant::now())
+    }
+
+    pub fn leave(&self, worker: &str) -> Membership {
+        let left = lock(&self.engine).leave(worker, Instant::now());
+        if left.member {
+            tracing::info!(model = %self.name(), worker, "worker left");
+        }
+        self.barrier.notify_waiters();
+        // A BSP round it was holding up may have been applied and reached the policy.
+        self.policy.notify_one();
+        left
+    }
+
+    /// Drops workers whose lease expired by `now` (and applies rounds they were holding up).
+    pub fn expire_leases(&self, now: Instant) {
+        let gone = lock(&self.engine).expire(now);
+        for w in &gone {
+            tracing::warn!(model = %self.name(), worker = %w, "lease expired; the worker left the barrier");
+        }
+        if !gone.is_empty() {
+            self.barrier.notify_waiters();
+        }
+    }
+
+    /// Waits until a worker that has pushed `clock` batches may pull (SSP/BSP); a no-op
+    /// under ASP or for callers that are not joined workers.
+    pub async fn wait_to_pull(&self, worker: &str, clock: u64) {
+        if worker.is_empty() || self.shape.consistency == ConsistencyMode::Asp {
+            return;
+        }
+        loop {
+            let notified = self.barrier.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if lock(&self.engine).may_pull(worker, clock, Instant::now()) {
+                return;
+            }
+            let _ = tokio::time::timeout(BARRIER_RECHECK, notified).await;
+        }
+    }
+
+    /// Is a policy commit due at `now`? (Asked by the commit-policy task.)
+    pub fn commit_due(&self, now: Instant) -> bool {
+        lock(&self.engine).commit_due(now)
+    }
+}

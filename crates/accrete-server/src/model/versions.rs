@@ -1,0 +1,307 @@
+//! The version runtime of a model: commits, rollbacks, imports, retention, tags and
+//! metrics — the store IO that turns the engine's snapshots into versions, and versions
+//! back into live state. Blocking (sled writes and flushes): callers run it on blocking
+//! threads.
+//!
+//! Everything that makes a version holds the `head` mutex, so commits, rollbacks and
+//! imports are serialised; the `engine` mutex is taken after it (lock order: head before
+//! engine), briefly, except while a rollback or import writes its record.
+use super::{lock, Head, ModelHandle};
+use crate::engine::Snapshot;
+use crate::error::{Result, ServiceError};
+use accrete_core::params::chunks_of;
+use accrete_core::{EventKind, Params, VersionKind};
+use accrete_store::{now_unix_ms, ChunkBatch, Manifest, Store, VersionRecord};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// A new head that replaces the live content (rollback, import).
+struct NewHead {
+    kind: VersionKind,
+    reason: String,
+    content_of: u64,
+    chunks_written: u64,
+    manifest: Manifest,
+    params: Params,
+}
+
+impl ModelHandle {
+    /// Commits: first the policy snapshots already taken (in order), then the live state
+    /// if anything changed since. Returns the newest version and whether any was made.
+    pub fn commit(&self, kind: VersionKind, reason: &str) -> Result<(VersionRecord, bool)> {
+        let mut head = lock(&self.head);
+        let mut created = self.write_pending(&mut head)?;
+        let snap = lock(&self.engine).snapshot(kind, reason, Instant::now());
+        if let Some(snap) = snap {
+            self.write_snapshot(&mut head, snap)?;
+            created = true;
+        }
+        Ok((head.record.clone(), created))
+    }
+
+    /// The commit policy's commit (run by the policy task, at most one per model at a
+    /// time): the update-count snapshots in order, then the time policy's if it is due.
+    pub fn policy_commit(&self) -> Result<()> {
+        let mut head = lock(&self.head);
+        self.write_pending(&mut head)?;
+        let snap = lock(&self.engine).time_snapshot(Instant::now());
+        if let Some(snap) = snap {
+            self.write_snapshot(&mut head, snap)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the update-count snapshots taken by pushes, including those taken while it
+    /// writes; true if any.
+    fn write_pending(&self, head: &mut Head) -> Result<bool> {
+        let mut any = false;
+        loop {
+            // (the engine lock is released before the write)
+            let Some(snap) = lock(&self.engine).next_pending() else { break };
+            self.write_snapshot(head, snap)?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Makes a snapshot the next version: its chunks point at the new version in a copy of
+    /// the head's manifest; written and flushed before it is announced.
+    fn write_snapshot(&self, head: &mut Head, snap: Snapshot) -> Result<()> {
+        let started = Instant::now();
+        let version = head.record.version + 1;
+        let mut manifest = head.manifest.clone();
+        for (t, c, _) in &snap.chunks.chunks {
+            manifest.tensors[*t as usize][*c as usize] = version;
+        }
+        let rec = VersionRecord {
+            parent: Some(head.record.version),
+            created_unix_ms: now_unix_ms(),
+            updates: snap.updates,
+            updates_since_parent: snap.since_parent,
+            reason: snap.reason,
+            lineage_epoch: snap.epoch,
+            workers: snap.workers,
+            chunks_written: snap.chunks.len() as u64,
+            steps: snap.steps,
+            ..VersionRecord::new(version, snap.kind)
+        };
+        if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &snap.chunks) {
+            lock(&self.engine).unwritten(&snap.chunks, snap.since_parent);
+            return Err(e.into());
+        }
+        lock(&self.engine).committed(rec.version);
+        *head = Head { record: rec.clone(), manifest };
+        self.meters.commits.fetch_add(1, Ordering::Relaxed);
+        self.meters.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.retain(head)?;
+        self.emit(EventKind::of_new_version(rec.kind), rec);
+        Ok(())
+    }
+
+    /// Makes a new head version holding `to`'s content, reloads the live state from it and
+    /// starts a new lineage epoch. Writes a manifest and a record, no parameters.
+    pub fn rollback(&self, to: u64, why: &str) -> Result<VersionRecord> {
+        let mut head = lock(&self.head);
+        self.write_pending(&mut head)?;
+        let target = self.version(to)?;
+        let manifest = self.manifest_of(to)?;
+        let params = self.load_content(&manifest, target.steps)?;
+        let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
+        let content_of = if target.content_of != 0 { target.content_of } else { to };
+        let new = NewHead { kind: VersionKind::Rollback, reason, content_of, chunks_written: 0, manifest, params };
+        self.install_head(&mut head, new)
+    }
+
+    /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
+    pub fn import(&self, params: Params, source: &str) -> Result<VersionRecord> {
+        let mut head = lock(&self.head);
+        self.write_pending(&mut head)?;
+        let version = head.record.version + 1;
+        let chunks_written = write_all_chunks(&self.store, self.record.id, version, &params)?;
+        let manifest = Manifest::full(&params, version);
+        let reason = if source.is_empty() { "import".into() } else { format!("import from {source}") };
+        let new = NewHead { kind: VersionKind::Import, reason, content_of: 0, chunks_written, manifest, params };
+        self.install_head(&mut head, new)
+    }
+
+    /// The one tail of rollback and import: writes the new head's record (the next
+    /// version, a new lineage epoch, the current counters) and manifest, swaps the content
+    /// into the engine, applies retention and announces it. Pushes of the old epoch are
+    /// refused from the swap on.
+    fn install_head(&self, head: &mut Head, new: NewHead) -> Result<VersionRecord> {
+        // The engine stays locked until the swap: no push lands between the counters read
+        // here and the new content.
+        let mut engine = lock(&self.engine);
+        let status = engine.status();
+        let rec = VersionRecord {
+            parent: Some(head.record.version),
+            created_unix_ms: now_unix_ms(),
+            updates: status.updates,
+            reason: new.reason,
+            lineage_epoch: status.epoch + 1,
+            content_of: new.content_of,
+            // Offsets say how much of each shard was consumed; replacing the parameters
+            // does not un-read the data, so workers keep their positions.
+            workers: engine.progress(),
+            chunks_written: new.chunks_written,
+            steps: new.params.steps,
+            ..VersionRecord::new(head.record.version + 1, new.kind)
+        };
+        self.store.write_version(self.record.id, &rec, &new.manifest, &ChunkBatch::default())?;
+        engine.install(new.params, rec.lineage_epoch, rec.version, Instant::now());
+        drop(engine);
+        *head = Head { record: rec.clone(), manifest: new.manifest };
+        self.retain(head)?;
+        self.emit(EventKind::of_new_version(rec.kind), rec.clone());
+        Ok(rec)
+    }
+
+    /// Zeroed parameters in this model's layout (for imports to fill).
+    pub fn empty_params(&self) -> Params {
+        Params::zeros(&self.record.spec)
+    }
+
+    /// Every retained version's record, oldest first. Blocking (a store read).
+    pub fn versions(&self) -> Result<Vec<VersionRecord>> {
+        Ok(self.store.versions(self.record.id)?)
+    }
+
+    /// One retained version's record, or NOT_FOUND naming it.
+    pub fn version(&self, v: u64) -> Result<VersionRecord> {
+        let all = self.versions()?;
+        match all.iter().find(|r| r.version == v) {
+            Some(r) => Ok(r.clone()),
+            None => Err(ServiceError::VersionNotFound {
+                model: self.name().to_string(),
+                version: v,
+                retained: summarize(&all),
+            }),
+        }
+    }
+
+    fn manifest_of(&self, v: u64) -> Result<Manifest> {
+        self.store.manifest(self.record.id, v, self.name())?.ok_or_else(|| ServiceError::VersionNotFound {
+            model: self.name().to_string(),
+            version: v,
+            retained: String::new(),
+        })
+    }
+
+    fn load_content(&self, manifest: &Manifest, steps: u64) -> Result<Params> {
+        let mut params = Params::zeros(&self.record.spec);
+        self.store.load_params(self.record.id, self.name(), manifest, &mut params)?;
+        params.steps = steps;
+        Ok(params)
+    }
+
+    /// The exact parameters of a retained version, loaded from the store.
+    pub fn load_version(&self, v: u64) -> Result<(VersionRecord, Params)> {
+        let rec = self.version(v)?;
+        let params = self.load_content(&self.manifest_of(v)?, rec.steps)?;
+        Ok((rec, params))
+    }
+
+    /// Adds a label to a version; labels are unique within a model. Tagged versions are
+    /// never dropped by retention.
+    pub fn tag(&self, v: u64, label: &str) -> Result<VersionRecord> {
+        if label.is_empty() || label.len() > 64 || label.chars().any(char::is_whitespace) {
+            return Err(ServiceError::Invalid(format!("tag label {label:?} must be 1-64 characters without spaces")));
+        }
+        let _head = lock(&self.head);
+        if let Some(other) = self.versions()?.iter().find(|r| r.tags.iter().any(|t| t == label)) {
+            if other.version == v {
+                return Ok(other.clone());
+            }
+            return Err(ServiceError::TagExists {
+                model: self.name().to_string(),
+                label: label.into(),
+                version: other.version,
+            });
+        }
+        let mut rec = self.version(v)?;
+        rec.tags.push(label.to_string());
+        self.store.update_version(self.record.id, &rec)?;
+        self.emit(EventKind::Tagged, rec.clone());
+        Ok(rec)
+    }
+
+    /// Stores evaluator metrics with a version (merged with earlier ones).
+    pub fn report_metrics(&self, v: u64, metrics: &BTreeMap<String, f64>) -> Result<VersionRecord> {
+        if let Some((k, x)) = metrics.iter().find(|(k, x)| k.is_empty() || !x.is_finite()) {
+            return Err(ServiceError::Invalid(format!("metric {k:?} = {x} is not a finite number with a name")));
+        }
+        // Names go into /metrics labels and the dashboard as they are.
+        let name_ok = |k: &str| k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+        if let Some(k) = metrics.keys().find(|k| !name_ok(k)) {
+            return Err(ServiceError::Invalid(format!(
+                "metric name {k:?}: use at most 64 letters, digits and _ . : -"
+            )));
+        }
+        let _head = lock(&self.head);
+        let mut rec = self.version(v)?;
+        rec.metrics.extend(metrics.iter().map(|(k, x)| (k.clone(), *x)));
+        self.store.update_version(self.record.id, &rec)?;
+        self.emit(EventKind::Scored, rec.clone());
+        Ok(rec)
+    }
+
+    /// Applies `--keep-last`: drops the oldest untagged versions beyond the newest K (the
+    /// head is always kept), and the chunks only they referenced.
+    fn retain(&self, head: &Head) -> Result<()> {
+        let keep_last = self.record.spec.commit.keep_last as usize;
+        if keep_last == 0 {
+            return Ok(());
+        }
+        let all = self.versions()?;
+        if all.len() <= keep_last {
+            return Ok(());
+        }
+        let cut = all.len() - keep_last;
+        let (drop, keep): (Vec<_>, Vec<_>) = all
+            .iter()
+            .enumerate()
+            .partition(|(i, r)| *i < cut && r.tags.is_empty() && r.version != head.record.version);
+        let drop: Vec<u64> = drop.iter().map(|(_, r)| r.version).collect();
+        let keep: Vec<u64> = keep.iter().map(|(_, r)| r.version).collect();
+        let freed = self.store.drop_versions(self.record.id, self.name(), &drop, &keep)?;
+        tracing::debug!(model = %self.name(), dropped = drop.len(), freed, "retention");
+        Ok(())
+    }
+
+    /// Deletes the model's history from the store and announces it. Blocking.
+    pub fn delete(&self) -> Result<u64> {
+        let head = lock(&self.head);
+        let n = self.store.delete_model(&self.record)?;
+        self.emit(EventKind::Deleted, head.record.clone());
+        Ok(n)
+    }
+}
+
+/// Writes every chunk of `params` under `version`, a batch at a time so a large model
+/// never needs a second copy in memory. Returns the number of chunks.
+pub(super) fn write_all_chunks(store: &Store, id: u64, version: u64, params: &Params) -> Result<u64> {
+    const BATCH: usize = 64;
+    let mut batch = ChunkBatch::default();
+    let mut n = 0;
+    for (t, ts) in params.tensors.iter().enumerate() {
+        for c in 0..chunks_of(ts.w.len()) {
+            batch.push(t as u32, c as u32, |out| params.encode_chunk(t, c, out));
+            if batch.len() == BATCH {
+                store.write_chunks(id, version, &batch)?;
+                n += batch.len() as u64;
+                batch.clear();
+            }
+        }
+    }
+    store.write_chunks(id, version, &batch)?;
+    Ok(n + batch.len() as u64)
+}
+
+fn summarize(all: &[VersionRecord]) -> String {
+    match (all.first(), all.last()) {
+        (Some(a), Some(b)) if all.len() > 1 => format!("{} versions, {}..={}", all.len(), a.version, b.version),
+        (Some(a), _) => format!("only {}", a.version),
+        _ => "none".into(),
+    }
+}

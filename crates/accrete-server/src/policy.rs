@@ -1,0 +1,109 @@
+//! The commit policy's one task per server: it wakes on a tick (every 100 ms) and when a
+//! push reaches a model's update-count policy (the registry's `Notify`), expires the
+//! workers' leases, asks each model's engine whether a commit is due, and runs the commit
+//! on a blocking thread.
+//!
+//! One task for the server rather than one per model: models come and go with
+//! creates and deletes, and a single loop over the registry sees them without spawning or
+//! stopping anything. At most one policy commit runs per model at a time: the task keeps
+//! the set of models whose commit is running, and a finished commit reports back on a
+//! channel (even if it panicked), which also makes the task look again at once, so
+//! snapshots taken while it wrote are not left waiting for the next tick.
+use crate::model::ModelHandle;
+use crate::registry::Registry;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often the task looks at every model without being woken.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Runs until aborted (at shutdown). Commits already running finish on their threads.
+pub async fn run(reg: Arc<Registry>) {
+    let wake = reg.policy_wake();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let mut running: HashSet<u64> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+            Some(id) = done_rx.recv() => {
+                running.remove(&id);
+            }
+        }
+        let now = Instant::now();
+        for h in reg.list() {
+            h.expire_leases(now);
+            if !running.contains(&h.record.id) && h.commit_due(now) {
+                running.insert(h.record.id);
+                spawn_commit(h, done_tx.clone());
+            }
+        }
+    }
+}
+
+/// Reports a model's policy commit as finished when dropped (also on a panic).
+struct Done {
+    model: u64,
+    tx: mpsc::UnboundedSender<u64>,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        // The task is gone at shutdown; nothing to report to then.
+        let _ = self.tx.send(self.model);
+    }
+}
+
+fn spawn_commit(h: Arc<ModelHandle>, tx: mpsc::UnboundedSender<u64>) {
+    let done = Done { model: h.record.id, tx };
+    tokio::task::spawn_blocking(move || {
+        let _done = done;
+        if let Err(e) = h.policy_commit() {
+            tracing::error!(model = %h.name(), error = %e, "policy commit failed");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Grad;
+    use accrete_core::optim::LeKeys;
+    use accrete_core::push::PushMeta;
+    use accrete_core::{ModelKind, ModelSpec, VersionKind};
+    use accrete_store::Store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_taken_back_to_back_are_written_in_order_at_exact_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let reg = Arc::new(Registry::open(store, crate::model::DEFAULT_LEASE).unwrap());
+        let mut spec = ModelSpec { features: 2, ..ModelSpec::new("m", ModelKind::Linear) };
+        spec.commit.every_updates = 2;
+        let h = reg.create(spec).unwrap();
+        let task = tokio::spawn(run(reg.clone()));
+        let g = 1.0f32.to_le_bytes();
+        let grads = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &g }];
+        for _ in 0..7 {
+            h.push(0, &grads, &PushMeta::default()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let versions = loop {
+            let vs = h.versions().unwrap();
+            if vs.len() >= 4 || Instant::now() > deadline {
+                break vs;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        task.abort();
+        let made: Vec<(u64, u64, u64)> =
+            versions.iter().skip(1).map(|v| (v.version, v.updates, v.updates_since_parent)).collect();
+        assert_eq!(made, [(2, 2, 2), (3, 4, 2), (4, 6, 2)], "{versions:?}");
+        assert!(versions.iter().skip(1).all(|v| v.kind == VersionKind::Policy));
+        assert_eq!(h.status().since_commit, 1, "the 7th update waits for the next count");
+    }
+}

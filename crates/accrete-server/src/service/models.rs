@@ -1,0 +1,216 @@
+//! The `Models` service: create, list, describe and delete models; commit, list, tag and
+//! score versions; roll back; export and import; watch version events.
+use super::import::ImportFiller;
+use super::{blocking, export, info_of, rpc_span, version_info, watch, BoxStream, Reply, Service};
+use crate::error::ServiceError;
+use accrete_core::{ModelSpec, VersionKind};
+use accrete_proto::v1 as pb;
+use accrete_proto::v1::models_server::Models;
+use prost::Message;
+use std::collections::BTreeMap;
+use tonic::{Request, Response, Streaming};
+use tracing::Instrument;
+
+#[tonic::async_trait]
+impl Models for Service {
+    async fn create_model(&self, req: Request<pb::CreateModelRequest>) -> Reply<pb::ModelInfo> {
+        let spec = req.into_inner().spec;
+        let span = rpc_span("create_model", spec.as_ref().map_or("", |s| &s.name));
+        async move {
+            let spec = spec.ok_or_else(|| ServiceError::Invalid("spec is required".into()))?;
+            let spec = ModelSpec::try_from(spec).map_err(ServiceError::from)?;
+            let reg = self.reg.clone();
+            let (h, info) = blocking(move || {
+                let h = reg.create(spec)?;
+                let info = info_of(&h)?;
+                Ok((h, info))
+            })
+            .await?;
+            tracing::info!(model = %h.name(), kind = h.spec().kind.as_str(), "created");
+            Ok(Response::new(info))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Reply<pb::ListModelsResponse> {
+        let reg = self.reg.clone();
+        async move {
+            let models = blocking(move || reg.list().iter().map(|h| info_of(h)).collect()).await?;
+            Ok(Response::new(pb::ListModelsResponse { models }))
+        }
+        .instrument(rpc_span("list_models", ""))
+        .await
+    }
+
+    async fn get_model_info(&self, req: Request<pb::ModelRef>) -> Reply<pb::ModelInfo> {
+        let name = req.into_inner().name;
+        let span = rpc_span("get_model_info", &name);
+        async move {
+            let h = self.reg.get(&name)?;
+            Ok(Response::new(blocking(move || info_of(&h)).await?))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn delete_model(&self, req: Request<pb::ModelRef>) -> Reply<pb::DeleteModelResponse> {
+        let name = req.into_inner().name;
+        let span = rpc_span("delete_model", &name);
+        async move {
+            let (reg, model) = (self.reg.clone(), name.clone());
+            let n = blocking(move || reg.delete(&model)).await?;
+            tracing::info!(model = %name, versions = n, "deleted");
+            Ok(Response::new(pb::DeleteModelResponse { name, versions_dropped: n }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn commit(&self, req: Request<pb::CommitRequest>) -> Reply<pb::CommitResponse> {
+        let req = req.into_inner();
+        let span = rpc_span("commit", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let reason = if req.reason.is_empty() { "commit".to_string() } else { format!("commit: {}", req.reason) };
+            let (rec, created) = {
+                let h = h.clone();
+                blocking(move || h.commit(VersionKind::Manual, &reason)).await?
+            };
+            Ok(Response::new(pb::CommitResponse { version: Some(version_info(&h, &rec)), created }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn list_versions(&self, req: Request<pb::ModelRef>) -> Reply<pb::ListVersionsResponse> {
+        let name = req.into_inner().name;
+        let span = rpc_span("list_versions", &name);
+        async move {
+            let h = self.reg.get(&name)?;
+            let versions = blocking(move || Ok(h.versions()?.iter().map(|v| version_info(&h, v)).collect())).await?;
+            Ok(Response::new(pb::ListVersionsResponse { versions }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn tag(&self, req: Request<pb::TagRequest>) -> Reply<pb::VersionInfo> {
+        let req = req.into_inner();
+        let span = rpc_span("tag", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let rec = {
+                let h = h.clone();
+                blocking(move || h.tag(req.version, &req.label)).await?
+            };
+            Ok(Response::new(version_info(&h, &rec)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn rollback(&self, req: Request<pb::RollbackRequest>) -> Reply<pb::VersionInfo> {
+        let req = req.into_inner();
+        let span = rpc_span("rollback", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let (to, reason) = (req.to_version, req.reason);
+            let rec = {
+                let h = h.clone();
+                blocking(move || h.rollback(to, &reason)).await?
+            };
+            tracing::info!(model = %h.name(), version = rec.version, to, epoch = rec.lineage_epoch, "rolled back");
+            Ok(Response::new(version_info(&h, &rec)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn report_metrics(&self, req: Request<pb::ReportMetricsRequest>) -> Reply<pb::VersionInfo> {
+        let req = req.into_inner();
+        let span = rpc_span("report_metrics", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let metrics: BTreeMap<String, f64> = req.metrics.into_iter().collect();
+            let rec = {
+                let h = h.clone();
+                blocking(move || h.report_metrics(req.version, &metrics)).await?
+            };
+            Ok(Response::new(version_info(&h, &rec)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    type ExportStream = BoxStream<pb::ExportMessage>;
+
+    async fn export(&self, req: Request<pb::ExportRequest>) -> Reply<Self::ExportStream> {
+        let req = req.into_inner();
+        let span = rpc_span("export", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let version = req.version.unwrap_or_else(|| h.head_version());
+            let (rec, params) = self.load_version(&h, version).await?;
+            let model = {
+                let h = h.clone();
+                blocking(move || info_of(&h)).await?
+            };
+            let header = pb::ExportHeader { model: Some(model), version: Some(version_info(&h, &rec)) };
+            Ok(Response::new(export::stream(header, params, req.optimizer_state)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn import(&self, req: Request<Streaming<pb::ImportMessage>>) -> Reply<pb::VersionInfo> {
+        let mut stream = req.into_inner();
+        async move {
+            let header = match stream.message().await?.and_then(|m| m.item) {
+                Some(pb::import_message::Item::Header(h)) => h,
+                _ => return Err(ServiceError::Invalid("an import starts with an ImportHeader message".into()).into()),
+            };
+            tracing::Span::current().record("model", header.model.as_str());
+            let h = self.reg.get(&header.model)?;
+            let _permit = self.heavy().await?;
+            let mut filler = ImportFiller::new(h.empty_params(), h.name());
+            while let Some(msg) = stream.message().await? {
+                self.check_size(|| format!("import chunk for model {:?}", header.model), msg.encoded_len())?;
+                match msg.item {
+                    Some(pb::import_message::Item::Chunk(c)) => filler.add(&c)?,
+                    _ => {
+                        let e = ServiceError::Invalid("only TensorChunk messages may follow the ImportHeader".into());
+                        return Err(e.into());
+                    }
+                }
+            }
+            let params = filler.finish()?;
+            let rec = {
+                let h = h.clone();
+                blocking(move || h.import(params, &header.source)).await?
+            };
+            tracing::info!(model = %h.name(), version = rec.version, "imported");
+            Ok(Response::new(version_info(&h, &rec)))
+        }
+        .instrument(rpc_span("import", ""))
+        .await
+    }
+
+    type WatchVersionsStream = BoxStream<pb::VersionEvent>;
+
+    async fn watch_versions(&self, req: Request<pb::WatchRequest>) -> Reply<Self::WatchVersionsStream> {
+        let req = req.into_inner();
+        let span = rpc_span("watch_versions", &req.model);
+        async move {
+            let rx = self.reg.subscribe();
+            let models = if req.model.is_empty() { self.reg.list() } else { vec![self.reg.get(&req.model)?] };
+            let backlog = match req.after_version {
+                Some(after) => blocking(move || watch::backlog(&models, after)).await?,
+                None => watch::Backlog::default(),
+            };
+            Ok(Response::new(watch::stream(rx, backlog, req.model, self.reg.stopping())))
+        }
+        .instrument(span)
+        .await
+    }
+}

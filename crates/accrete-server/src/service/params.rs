@@ -1,0 +1,205 @@
+//! The `Parameters` service: pull (held at the SSP/BSP barrier), push and streaming push,
+//! join/heartbeat/leave, predict. A push is decoded here into [`Grad`]s that borrow the
+//! request's bytes and a [`PushMeta`], handed to [`ModelHandle::push`], and its ack encoded.
+use super::{blocking, check_keys, pull, rpc_span, BoxStream, Reply, Service};
+use crate::engine::{Content, Grad};
+use crate::error::{Result, ServiceError};
+#[cfg(doc)]
+use crate::model::ModelHandle;
+use accrete_core::optim::LeKeys;
+use accrete_core::push::PushMeta;
+use accrete_core::{Params, VersionRecord};
+use accrete_proto::v1 as pb;
+use accrete_proto::v1::parameters_server::Parameters;
+use prost::Message;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+impl Service {
+    /// Decodes a push, applies it, encodes the ack.
+    fn push_one(&self, mut req: pb::PushRequest) -> Result<pb::PushAck> {
+        self.check_size(|| format!("push to model {:?}", req.model), req.encoded_len())?;
+        let h = self.reg.get(&req.model)?;
+        let meta = PushMeta::from(req.meta.take().unwrap_or_default());
+        let grads = decode_grads(&req)?;
+        Ok(h.push(req.lineage_epoch, &grads, &meta)?.into())
+    }
+}
+
+/// The gradients of a push, borrowing its bytes (no copy of the values).
+fn decode_grads(req: &pb::PushRequest) -> Result<Vec<Grad<'_>>> {
+    req.grads.iter().map(|c| decode_grad(&req.model, c)).collect()
+}
+
+fn decode_grad<'a>(model: &str, c: &'a pb::TensorChunk) -> Result<Grad<'a>> {
+    let bad = |m: String| ServiceError::Invalid(format!("model {model:?}: tensor {:?}: {m}", c.tensor));
+    if !c.slot.is_empty() {
+        return Err(bad(format!("pushes carry gradients of weights, not of slot {:?}", c.slot)));
+    }
+    check_keys(&c.keys, &c.varint_keys).map_err(bad)?;
+    Ok(Grad { tensor: &c.tensor, offset: c.offset, keys: LeKeys(&c.keys), values: &c.values })
+}
+
+/// A loaded version's parameters, as a pull reports them.
+fn content_of<'a>(rec: &VersionRecord, params: &'a Params) -> Content<'a> {
+    Content { params, version: rec.version, epoch: rec.lineage_epoch, updates: rec.updates }
+}
+
+#[tonic::async_trait]
+impl Parameters for Service {
+    async fn pull(&self, req: Request<pb::PullRequest>) -> Reply<pb::PullResponse> {
+        let req = req.into_inner();
+        let span = rpc_span("pull", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let resp = match req.version {
+                None => {
+                    h.wait_to_pull(&req.worker_id, req.clock).await;
+                    h.with_live(|live| pull::answer(live, h.name(), &req, self.limit))?
+                }
+                Some(v) => {
+                    let (rec, params) = self.load_version(&h, v).await?;
+                    pull::answer(content_of(&rec, &params), h.name(), &req, self.limit)?
+                }
+            };
+            Ok(Response::new(resp))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Reply<pb::JoinResponse> {
+        let req = req.into_inner();
+        let span = rpc_span("join", &req.model);
+        async move {
+            if req.worker_id.is_empty() {
+                return Err(ServiceError::Invalid("join needs a worker_id".into()).into());
+            }
+            let h = self.reg.get(&req.model)?;
+            let joined = {
+                let (h, worker) = (h.clone(), req.worker_id.clone());
+                blocking(move || h.join(&worker)).await?
+            };
+            tracing::info!(
+                model = %h.name(),
+                worker = %req.worker_id,
+                incarnation = joined.incarnation,
+                clock = joined.clock,
+                live = joined.live_workers,
+                "worker joined"
+            );
+            Ok(Response::new((&joined).into()))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn heartbeat(&self, req: Request<pb::WorkerRef>) -> Reply<pb::HeartbeatResponse> {
+        let req = req.into_inner();
+        let span = rpc_span("heartbeat", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let m = h.heartbeat(&req.worker_id);
+            if !m.member {
+                return Err(ServiceError::NotInBarrier { model: h.name().to_string(), worker: req.worker_id }.into());
+            }
+            Ok(Response::new(pb::HeartbeatResponse {
+                lease_ms: m.lease.as_millis() as u64,
+                live_workers: m.live as u32,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn leave(&self, req: Request<pb::WorkerRef>) -> Reply<pb::HeartbeatResponse> {
+        let req = req.into_inner();
+        let span = rpc_span("leave", &req.model);
+        async move {
+            let m = self.reg.get(&req.model)?.leave(&req.worker_id);
+            Ok(Response::new(pb::HeartbeatResponse { lease_ms: 0, live_workers: m.live as u32 }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn predict(&self, req: Request<pb::PredictRequest>) -> Reply<pb::PredictResponse> {
+        let req = req.into_inner();
+        let span = rpc_span("predict", &req.model);
+        async move {
+            self.check_size(|| format!("predict request for model {:?}", req.model), req.encoded_len())?;
+            let h = self.reg.get(&req.model)?;
+            let rows = req.rows.unwrap_or_default();
+            let score = |p: &Params| crate::predict::predict(h.spec(), p, &rows, self.limit);
+            let (version, (outputs, values)) = match req.version {
+                None => h.with_live(|live| score(live.params).map(|r| (live.version, r)))?,
+                Some(v) => {
+                    let (rec, params) = self.load_version(&h, v).await?;
+                    (rec.version, score(&params)?)
+                }
+            };
+            let values = accrete_proto::f32s_to_bytes(&values);
+            Ok(Response::new(pb::PredictResponse { version, outputs, values }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn push(&self, req: Request<pb::PushRequest>) -> Reply<pb::PushAck> {
+        let req = req.into_inner();
+        let span = rpc_span("push", &req.model);
+        span.in_scope(|| Ok(Response::new(self.push_one(req)?)))
+    }
+
+    type PushStreamStream = BoxStream<pb::PushAck>;
+
+    async fn push_stream(&self, req: Request<Streaming<pb::PushRequest>>) -> Reply<Self::PushStreamStream> {
+        let span = rpc_span("push_stream", "");
+        Ok(Response::new(Box::pin(PushAcks {
+            input: req.into_inner(),
+            svc: self.clone(),
+            span,
+            named: false,
+            done: false,
+        })))
+    }
+}
+
+/// The ack stream of `PushStream`: each incoming push is applied when the transport asks
+/// for the next ack (no task or channel in between), in the stream's span (its model is
+/// the first push's), and the stream ends after the first refusal, which it reports.
+struct PushAcks {
+    input: Streaming<pb::PushRequest>,
+    svc: Service,
+    span: tracing::Span,
+    /// The span carries the model of the first push.
+    named: bool,
+    done: bool,
+}
+
+impl Stream for PushAcks {
+    type Item = Result<pb::PushAck, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let ack = match std::task::ready!(Pin::new(&mut this.input).poll_next(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(transport)) => Err(transport),
+            Some(Ok(m)) => {
+                if !this.named {
+                    this.span.record("model", m.model.as_str());
+                    this.named = true;
+                }
+                this.span.in_scope(|| this.svc.push_one(m).map_err(Status::from))
+            }
+        };
+        this.done = ack.is_err();
+        Poll::Ready(Some(ack))
+    }
+}

@@ -1,0 +1,72 @@
+//! Renewing a worker's lease in the model's barrier while it trains: on a thread of its
+//! own with its own connection (so a long batch or a blocked pipe read on the worker's
+//! single-threaded runtime does not let the lease lapse), or as a task of the caller's
+//! runtime when no server URL is given.
+use crate::WorkerConfig;
+use accrete_client::Client;
+use std::time::Duration;
+
+/// Renews the worker's lease in the background until dropped.
+pub(crate) enum Heartbeat {
+    Task(tokio::task::JoinHandle<()>),
+    /// Dropping the sender ends the thread's loop.
+    Thread(#[allow(dead_code)] tokio::sync::oneshot::Sender<()>),
+}
+
+/// Which worker of which model beats.
+#[derive(Clone)]
+struct Who {
+    model: String,
+    worker: String,
+}
+
+impl Heartbeat {
+    pub(crate) fn start(config: &WorkerConfig, client: &Client, lease_ms: u64) -> Heartbeat {
+        let who = Who { model: config.model.clone(), worker: config.worker_id.clone() };
+        let every = Duration::from_millis((lease_ms / 3).max(100));
+        let Some(url) = config.heartbeat_server.clone() else {
+            return Heartbeat::Task(tokio::spawn(beat(client.clone(), who, every, None)));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread_who = who.clone();
+        let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(async move {
+                    match Client::connect(&url).await {
+                        Ok(c) => beat(c, thread_who, every, Some(rx)).await,
+                        Err(e) => tracing::warn!("heartbeat connection: {e}"),
+                    }
+                }),
+                Err(e) => tracing::warn!("heartbeat runtime: {e}"),
+            }
+        });
+        if let Err(e) = thread {
+            tracing::warn!("cannot start the heartbeat thread ({e}); heartbeats share the worker's runtime");
+            return Heartbeat::Task(tokio::spawn(beat(client.clone(), who, every, None)));
+        }
+        Heartbeat::Thread(tx)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        if let Heartbeat::Task(t) = self {
+            t.abort();
+        }
+    }
+}
+
+async fn beat(mut client: Client, who: Who, every: Duration, mut stop: Option<tokio::sync::oneshot::Receiver<()>>) {
+    loop {
+        match stop.as_mut() {
+            Some(rx) => tokio::select! {
+                _ = rx => return,
+                _ = tokio::time::sleep(every) => {}
+            },
+            None => tokio::time::sleep(every).await,
+        }
+        if let Err(e) = client.heartbeat(&who.model, &who.worker).await {
+            tracing::warn!(error = %e, "heartbeat refused");
+        }
+    }
+}
