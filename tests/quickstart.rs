@@ -42,4 +42,7 @@ async fn quickstart_runs_and_its_summary_is_true() {
         "{best_line} vs {best}"
     );
     assert!(vs.last().unwrap()["reason"].as_str().unwrap().starts_with("rollback"));
+    assert_eq!(vs.last().unwrap()["kind"], "rollback");
+    assert_eq!(vs[0]["kind"], "created");
+    assert!(vs.iter().any(|v| v["kind"] == "policy") && vs.iter().any(|v| v["kind"] == "manual"), "{vs:?}");
 }

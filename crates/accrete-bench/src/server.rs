@@ -158,190 +158,222 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
+/// What the scenarios share: a scratch directory, the figures so far, how to print.
+struct Ctx {
+    dir: std::path::PathBuf,
+    max_floats: u64,
+    as_json: bool,
+    report: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Ctx {
+    fn say(&self, line: String) {
+        if !self.as_json {
+            println!("{line}");
+        }
+    }
+}
+
 pub(crate) async fn server_bench(max_floats: u64, as_json: bool, only: &[String]) -> Result<()> {
     let want = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let tmp = tempfile::tempdir()?;
-    let mut report = serde_json::Map::new();
-    let say = |line: String| {
-        if !as_json {
-            println!("{line}");
-        }
-    };
-
-    // 0. the apply kernel alone, in process: check + decode + SGD over a 10^7-float model
+    let mut ctx = Ctx { dir: tmp.path().to_path_buf(), max_floats, as_json, report: serde_json::Map::new() };
     if want("apply") {
-        let mut spec = accrete_core::ModelSpec::new("k", accrete_core::ModelKind::Linear);
-        spec.features = 10_000_000;
-        let mut p = accrete_core::Params::init(&spec);
-        let layout = accrete_core::layout(&spec);
-        let bytes: Vec<u8> = (0..MSG_FLOATS).flat_map(|i| (i as f32 * 1e-6).to_le_bytes()).collect();
-        let msgs = 10_000_000 / MSG_FLOATS;
-        let mut best = f64::MAX;
-        for _ in 0..5 {
-            let t = Instant::now();
-            for m in 0..msgs {
-                let off = (m * MSG_FLOATS) as u64;
-                let g = accrete_core::optim::LeBytes(&bytes);
-                let ti = accrete_core::params::check_dense(&layout, "w", off, &g)?;
-                p.begin_update();
-                p.apply_dense_le(ti, off as usize, &bytes);
-            }
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        let gbs = (msgs * MSG_FLOATS * 4) as f64 / best / 1e9;
-        say(format!("apply kernel (check + decode + SGD, 256 KiB messages over a 10^7-float model, one thread): {gbs:.2} GB/s of gradient"));
-        report.insert("apply".into(), json!({"gb_s": gbs}));
+        apply(&mut ctx).await?;
     }
-
-    // 1. dense push+apply vs raw streaming of the same messages
     if want("dense") {
-        let (_p, _url, mut c) = spawn_server(&tmp.path().join("dense")).await?;
-        let (_sink, sink_url) = spawn(&["bench", "sink"]).await?;
-        create(&mut c, spec("dense", 10_000_000, pb::OptimizerKind::Sgd, 0)).await?;
-        let msgs = dense_msgs("dense", 0, 10_000_000, 1e-3);
-        let bytes = msgs.iter().map(|m| m.grads[0].values.len()).sum::<usize>() as f64;
-        let rounds = 2;
-        stream_sink(&sink_url, &msgs, 1).await?; // warm-up
-        stream_pushes(&mut c, &msgs, 1).await?;
-        // Alternate the two, five pairs; the median pair ratio is the figure.
-        let mut pairs = Vec::new();
-        for _ in 0..5 {
-            let raw = stream_sink(&sink_url, &msgs, rounds).await?;
-            let push = stream_pushes(&mut c, &msgs, rounds).await?;
-            pairs.push((raw / push, bytes * rounds as f64 / push / 1e9, bytes * rounds as f64 / raw / 1e9));
-        }
-        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (ratio, push_gbs, raw_gbs) = pairs[2];
-        say(format!(
-            "dense push+apply, 10^7-float SGD model, 256 KiB messages: {push_gbs:.2} GB/s; raw tonic streaming of the same messages: {raw_gbs:.2} GB/s; ratio {ratio:.2} (median of 5 pairs; goal >= 0.8)"
-        ));
-        report.insert("dense".into(), json!({"push_gb_s": push_gbs, "raw_gb_s": raw_gbs, "ratio": ratio}));
+        dense(&mut ctx).await?;
     }
-
-    // 2. sparse 1,000-key pushes over two concurrent streams
     if want("sparse") {
-        let (_p, _url, mut c) = spawn_server(&tmp.path().join("sparse")).await?;
-        let mut s = spec("sparse", 0, pb::OptimizerKind::Adagrad, 0);
-        s.kind = pb::ModelKind::Logistic as i32;
-        s.hash_bits = 20;
-        create(&mut c, s).await?;
-        let mut rng = accrete_core::rng::SplitMix64::new(42);
-        let msgs: Vec<pb::PushRequest> = (0..64)
-            .map(|_| {
-                let mut keys: Vec<u64> = (0..1000).map(|_| rng.next_u64() % (1 << 20)).collect();
-                keys.sort_unstable();
-                keys.dedup();
-                let vals: Vec<f32> = keys.iter().map(|_| (rng.next_f64() - 0.5) as f32).collect();
-                let grads = vec![pb::TensorChunk {
-                    tensor: "h".into(),
-                    keys: accrete_proto::keys_to_bytes(&keys),
-                    values: accrete_proto::f32s_to_bytes(&vals),
-                    ..Default::default()
-                }];
-                pb::PushRequest { model: "sparse".into(), lineage_epoch: 0, grads, meta: None }
-            })
-            .collect();
-        let keys_per_round: usize = msgs.iter().map(|m| m.grads[0].keys.len() / 8).sum();
-        let rounds = 150;
-        stream_pushes(&mut c, &msgs, 10).await?; // warm-up
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let (mut a, mut b) = (c.clone(), c.clone());
-            let (ra, rb) = tokio::join!(stream_pushes(&mut a, &msgs, rounds), stream_pushes(&mut b, &msgs, rounds));
-            ra?;
-            rb?;
-            best = best.min(t.elapsed().as_secs_f64());
-        }
-        let rate = (2 * rounds * keys_per_round) as f64 / best;
-        say(format!(
-            "sparse pushes of 1,000 keys (AdaGrad, 2^20 rows, 2 streams): {:.2} M key-updates/s (goal >= 5)",
-            rate / 1e6
-        ));
-        report.insert("sparse".into(), json!({"key_updates_per_s": rate}));
+        sparse(&mut ctx).await?;
     }
-
-    // 3 + 4. commit after touching 1 % vs all of the largest model; rollback by size
     if want("commit") {
-        let (_p, _url, mut c) = spawn_server(&tmp.path().join("commit")).await?;
-        let mut rollbacks = Vec::new();
-        let sizes: Vec<u64> =
-            [1_000_000u64, 10_000_000, 100_000_000].into_iter().filter(|s| *s <= max_floats).collect();
-        for (i, &n) in sizes.iter().enumerate() {
-            let name = format!("m{i}");
-            let t_create = create(&mut c, spec(&name, n as u32, pb::OptimizerKind::Sgd, 0)).await?;
-            stream_pushes(&mut c, &dense_msgs(&name, 0, n / 100, 1e-3), 1).await?;
-            let (t_small, v_small) = commit(&mut c, &name).await?;
-            stream_pushes(&mut c, &dense_msgs(&name, 0, n, 1e-3), 1).await?;
-            let (t_full, v_full) = commit(&mut c, &name).await?;
-            let t = Instant::now();
-            c.models
-                .rollback(pb::RollbackRequest { model: name.clone(), to_version: 1, reason: String::new() })
-                .await?;
-            let t_rb = t.elapsed().as_secs_f64();
-            say(format!(
-                "{n:>11} floats: create {t_create:.3} s; commit after touching 1 %: {t_small:.4} s ({} chunks); after touching all: {t_full:.3} s ({} chunks); ratio {:.3} (goal <= 0.05); rollback {t_rb:.3} s (writes a {} KiB manifest; the time is reloading the live state)",
-                v_small.chunks_written,
-                v_full.chunks_written,
-                t_small / t_full,
-                (v_full.chunks_written * 8).div_ceil(1024)
-            ));
-            rollbacks
-                .push(json!({"floats": n, "create_s": t_create, "commit_1pct_s": t_small, "commit_full_s": t_full,
-                "ratio": t_small / t_full, "rollback_s": t_rb}));
-        }
-        report.insert("commit_rollback".into(), json!(rollbacks));
+        commit_rollback(&mut ctx).await?;
     }
-
-    // 5. RSS holding a 10^7-float Adam model
     if want("rss") {
-        let (p, _url, mut c) = spawn_server(&tmp.path().join("rss")).await?;
-        let (base, _) = rss_kib(p.0.id())?;
-        create(&mut c, spec("adam", 10_000_000, pb::OptimizerKind::Adam, 0)).await?;
-        stream_pushes(&mut c, &dense_msgs("adam", 0, 10_000_000, 1e-3), 1).await?;
-        commit(&mut c, "adam").await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (rss, hwm) = rss_kib(p.0.id())?;
-        let model_kib = 10_000_000u64 * 4 * 3 / 1024;
-        let ratio = (rss - base) as f64 / model_kib as f64;
-        say(format!(
-            "server RSS with a 10^7-float Adam model: {} MiB over an empty server's {} MiB (weights + slots: {} MiB), ratio {ratio:.2} (goal <= 1.5); peak {} MiB",
-            (rss - base) / 1024, base / 1024, model_kib / 1024, hwm / 1024
-        ));
-        report.insert(
-            "rss".into(),
-            json!({"rss_kib": rss, "base_kib": base, "peak_kib": hwm, "model_kib": model_kib, "ratio": ratio}),
-        );
+        rss(&mut ctx).await?;
     }
-
-    // 6. disk use after 100 commits of 1 % changes with --keep-last 10
     if want("disk") {
-        let dir = tmp.path().join("disk");
-        let n = 10_000_000u64;
-        {
-            let (_p, _url, mut c) = spawn_server(&dir).await?;
-            create(&mut c, spec("disk", n as u32, pb::OptimizerKind::Sgd, 10)).await?;
-            for i in 0..100u64 {
-                let start = (i % 100) * (n / 100);
-                stream_pushes(&mut c, &dense_msgs("disk", start, n / 100, 1e-3), 1).await?;
-                commit(&mut c, "disk").await?;
-            }
-        }
-        let before = dir_bytes(&dir);
-        {
-            let (_p, _url, mut c) = spawn_server(&dir).await?;
-            let v = c.models.list_versions(pb::ModelRef { name: "disk".into() }).await?.into_inner().versions.len();
-            say(format!(
-                "disk after 100 commits of 1 % of a 10^7-float model, --keep-last 10: {} MiB ({v} versions kept; weights are {} MiB); reopened: {} MiB",
-                before >> 20,
-                (n * 4) >> 20,
-                dir_bytes(&dir) >> 20
-            ));
-            report.insert("disk".into(), json!({"bytes": before, "weights_bytes": n * 4, "versions": v}));
-        }
+        disk(&mut ctx).await?;
     }
     if as_json {
-        println!("{}", serde_json::Value::Object(report));
+        println!("{}", serde_json::Value::Object(ctx.report));
+    }
+    Ok(())
+}
+
+/// The apply kernel alone, in process: check + decode + SGD over a 10^7-float model.
+async fn apply(ctx: &mut Ctx) -> Result<()> {
+    let mut spec = accrete_core::ModelSpec::new("k", accrete_core::ModelKind::Linear);
+    spec.features = 10_000_000;
+    let mut p = accrete_core::Params::init(&spec);
+    let layout = accrete_core::layout(&spec);
+    let bytes: Vec<u8> = (0..MSG_FLOATS).flat_map(|i| (i as f32 * 1e-6).to_le_bytes()).collect();
+    let msgs = 10_000_000 / MSG_FLOATS;
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        for m in 0..msgs {
+            let off = (m * MSG_FLOATS) as u64;
+            let g = accrete_core::optim::LeBytes(&bytes);
+            let ti = accrete_core::params::check_dense(&layout, "w", off, &g)?;
+            p.begin_update();
+            p.apply_dense_le(ti, off as usize, &bytes);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let gbs = (msgs * MSG_FLOATS * 4) as f64 / best / 1e9;
+    ctx.say(format!("apply kernel (check + decode + SGD, 256 KiB messages over a 10^7-float model, one thread): {gbs:.2} GB/s of gradient"));
+    ctx.report.insert("apply".into(), json!({"gb_s": gbs}));
+    Ok(())
+}
+
+/// Dense push+apply vs raw streaming of the same messages.
+async fn dense(ctx: &mut Ctx) -> Result<()> {
+    let (_p, _url, mut c) = spawn_server(&ctx.dir.join("dense")).await?;
+    let (_sink, sink_url) = spawn(&["bench", "sink"]).await?;
+    create(&mut c, spec("dense", 10_000_000, pb::OptimizerKind::Sgd, 0)).await?;
+    let msgs = dense_msgs("dense", 0, 10_000_000, 1e-3);
+    let bytes = msgs.iter().map(|m| m.grads[0].values.len()).sum::<usize>() as f64;
+    let rounds = 2;
+    stream_sink(&sink_url, &msgs, 1).await?; // warm-up
+    stream_pushes(&mut c, &msgs, 1).await?;
+    // Alternate the two, five pairs; the median pair ratio is the figure.
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        let raw = stream_sink(&sink_url, &msgs, rounds).await?;
+        let push = stream_pushes(&mut c, &msgs, rounds).await?;
+        pairs.push((raw / push, bytes * rounds as f64 / push / 1e9, bytes * rounds as f64 / raw / 1e9));
+    }
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, push_gbs, raw_gbs) = pairs[2];
+    ctx.say(format!(
+        "dense push+apply, 10^7-float SGD model, 256 KiB messages: {push_gbs:.2} GB/s; raw tonic streaming of the same messages: {raw_gbs:.2} GB/s; ratio {ratio:.2} (median of 5 pairs; goal >= 0.8)"
+    ));
+    ctx.report.insert("dense".into(), json!({"push_gb_s": push_gbs, "raw_gb_s": raw_gbs, "ratio": ratio}));
+    Ok(())
+}
+
+/// Sparse 1,000-key pushes over two concurrent streams.
+async fn sparse(ctx: &mut Ctx) -> Result<()> {
+    let (_p, _url, mut c) = spawn_server(&ctx.dir.join("sparse")).await?;
+    let mut s = spec("sparse", 0, pb::OptimizerKind::Adagrad, 0);
+    s.kind = pb::ModelKind::Logistic as i32;
+    s.hash_bits = 20;
+    create(&mut c, s).await?;
+    let mut rng = accrete_core::rng::SplitMix64::new(42);
+    let msgs: Vec<pb::PushRequest> = (0..64)
+        .map(|_| {
+            let mut keys: Vec<u64> = (0..1000).map(|_| rng.next_u64() % (1 << 20)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let vals: Vec<f32> = keys.iter().map(|_| (rng.next_f64() - 0.5) as f32).collect();
+            let grads = vec![pb::TensorChunk {
+                tensor: "h".into(),
+                keys: accrete_proto::keys_to_bytes(&keys),
+                values: accrete_proto::f32s_to_bytes(&vals),
+                ..Default::default()
+            }];
+            pb::PushRequest { model: "sparse".into(), lineage_epoch: 0, grads, meta: None }
+        })
+        .collect();
+    let keys_per_round: usize = msgs.iter().map(|m| m.grads[0].keys.len() / 8).sum();
+    let rounds = 150;
+    stream_pushes(&mut c, &msgs, 10).await?; // warm-up
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (mut a, mut b) = (c.clone(), c.clone());
+        let (ra, rb) = tokio::join!(stream_pushes(&mut a, &msgs, rounds), stream_pushes(&mut b, &msgs, rounds));
+        ra?;
+        rb?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    let rate = (2 * rounds * keys_per_round) as f64 / best;
+    ctx.say(format!(
+        "sparse pushes of 1,000 keys (AdaGrad, 2^20 rows, 2 streams): {:.2} M key-updates/s (goal >= 5)",
+        rate / 1e6
+    ));
+    ctx.report.insert("sparse".into(), json!({"key_updates_per_s": rate}));
+    Ok(())
+}
+
+/// Commit after touching 1 % vs all of the largest model; rollback by size.
+async fn commit_rollback(ctx: &mut Ctx) -> Result<()> {
+    let (_p, _url, mut c) = spawn_server(&ctx.dir.join("commit")).await?;
+    let mut rollbacks = Vec::new();
+    let sizes: Vec<u64> =
+        [1_000_000u64, 10_000_000, 100_000_000].into_iter().filter(|s| *s <= ctx.max_floats).collect();
+    for (i, &n) in sizes.iter().enumerate() {
+        let name = format!("m{i}");
+        let t_create = create(&mut c, spec(&name, n as u32, pb::OptimizerKind::Sgd, 0)).await?;
+        stream_pushes(&mut c, &dense_msgs(&name, 0, n / 100, 1e-3), 1).await?;
+        let (t_small, v_small) = commit(&mut c, &name).await?;
+        stream_pushes(&mut c, &dense_msgs(&name, 0, n, 1e-3), 1).await?;
+        let (t_full, v_full) = commit(&mut c, &name).await?;
+        let t = Instant::now();
+        c.models.rollback(pb::RollbackRequest { model: name.clone(), to_version: 1, reason: String::new() }).await?;
+        let t_rb = t.elapsed().as_secs_f64();
+        ctx.say(format!(
+            "{n:>11} floats: create {t_create:.3} s; commit after touching 1 %: {t_small:.4} s ({} chunks); after touching all: {t_full:.3} s ({} chunks); ratio {:.3} (goal <= 0.05); rollback {t_rb:.3} s (writes a {} KiB manifest; the time is reloading the live state)",
+            v_small.chunks_written,
+            v_full.chunks_written,
+            t_small / t_full,
+            (v_full.chunks_written * 8).div_ceil(1024)
+        ));
+        rollbacks.push(json!({"floats": n, "create_s": t_create, "commit_1pct_s": t_small, "commit_full_s": t_full,
+            "ratio": t_small / t_full, "rollback_s": t_rb}));
+    }
+    ctx.report.insert("commit_rollback".into(), json!(rollbacks));
+    Ok(())
+}
+
+/// RSS holding a 10^7-float Adam model.
+async fn rss(ctx: &mut Ctx) -> Result<()> {
+    let (p, _url, mut c) = spawn_server(&ctx.dir.join("rss")).await?;
+    let (base, _) = rss_kib(p.0.id())?;
+    create(&mut c, spec("adam", 10_000_000, pb::OptimizerKind::Adam, 0)).await?;
+    stream_pushes(&mut c, &dense_msgs("adam", 0, 10_000_000, 1e-3), 1).await?;
+    commit(&mut c, "adam").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss, hwm) = rss_kib(p.0.id())?;
+    let model_kib = 10_000_000u64 * 4 * 3 / 1024;
+    let ratio = (rss - base) as f64 / model_kib as f64;
+    ctx.say(format!(
+        "server RSS with a 10^7-float Adam model: {} MiB over an empty server's {} MiB (weights + slots: {} MiB), ratio {ratio:.2} (goal <= 1.5); peak {} MiB",
+        (rss - base) / 1024, base / 1024, model_kib / 1024, hwm / 1024
+    ));
+    ctx.report.insert(
+        "rss".into(),
+        json!({"rss_kib": rss, "base_kib": base, "peak_kib": hwm, "model_kib": model_kib, "ratio": ratio}),
+    );
+    Ok(())
+}
+
+/// Disk use after 100 commits of 1 % changes with --keep-last 10.
+async fn disk(ctx: &mut Ctx) -> Result<()> {
+    let dir = ctx.dir.join("disk");
+    let n = 10_000_000u64;
+    {
+        let (_p, _url, mut c) = spawn_server(&dir).await?;
+        create(&mut c, spec("disk", n as u32, pb::OptimizerKind::Sgd, 10)).await?;
+        for i in 0..100u64 {
+            let start = (i % 100) * (n / 100);
+            stream_pushes(&mut c, &dense_msgs("disk", start, n / 100, 1e-3), 1).await?;
+            commit(&mut c, "disk").await?;
+        }
+    }
+    let before = dir_bytes(&dir);
+    {
+        let (_p, _url, mut c) = spawn_server(&dir).await?;
+        let v = c.models.list_versions(pb::ModelRef { name: "disk".into() }).await?.into_inner().versions.len();
+        ctx.say(format!(
+            "disk after 100 commits of 1 % of a 10^7-float model, --keep-last 10: {} MiB ({v} versions kept; weights are {} MiB); reopened: {} MiB",
+            before >> 20,
+            (n * 4) >> 20,
+            dir_bytes(&dir) >> 20
+        ));
+        ctx.report.insert("disk".into(), json!({"bytes": before, "weights_bytes": n * 4, "versions": v}));
     }
     Ok(())
 }

@@ -1,0 +1,143 @@
+//! Model specs and model info, both ways.
+use super::{bad, consistency_mode, model_kind, optimizer_kind, ConvertError};
+use crate::v1 as pb;
+use accrete_core::{CommitPolicy, InitSpec, ModelInfo, ModelSpec, OptimizerSpec, TensorInfo};
+
+impl From<&ModelSpec> for pb::ModelSpec {
+    fn from(s: &ModelSpec) -> Self {
+        let o = &s.optimizer;
+        pb::ModelSpec {
+            name: s.name.clone(),
+            kind: pb::ModelKind::from(s.kind) as i32,
+            features: s.features,
+            hash_bits: s.hash_bits,
+            classes: s.classes,
+            hidden: s.hidden,
+            factors: s.factors,
+            optimizer: Some(pb::OptimizerSpec {
+                kind: pb::OptimizerKind::from(o.kind) as i32,
+                lr: o.lr,
+                momentum: o.momentum,
+                beta1: o.beta1,
+                beta2: o.beta2,
+                eps: o.eps,
+                l1: o.l1,
+                l2: o.l2,
+            }),
+            init: Some(pb::InitSpec { seed: s.init.seed, scale: s.init.scale }),
+            ema_decay: s.ema_decay,
+            commit: Some(pb::CommitPolicy {
+                every_updates: s.commit.every_updates,
+                every_secs: s.commit.every_secs,
+                keep_last: s.commit.keep_last,
+            }),
+            consistency: Some(pb::Consistency {
+                mode: pb::ConsistencyMode::from(s.consistency) as i32,
+                staleness: s.staleness,
+            }),
+        }
+    }
+}
+
+/// A spec as sent: hyper-parameters left at zero keep their documented defaults
+/// ([`OptimizerSpec::with_defaults`]). Not validated here: the server does that.
+impl TryFrom<pb::ModelSpec> for ModelSpec {
+    type Error = ConvertError;
+    fn try_from(s: pb::ModelSpec) -> Result<Self, ConvertError> {
+        let named = |e: ConvertError| bad(format!("model {:?}: {e}", s.name));
+        let kind = model_kind(s.kind).map_err(named)?;
+        let o = s.optimizer.unwrap_or_default();
+        let optimizer = OptimizerSpec {
+            kind: optimizer_kind(o.kind).map_err(named)?,
+            lr: o.lr,
+            momentum: o.momentum,
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            l1: o.l1,
+            l2: o.l2,
+        }
+        .with_defaults();
+        let c = s.commit.unwrap_or_default();
+        let cons = s.consistency.unwrap_or_default();
+        Ok(ModelSpec {
+            name: s.name,
+            kind,
+            features: s.features,
+            hash_bits: s.hash_bits,
+            classes: s.classes,
+            hidden: s.hidden,
+            factors: s.factors,
+            optimizer,
+            init: s.init.map(|i| InitSpec { seed: i.seed, scale: i.scale }).unwrap_or_default(),
+            ema_decay: s.ema_decay,
+            commit: CommitPolicy { every_updates: c.every_updates, every_secs: c.every_secs, keep_last: c.keep_last },
+            consistency: consistency_mode(cons.mode),
+            staleness: cons.staleness,
+        })
+    }
+}
+
+// ------------------------------------------------------------------ model info
+
+impl From<&TensorInfo> for pb::TensorInfo {
+    fn from(t: &TensorInfo) -> Self {
+        pb::TensorInfo {
+            name: t.name.clone(),
+            rows: t.rows,
+            cols: t.cols,
+            sparse: t.sparse,
+            slots: t.slots.clone(),
+            row_begin: t.row_begin,
+            row_end: t.row_end,
+        }
+    }
+}
+
+impl From<pb::TensorInfo> for TensorInfo {
+    fn from(t: pb::TensorInfo) -> Self {
+        TensorInfo {
+            name: t.name,
+            rows: t.rows,
+            cols: t.cols,
+            sparse: t.sparse,
+            slots: t.slots,
+            row_begin: t.row_begin,
+            row_end: t.row_end,
+        }
+    }
+}
+
+impl From<&ModelInfo> for pb::ModelInfo {
+    fn from(m: &ModelInfo) -> Self {
+        pb::ModelInfo {
+            spec: Some((&m.spec).into()),
+            tensors: m.tensors.iter().map(Into::into).collect(),
+            parameters: m.parameters,
+            head_version: m.head_version,
+            lineage_epoch: m.lineage_epoch,
+            updates: m.updates,
+            uncommitted_updates: m.uncommitted_updates,
+            versions: m.versions,
+            created_unix_ms: m.created_unix_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::ModelInfo> for ModelInfo {
+    type Error = ConvertError;
+    fn try_from(m: pb::ModelInfo) -> Result<Self, ConvertError> {
+        let spec = m.spec.ok_or_else(|| bad("model info without a spec".into()))?.try_into()?;
+        Ok(ModelInfo {
+            spec,
+            tensors: m.tensors.into_iter().map(Into::into).collect(),
+            parameters: m.parameters,
+            head_version: m.head_version,
+            lineage_epoch: m.lineage_epoch,
+            updates: m.updates,
+            uncommitted_updates: m.uncommitted_updates,
+            versions: m.versions,
+            created_unix_ms: m.created_unix_ms,
+        })
+    }
+}
