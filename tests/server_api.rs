@@ -225,8 +225,11 @@ async fn commit_policy_and_retention_keep_tagged_versions() {
         let mut c = c.clone();
         async move { c.models.get_model_info(pb::ModelRef { name: "p".into() }).await.unwrap().into_inner() }
     };
+    // Wait for the last policy commit and its retention pass: a version is listed from the
+    // moment it is written, and the versions it displaces until retention has run.
     for _ in 0..100 {
-        if info(&mut c).await.uncommitted_updates < 5 {
+        let (vs, pending) = (versions(&mut c, "p").await, info(&mut c).await.uncommitted_updates);
+        if pending < 5 && vs.len() <= 4 && vs.last().unwrap().updates + pending == 40 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -437,6 +440,30 @@ async fn watch_streams_version_events_with_catch_up() {
     }
     use pb::VersionEventKind as K;
     assert_eq!(kinds, vec![(K::Created, 3), (K::RolledBack, 4), (K::Tagged, 4)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("w.safetensors");
+    safetensors::export(&mut c.typed, "w", Some(1), false, &f).await.unwrap();
+    safetensors::import(&mut c.typed, "w", &f).await.unwrap();
+    let ev = stream.message().await.unwrap().unwrap();
+    assert_eq!((pb::VersionEventKind::try_from(ev.kind).unwrap(), ev.version.unwrap().version), (K::Imported, 5));
+    // a replay tells each version by what made it, an import as an import
+    let req = pb::WatchRequest { model: "w".into(), after_version: Some(2) };
+    let mut replay = c.models.watch_versions(req).await.unwrap().into_inner();
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        let ev = replay.message().await.unwrap().unwrap();
+        let v = ev.version.unwrap();
+        replayed.push((pb::VersionEventKind::try_from(ev.kind).unwrap(), v.version, v.kind));
+    }
+    use pb::VersionKind as V;
+    assert_eq!(
+        replayed,
+        vec![
+            (K::Created, 3, V::Manual as i32),
+            (K::RolledBack, 4, V::Rollback as i32),
+            (K::Imported, 5, V::Import as i32)
+        ]
+    );
 }
 
 #[tokio::test]

@@ -284,20 +284,22 @@ def main():
     ap.add_argument("--accrete", default=os.path.join(HERE, "..", "..", "target", "release", "accrete"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--synthetic-rows", type=int, default=1_000_000)
-    ap.add_argument("--skip", default="", help="comma-separated systems to skip: river,sklearn")
+    ap.add_argument("--skip", default="", help="comma-separated systems to skip: vw, accrete, river, sklearn")
     ap.add_argument("--repeat", type=int, default=3, help="runs per system and scenario; the table shows the median wall time")
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="accrete-bench-")
     info = prepare(d, args.synthetic_rows)
     names = {"a": "(a) flights, random 80/20, one pass", "b": "(b) flights in time order, progressive", "c": f"(c) synthetic Zipf, {args.synthetic_rows:,} rows"}
-    systems = [("Vowpal Wabbit 9.11.9", lambda k: vw(d, k, info[k])), ("accrete 1 server + 2 workers", lambda k: accrete(args.accrete, d, k, info[k])),
-               ("river LogisticRegression", lambda k: peer("river", d, k, info[k])), ("scikit-learn SGDClassifier partial_fit", lambda k: peer("sklearn", d, k, info[k]))]
+    systems = [("vw", "Vowpal Wabbit 9.11.9", lambda k: vw(d, k, info[k])), ("accrete", "accrete 1 server + 2 workers", lambda k: accrete(args.accrete, d, k, info[k])),
+               ("river", "river LogisticRegression", lambda k: peer("river", d, k, info[k])), ("sklearn", "scikit-learn SGDClassifier partial_fit", lambda k: peer("sklearn", d, k, info[k]))]
     skip = set(s for s in args.skip.split(",") if s)
+    if skip - {key for key, _, _ in systems}:
+        ap.error(f"--skip {args.skip}: the systems are vw, accrete, river, sklearn")
     rows = []
     for k in "abc":
         base = None
-        for name, f in systems:
-            if any(s in name.lower() for s in skip):
+        for key, name, f in systems:
+            if key in skip:
                 continue
             runs = sorted((f(k) for _ in range(max(1, args.repeat))), key=lambda r: r[0])
             secs, rss, y, p = runs[len(runs) // 2]
