@@ -31,7 +31,7 @@ async fn the_python_example_trains_against_a_real_server() {
         "{python} example.py failed (it needs grpcio, grpcio-tools and numpy; .ci/run installs them):\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("learned w within"), "{stdout}");
-    assert!(stdout.contains("(manual: commit: python example)"), "{stdout}");
+    assert!(stdout.contains("head 7 (policy: policy)"), "the kind of a version: {stdout}");
     assert!(stdout.contains("a push of the older one is refused"), "{stdout}");
     assert!(stdout.contains("served predictions within"), "{stdout}");
     assert!(stdout.contains("watched VERSION_EVENT_KIND_ROLLED_BACK"), "{stdout}");

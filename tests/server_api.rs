@@ -609,6 +609,10 @@ async fn a_newer_incarnation_fences_the_older_one_across_restarts() {
         req.meta = Some(pb::PushMeta { worker_id: "w".into(), incarnation, seq, ..Default::default() });
         req
     };
+    let long = pb::JoinRequest { model: "inc".into(), worker_id: "x".repeat(300), shard: String::new() };
+    let e = c.params.join(long).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("1 to 256 bytes"), "{}", e.message());
     let first = join(&mut c).await;
     c.params.push(push(first, 1)).await.unwrap();
     let second = join(&mut c).await;

@@ -105,15 +105,57 @@ fn no_source_file_is_over_600_lines() {
             if f.file_name().is_some_and(|n| n == "tests.rs") || f.components().any(|c| c.as_os_str() == "tests") {
                 continue;
             }
-            let text = std::fs::read_to_string(&f).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            let n = code.matches('\n').count();
+            let n = code_lines(&std::fs::read_to_string(&f).unwrap());
             if n > MAX_LINES {
                 long.push(format!("{} ({n})", f.strip_prefix(root()).unwrap_or(&f).display()));
             }
         }
     }
     assert!(long.is_empty(), "source files over {MAX_LINES} lines (split them by concern): {long:?}");
+}
+
+/// Lines of a file before its inline test module (`#[cfg(test)]` then `mod tests {`); a
+/// `#[cfg(test)] mod tests;` pointing at another file does not end the count.
+fn code_lines(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let inline_tests = lines
+        .windows(2)
+        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].starts_with("mod ") && w[1].trim_end().ends_with('{'));
+    inline_tests.unwrap_or(lines.len())
+}
+
+/// Files that may read gRPC status codes: the two error mappings.
+const CODE_READERS: [&str; 2] = ["crates/accrete-client/src/error.rs", "crates/accrete-server/src/error.rs"];
+
+#[test]
+fn only_the_error_mappings_read_grpc_codes() {
+    let mut files = Vec::new();
+    rs_files(&root().join("crates"), &mut files);
+    let mut offenders = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(root()).unwrap_or(&f).display().to_string();
+        let text = std::fs::read_to_string(&f).unwrap();
+        // `Code::` as a word (not `StatusCode::`, `ExitCode::`), or `tonic::Code`
+        let reads = text.contains("tonic::Code")
+            || text
+                .match_indices("Code::")
+                .any(|(i, _)| text[..i].chars().next_back().is_none_or(|c| !(c.is_alphanumeric() || c == '_')));
+        if reads && !CODE_READERS.contains(&rel.as_str()) {
+            offenders.push(rel);
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "gRPC codes read outside {CODE_READERS:?}: {offenders:?}; match ClientError's variants"
+    );
+}
+
+#[test]
+fn the_line_count_stops_at_an_inline_test_module_only() {
+    let declared = "//! x\n#[cfg(test)]\nmod tests;\nfn a() {}\nfn b() {}\n";
+    assert_eq!(code_lines(declared), 5);
+    let inline = "//! x\nfn a() {}\n#[cfg(test)]\nmod tests {\n    fn t() {}\n}\n";
+    assert_eq!(code_lines(inline), 2);
 }
 
 #[test]

@@ -27,19 +27,12 @@ impl Client {
         version: Option<u64>,
         worker: Option<(&str, u64)>,
     ) -> Result<BatchParams> {
-        let (worker_id, clock) = worker.unwrap_or_default();
-        let req = PullRequest {
-            model: view.spec.name.clone(),
-            version,
-            slices: view.slices(keys),
-            ema: false,
-            worker_id: worker_id.to_string(),
-            clock,
-        };
-        Ok(view.batch_params(self.pull(&req).await?))
+        let req = accrete_proto::convert::batch_pull(view, keys, version, worker);
+        let pulled: Pulled = self.params.pull(req).await?.into_inner().try_into()?;
+        Ok(view.batch_params(pulled))
     }
 
-    pub async fn push(&mut self, push: &Push) -> Result<PushAck> {
+    pub async fn push(&mut self, push: &Push<'_>) -> Result<PushAck> {
         Ok(self.params.push(pb::PushRequest::from(push)).await?.into_inner().into())
     }
 
@@ -103,7 +96,7 @@ pub struct StreamEnded;
 
 impl PushStream {
     /// Queues a push (waits while [`STREAM_QUEUE`] are in flight).
-    pub async fn send(&self, push: &Push) -> Result<(), StreamEnded> {
+    pub async fn send(&self, push: &Push<'_>) -> Result<(), StreamEnded> {
         self.tx.send(pb::PushRequest::from(push)).await.map_err(|_| StreamEnded)
     }
 

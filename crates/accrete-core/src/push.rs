@@ -1,4 +1,4 @@
-//! What a push carries besides its gradients, and the gradients as a client builds them.
+//! What a push carries besides its gradients, and the gradients as a client hands them over.
 
 /// Who sent a push and how far it got. `incarnation` and `seq` identify the push: a worker
 /// gets a new incarnation each time it joins (a server refuses pushes of an older one),
@@ -19,22 +19,23 @@ pub struct PushMeta {
     pub loss_sum: f64,
 }
 
-/// One gradient of a push: a dense range from `offset` (no keys), or rows by key
+/// One gradient of a push, borrowed from the worker's buffers (the client encodes it
+/// straight into the request): a dense range from `offset` (no keys), or rows by key
 /// (`values` then holds the tensor's `cols` floats per key).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Gradient {
-    pub tensor: String,
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Gradient<'a> {
+    pub tensor: &'a str,
     pub offset: u64,
-    pub keys: Vec<u64>,
-    pub values: Vec<f32>,
+    pub keys: &'a [u32],
+    pub values: &'a [f32],
 }
 
 /// A push: the gradients of one batch, against a lineage epoch (0 = don't check).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Push {
-    pub model: String,
+pub struct Push<'a> {
+    pub model: &'a str,
     pub lineage_epoch: u64,
-    pub grads: Vec<Gradient>,
+    pub grads: Vec<Gradient<'a>>,
     pub meta: Option<PushMeta>,
 }
 

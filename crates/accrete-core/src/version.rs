@@ -37,9 +37,9 @@ impl VersionKind {
         matches!(self, VersionKind::Rollback | VersionKind::Import)
     }
 
-    /// The kind of a record written before versions had one, told by its reason (the only
-    /// place a reason is read).
-    fn of_legacy_reason(reason: &str) -> VersionKind {
+    /// The kind of a record written (or sent, by an older server) before versions had one,
+    /// told by its reason: the only place a reason is read.
+    pub fn of_legacy_reason(reason: &str) -> VersionKind {
         match reason {
             "create" => VersionKind::Created,
             "policy" => VersionKind::Policy,

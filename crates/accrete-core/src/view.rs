@@ -3,7 +3,7 @@
 //! batch's rows, the shared input statistics) and laid out for [`crate::kinds`].
 use crate::kinds::{Dims, Tensors};
 use crate::layout::layout;
-use crate::pull::{Pulled, Slice};
+use crate::pull::Pulled;
 use crate::spec::ModelSpec;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,22 +37,11 @@ impl ModelView {
         }
     }
 
-    /// What a batch whose distinct hashed rows are `keys` needs.
-    pub fn slices(&self, keys: &[u32]) -> Vec<Slice> {
-        let mut slices = Vec::with_capacity(self.tensors.len() + 1);
-        for (name, hashed) in &self.tensors {
-            match hashed {
-                false => slices.push(Slice::Whole(name.clone())),
-                true if !keys.is_empty() => {
-                    slices.push(Slice::Rows { tensor: name.clone(), keys: keys.iter().map(|k| *k as u64).collect() })
-                }
-                true => {}
-            }
-        }
-        if self.has_norm {
-            slices.push(Slice::Whole("norm".into()));
-        }
-        slices
+    /// What a batch needs, in order: each trained tensor, whole (dense) or by the batch's
+    /// rows (hashed: `true`), then the input statistics, whole.
+    pub fn batch_tensors(&self) -> impl Iterator<Item = (&str, bool)> {
+        let norm = self.has_norm.then_some(("norm", false));
+        self.tensors.iter().map(|(n, hashed)| (n.as_str(), *hashed)).chain(norm)
     }
 
     /// Lays pulled slices out by tensor name.
@@ -81,11 +70,13 @@ mod tests {
         spec.hash_bits = 4;
         let v = ModelView::of(&spec);
         assert!(v.has_norm);
-        let names: Vec<(&str, bool)> = v.tensors.iter().map(|(n, h)| (n.as_str(), *h)).collect();
-        assert!(names.contains(&("h", true)) && names.contains(&("w", false)), "{names:?}");
-        let s = v.slices(&[3, 1]);
-        assert!(s.contains(&Slice::Rows { tensor: "h".into(), keys: vec![3, 1] }));
-        assert_eq!(s.last(), Some(&Slice::Whole("norm".into())));
-        assert!(!v.slices(&[]).iter().any(|s| s.tensor() == "h"));
+        let wanted: Vec<(&str, bool)> = v.batch_tensors().collect();
+        assert!(wanted.contains(&("h", true)) && wanted.contains(&("w", false)), "{wanted:?}");
+        assert_eq!(wanted.last(), Some(&("norm", false)));
+        let p = v.batch_params(Pulled {
+            tensors: vec![("h".into(), vec![1.0]), ("norm".into(), vec![2.0; 6])],
+            ..Default::default()
+        });
+        assert_eq!((p.tensors.h, p.norm.len()), (vec![1.0], 6));
     }
 }

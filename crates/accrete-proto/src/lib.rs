@@ -80,10 +80,3 @@ pub fn keys_to_bytes(keys: &[u64]) -> bytes::Bytes {
     put_keys(&mut out, keys.iter().copied());
     out.into()
 }
-
-/// Decodes fixed-width little-endian u64 keys. `None` when the length is not a multiple
-/// of eight.
-pub fn bytes_to_keys(bytes: &[u8]) -> Option<Vec<u64>> {
-    let keys = accrete_core::optim::LeKeys(bytes);
-    keys.whole().then(|| keys.iter().collect())
-}

@@ -39,6 +39,14 @@ pub struct RowSum {
 }
 
 impl Round {
+    /// Drops the summed gradients, keeping who contributed (a rollback or an import
+    /// replaced the content they were computed against).
+    pub fn clear_sums(&mut self) {
+        self.dense.clear();
+        self.rows.clear();
+        self.stats.clear();
+    }
+
     pub fn add_dense(&mut self, t: usize, len: usize, offset: usize, g: impl Iterator<Item = f32>) {
         let d = self.dense.entry(t).or_insert_with(|| DenseSum { values: vec![0.0; len], lo: usize::MAX, hi: 0 });
         let mut end = offset;

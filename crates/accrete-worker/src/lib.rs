@@ -142,22 +142,29 @@ impl Identity {
 }
 
 /// The push of one trained batch: the touched rows of hashed tables, the whole gradient of
-/// dense tensors, and the batch's input statistics. The gradient buffers are moved into
-/// the push (the next batch's training grows new ones).
-fn batch_push(view: &ModelView, epoch: u64, batch: &Batch, grads: &mut Tensors, stats: &[f32], meta: PushMeta) -> Push {
+/// dense tensors, and the batch's input statistics, borrowed from the worker's buffers
+/// (the client encodes them straight into the request; the buffers are reused).
+fn batch_push<'a>(
+    view: &'a ModelView,
+    epoch: u64,
+    batch: &'a Batch,
+    grads: &'a Tensors,
+    stats: &'a [f32],
+    meta: PushMeta,
+) -> Push<'a> {
     let mut out = Vec::with_capacity(view.tensors.len() + 1);
     for (name, hashed) in &view.tensors {
-        let Some(g) = grads.get_mut(name) else { continue };
-        if g.is_empty() {
+        let values = grads.get(name);
+        if values.is_empty() {
             continue;
         }
-        let keys = if *hashed { batch.uniq.iter().map(|k| *k as u64).collect() } else { vec![] };
-        out.push(Gradient { tensor: name.clone(), offset: 0, keys, values: std::mem::take(g) });
+        let keys: &[u32] = if *hashed { &batch.uniq } else { &[] };
+        out.push(Gradient { tensor: name, offset: 0, keys, values });
     }
     if view.has_norm {
-        out.push(Gradient { tensor: "norm".into(), values: stats.to_vec(), ..Default::default() });
+        out.push(Gradient { tensor: "norm", values: stats, ..Default::default() });
     }
-    Push { model: view.spec.name.clone(), lineage_epoch: epoch, grads: out, meta: Some(meta) }
+    Push { model: &view.spec.name, lineage_epoch: epoch, grads: out, meta: Some(meta) }
 }
 
 /// Standardises a batch's dense inputs with the shared statistics merged with the batch's
@@ -242,7 +249,7 @@ pub async fn run(
             let loss = kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, batch.uniq.len(), &mut grads);
             clock += 1;
             let meta = me.next_meta(offset, clock, n as u64, loss);
-            let push = batch_push(&view, p.lineage_epoch, &batch, &mut grads, &stats, meta);
+            let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
             if pusher.send(&mut client, &push).await? == Sent::Rejoin {
                 // The BSP rounds went on without this worker (its lease expired): join
                 // again, with a new incarnation, and take the barrier's clock; the refused

@@ -24,7 +24,7 @@ impl Pusher {
         Ok(Pusher { stream: client.push_stream().await? })
     }
 
-    pub(crate) async fn send(&mut self, client: &mut Client, push: &Push) -> Result<Sent, WorkerError> {
+    pub(crate) async fn send(&mut self, client: &mut Client, push: &Push<'_>) -> Result<Sent, WorkerError> {
         if self.stream.send(push).await.is_ok() {
             return Ok(Sent::Sent);
         }

@@ -239,31 +239,30 @@ fn spec(a: &CreateArgs) -> Result<ModelSpec> {
 }
 
 pub async fn run(a: ModelArgs) -> Result<()> {
-    let conn = a.conn;
+    let (server, json) = (a.conn.server.as_str(), a.conn.json);
     match a.cmd {
-        ModelCmd::Predict(p) => return crate::worker_cmd::predict(p, &conn.server).await,
-        ModelCmd::Plot(p) => return crate::eval_cmd::plot(p, &conn.server).await,
-        _ => {}
-    }
-    let mut c = Client::connect(&conn.server).await?;
-    let c = &mut c;
-    let json = conn.json;
-    match a.cmd {
-        ModelCmd::Predict(_) | ModelCmd::Plot(_) => Ok(()),
-        ModelCmd::Create(args) => create(c, &args, json).await,
-        ModelCmd::List => list(c, json).await,
-        ModelCmd::Show { name } => show(c, &name, json).await,
-        ModelCmd::Delete { name } => delete(c, &name, json).await,
-        ModelCmd::Commit { name, reason } => commit(c, &name, &reason, json).await,
-        ModelCmd::Versions { name } => versions(c, &name, json).await,
-        ModelCmd::Tag { name, version, label } => tag(c, &name, version, &label, json).await,
-        ModelCmd::Rollback { name, to, reason } => rollback(c, &name, to, &reason, json).await,
-        ModelCmd::Export { name, version, out, optimizer_state } => {
-            export(c, &name, version, &out, optimizer_state, json).await
+        ModelCmd::Predict(p) => crate::worker_cmd::predict(p, server).await,
+        ModelCmd::Plot(p) => crate::eval_cmd::plot(p, server).await,
+        ModelCmd::Create(args) => create(&mut connect(server).await?, &args, json).await,
+        ModelCmd::List => list(&mut connect(server).await?, json).await,
+        ModelCmd::Show { name } => show(&mut connect(server).await?, &name, json).await,
+        ModelCmd::Delete { name } => delete(&mut connect(server).await?, &name, json).await,
+        ModelCmd::Commit { name, reason } => commit(&mut connect(server).await?, &name, &reason, json).await,
+        ModelCmd::Versions { name } => versions(&mut connect(server).await?, &name, json).await,
+        ModelCmd::Tag { name, version, label } => tag(&mut connect(server).await?, &name, version, &label, json).await,
+        ModelCmd::Rollback { name, to, reason } => {
+            rollback(&mut connect(server).await?, &name, to, &reason, json).await
         }
-        ModelCmd::Import { name, from } => import(c, &name, &from, json).await,
-        ModelCmd::Watch { name, after } => watch(c, name.as_deref(), after, json).await,
+        ModelCmd::Export { name, version, out, optimizer_state } => {
+            export(&mut connect(server).await?, &name, version, &out, optimizer_state, json).await
+        }
+        ModelCmd::Import { name, from } => import(&mut connect(server).await?, &name, &from, json).await,
+        ModelCmd::Watch { name, after } => watch(&mut connect(server).await?, name.as_deref(), after, json).await,
     }
+}
+
+async fn connect(server: &str) -> Result<Client> {
+    Ok(Client::connect(server).await?)
 }
 
 async fn create(c: &mut Client, a: &CreateArgs, json: bool) -> Result<()> {

@@ -8,6 +8,7 @@
 //! summarise.
 use crate::eval_cmd;
 use accrete_client::Client;
+use accrete_core::scoring;
 use accrete_core::VersionRecord;
 use accrete_core::{CommitPolicy, EventKind, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, VersionKind};
 use accrete_ingest::{ColumnSpec, OnBadRow};
@@ -221,11 +222,8 @@ async fn replay_months(
 
 /// The best scored version by AUC.
 fn best_by_auc(versions: &[VersionRecord]) -> Option<VersionRecord> {
-    versions
-        .iter()
-        .filter(|v| v.metrics.contains_key("auc"))
-        .max_by(|a, b| a.metrics["auc"].total_cmp(&b.metrics["auc"]))
-        .cloned()
+    let (best, _) = scoring::best_by("auc", versions.iter().map(|v| (v.version, &v.metrics)))?;
+    versions.iter().find(|v| v.version == best).cloned()
 }
 
 /// Rolls back to the best version, as an operator would after a bad stretch.

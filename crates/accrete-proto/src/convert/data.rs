@@ -4,6 +4,7 @@ use crate::v1 as pb;
 use accrete_core::features::Batch;
 use accrete_core::pull::{Joined, Predictions, PullRequest, Pulled, Slice};
 use accrete_core::push::{Gradient, Push, PushAck, PushMeta};
+use accrete_core::view::ModelView;
 
 impl From<&PushMeta> for pb::PushMeta {
     fn from(m: &PushMeta) -> Self {
@@ -35,22 +36,23 @@ impl From<pb::PushMeta> for PushMeta {
     }
 }
 
-impl From<&Gradient> for pb::TensorChunk {
-    fn from(g: &Gradient) -> Self {
+/// Keys and values encoded straight from the caller's buffers.
+impl From<&Gradient<'_>> for pb::TensorChunk {
+    fn from(g: &Gradient<'_>) -> Self {
         pb::TensorChunk {
-            tensor: g.tensor.clone(),
+            tensor: g.tensor.to_string(),
             offset: g.offset,
-            keys: crate::keys_to_bytes(&g.keys),
-            values: crate::f32s_to_bytes(&g.values),
+            keys: u32_keys_to_bytes(g.keys),
+            values: crate::f32s_to_bytes(g.values),
             ..Default::default()
         }
     }
 }
 
-impl From<&Push> for pb::PushRequest {
-    fn from(p: &Push) -> Self {
+impl From<&Push<'_>> for pb::PushRequest {
+    fn from(p: &Push<'_>) -> Self {
         pb::PushRequest {
-            model: p.model.clone(),
+            model: p.model.to_string(),
             lineage_epoch: p.lineage_epoch,
             grads: p.grads.iter().map(Into::into).collect(),
             meta: p.meta.as_ref().map(Into::into),
@@ -83,6 +85,44 @@ impl From<&Slice> for pb::PullSlice {
                 pb::PullSlice { tensor: tensor.clone(), keys: crate::keys_to_bytes(keys), ..Default::default() }
             }
         }
+    }
+}
+
+/// Row keys of a batch (u32 hashed rows) as the wire's little-endian u64 bytes.
+fn u32_keys_to_bytes(keys: &[u32]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(keys.len() * 8);
+    crate::put_keys(&mut out, keys.iter().map(|k| *k as u64));
+    out.into()
+}
+
+/// The pull of a batch's parameters ([`ModelView::batch_tensors`]): dense tensors whole,
+/// hashed tables at the batch's distinct rows `keys` (none when it has no hashed rows),
+/// of the live model (`version: None`) or a version. A joined worker names itself and its
+/// clock, so SSP/BSP can hold the pull at the barrier.
+pub fn batch_pull(
+    view: &ModelView,
+    keys: &[u32],
+    version: Option<u64>,
+    worker: Option<(&str, u64)>,
+) -> pb::PullRequest {
+    let encoded = u32_keys_to_bytes(keys);
+    let slices = view
+        .batch_tensors()
+        .filter(|(_, hashed)| !hashed || !keys.is_empty())
+        .map(|(tensor, hashed)| pb::PullSlice {
+            tensor: tensor.to_string(),
+            keys: if hashed { encoded.clone() } else { Default::default() },
+            ..Default::default()
+        })
+        .collect();
+    let (worker_id, clock) = worker.unwrap_or_default();
+    pb::PullRequest {
+        model: view.spec.name.clone(),
+        version,
+        slices,
+        ema: false,
+        worker_id: worker_id.to_string(),
+        clock,
     }
 }
 
@@ -140,6 +180,12 @@ impl From<&Joined> for pb::JoinResponse {
             live_workers: j.live_workers,
             incarnation: j.incarnation,
         }
+    }
+}
+
+impl From<&Predictions> for pb::PredictResponse {
+    fn from(p: &Predictions) -> Self {
+        pb::PredictResponse { version: p.version, outputs: p.outputs, values: crate::f32s_to_bytes(&p.values) }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `version.rs`: versions, worker progress and version events;
 //! - `data.rs`: pushes, pulls, joins, predictions and feature rows.
 mod data;
+pub use data::batch_pull;
 mod model;
 #[cfg(test)]
 mod tests;
@@ -104,14 +105,15 @@ impl From<VersionKind> for pb::VersionKind {
     }
 }
 
-/// A version kind from its wire value (a server that predates kinds sends none: manual).
-pub fn version_kind(v: i32) -> VersionKind {
+/// A version kind from its wire value; `None` when unspecified (an older server's).
+pub fn version_kind(v: i32) -> Option<VersionKind> {
     match pb::VersionKind::try_from(v) {
-        Ok(pb::VersionKind::Created) => VersionKind::Created,
-        Ok(pb::VersionKind::Policy) => VersionKind::Policy,
-        Ok(pb::VersionKind::Rollback) => VersionKind::Rollback,
-        Ok(pb::VersionKind::Import) => VersionKind::Import,
-        _ => VersionKind::Manual,
+        Ok(pb::VersionKind::Created) => Some(VersionKind::Created),
+        Ok(pb::VersionKind::Policy) => Some(VersionKind::Policy),
+        Ok(pb::VersionKind::Manual) => Some(VersionKind::Manual),
+        Ok(pb::VersionKind::Rollback) => Some(VersionKind::Rollback),
+        Ok(pb::VersionKind::Import) => Some(VersionKind::Import),
+        _ => None,
     }
 }
 

@@ -35,11 +35,12 @@ fn versions_keep_their_kind_and_progress() {
 
 #[test]
 fn keys_travel_as_fixed_width_bytes() {
-    let g = Gradient { tensor: "h".into(), keys: vec![1, 1 << 40, 7], values: vec![0.5; 3], ..Default::default() };
+    let g = Gradient { tensor: "h", keys: &[1, u32::MAX, 7], values: &[0.5; 3], ..Default::default() };
     let c = pb::TensorChunk::from(&g);
     assert_eq!(c.keys.len(), 24);
-    assert_eq!(crate::bytes_to_keys(&c.keys), Some(g.keys.clone()));
-    assert_eq!(crate::bytes_to_keys(&c.keys[1..]), None);
+    let keys = accrete_core::optim::LeKeys(&c.keys);
+    assert_eq!(keys.iter().collect::<Vec<_>>(), vec![1, u32::MAX as u64, 7]);
+    assert!(!accrete_core::optim::LeKeys(&c.keys[1..]).whole());
 }
 
 #[test]
@@ -55,4 +56,29 @@ fn feature_rows_are_checked_for_structure() {
     assert_eq!((back.dense, back.idx, back.row_ptr), (b.dense, b.idx, b.row_ptr));
     let broken = pb::FeatureRows { row_ptr: vec![0, 2], ..wire };
     assert!(Batch::try_from(&broken).is_err());
+}
+
+#[test]
+fn a_batch_pulls_its_hashed_rows_and_its_dense_tensors_whole() {
+    let mut spec = ModelSpec::new("m", ModelKind::Logistic);
+    spec.features = 2;
+    spec.hash_bits = 4;
+    let view = accrete_core::view::ModelView::of(&spec);
+    let req = super::batch_pull(&view, &[3, 1], Some(7), Some(("w", 2)));
+    assert_eq!((req.model.as_str(), req.version, req.worker_id.as_str(), req.clock), ("m", Some(7), "w", 2));
+    let h = req.slices.iter().find(|s| s.tensor == "h").unwrap();
+    assert_eq!(accrete_core::optim::LeKeys(&h.keys).iter().collect::<Vec<_>>(), vec![3, 1]);
+    assert!(req.slices.iter().filter(|s| s.tensor != "h").all(|s| s.keys.is_empty()));
+    assert_eq!(req.slices.last().unwrap().tensor, "norm");
+    let no_rows = super::batch_pull(&view, &[], None, None);
+    assert!(!no_rows.slices.iter().any(|s| s.tensor == "h"), "no hashed rows, no slice of the table");
+}
+
+#[test]
+fn a_version_from_a_server_without_kinds_is_told_by_its_reason() {
+    let old = pb::VersionInfo { version: 4, reason: "rollback to 2: quality gate".into(), ..Default::default() };
+    assert_eq!(VersionRecord::from(old).kind, VersionKind::Rollback);
+    let manual =
+        pb::VersionInfo { kind: pb::VersionKind::Manual as i32, reason: "rollback drill".into(), ..Default::default() };
+    assert_eq!(VersionRecord::from(manual).kind, VersionKind::Manual, "a sent kind wins");
 }

@@ -1,7 +1,7 @@
 //! Versions, worker progress and version events, both ways.
 use super::{bad, version_kind, ConvertError, EventKindOf};
 use crate::v1 as pb;
-use accrete_core::{VersionEvent, VersionRecord, WorkerProgress};
+use accrete_core::{VersionEvent, VersionKind, VersionRecord, WorkerProgress};
 
 impl From<&WorkerProgress> for pb::WorkerProgress {
     fn from(w: &WorkerProgress) -> Self {
@@ -58,12 +58,13 @@ impl From<(&str, &VersionRecord)> for pb::VersionInfo {
 }
 
 /// The record of a version (its model's name is the caller's; the optimizer's step count
-/// does not travel and reads 0).
+/// does not travel and reads 0). The reason is read only for a version without a kind.
 impl From<pb::VersionInfo> for VersionRecord {
     fn from(v: pb::VersionInfo) -> Self {
         VersionRecord {
             version: v.version,
-            kind: version_kind(v.kind),
+            // an older server sends no kind: its reason tells
+            kind: version_kind(v.kind).unwrap_or_else(|| VersionKind::of_legacy_reason(&v.reason)),
             parent: v.parent,
             created_unix_ms: v.created_unix_ms,
             updates: v.updates,

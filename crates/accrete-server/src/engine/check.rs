@@ -8,7 +8,7 @@ use accrete_core::params::{check_dense, check_rows};
 use accrete_core::push::PushMeta;
 use accrete_core::{CommitPolicy, ConsistencyMode, ModelSpec};
 
-const MAX_NAME_BYTES: usize = 256;
+pub(super) const MAX_NAME_BYTES: usize = 256;
 const MAX_SHARD_BYTES: usize = 4096;
 const MAX_ROWS_PER_PUSH: u64 = 1 << 40;
 
@@ -89,6 +89,15 @@ impl Shape {
                 self.name,
                 g.tensor,
                 g.values.len()
+            );
+            return Err(ServiceError::Invalid(message));
+        }
+        if !g.keys.whole() {
+            let message = format!(
+                "model {:?}: tensor {:?}: keys have {} bytes, not a multiple of 8 (little-endian u64)",
+                self.name,
+                g.tensor,
+                g.keys.0.len()
             );
             return Err(ServiceError::Invalid(message));
         }

@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// Workers whose progress a model records (every version carries them).
 const MAX_WORKERS: usize = 4096;
+/// The longest worker id (pushes are held to the same bound, in `check.rs`).
+const MAX_NAME_BYTES: usize = check::MAX_NAME_BYTES;
 /// BSP rounds a push may be ahead of the last applied one.
 const MAX_ROUNDS_AHEAD: u64 = 16;
 /// Policy snapshots allowed to wait for the writer; beyond that, commits coalesce.
@@ -232,11 +234,13 @@ impl Engine {
     /// BSP: adds a checked push to the round of its clock, then applies complete rounds.
     fn push_to_round(&mut self, push: &Checked<'_>, epoch: u64, now: Instant) -> Result<Pushed> {
         let meta = push.meta();
+        // A stale process is told so before anything else: told to join again, it would
+        // take a newer incarnation and fence the live one.
+        self.check_incarnation(meta)?;
         if !self.sync.is_member(&meta.worker_id) {
             // Its round has gone on without it: it must join again and take the current clock.
             return Err(ServiceError::NotInBarrier { model: self.name(), worker: meta.worker_id.clone() });
         }
-        self.check_incarnation(meta)?;
         self.check_room(meta)?;
         let stale = self.check_epoch(epoch).err();
         self.check_round(meta)?;
@@ -327,10 +331,29 @@ impl Engine {
         pushed
     }
 
+    /// May `worker` join? Its id must fit in the records, and a new id needs room: the
+    /// model keeps every id's incarnation and progress. Asked before the store hands out
+    /// an incarnation, so a refused join writes nothing.
+    pub fn check_join(&self, worker: &str) -> Result<()> {
+        let bad = |m: String| ServiceError::Invalid(format!("model {:?}: join of worker {worker:?}: {m}", self.name()));
+        if worker.is_empty() || worker.len() > MAX_NAME_BYTES {
+            return Err(bad(format!("a worker id has 1 to {MAX_NAME_BYTES} bytes, this one {}", worker.len())));
+        }
+        let known = self.incarnations.contains_key(worker) || self.workers.contains_key(worker);
+        if !known && self.incarnations.len().max(self.workers.len()) >= MAX_WORKERS {
+            return Err(bad(format!(
+                "the model already knows {MAX_WORKERS} worker ids; reuse worker ids (e.g. the shard's name)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Joins a worker with its new `incarnation` (pushes of older ones are refused from
     /// now on); under BSP it takes the barrier's clock.
     pub fn join(&mut self, worker: &str, incarnation: u64, now: Instant) -> Joined {
-        self.incarnations.insert(worker.to_string(), incarnation);
+        // Two joins of one id may reach here in either order: the newer incarnation wins.
+        let current = self.incarnations.entry(worker.to_string()).or_insert(0);
+        *current = (*current).max(incarnation);
         let progress = self.workers.get(worker).cloned();
         let known = progress.as_ref().map_or(0, |p| p.clock);
         let clock = if self.sync.mode == ConsistencyMode::Bsp { self.sync.applied } else { known };
@@ -450,12 +473,19 @@ impl Engine {
     }
 
     /// A snapshot whose write failed: the live values of its chunks, and its updates, go
-    /// into the next commit instead.
+    /// into the next commit instead. So do those of the snapshots waiting behind it: each
+    /// holds only the chunks changed since the one before, so written without it they
+    /// would miss its changes.
     pub fn unwritten(&mut self, chunks: &ChunkBatch, since_parent: u64) {
-        for (t, c, _) in &chunks.chunks {
-            self.params.mark_dirty(*t as usize, *c as usize);
+        let waiting = std::mem::take(&mut self.pending);
+        for (chunks, since_parent) in
+            std::iter::once((chunks, since_parent)).chain(waiting.iter().map(|s| (&s.chunks, s.since_parent)))
+        {
+            for (t, c, _) in &chunks.chunks {
+                self.params.mark_dirty(*t as usize, *c as usize);
+            }
+            self.since_commit += since_parent;
         }
-        self.since_commit += since_parent;
     }
 
     /// A snapshot was written as version `v`: the live state descends from it.
@@ -465,7 +495,15 @@ impl Engine {
 
     /// Replaces the live parameters with a version's content (rollback, import): version
     /// `head` of lineage `epoch`, at `now`.
+    ///
+    /// What the old lineage still held is abandoned with it, as its applied rows are:
+    /// update-count snapshots taken while the rollback or import was loading (they would
+    /// become versions of the old content after the new head), and the gradients summed in
+    /// open BSP rounds (they would be applied to the new content). The rounds keep who
+    /// contributed, so the barrier's clocks go on.
     pub fn install(&mut self, mut params: Params, epoch: u64, head: u64, now: Instant) {
+        self.pending.clear();
+        self.sync.rounds.values_mut().for_each(|r| r.clear_sums());
         params.clear_dirty();
         self.params = params;
         self.epoch = epoch;

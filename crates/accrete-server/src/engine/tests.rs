@@ -293,3 +293,73 @@ fn a_joining_worker_gets_its_recorded_progress_and_the_bsp_clock() {
     push(&mut b, 1, &meta("x", 1, 1), 1.0, t0).unwrap();
     assert_eq!(b.join("y", 1, t0).clock, 1, "a BSP joiner takes the applied round");
 }
+
+#[test]
+fn a_rollback_abandons_what_the_old_lineage_still_held() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    push(&mut e, 1, &meta("w", 0, 1), 1.0, t0).unwrap();
+    assert!(e.commit_due(t0), "an update-count snapshot waits");
+    let restored = Params::zeros(&spec(ConsistencyMode::Asp, 0, policy));
+    e.install(restored, 2, 3, t0);
+    assert!(e.next_pending().is_none(), "the old lineage's snapshot is not written after the new head");
+    assert!(!e.commit_due(t0));
+    assert_eq!(bias(&e), 0.0);
+}
+
+#[test]
+fn an_open_bsp_round_is_not_applied_to_installed_content() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap();
+    let restored = Params::zeros(&spec(ConsistencyMode::Bsp, 0, CommitPolicy::default()));
+    e.install(restored, 2, 3, t0);
+    // b's push of the same clock completes the round: only b's gradient is applied
+    push(&mut e, 2, &meta("b", 1, 1), 2.0, t0).unwrap();
+    assert_eq!(bias(&e), -2.0 * LR, "a's gradient, computed on the old content, is dropped");
+    assert_eq!(e.status().updates, 1, "the round still completes");
+}
+
+#[test]
+fn a_failed_write_folds_the_snapshots_behind_it_into_the_next_commit() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    let hashed = |e: &mut Engine, key: u64| {
+        let (values, key) = (1.0f32.to_le_bytes(), key.to_le_bytes());
+        let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
+        let (shape, m) = (e.shape.clone(), meta("w", 0, 1));
+        let checked = shape.check(&grads, &m).unwrap();
+        e.push(&checked, 1, t0).unwrap();
+    };
+    hashed(&mut e, 3);
+    hashed(&mut e, 9);
+    let first = e.next_pending().unwrap();
+    e.unwritten(&first.chunks, first.since_parent);
+    assert!(e.next_pending().is_none(), "the second snapshot lacks the first's changes: folded back");
+    let snap = e.snapshot(VersionKind::Manual, "retry", t0).expect("both updates wait");
+    assert_eq!(snap.since_parent, 2);
+    let h = e.params.tensor_index("h").unwrap() as u32;
+    assert!(snap.chunks.chunks.iter().any(|(t, c, _)| *t == h && *c == 0), "the changed chunk is written");
+}
+
+#[test]
+fn joins_are_checked_and_the_newest_incarnation_wins() {
+    let t0 = Instant::now();
+    let mut e = asp();
+    e.join("w", 6, t0);
+    e.join("w", 5, t0); // a slower join of the same id, with the older incarnation
+    let refused = push(&mut e, 1, &meta("w", 5, 1), 1.0, t0).unwrap_err();
+    assert!(matches!(refused, ServiceError::StaleIncarnation { current: 6, .. }), "{refused}");
+    assert!(e.check_join(&"x".repeat(300)).unwrap_err().to_string().contains("1 to 256 bytes"));
+    assert!(e.check_join("").is_err());
+    for i in 0..MAX_WORKERS {
+        e.join(&format!("w{i}"), 1, t0);
+    }
+    let full = e.check_join("one-more").unwrap_err().to_string();
+    assert!(full.contains("4096 worker ids"), "{full}");
+    e.check_join("w7").expect("a known id may join again");
+}

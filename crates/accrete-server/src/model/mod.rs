@@ -208,6 +208,7 @@ impl ModelHandle {
     /// Joins a worker to the barrier with a new incarnation (durable before this returns;
     /// pushes of older ones are refused from now on). Blocking (a store write).
     pub fn join(&self, worker: &str) -> Result<Joined> {
+        lock(&self.engine).check_join(worker)?;
         let incarnation = self.store.bump_incarnation(self.record.id, worker)?;
         let joined = lock(&self.engine).join(worker, incarnation, Instant::now());
         self.barrier.notify_waiters();

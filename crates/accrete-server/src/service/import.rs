@@ -59,7 +59,8 @@ impl ImportFiller {
         }
         let ts = &mut self.params.tensors[t];
         let len = ts.w.len() as u64;
-        if !c.keys.is_empty() || c.offset != next || next + values.len() as u64 > len {
+        // an import is dense: chunks with keys (either form) are refused
+        if !c.keys.is_empty() || !c.varint_keys.is_empty() || c.offset != next || next + values.len() as u64 > len {
             let msg = format!(
                 "chunk at offset {} with {} floats does not continue at {next} within {len} floats",
                 c.offset,

@@ -48,6 +48,12 @@ fn rpc_span(method: &'static str, model: &str) -> tracing::Span {
     tracing::info_span!("rpc", method, model = %model)
 }
 
+/// [`rpc_span`] for the data plane's calls (pull, push, heartbeat, predict), made many
+/// times a second: at debug level, so the default log level does not pay for them.
+fn data_span(method: &'static str, model: &str) -> tracing::Span {
+    tracing::debug_span!("rpc", method, model = %model)
+}
+
 impl Service {
     pub fn new(reg: Arc<Registry>, limit: usize) -> Self {
         Service { reg, limit, heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)) }

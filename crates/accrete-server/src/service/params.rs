@@ -1,12 +1,13 @@
 //! The `Parameters` service: pull (held at the SSP/BSP barrier), push and streaming push,
 //! join/heartbeat/leave, predict. A push is decoded here into [`Grad`]s that borrow the
 //! request's bytes and a [`PushMeta`], handed to [`ModelHandle::push`], and its ack encoded.
-use super::{blocking, check_keys, pull, rpc_span, BoxStream, Reply, Service};
+use super::{blocking, check_keys, data_span, pull, rpc_span, BoxStream, Reply, Service};
 use crate::engine::{Content, Grad};
 use crate::error::{Result, ServiceError};
 #[cfg(doc)]
 use crate::model::ModelHandle;
 use accrete_core::optim::LeKeys;
+use accrete_core::pull::Predictions;
 use accrete_core::push::PushMeta;
 use accrete_core::{Params, VersionRecord};
 use accrete_proto::v1 as pb;
@@ -52,7 +53,7 @@ fn content_of<'a>(rec: &VersionRecord, params: &'a Params) -> Content<'a> {
 impl Parameters for Service {
     async fn pull(&self, req: Request<pb::PullRequest>) -> Reply<pb::PullResponse> {
         let req = req.into_inner();
-        let span = rpc_span("pull", &req.model);
+        let span = data_span("pull", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
             let resp = match req.version {
@@ -99,7 +100,7 @@ impl Parameters for Service {
 
     async fn heartbeat(&self, req: Request<pb::WorkerRef>) -> Reply<pb::HeartbeatResponse> {
         let req = req.into_inner();
-        let span = rpc_span("heartbeat", &req.model);
+        let span = data_span("heartbeat", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
             let m = h.heartbeat(&req.worker_id);
@@ -128,7 +129,7 @@ impl Parameters for Service {
 
     async fn predict(&self, req: Request<pb::PredictRequest>) -> Reply<pb::PredictResponse> {
         let req = req.into_inner();
-        let span = rpc_span("predict", &req.model);
+        let span = data_span("predict", &req.model);
         async move {
             self.check_size(|| format!("predict request for model {:?}", req.model), req.encoded_len())?;
             let h = self.reg.get(&req.model)?;
@@ -141,8 +142,7 @@ impl Parameters for Service {
                     (rec.version, score(&params)?)
                 }
             };
-            let values = accrete_proto::f32s_to_bytes(&values);
-            Ok(Response::new(pb::PredictResponse { version, outputs, values }))
+            Ok(Response::new((&Predictions { version, outputs, values }).into()))
         }
         .instrument(span)
         .await
@@ -150,14 +150,14 @@ impl Parameters for Service {
 
     async fn push(&self, req: Request<pb::PushRequest>) -> Reply<pb::PushAck> {
         let req = req.into_inner();
-        let span = rpc_span("push", &req.model);
+        let span = data_span("push", &req.model);
         span.in_scope(|| Ok(Response::new(self.push_one(req)?)))
     }
 
     type PushStreamStream = BoxStream<pb::PushAck>;
 
     async fn push_stream(&self, req: Request<Streaming<pb::PushRequest>>) -> Reply<Self::PushStreamStream> {
-        let span = rpc_span("push_stream", "");
+        let span = data_span("push_stream", "");
         Ok(Response::new(Box::pin(PushAcks {
             input: req.into_inner(),
             svc: self.clone(),
