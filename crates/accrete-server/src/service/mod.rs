@@ -77,10 +77,19 @@ impl Service {
     /// Loads a retained version's exact parameters on a blocking thread, under a
     /// [`Service::heavy`] permit.
     async fn load_version(&self, h: &Arc<ModelHandle>, v: u64) -> Result<(VersionRecord, accrete_core::Params)> {
-        let h = h.clone();
         let _permit = self.heavy().await?;
-        blocking(move || h.load_version(v)).await
+        on_model(h, move |h| h.load_version(v)).await
     }
+}
+
+/// Runs blocking store work `f` on the model `h` (a clone of the handle goes to the
+/// blocking thread).
+async fn on_model<T: Send + 'static>(
+    h: &Arc<ModelHandle>,
+    f: impl FnOnce(&ModelHandle) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let h = h.clone();
+    blocking(move || f(&h)).await
 }
 
 /// A model as the wire describes it. Blocking (counts the versions in the store).

@@ -1,7 +1,7 @@
 //! The `Models` service: create, list, describe and delete models; commit, list, tag and
 //! score versions; roll back; export and import; watch version events.
 use super::import::ImportFiller;
-use super::{blocking, export, info_of, rpc_span, version_info, watch, BoxStream, Reply, Service};
+use super::{blocking, export, info_of, on_model, rpc_span, version_info, watch, BoxStream, Reply, Service};
 use crate::error::ServiceError;
 use accrete_core::{ModelSpec, VersionKind};
 use accrete_proto::v1 as pb;
@@ -73,10 +73,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let reason = if req.reason.is_empty() { "commit".to_string() } else { format!("commit: {}", req.reason) };
-            let (rec, created) = {
-                let h = h.clone();
-                blocking(move || h.commit(VersionKind::Manual, &reason)).await?
-            };
+            let (rec, created) = on_model(&h, move |h| h.commit(VersionKind::Manual, &reason)).await?;
             Ok(Response::new(pb::CommitResponse { version: Some(version_info(&h, &rec)), created }))
         }
         .instrument(span)
@@ -100,10 +97,7 @@ impl Models for Service {
         let span = rpc_span("tag", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
-            let rec = {
-                let h = h.clone();
-                blocking(move || h.tag(req.version, &req.label)).await?
-            };
+            let rec = on_model(&h, move |h| h.tag(req.version, &req.label)).await?;
             Ok(Response::new(version_info(&h, &rec)))
         }
         .instrument(span)
@@ -116,10 +110,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let (to, reason) = (req.to_version, req.reason);
-            let rec = {
-                let h = h.clone();
-                blocking(move || h.rollback(to, &reason)).await?
-            };
+            let rec = on_model(&h, move |h| h.rollback(to, &reason)).await?;
             tracing::info!(model = %h.name(), version = rec.version, to, epoch = rec.lineage_epoch, "rolled back");
             Ok(Response::new(version_info(&h, &rec)))
         }
@@ -133,10 +124,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let metrics: BTreeMap<String, f64> = req.metrics.into_iter().collect();
-            let rec = {
-                let h = h.clone();
-                blocking(move || h.report_metrics(req.version, &metrics)).await?
-            };
+            let rec = on_model(&h, move |h| h.report_metrics(req.version, &metrics)).await?;
             Ok(Response::new(version_info(&h, &rec)))
         }
         .instrument(span)
@@ -152,10 +140,7 @@ impl Models for Service {
             let h = self.reg.get(&req.model)?;
             let version = req.version.unwrap_or_else(|| h.head_version());
             let (rec, params) = self.load_version(&h, version).await?;
-            let model = {
-                let h = h.clone();
-                blocking(move || info_of(&h)).await?
-            };
+            let model = on_model(&h, info_of).await?;
             let header = pb::ExportHeader { model: Some(model), version: Some(version_info(&h, &rec)) };
             Ok(Response::new(export::stream(header, params, req.optimizer_state)))
         }
@@ -185,10 +170,7 @@ impl Models for Service {
                 }
             }
             let params = filler.finish()?;
-            let rec = {
-                let h = h.clone();
-                blocking(move || h.import(params, &header.source)).await?
-            };
+            let rec = on_model(&h, move |h| h.import(params, &header.source)).await?;
             tracing::info!(model = %h.name(), version = rec.version, "imported");
             Ok(Response::new(version_info(&h, &rec)))
         }

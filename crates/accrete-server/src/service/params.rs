@@ -1,7 +1,7 @@
 //! The `Parameters` service: pull (held at the SSP/BSP barrier), push and streaming push,
 //! join/heartbeat/leave, predict. A push is decoded here into [`Grad`]s that borrow the
 //! request's bytes and a [`PushMeta`], handed to [`ModelHandle::push`], and its ack encoded.
-use super::{blocking, check_keys, data_span, pull, rpc_span, BoxStream, Reply, Service};
+use super::{check_keys, data_span, on_model, pull, rpc_span, BoxStream, Reply, Service};
 use crate::engine::{Content, Grad};
 use crate::error::{Result, ServiceError};
 #[cfg(doc)]
@@ -80,10 +80,8 @@ impl Parameters for Service {
                 return Err(ServiceError::Invalid("join needs a worker_id".into()).into());
             }
             let h = self.reg.get(&req.model)?;
-            let joined = {
-                let (h, worker) = (h.clone(), req.worker_id.clone());
-                blocking(move || h.join(&worker)).await?
-            };
+            let worker = req.worker_id.clone();
+            let joined = on_model(&h, move |h| h.join(&worker)).await?;
             tracing::info!(
                 model = %h.name(),
                 worker = %req.worker_id,
