@@ -27,7 +27,7 @@ enum BenchCmd {
         /// Print one JSON object with every figure.
         #[arg(long)]
         json: bool,
-        /// Scenarios to run (dense, sparse, commit, rss, disk); all by default.
+        /// Scenarios to run (apply, dense, admin, sparse, commit, rss, disk); all by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -106,4 +106,58 @@ mod tests {
         assert!(versions.iter().skip(1).all(|v| v.kind == VersionKind::Policy));
         assert_eq!(h.status().since_commit, 1, "the 7th update waits for the next count");
     }
+
+    /// A tag, a commit and a rollback answer while a push flood keeps a commit-every-update
+    /// model's committer busy, instead of waiting for the flood to end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_calls_are_not_starved_by_a_push_flood() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 1 << 20).unwrap();
+        let reg = Arc::new(Registry::open(store, crate::model::DEFAULT_LEASE).unwrap());
+        let mut spec = ModelSpec { hash_bits: 16, ..ModelSpec::new("m", ModelKind::Logistic) };
+        spec.commit.every_updates = 1;
+        let h = reg.create(spec).unwrap();
+        let task = tokio::spawn(run(reg.clone()));
+        let (stop, flooding, pushes) =
+            (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));
+        let flood = {
+            let (h, stop, flooding, pushes) = (h.clone(), stop.clone(), flooding.clone(), pushes.clone());
+            std::thread::spawn(move || {
+                // rows spread over the table: every version writes several chunks
+                let keys: Vec<u8> = (0..256u64).flat_map(|k| (k * 257 % (1 << 16)).to_le_bytes()).collect();
+                let values: Vec<u8> = (0..256).flat_map(|_| 0.01f32.to_le_bytes()).collect();
+                let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&keys), values: &values }];
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    h.push(0, &grads, &PushMeta::default()).unwrap();
+                    pushes.fetch_add(1, Ordering::Relaxed);
+                }
+                flooding.store(false, Ordering::Relaxed);
+            })
+        };
+        // the committer is busy: versions are being written
+        while h.versions().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let admin = h.clone();
+        tokio::task::spawn_blocking(move || {
+            admin.tag(1, "base")?;
+            admin.commit(accrete_core::VersionKind::Manual, "during the flood")?;
+            admin.rollback(1, "during the flood")
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let flood_still_running = flooding.load(Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        flood.join().unwrap();
+        task.abort();
+        assert!(
+            flood_still_running,
+            "the admin calls waited for the push flood to end ({} pushes)",
+            pushes.load(Ordering::Relaxed)
+        );
+        assert!(h.versions().unwrap().iter().any(|v| v.tags == ["base"]));
+    }
 }

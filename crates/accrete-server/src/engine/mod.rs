@@ -435,6 +435,16 @@ impl Engine {
         self.pending.pop_front()
     }
 
+    /// Every waiting update-count snapshot, oldest first.
+    pub fn drain_pending(&mut self) -> Vec<Snapshot> {
+        self.pending.drain(..).collect()
+    }
+
+    /// How many update-count snapshots wait.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The time policy's snapshot, if it is due at `now`.
     pub fn time_snapshot(&mut self, now: Instant) -> Option<Snapshot> {
         self.time_due(now).then(|| self.take_snapshot(VersionKind::Policy, "policy", now))

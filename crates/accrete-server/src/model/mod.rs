@@ -4,7 +4,8 @@
 //! serialises commits, rollbacks and imports; `versions.rs`), the store, the event bus, and
 //! the wake-ups: pullers waiting at the barrier, and the server's commit-policy task.
 //!
-//! Lock order: `head` before `engine`. Pushes, pulls and the barrier take only `engine`.
+//! Lock order: `head` before `engine`, `head` before `records`; `records` never with
+//! `engine`. Pushes, pulls and the barrier take only `engine`.
 //! The time is read here (`Instant::now()`) and passed to the engine.
 
 mod versions;
@@ -16,6 +17,7 @@ use accrete_core::pull::Joined;
 use accrete_core::push::{PushAck, PushMeta};
 use accrete_core::{ConsistencyMode, EventKind, ModelSpec, Params, VersionEvent, VersionKind};
 use accrete_store::{now_unix_ms, ChunkBatch, Manifest, ModelRecord, Store, VersionRecord};
+use parking_lot::FairMutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -49,7 +51,14 @@ pub struct ModelHandle {
     shape: Arc<Shape>,
     store: Store,
     events: broadcast::Sender<VersionEvent>,
-    head: Mutex<Head>,
+    /// Fair (first come, first served): a policy committer that writes version after
+    /// version under a push flood hands the lock to a waiting tag, rollback or commit
+    /// between two versions instead of taking it again at once.
+    head: FairMutex<Head>,
+    /// Serialises changes to existing version records (tags, metrics) with retention's
+    /// drops, without waiting for a version's chunks to be written. Taken after `head`
+    /// (retention runs under it), never with `engine`.
+    records: Mutex<()>,
     engine: Mutex<Engine>,
     /// Pullers waiting at the SSP/BSP barrier.
     barrier: Notify,
@@ -135,7 +144,8 @@ impl ModelHandle {
             shape,
             store: ctx.store.clone(),
             events: ctx.events.clone(),
-            head: Mutex::new(head),
+            head: FairMutex::new(head),
+            records: Mutex::new(()),
             engine: Mutex::new(engine),
             barrier: Notify::new(),
             policy: ctx.policy.clone(),

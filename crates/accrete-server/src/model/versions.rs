@@ -5,7 +5,11 @@
 //!
 //! Everything that makes a version holds the `head` mutex, so commits, rollbacks and
 //! imports are serialised; the `engine` mutex is taken after it (lock order: head before
-//! engine), briefly, except while a rollback or import writes its record.
+//! engine), briefly, except while a rollback or import writes its record. The `head` lock
+//! is fair and held for a bounded amount of work: the policy committer holds it for one
+//! version at a time, and every other writer writes the snapshots waiting when it took
+//! the lock, no more, so an admin call waits for at most one version's write under a push
+//! flood. Waiting snapshots leave the engine only under the `head` lock, in order.
 use super::{lock, Head, ModelHandle};
 use crate::engine::Snapshot;
 use crate::error::{Result, ServiceError};
@@ -30,21 +34,30 @@ impl ModelHandle {
     /// Commits: first the policy snapshots already taken (in order), then the live state
     /// if anything changed since. Returns the newest version and whether any was made.
     pub fn commit(&self, kind: VersionKind, reason: &str) -> Result<(VersionRecord, bool)> {
-        let mut head = lock(&self.head);
-        let mut created = self.write_pending(&mut head)?;
-        let snap = lock(&self.engine).snapshot(kind, reason, Instant::now());
-        if let Some(snap) = snap {
-            self.write_snapshot(&mut head, snap)?;
-            created = true;
-        }
+        let mut head = self.head.lock();
+        // The waiting snapshots and the live state's, taken at one instant.
+        let (waiting, live) = {
+            let mut engine = lock(&self.engine);
+            (engine.drain_pending(), engine.snapshot(kind, reason, Instant::now()))
+        };
+        let created = !waiting.is_empty() || live.is_some();
+        self.write_in_order(&mut head, waiting.into_iter().chain(live))?;
         Ok((head.record.clone(), created))
     }
 
     /// The commit policy's commit (run by the policy task, at most one per model at a
     /// time): the update-count snapshots in order, then the time policy's if it is due.
+    ///
+    /// One version per hold of the `head` lock, and only the snapshots waiting when it
+    /// started: under a push flood more keep coming, and the task runs it again.
     pub fn policy_commit(&self) -> Result<()> {
-        let mut head = lock(&self.head);
-        self.write_pending(&mut head)?;
+        let waiting = lock(&self.engine).pending_len();
+        for _ in 0..waiting {
+            let mut head = self.head.lock();
+            let Some(snap) = lock(&self.engine).next_pending() else { break };
+            self.write_snapshot(&mut head, snap)?;
+        }
+        let mut head = self.head.lock();
         let snap = lock(&self.engine).time_snapshot(Instant::now());
         if let Some(snap) = snap {
             self.write_snapshot(&mut head, snap)?;
@@ -52,17 +65,24 @@ impl ModelHandle {
         Ok(())
     }
 
-    /// Writes the update-count snapshots taken by pushes, including those taken while it
-    /// writes; true if any.
-    fn write_pending(&self, head: &mut Head) -> Result<bool> {
-        let mut any = false;
-        loop {
-            // (the engine lock is released before the write)
-            let Some(snap) = lock(&self.engine).next_pending() else { break };
-            self.write_snapshot(head, snap)?;
-            any = true;
+    /// Writes the update-count snapshots waiting now (not those taken while it writes).
+    fn write_pending(&self, head: &mut Head) -> Result<()> {
+        let waiting = lock(&self.engine).drain_pending();
+        self.write_in_order(head, waiting.into_iter())
+    }
+
+    /// Writes snapshots as consecutive versions. If one fails, it and those after it go
+    /// back into the live state for the next commit (each holds only what changed since
+    /// the one before, so none may be written without the ones before it).
+    fn write_in_order(&self, head: &mut Head, mut snaps: impl Iterator<Item = Snapshot>) -> Result<()> {
+        while let Some(snap) = snaps.next() {
+            if let Err(e) = self.write_snapshot(head, snap) {
+                let mut engine = lock(&self.engine);
+                snaps.for_each(|rest| engine.unwritten(&rest.chunks, rest.since_parent));
+                return Err(e);
+            }
         }
-        Ok(any)
+        Ok(())
     }
 
     /// Makes a snapshot the next version: its chunks point at the new version in a copy of
@@ -102,7 +122,7 @@ impl ModelHandle {
     /// Makes a new head version holding `to`'s content, reloads the live state from it and
     /// starts a new lineage epoch. Writes a manifest and a record, no parameters.
     pub fn rollback(&self, to: u64, why: &str) -> Result<VersionRecord> {
-        let mut head = lock(&self.head);
+        let mut head = self.head.lock();
         self.write_pending(&mut head)?;
         let target = self.version(to)?;
         let manifest = self.manifest_of(to)?;
@@ -115,7 +135,7 @@ impl ModelHandle {
 
     /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
     pub fn import(&self, params: Params, source: &str) -> Result<VersionRecord> {
-        let mut head = lock(&self.head);
+        let mut head = self.head.lock();
         self.write_pending(&mut head)?;
         let version = head.record.version + 1;
         let chunks_written = write_all_chunks(&self.store, self.record.id, version, &params)?;
@@ -208,7 +228,7 @@ impl ModelHandle {
         if label.is_empty() || label.len() > 64 || label.chars().any(char::is_whitespace) {
             return Err(ServiceError::Invalid(format!("tag label {label:?} must be 1-64 characters without spaces")));
         }
-        let _head = lock(&self.head);
+        let _records = lock(&self.records);
         if let Some(other) = self.versions()?.iter().find(|r| r.tags.iter().any(|t| t == label)) {
             if other.version == v {
                 return Ok(other.clone());
@@ -238,7 +258,7 @@ impl ModelHandle {
                 "metric name {k:?}: use at most 64 letters, digits and _ . : -"
             )));
         }
-        let _head = lock(&self.head);
+        let _records = lock(&self.records);
         let mut rec = self.version(v)?;
         rec.metrics.extend(metrics.iter().map(|(k, x)| (k.clone(), *x)));
         self.store.update_version(self.record.id, &rec)?;
@@ -253,6 +273,8 @@ impl ModelHandle {
         if keep_last == 0 {
             return Ok(());
         }
+        // a tag that lands between the listing and the drops must not be dropped
+        let _records = lock(&self.records);
         let all = self.versions()?;
         if all.len() <= keep_last {
             return Ok(());
@@ -271,7 +293,7 @@ impl ModelHandle {
 
     /// Deletes the model's history from the store and announces it. Blocking.
     pub fn delete(&self) -> Result<u64> {
-        let head = lock(&self.head);
+        let head = self.head.lock();
         let n = self.store.delete_model(&self.record)?;
         self.emit(EventKind::Deleted, head.record.clone());
         Ok(n)
