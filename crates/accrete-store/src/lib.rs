@@ -183,8 +183,12 @@ impl Store {
         &self.dir
     }
 
-    /// Removes what a crash can leave behind: trees of models without a record, and chunks
-    /// and manifests written by a commit whose version record never landed.
+    /// Removes what a crash can leave behind: trees of models without a record; chunks
+    /// and manifests written by a commit whose version record never landed; chunks that no
+    /// retained manifest references (a retention pass that dropped the records, then
+    /// crashed before the chunks); and, should any remain from a store written before
+    /// retention dropped records first, versions whose chunks are gone (logged), so every
+    /// listed version can be read.
     fn recover(&self) -> Result<()> {
         let ids: HashSet<u64> = self.models()?.iter().map(|m| m.id).collect();
         for name in self.db.tree_names() {
@@ -205,8 +209,55 @@ impl Store {
                     tree.remove(k?)?;
                 }
             }
+            self.collect_chunks(id)?;
         }
         self.flush()
+    }
+
+    /// Deletes chunks no retained manifest references, and drops the records of versions
+    /// whose manifest names a chunk that is not stored.
+    fn collect_chunks(&self, id: u64) -> Result<()> {
+        let (vtree, ftree, ctree) = (self.tree(id, 'v')?, self.tree(id, 'f')?, self.tree(id, 'c')?);
+        let mut stored: HashSet<(u32, u32, u64)> = HashSet::new();
+        for k in ctree.iter().keys() {
+            let k = k?;
+            if k.len() >= 16 {
+                let (w, t, c) = (u64_key(&k[..8]), u32_key(&k[8..12]), u32_key(&k[12..16]));
+                stored.insert((t, c, w));
+            }
+        }
+        let mut referenced: HashSet<(u32, u32, u64)> = HashSet::new();
+        for kv in ftree.iter() {
+            let (k, v) = kv?;
+            let version = u64_key(&k);
+            let Some(m) = Manifest::decode(&v) else { continue };
+            if let Some((t, c, w)) = m.entries().find(|e| !stored.contains(e)) {
+                tracing::error!(
+                    model_id = id,
+                    version,
+                    "version dropped at open: chunk {c} of tensor {t} (written by version {w}) is missing"
+                );
+                vtree.remove(be(version))?;
+                ftree.remove(be(version))?;
+                continue;
+            }
+            referenced.extend(m.entries());
+        }
+        let mut freed = 0;
+        for (t, c, w) in stored.difference(&referenced) {
+            for key in ctree.scan_prefix(chunk_key(*w, *t, *c)).keys() {
+                ctree.remove(key?)?;
+            }
+            freed += 1;
+        }
+        if freed > 0 {
+            tracing::info!(
+                model_id = id,
+                chunks = freed,
+                "removed chunks no version references (a crash during retention)"
+            );
+        }
+        Ok(())
     }
 
     fn tree(&self, id: u64, kind: char) -> Result<sled::Tree> {
@@ -316,6 +367,10 @@ impl Store {
 
     /// Drops versions (records, manifests, and the chunks no kept version references).
     /// Returns the number of chunks freed.
+    ///
+    /// Crash order: the records and manifests go first, in one atomic batch per tree,
+    /// and are flushed; only then the chunks. A crash in between leaves chunks that nothing
+    /// references (collected at the next open), never a listed version without its data.
     pub fn drop_versions(&self, id: u64, model: &str, drop: &[u64], keep: &[u64]) -> Result<u64> {
         let mut referenced = HashSet::new();
         for v in keep {
@@ -323,21 +378,31 @@ impl Store {
                 referenced.extend(m.entries());
             }
         }
-        let (vtree, ftree, ctree) = (self.tree(id, 'v')?, self.tree(id, 'f')?, self.tree(id, 'c')?);
-        let mut freed = 0;
+        let mut unreferenced = Vec::new();
         for v in drop {
             if let Some(m) = self.manifest(id, *v, model)? {
-                for (t, c, wver) in m.entries().filter(|e| !referenced.contains(e)) {
-                    let mut any = false;
-                    for key in ctree.scan_prefix(chunk_key(wver, t, c)).keys() {
-                        ctree.remove(key?)?;
-                        any = true;
-                    }
-                    freed += any as u64;
-                }
+                unreferenced.extend(m.entries().filter(|e| !referenced.contains(e)));
             }
-            ftree.remove(be(*v))?;
-            vtree.remove(be(*v))?;
+        }
+        let (mut records, mut manifests) = (sled::Batch::default(), sled::Batch::default());
+        for v in drop {
+            records.remove(&be(*v));
+            manifests.remove(&be(*v));
+        }
+        self.tree(id, 'v')?.apply_batch(records)?;
+        self.tree(id, 'f')?.apply_batch(manifests)?;
+        self.flush()?;
+        let ctree = self.tree(id, 'c')?;
+        let mut freed = 0;
+        unreferenced.sort_unstable();
+        unreferenced.dedup();
+        for (t, c, wver) in unreferenced {
+            let mut any = false;
+            for key in ctree.scan_prefix(chunk_key(wver, t, c)).keys() {
+                ctree.remove(key?)?;
+                any = true;
+            }
+            freed += any as u64;
         }
         self.flush()?;
         Ok(freed)
@@ -369,6 +434,13 @@ impl Store {
         self.db.flush()?;
         Ok(())
     }
+}
+
+fn u32_key(k: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    let n = 4.min(k.len());
+    b[..n].copy_from_slice(&k[..n]);
+    u32::from_be_bytes(b)
 }
 
 fn u64_key(k: &[u8]) -> u64 {
