@@ -104,6 +104,8 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is in use: another accrete server holds its database lock"), "{err}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("listening"), "a server that never served said it was listening: {said}");
 }
 
 #[tokio::test]
@@ -132,6 +134,14 @@ async fn cli_reports_tables_json_and_server_errors() {
     assert!(err.contains("NOT_FOUND") && err.contains("nosuch"), "{err}");
     let out = cli(&p.url, &["model", "create", "x", "--kind", "softmax", "--features", "3"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("classes"), "{}", String::from_utf8_lossy(&out.stderr));
+    // a reason too long for a table is cut there, whole in JSON (it once made the CLI panic)
+    let long = "x".repeat(70_000);
+    ok(&["model", "rollback", "m", "--to", "1", "--reason", &long]);
+    let table = ok(&["model", "versions", "m"]);
+    assert!(table.contains("…") && table.lines().all(|l| l.chars().count() < 1000), "{}", &table[..200]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["model", "versions", "m", "--json"])).unwrap();
+    assert_eq!(v[1]["reason"].as_str().unwrap().len(), "rollback to 1: ".len() + long.len());
+    assert_eq!(v[1]["kind"], "rollback");
     p.child.kill().unwrap();
     p.child.wait().unwrap();
 }

@@ -324,6 +324,12 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("optimizer.lr"), "{}", e.message());
 
+    // a name too long to echo whole in a status header still gets its status
+    let huge = "n".repeat(200_000);
+    let e = c.models.get_model_info(pb::ModelRef { name: huge }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", &e.message()[..e.message().len().min(100)]);
+    assert!(e.message().contains("more bytes"), "{}", e.message().len());
+
     let cases: Vec<(pb::PushRequest, Code, &str)> = vec![
         (push_req("nope", 0, vec![dense("w", 0, &[1.0])]), Code::NotFound, "\"nope\""),
         (push_req("m", 0, vec![dense("w", 2, &[1.0; 4])]), Code::InvalidArgument, "outside its 4 floats"),

@@ -86,7 +86,7 @@ impl From<ServiceError> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed");
         }
-        let mut status = Status::new(code, e.to_string());
+        let mut status = Status::new(code, capped(e.to_string()));
         let md = status.metadata_mut();
         md.insert("accrete-refusal", tonic::metadata::MetadataValue::from_static(e.refusal()));
         if let ServiceError::StaleLineage { current, .. } = e {
@@ -97,3 +97,38 @@ impl From<ServiceError> for Status {
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// The longest message a status carries. Messages echo input (names, ids, labels), and a
+/// status travels in an HTTP/2 header: a 1 MiB name would exceed the peer's header limit
+/// and the status, code included, would be lost.
+const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] at a character boundary, saying how much was cut.
+fn capped(mut message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let total = message.len();
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("… ({} more bytes)", total - end));
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_input_is_capped() {
+        let e = ServiceError::ModelNotFound("é".repeat(1 << 20));
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().len() < MAX_MESSAGE_BYTES + 40, "{}", s.message().len());
+        assert!(s.message().starts_with("model \"éé") && s.message().ends_with("more bytes)"));
+        assert_eq!(capped("short".into()), "short");
+    }
+}

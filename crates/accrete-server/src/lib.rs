@@ -99,6 +99,18 @@ pub async fn serve(
     http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    serve_then(config, listener, http_listener, shutdown, || {}).await
+}
+
+/// [`serve`], calling `ready` once the data dir is open and the services are about to
+/// answer: the moment to say "listening" (a refused or slow open never looks started).
+pub async fn serve_then(
+    config: ServerConfig,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+    ready: impl FnOnce(),
+) -> Result<(), ServerError> {
     config.validate()?;
     let (dir, cache, lease) = (config.data_dir.clone(), config.cache_bytes, config.lease);
     let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> {
@@ -135,6 +147,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
     tracing::info!(addr = ?listener.local_addr().ok(), dir = %config.data_dir.display(), "serving");
+    ready();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown_reg = reg.clone();
     let signal = async move {

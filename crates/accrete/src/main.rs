@@ -120,13 +120,17 @@ async fn serve(a: ServerArgs) -> anyhow::Result<()> {
         None => None,
     };
     // The bound addresses, on stdout (logs go to stderr): with port 0, how to find it.
-    if let Ok(addr) = listener.local_addr() {
-        println!("accrete server listening on {addr}");
-    }
-    if let Some(addr) = http.as_ref().and_then(|l| l.local_addr().ok()) {
-        println!("dashboard and /metrics on http://{addr}/");
-    }
-    accrete_server::serve(config, listener, http, shutdown_signal()).await?;
+    // Said once the data dir is open, so a refused or slow open never looks started.
+    let (grpc_addr, http_addr) = (listener.local_addr().ok(), http.as_ref().and_then(|l| l.local_addr().ok()));
+    let ready = move || {
+        if let Some(addr) = grpc_addr {
+            println!("accrete server listening on {addr}");
+        }
+        if let Some(addr) = http_addr {
+            println!("dashboard and /metrics on http://{addr}/");
+        }
+    };
+    accrete_server::serve_then(config, listener, http, shutdown_signal(), ready).await?;
     Ok(())
 }
 

@@ -56,21 +56,40 @@ pub fn consistency_name(s: &ModelSpec) -> String {
     }
 }
 
+/// The widest a table cell is shown (`--json` shows everything): a long reason or a long
+/// list of tags is cut with an ellipsis instead of stretching every row.
+const MAX_CELL_CHARS: usize = 120;
+
+/// A cell as a table shows it: at most [`MAX_CELL_CHARS`] characters.
+fn cell(c: &str) -> String {
+    if c.chars().count() <= MAX_CELL_CHARS {
+        return c.to_string();
+    }
+    let mut cut: String = c.chars().take(MAX_CELL_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
 /// Prints rows as aligned columns under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| cell(c)).collect()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+    let line = |cells: &[String]| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.chars().count()))))
+            .collect();
         println!("{}", s.join("  ").trim_end());
     };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r.clone());
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for r in &rows {
+        line(r);
     }
 }
 
@@ -92,4 +111,19 @@ pub fn time(ms: i64) -> String {
 
 pub fn metrics_cell(m: &std::collections::BTreeMap<String, f64>) -> String {
     m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_cells_are_cut_and_short_ones_kept() {
+        assert_eq!(cell("policy"), "policy");
+        let long = cell(&"x".repeat(70_000));
+        assert_eq!(long.chars().count(), MAX_CELL_CHARS);
+        assert!(long.ends_with('…'));
+        // a width past u16::MAX once made the formatter panic
+        table(&["REASON"], &[vec!["y".repeat(70_000)]]);
+    }
 }
