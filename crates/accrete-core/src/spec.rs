@@ -223,8 +223,10 @@ impl ModelSpec {
                 format!("must be a finite number >= 0, got {}", self.init.scale),
             ));
         }
-        if !(self.commit.every_secs.is_finite() && self.commit.every_secs >= 0.0) {
-            return Err(SpecError::field("commit.every_secs", format!("must be >= 0, got {}", self.commit.every_secs)));
+        let secs = self.commit.every_secs;
+        if !(secs.is_finite() && (secs == 0.0 || secs >= MIN_COMMIT_SECS)) {
+            let message = format!("must be 0 (off) or at least {MIN_COMMIT_SECS} seconds, got {secs}");
+            return Err(SpecError::field("commit.every_secs", message));
         }
         // In u128: each tensor is at most 2^32 rows × 2^32 columns, so nothing overflows
         // whatever the request asked for.
@@ -293,6 +295,10 @@ impl ModelSpec {
 }
 
 /// Model names are path- and URL-safe: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.`.
+/// The shortest time policy: the policy task looks at the models every 100 ms, so a
+/// shorter period would only pretend to be kept.
+pub const MIN_COMMIT_SECS: f64 = 0.1;
+
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -308,6 +314,21 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_policy_is_off_or_at_least_a_tenth_of_a_second() {
+        let mut m = ModelSpec::new("m", ModelKind::Linear);
+        m.features = 1;
+        for ok in [0.0, 0.1, 60.0] {
+            m.commit.every_secs = ok;
+            m.validate().unwrap();
+        }
+        for bad in [1e-300, 0.05, -1.0, f64::NAN] {
+            m.commit.every_secs = bad;
+            let e = m.validate().unwrap_err();
+            assert_eq!(e.field, "commit.every_secs", "{bad}: {e:?}");
+        }
+    }
 
     #[test]
     fn huge_shapes_are_refused_by_name_without_overflow() {

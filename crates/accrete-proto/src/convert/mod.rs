@@ -84,12 +84,13 @@ impl From<ConsistencyMode> for pb::ConsistencyMode {
     }
 }
 
-/// A consistency mode from its wire value; unspecified or unknown means ASP.
-pub fn consistency_mode(v: i32) -> ConsistencyMode {
+/// A consistency mode from its wire value; unspecified means ASP, unknown is an error.
+pub fn consistency_mode(v: i32) -> Result<ConsistencyMode, ConvertError> {
     match pb::ConsistencyMode::try_from(v) {
-        Ok(pb::ConsistencyMode::Bsp) => ConsistencyMode::Bsp,
-        Ok(pb::ConsistencyMode::Ssp) => ConsistencyMode::Ssp,
-        _ => ConsistencyMode::Asp,
+        Ok(pb::ConsistencyMode::Bsp) => Ok(ConsistencyMode::Bsp),
+        Ok(pb::ConsistencyMode::Ssp) => Ok(ConsistencyMode::Ssp),
+        Ok(pb::ConsistencyMode::Asp | pb::ConsistencyMode::Unspecified) => Ok(ConsistencyMode::Asp),
+        Err(_) => Err(bad(format!("spec.consistency.mode {v} is unknown (asp, bsp or ssp)"))),
     }
 }
 

@@ -60,6 +60,7 @@ impl TryFrom<pb::ModelSpec> for ModelSpec {
         .with_defaults();
         let c = s.commit.unwrap_or_default();
         let cons = s.consistency.unwrap_or_default();
+        let consistency = consistency_mode(cons.mode).map_err(named)?;
         Ok(ModelSpec {
             name: s.name,
             kind,
@@ -72,7 +73,7 @@ impl TryFrom<pb::ModelSpec> for ModelSpec {
             init: s.init.map(|i| InitSpec { seed: i.seed, scale: i.scale }).unwrap_or_default(),
             ema_decay: s.ema_decay,
             commit: CommitPolicy { every_updates: c.every_updates, every_secs: c.every_secs, keep_last: c.keep_last },
-            consistency: consistency_mode(cons.mode),
+            consistency,
             staleness: cons.staleness,
         })
     }

@@ -82,3 +82,11 @@ fn a_version_from_a_server_without_kinds_is_told_by_its_reason() {
         pb::VersionInfo { kind: pb::VersionKind::Manual as i32, reason: "rollback drill".into(), ..Default::default() };
     assert_eq!(VersionRecord::from(manual).kind, VersionKind::Manual, "a sent kind wins");
 }
+
+#[test]
+fn an_unknown_consistency_mode_is_refused_by_name() {
+    let mut s = pb::ModelSpec::from(&ModelSpec::new("m", ModelKind::Linear));
+    s.consistency = Some(pb::Consistency { mode: 77, staleness: 0 });
+    let e = ModelSpec::try_from(s).unwrap_err();
+    assert!(e.0.contains("consistency.mode 77"), "{e}");
+}
