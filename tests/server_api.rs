@@ -318,6 +318,14 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     assert!(dup.message().contains("\"m\""));
 
     let mut bad = spec.clone();
+    // initial weights that cannot be finite: refused by name, nothing is created
+    let mut huge = linear("huge", 4, pb::OptimizerKind::Sgd, 0.1);
+    huge.init = Some(pb::InitSpec { seed: 5, scale: 3e38 });
+    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(huge) }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("init.scale") && e.message().contains("non-finite"), "{}", e.message());
+    let e = c.models.get_model_info(pb::ModelRef { name: "huge".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "a refused create stores nothing");
     bad.name = "bad".into();
     bad.optimizer.as_mut().unwrap().lr = -1.0;
     let e = c.models.create_model(pb::CreateModelRequest { spec: Some(bad) }).await.unwrap_err();

@@ -116,6 +116,11 @@ impl Params {
         }
     }
 
+    /// The first NaN or infinite weight: (tensor, index, value).
+    pub fn first_non_finite(&self) -> Option<(&'static str, usize, f32)> {
+        self.tensors.iter().find_map(|t| t.w.iter().position(|w| !w.is_finite()).map(|i| (t.spec.name, i, t.w[i])))
+    }
+
     pub fn tensor_index(&self, name: &str) -> Option<usize> {
         self.tensors.iter().position(|t| t.spec.name == name)
     }

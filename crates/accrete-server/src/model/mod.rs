@@ -93,9 +93,17 @@ impl ModelHandle {
     /// Creates a new model: initial parameters committed as version 1. Blocking.
     pub fn create(ctx: &Context, spec: ModelSpec) -> Result<ModelHandle> {
         spec.validate()?;
+        // (before anything is stored: a refused create leaves nothing behind)
+        let params = Params::init(&spec);
+        if let Some((tensor, index, value)) = params.first_non_finite() {
+            let message = format!(
+                "{} gives tensor {tensor:?} a non-finite initial weight ({value} at {index}); use a smaller scale",
+                spec.init.scale
+            );
+            return Err(accrete_core::SpecError::field("init.scale", message).into());
+        }
         let store = &ctx.store;
         let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms() };
-        let params = Params::init(&record.spec);
         let version = VersionRecord {
             created_unix_ms: now_unix_ms(),
             reason: "create".into(),
