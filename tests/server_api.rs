@@ -247,6 +247,17 @@ async fn commit_policy_and_retention_keep_tagged_versions() {
     // The tagged version still loads.
     let v1 = pull_all(&mut c, "p", Some(1)).await.1;
     assert_eq!(v1[0].1, vec![0.0; 4]);
+    // Pushes without values are no updates: they make no policy version, so they cannot
+    // push real versions out through keep_last.
+    let before = (versions(&mut c, "p").await, info(&mut c).await.updates);
+    for grads in [vec![], vec![dense("w", 0, &[])]] {
+        for _ in 0..5 {
+            let ack = c.params.push(push_req("p", 0, grads.clone())).await.unwrap().into_inner();
+            assert_eq!(ack.updates, before.1);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!((versions(&mut c, "p").await, info(&mut c).await.updates), before, "empty pushes changed the model");
     // The time policy commits too.
     let mut spec = linear("t", 4, pb::OptimizerKind::Sgd, 0.1);
     spec.commit = Some(pb::CommitPolicy { every_updates: 0, every_secs: 0.2, keep_last: 0 });
@@ -323,7 +334,7 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     huge.init = Some(pb::InitSpec { seed: 5, scale: 3e38 });
     let e = c.models.create_model(pb::CreateModelRequest { spec: Some(huge) }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("init.scale") && e.message().contains("non-finite"), "{}", e.message());
+    assert!(e.message().contains("init.scale") && e.message().contains("at most 1e6"), "{}", e.message());
     let e = c.models.get_model_info(pb::ModelRef { name: "huge".into() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "a refused create stores nothing");
     bad.name = "bad".into();
@@ -427,6 +438,57 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     assert_eq!(after.0.updates, before.0.updates);
     assert_eq!(after.1, before.1, "a refused request changed the parameters");
     assert_eq!(versions(&mut c, "m").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_push_whose_result_would_not_be_finite_is_refused_whole_and_exports_import_back() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    // Finite gradients, one step each finite, two together past f32's range.
+    let big = 3e38f32;
+    for (kind, slot) in [
+        (pb::OptimizerKind::Sgd, None),
+        (pb::OptimizerKind::Momentum, None),
+        (pb::OptimizerKind::Adagrad, Some("accum")),
+        (pb::OptimizerKind::Adam, Some("v")),
+    ] {
+        let name = format!("f-{}", kind.as_str_name().to_lowercase());
+        let mut spec = linear(&name, 4, kind, 1.0);
+        spec.hash_bits = 4;
+        create(&mut c, spec.clone()).await;
+        // Adam's and AdaGrad's slots overflow on g² at once; SGD's and momentum's weight on the second.
+        let first = c.params.push(push_req(&name, 0, vec![dense("w", 0, &[0.5, big, 0.0, 0.0])])).await;
+        if slot.is_none() {
+            first.expect("one step of 3e38 is finite");
+        }
+        let before = pull_all(&mut c, &name, None).await;
+        // A valid first gradient, then one that diverges: neither is applied.
+        let grads = vec![rows("h", &[3], &[1.0]), dense("w", 0, &[0.5, big, 0.0, 0.0])];
+        let e = c.params.push(push_req(&name, 0, grads)).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{name}: {}", e.message());
+        let m = e.message();
+        assert!(m.contains("tensor \"w\"") && m.contains("index 1") && m.contains("nothing changed"), "{name}: {m}");
+        if let Some(slot) = slot {
+            assert!(m.contains(&format!("slot \"{slot}\"")), "{name}: {m}");
+        }
+        let after = pull_all(&mut c, &name, None).await;
+        assert_eq!(after.0.updates, before.0.updates, "{name}");
+        assert_eq!(after.1, before.1, "{name}: a refused push changed the parameters");
+        // What is stored is finite, so its export imports back.
+        commit(&mut c, &name).await;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("m.safetensors");
+        safetensors::export(&mut c.typed, &name, None, true, &f).await.unwrap();
+        safetensors::import(&mut c.typed, &name, &f).await.expect("an export imports back");
+    }
+    // Hyper-parameters that cannot give finite weights are refused by name.
+    let e = c
+        .models
+        .create_model(pb::CreateModelRequest { spec: Some(linear("lr", 4, pb::OptimizerKind::Sgd, 1e38)) })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("optimizer.lr") && e.message().contains("at most 1e6"), "{}", e.message());
 }
 
 #[tokio::test]
@@ -705,8 +767,10 @@ async fn bsp_rounds_complete_across_a_rollback() {
     let e = c.params.push(bsp_push("b", 1, 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::Aborted, "{}", e.message());
     let info = c.models.get_model_info(pb::ModelRef { name: "b".into() }).await.unwrap().into_inner();
-    assert_eq!(info.updates, 1, "round 1 was applied with b's stale push counted empty");
-    // and both may pull for clock 1 at once (BSP holds a pull until its round is applied)
+    // a's gradient belonged to the old lineage (the rollback dropped it) and b's counted
+    // empty: round 1 completed with no values, which is no update
+    assert_eq!(info.updates, 0, "round 1 applied gradients of the old lineage");
+    // and both may pull for clock 1 at once (BSP holds a pull until its round is complete)
     let pull = pb::PullRequest { model: "b".into(), worker_id: "a".into(), clock: 1, ..Default::default() };
     tokio::time::timeout(std::time::Duration::from_secs(5), c.params.pull(pull)).await.expect("pull held").unwrap();
 }

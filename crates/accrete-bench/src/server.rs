@@ -222,11 +222,12 @@ async fn apply(ctx: &mut Ctx) -> Result<()> {
             let ti = accrete_core::params::check_dense(&layout, "w", off, &g)?;
             p.begin_update();
             p.apply_dense_le(ti, off as usize, &bytes);
+            p.finish_update()?;
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
     let gbs = (msgs * MSG_FLOATS * 4) as f64 / best / 1e9;
-    ctx.say(format!("apply kernel (check + decode + SGD, 256 KiB messages over a 10^7-float model, one thread): {gbs:.2} GB/s of gradient"));
+    ctx.say(format!("apply kernel (check + decode + SGD + finiteness, 256 KiB messages over a 10^7-float model, one thread): {gbs:.2} GB/s of gradient"));
     ctx.report.insert("apply".into(), json!({"gb_s": gbs}));
     Ok(())
 }

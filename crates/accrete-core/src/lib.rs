@@ -18,6 +18,7 @@ pub mod push;
 pub mod rng;
 pub mod scoring;
 pub mod spec;
+mod undo;
 pub mod version;
 pub mod view;
 

@@ -7,6 +7,7 @@ use crate::layout::{layout, slots, TensorSpec};
 use crate::optim::{Grad, Keys, LeKeys, Optimizer};
 use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
+use crate::undo::Undo;
 
 /// The seed of kinds that need random initial weights when none is given.
 pub const DEFAULT_SEED: u64 = 0x5eed;
@@ -22,6 +23,11 @@ pub enum UpdateError {
     Shape { tensor: String, message: String },
     #[error("tensor {tensor:?}: value {index} of the gradient is {value} (NaN or infinite)")]
     NotFinite { tensor: String, index: usize, value: f32 },
+    #[error(
+        "tensor {tensor:?}: this update would make {what} at index {index} {value}; \
+         updates that leave a weight or an optimizer slot NaN or infinite are refused, and nothing changed"
+    )]
+    Diverges { tensor: String, what: String, index: usize, value: f32 },
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,8 @@ pub struct Params {
     ema_decay: f32,
     /// Applied updates since the model was created (Adam's step count).
     pub steps: u64,
+    /// What the update in progress overwrote (see [`Params::finish_update`]).
+    undo: Undo,
 }
 
 impl Params {
@@ -76,7 +84,14 @@ impl Params {
     pub fn zeros(spec: &ModelSpec) -> Self {
         let slot_names = slots(spec);
         let tensors = layout(spec).into_iter().map(|t| TensorState::new(t, slot_names.len())).collect();
-        Params { tensors, slot_names, opt: Optimizer::new(spec.optimizer), ema_decay: spec.ema_decay, steps: 0 }
+        Params {
+            tensors,
+            slot_names,
+            opt: Optimizer::new(spec.optimizer),
+            ema_decay: spec.ema_decay,
+            steps: 0,
+            undo: Undo::default(),
+        }
     }
 
     /// Initial parameters: zeros, or N(0, scale²) from the seed for every non-bias tensor.
@@ -129,10 +144,46 @@ impl Params {
         self.tensors.iter().map(|t| t.w.len() as u64).sum()
     }
 
-    /// Counts one applied update (call once per push, before its `apply_*` calls).
+    /// Counts one applied update (call once per push, before its `apply_*` calls, and
+    /// end it with [`Params::finish_update`]).
     pub fn begin_update(&mut self) -> u64 {
+        self.undo.clear();
         self.steps += 1;
         self.steps
+    }
+
+    /// Ends the update begun by [`Params::begin_update`]. When every weight and slot it
+    /// wrote is finite, its chunks are marked dirty and it stands. Otherwise it is undone
+    /// — every value it wrote gets its old value back, the step count too — and the first
+    /// non-finite value is named.
+    pub fn finish_update(&mut self) -> Result<(), UpdateError> {
+        match self.undo.bad() {
+            None => {
+                let tensors = &mut self.tensors;
+                self.undo.for_each_written(|t, start, end| tensors[t].mark(start, end));
+                self.undo.clear();
+                Ok(())
+            }
+            Some(bad) => {
+                self.undo.restore(&mut self.tensors);
+                self.steps -= 1;
+                let ts = &self.tensors[bad.t];
+                let slot = bad.slot.map(|s| self.slot_names[s]);
+                let what = match (slot, ts.spec.cols) {
+                    (None, 1) => "the weight".to_string(),
+                    (None, cols) => {
+                        format!("the weight (row {}, column {})", bad.index / cols as usize, bad.index % cols as usize)
+                    }
+                    (Some(s), _) => format!("its optimizer slot {s:?}"),
+                };
+                Err(UpdateError::Diverges {
+                    tensor: ts.spec.name.to_string(),
+                    what,
+                    index: bad.index,
+                    value: bad.value,
+                })
+            }
+        }
     }
 
     /// Merges a batch's statistics into a stats tensor: `g` holds, per feature, the batch's
@@ -141,8 +192,9 @@ impl Params {
     pub fn merge_stats(&mut self, t: usize, g: &[f32]) {
         let ts = &mut self.tensors[t];
         let f = ts.spec.cols as usize;
+        self.undo.save(t, ts, 0, 3 * f);
         crate::glm::merge_stats(&mut ts.w, g, f);
-        ts.mark(0, 3 * f);
+        self.undo.check(t, ts, 0, 3 * f);
     }
 
     /// Applies a checked dense update.
@@ -150,11 +202,12 @@ impl Params {
         let step = self.steps.max(1);
         let (opt, decay, ema) = (self.opt, self.ema_decay, self.ema_slot());
         let ts = &mut self.tensors[t];
+        self.undo.save(t, ts, offset, g.len());
         apply_range(&opt, ts, offset, g, step);
         if let Some(e) = ema {
             ema_range(ts, e, offset, offset + g.len(), decay);
         }
-        ts.mark(offset, offset + g.len());
+        self.undo.check(t, ts, offset, g.len());
     }
 
     /// Applies a checked sparse update: row `keys[i]` gets `g[i*cols..(i+1)*cols]`.
@@ -165,19 +218,21 @@ impl Params {
         let cols = ts.spec.cols as usize;
         if cols == 1 && ema.is_none() {
             // One float per key (linear and logistic tables): one optimizer match per call.
+            self.undo.save_keys(t, ts, keys);
             let (s0, rest) = ts.slots.split_first_mut().map_or((&mut [][..], &mut [][..]), |(a, r)| (&mut a[..], r));
             let s1 = rest.first_mut().map_or(&mut [][..], |b| &mut b[..]);
             opt.apply_keys(&mut ts.w, s0, s1, keys, g, step);
-            keys.iter().for_each(|k| ts.dirty[*k as usize / CHUNK_FLOATS] = true);
+            self.undo.check_keys(t, ts, keys);
             return;
         }
         for (i, k) in keys.iter().enumerate() {
             let start = *k as usize * cols;
+            self.undo.save(t, ts, start, cols);
             apply_range(&opt, ts, start, &g[i * cols..(i + 1) * cols], step);
             if let Some(e) = ema {
                 ema_range(ts, e, start, start + cols, decay);
             }
-            ts.mark(start, start + cols);
+            self.undo.check(t, ts, start, cols);
         }
     }
 
@@ -408,6 +463,8 @@ mod tests {
         let keys = [5u64, 40_000];
         check_rows(&layout(&spec()), "h", &keys[..], &[0.5f32, -0.25][..]).unwrap();
         p.apply_rows(h, &keys, &[0.5f32, -0.25][..]);
+        assert_eq!(p.dirty_chunks(h).count(), 0, "chunks are marked when the update stands");
+        p.finish_update().unwrap();
         assert_eq!(p.dirty_chunks(h).collect::<Vec<_>>(), vec![0, 2]);
         let mut blob = Vec::new();
         p.encode_chunk(h, 2, &mut blob);
@@ -444,6 +501,46 @@ mod tests {
         bad[4 * 2999..].copy_from_slice(&f32::NAN.to_le_bytes());
         assert_eq!(crate::optim::LeBytes(&bad).first_non_finite().map(|x| x.0), Some(2999));
         assert_eq!(crate::optim::LeBytes(&bytes).first_non_finite(), None);
+    }
+
+    #[test]
+    fn an_update_that_would_leave_a_value_non_finite_is_undone_exactly() {
+        let big = 3e38f32;
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Momentum,
+            OptimizerKind::Adagrad,
+            OptimizerKind::Adam,
+            OptimizerKind::Ftrl,
+        ] {
+            let mut s = spec();
+            s.optimizer = OptimizerSpec::new(kind, 1.0);
+            s.ema_decay = 0.5;
+            let mut p = Params::init(&s);
+            let (h, w) = (p.tensor_index("h").unwrap(), p.tensor_index("w").unwrap());
+            // One update that stands (a repeated key, a dense range), then nothing dirty.
+            p.begin_update();
+            p.apply_rows(h, &[3, 9, 3], &[0.5, -1.0, 0.25]);
+            p.apply_dense(w, 0, &[0.1, 0.2, 0.3]);
+            p.finish_update().unwrap();
+            p.clear_dirty();
+            let before = p.clone();
+            // Finite gradients whose result is not: key 3 twice, after a finite dense range.
+            p.begin_update();
+            p.apply_dense(w, 1, &[1.0, -2.0]);
+            p.apply_rows(h, &[3, 11, 3], &[big, 1.0, big]);
+            let e = p.finish_update().unwrap_err();
+            assert!(matches!(&e, UpdateError::Diverges { tensor, index: 3, .. } if tensor == "h"), "{kind:?}: {e}");
+            assert!(e.to_string().contains("nothing changed"), "{e}");
+            for (a, b) in p.tensors.iter().zip(&before.tensors) {
+                let bits = |t: &TensorState| {
+                    t.w.iter().chain(t.slots.iter().flatten()).map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                assert_eq!(bits(a), bits(b), "{kind:?}: tensor {}", a.spec.name);
+            }
+            assert_eq!(p.steps, before.steps, "{kind:?}");
+            assert_eq!(p.dirty_chunks(h).count() + p.dirty_chunks(w).count(), 0, "{kind:?}");
+        }
     }
 
     #[test]

@@ -104,17 +104,17 @@ impl OptimizerSpec {
 
     fn validate(&self) -> Result<(), SpecError> {
         let pos = |field: &'static str, v: f32| {
-            if v.is_finite() && v > 0.0 {
+            if v > 0.0 && v <= MAX_HYPER {
                 Ok(())
             } else {
-                Err(SpecError::field(field, format!("must be a finite number > 0, got {v}")))
+                Err(SpecError::field(field, format!("must be > 0 and at most {MAX_HYPER:e}, got {v}")))
             }
         };
         let non_neg = |field: &'static str, v: f32| {
-            if v.is_finite() && v >= 0.0 {
+            if (0.0..=MAX_HYPER).contains(&v) {
                 Ok(())
             } else {
-                Err(SpecError::field(field, format!("must be a finite number >= 0, got {v}")))
+                Err(SpecError::field(field, format!("must be >= 0 and at most {MAX_HYPER:e}, got {v}")))
             }
         };
         let unit = |field: &'static str, v: f32| {
@@ -169,6 +169,12 @@ pub struct ModelSpec {
     pub staleness: u32,
 }
 
+/// The largest learning rate, regularisation, epsilon, FTRL beta or initial scale: far
+/// above any that trains, and far enough below f32's range (3.4e38) that one step from a
+/// finite gradient is not infinite by construction. A push whose result would still not
+/// be finite is refused when it is applied.
+pub const MAX_HYPER: f32 = 1e6;
+
 /// The largest hashed table: 2^28 rows.
 pub const MAX_HASH_BITS: u32 = 28;
 /// The largest model accepted: 2^31 floats of weights (8 GiB).
@@ -217,10 +223,10 @@ impl ModelSpec {
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(SpecError::field("ema_decay", format!("must be in [0, 1), got {}", self.ema_decay)));
         }
-        if !(self.init.scale.is_finite() && self.init.scale >= 0.0) {
+        if !(0.0..=MAX_HYPER).contains(&self.init.scale) {
             return Err(SpecError::field(
                 "init.scale",
-                format!("must be a finite number >= 0, got {}", self.init.scale),
+                format!("must be >= 0 and at most {MAX_HYPER:e}, got {}", self.init.scale),
             ));
         }
         let secs = self.commit.every_secs;
@@ -353,6 +359,17 @@ mod tests {
         s.validate().unwrap();
         s.optimizer.lr = f32::NAN;
         assert_eq!(s.validate().unwrap_err().field, "optimizer.lr");
+        for (lr, ok) in [(1e38, false), (f32::INFINITY, false), (1e6, true), (1.5e6, false)] {
+            s.optimizer.lr = lr;
+            assert_eq!(s.validate().is_ok(), ok, "lr {lr}");
+        }
+        s.optimizer.lr = 0.1;
+        s.optimizer.l2 = 1e30;
+        assert_eq!(s.validate().unwrap_err().field, "optimizer.l2");
+        s.optimizer.l2 = 0.0;
+        s.init.scale = 3e38;
+        assert_eq!(s.validate().unwrap_err().field, "init.scale");
+        s.init.scale = 0.0;
         s.optimizer.lr = 0.1;
         s.hash_bits = 40;
         assert_eq!(s.validate().unwrap_err().field, "hash_bits");

@@ -24,6 +24,15 @@ pub struct Round {
     pub stats: HashMap<usize, Vec<f32>>,
 }
 
+impl Round {
+    /// No worker sent values to this round (it applies as no update).
+    pub fn is_empty(&self) -> bool {
+        self.dense.values().all(|d| d.lo >= d.hi)
+            && self.rows.values().all(|r| r.keys.is_empty())
+            && self.stats.is_empty()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DenseSum {
     pub values: Vec<f32>,

@@ -107,6 +107,8 @@ pub struct Engine {
     /// Policy snapshots taken at exact update counts, waiting to be written in order.
     pending: VecDeque<Snapshot>,
     sync: SyncState,
+    /// BSP rounds dropped outside a push, not yet logged ([`Engine::take_dropped`]).
+    dropped: Vec<ServiceError>,
 }
 
 impl Engine {
@@ -132,6 +134,7 @@ impl Engine {
             incarnations: incarnations.into_iter().collect(),
             last_commit: now,
             pending: VecDeque::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -160,9 +163,10 @@ impl Engine {
         PushAck { lineage_epoch: self.epoch, head_version: self.head, updates: self.updates }
     }
 
-    /// Applies a checked push at `now`: a refused push changes nothing. Under BSP a
-    /// worker's gradients join their clock's round instead, applied once every live
-    /// worker's are in.
+    /// Applies a checked push at `now`: a refused push changes nothing, and a push whose
+    /// result would not be finite is refused. A push without values (progress only) is
+    /// not an update: it moves no counter and makes no version. Under BSP a worker's
+    /// gradients join their clock's round instead, applied once every live worker's are in.
     pub fn push(&mut self, push: &Checked<'_>, epoch: u64, now: Instant) -> Result<Pushed> {
         if self.shape.consistency == ConsistencyMode::Bsp && push.from_worker() {
             return self.push_to_round(push, epoch, now);
@@ -171,16 +175,20 @@ impl Engine {
         self.check_incarnation(meta)?;
         self.check_epoch(epoch)?;
         self.check_room(meta)?;
-        self.params.begin_update();
-        for (t, g) in push.grads() {
-            if g.keys.is_empty() {
-                self.params.apply_dense_le(t, g.offset as usize, g.values);
-            } else {
-                self.params.apply_rows_le(t, g.keys, g.values);
+        let update = push.values() > 0;
+        if update {
+            self.params.begin_update();
+            for (t, g) in push.grads() {
+                if g.keys.is_empty() {
+                    self.params.apply_dense_le(t, g.offset as usize, g.values);
+                } else {
+                    self.params.apply_rows_le(t, g.keys, g.values);
+                }
             }
+            self.params.finish_update().map_err(|source| ServiceError::Update { model: self.name(), source })?;
+            self.updates += 1;
+            self.since_commit += 1;
         }
-        self.updates += 1;
-        self.since_commit += 1;
         let pushed = self.finish_push(meta, now);
         if push.from_worker() && self.shape.consistency == ConsistencyMode::Ssp {
             self.sync.touch(&meta.worker_id, Some(meta.clock), now);
@@ -249,13 +257,14 @@ impl Engine {
             // clock moves on with it, so it counts in its round as an empty contribution —
             // the other workers are not left waiting for a gradient that will not come.
             self.enter_round(meta, now);
-            self.apply_complete_rounds(now);
+            let dropped = self.apply_complete_rounds(now).err();
+            self.dropped.extend(dropped);
             return Err(refused);
         }
         self.add_to_round(push);
         self.enter_round(meta, now);
         let pushed = self.finish_push(meta, now);
-        Ok(self.apply_complete_rounds(now).unwrap_or(pushed))
+        Ok(self.apply_complete_rounds(now)?.unwrap_or(pushed))
     }
 
     /// A worker pushes clock c after pulling at c-1, which BSP allows once round c-1 is
@@ -305,11 +314,19 @@ impl Engine {
     }
 
     /// BSP: applies every round that all live workers have contributed to, as one update
-    /// each. Returns the state after the last one applied.
-    fn apply_complete_rounds(&mut self, now: Instant) -> Option<Pushed> {
+    /// each (a round without values is none). Returns the state after the last one
+    /// applied. A round whose sum would leave a value non-finite is dropped whole (nothing
+    /// of it changes the model) and the next rounds go on; the first such round is the
+    /// error.
+    fn apply_complete_rounds(&mut self, now: Instant) -> Result<Option<Pushed>> {
         let mut pushed = None;
+        let mut dropped = None;
         while let Some(c) = self.sync.complete_round() {
             let Some(round) = self.sync.rounds.remove(&c) else { break };
+            self.sync.applied = c;
+            if round.is_empty() {
+                continue;
+            }
             self.params.begin_update();
             for (t, d) in &round.dense {
                 if d.lo < d.hi {
@@ -322,13 +339,26 @@ impl Engine {
             for (t, st) in &round.stats {
                 self.params.merge_stats(*t, st);
             }
+            if let Err(source) = self.params.finish_update() {
+                let message = format!(
+                    "model {:?}: BSP round {c} (workers {:?}) was dropped: {source}",
+                    self.shape.name, round.from
+                );
+                dropped.get_or_insert(ServiceError::Invalid(message));
+                continue;
+            }
             self.updates += 1;
             self.since_commit += 1;
-            self.sync.applied = c;
             let commit_due = self.snapshot_if_due(now);
             pushed = Some(Pushed { ack: self.ack(), commit_due });
         }
-        pushed
+        dropped.map_or(Ok(pushed), Err)
+    }
+
+    /// BSP rounds dropped by a leave or a lease expiry (their sums would not be finite),
+    /// for the runtime to log; a push that completes such a round is told instead.
+    pub fn take_dropped(&mut self) -> Vec<ServiceError> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// May `worker` join? Its id must fit in the records, and a new id needs room: the
@@ -383,7 +413,8 @@ impl Engine {
     /// Removes a worker from the barrier (and applies rounds it was holding up).
     pub fn leave(&mut self, worker: &str, now: Instant) -> Membership {
         let member = self.sync.leave(worker);
-        self.apply_complete_rounds(now);
+        let dropped = self.apply_complete_rounds(now).err();
+        self.dropped.extend(dropped);
         Membership { member, lease: self.sync.lease, live: self.sync.live() }
     }
 
@@ -392,7 +423,8 @@ impl Engine {
     pub fn expire(&mut self, now: Instant) -> Vec<String> {
         let gone = self.sync.expire(now);
         if !gone.is_empty() {
-            self.apply_complete_rounds(now);
+            let dropped = self.apply_complete_rounds(now).err();
+            self.dropped.extend(dropped);
         }
         gone
     }

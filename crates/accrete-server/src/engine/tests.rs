@@ -363,3 +363,74 @@ fn joins_are_checked_and_the_newest_incarnation_wins() {
     assert!(full.contains("4096 worker ids"), "{full}");
     e.check_join("w7").expect("a known id may join again");
 }
+
+#[test]
+fn a_push_whose_result_would_not_be_finite_is_refused_and_changes_nothing() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    // lr 0.5: -1.5e38 after one push of 3e38, -3e38 after two, -inf after three.
+    for c in 1..=2 {
+        push(&mut e, 1, &meta("w", 0, c), 3e38, t0).unwrap();
+    }
+    e.drain_pending();
+    e.params.clear_dirty();
+    let (w, status) = (bias(&e), e.status());
+    let refused = push(&mut e, 1, &meta("w", 0, 3), 3e38, t0).unwrap_err();
+    assert!(matches!(&refused, ServiceError::Update { .. }), "{refused}");
+    assert!(refused.to_string().contains("tensor \"b\""), "{refused}");
+    assert_eq!((bias(&e), e.status().updates, e.status().since_commit), (w, status.updates, status.since_commit));
+    assert_eq!(e.progress()[0].clock, 2, "a refused push records no progress");
+    assert_eq!(e.pending_len(), 0, "nor a version");
+    assert!((0..e.params.tensors.len()).all(|t| e.params.dirty_chunks(t).next().is_none()));
+}
+
+#[test]
+fn a_bsp_round_whose_sum_would_not_be_finite_is_dropped_whole() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    // Each gradient is finite; their sum (6e38) is not.
+    push(&mut e, 1, &meta("a", 1, 1), 3e38, t0).unwrap();
+    let dropped = push(&mut e, 1, &meta("b", 1, 1), 3e38, t0).unwrap_err().to_string();
+    assert!(dropped.contains("BSP round 1") && dropped.contains("dropped"), "{dropped}");
+    assert_eq!((bias(&e), e.status().updates), (0.0, 0));
+    assert!(e.may_pull("a", 1, t0) && e.may_pull("b", 1, t0), "the barrier goes on");
+    push(&mut e, 1, &meta("a", 1, 2), 1.0, t0).unwrap();
+    push(&mut e, 1, &meta("b", 1, 2), 1.0, t0).unwrap();
+    assert_eq!((bias(&e), e.status().updates), (-2.0 * LR, 1));
+    // A round completed by a leave is dropped the same way, and handed to the runtime to log.
+    e.join("c", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 3), 3e38, t0).unwrap();
+    push(&mut e, 1, &meta("b", 1, 3), 3e38, t0).unwrap();
+    assert!(e.take_dropped().is_empty(), "round 3 waits for c");
+    e.leave("c", t0);
+    let dropped: Vec<String> = e.take_dropped().iter().map(|d| d.to_string()).collect();
+    assert!(dropped.len() == 1 && dropped[0].contains("BSP round 3"), "{dropped:?}");
+    assert_eq!((bias(&e), e.status().updates), (-2.0 * LR, 1));
+    assert!(e.may_pull("a", 3, t0));
+}
+
+#[test]
+fn a_push_without_values_records_progress_but_is_no_update() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    let m = PushMeta { shard: "s".into(), offset: 10, ..meta("w", 0, 1) };
+    let shape = e.shape.clone();
+    let empty = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &[] }];
+    for grads in [&[][..], &empty[..]] {
+        let pushed = e.push(&shape.check(grads, &m).unwrap(), 1, t0).unwrap();
+        assert!(!pushed.commit_due);
+        assert_eq!((pushed.ack.updates, e.status().since_commit), (0, 0));
+    }
+    assert_eq!((e.pending_len(), e.progress()[0].offset), (0, 10), "progress, but no version");
+    // Under BSP a round nobody sent values to is no update either.
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    let shape = e.shape.clone();
+    e.push(&shape.check(&[], &meta("a", 1, 1)).unwrap(), 1, t0).unwrap();
+    assert_eq!(e.status().updates, 0);
+    assert!(e.may_pull("a", 1, t0));
+}

@@ -239,7 +239,11 @@ impl ModelHandle {
     }
 
     pub fn leave(&self, worker: &str) -> Membership {
-        let left = lock(&self.engine).leave(worker, Instant::now());
+        let (left, dropped) = {
+            let mut engine = lock(&self.engine);
+            (engine.leave(worker, Instant::now()), engine.take_dropped())
+        };
+        self.log_dropped(dropped);
         if left.member {
             tracing::info!(model = %self.name(), worker, "worker left");
         }
@@ -249,9 +253,20 @@ impl ModelHandle {
         left
     }
 
+    /// BSP rounds dropped after a leave or an expiry: no push is there to be told.
+    fn log_dropped(&self, dropped: Vec<ServiceError>) {
+        for e in dropped {
+            tracing::error!(model = %self.name(), "{e}");
+        }
+    }
+
     /// Drops workers whose lease expired by `now` (and applies rounds they were holding up).
     pub fn expire_leases(&self, now: Instant) {
-        let gone = lock(&self.engine).expire(now);
+        let (gone, dropped) = {
+            let mut engine = lock(&self.engine);
+            (engine.expire(now), engine.take_dropped())
+        };
+        self.log_dropped(dropped);
         for w in &gone {
             tracing::warn!(model = %self.name(), worker = %w, "lease expired; the worker left the barrier");
         }
