@@ -209,6 +209,34 @@ async fn import_makes_a_new_version_from_an_export() {
 }
 
 #[tokio::test]
+async fn export_messages_fit_the_server_limit_and_a_stock_client() {
+    use pb::models_client::ModelsClient;
+    // A stock client (4 MiB receive limit) against the default 64 MiB server limit, and a
+    // client at the limit of a server with a 64 KiB limit.
+    let tmp = tempfile::tempdir().unwrap();
+    let small = TestServer::start_in(tmp.path().join("small"), 64 << 10).await;
+    let default = TestServer::start().await;
+    for (s, receive) in [(&default, 4 << 20), (&small, 64 << 10)] {
+        let mut c = s.client().await;
+        let mut spec = linear("big", 4, pb::OptimizerKind::Adagrad, 0.1);
+        spec.hash_bits = 21; // 8 MiB of weights, 8 MiB of sums of squares
+        create(&mut c, spec).await;
+        let mut stock = ModelsClient::connect(s.url.clone()).await.unwrap().max_decoding_message_size(receive);
+        let req = pb::ExportRequest { model: "big".into(), version: None, optimizer_state: true };
+        let mut stream = stock.export(req).await.unwrap().into_inner();
+        let (mut messages, mut floats) = (0, 0);
+        while let Some(m) = stream.message().await.unwrap_or_else(|e| panic!("limit {receive}: {e}")) {
+            if let Some(pb::export_message::Item::Chunk(c)) = m.item {
+                floats += c.values.len() / 4;
+            }
+            messages += 1;
+        }
+        assert_eq!(floats, 2 * ((1 << 21) + 4 + 1 + 12), "limit {receive}: every weight and slot");
+        assert!(messages > 4, "{messages}");
+    }
+}
+
+#[tokio::test]
 async fn commit_policy_and_retention_keep_tagged_versions() {
     let s = TestServer::start().await;
     let mut c = s.client().await;
@@ -360,6 +388,8 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
         (push_req("m", 0, vec![dense("w", 0, &[f32::INFINITY])]), Code::InvalidArgument, "NaN or infinite"),
         (push_req("m", 99, vec![dense("w", 0, &[1.0])]), Code::Aborted, "epoch"),
         (push_req("m", 0, vec![dense("w", 0, &vec![1.0; 20_000])]), Code::ResourceExhausted, "limit of 65536 bytes"),
+        // past 4x the limit the transport refuses it before any handler: the same code
+        (push_req("m", 0, vec![dense("w", 0, &vec![1.0; 80_000])]), Code::ResourceExhausted, "limit of 65536 bytes"),
         // keys of an older client (varints) are never read as a dense update
         (
             push_req("m", 0, vec![pb::TensorChunk { varint_keys: vec![1], ..rows("h", &[], &[1.0]) }]),
@@ -377,6 +407,18 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
         assert_eq!(e.code(), code, "{}", e.message());
         assert!(e.message().contains(needle), "{:?} does not mention {needle:?}", e.message());
     }
+    // the same through a push stream and an import
+    let huge = push_req("m", 0, vec![dense("w", 0, &vec![1.0; 80_000])]);
+    let mut acks = c.params.push_stream(tokio_stream::iter(vec![huge])).await.unwrap().into_inner();
+    let e = acks.message().await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("a message is") && e.message().contains("limit of 65536 bytes"), "{}", e.message());
+    use pb::import_message::Item;
+    let header =
+        pb::ImportMessage { item: Some(Item::Header(pb::ImportHeader { model: "m".into(), source: "t".into() })) };
+    let chunk = pb::ImportMessage { item: Some(Item::Chunk(dense("w", 0, &vec![1.0; 80_000]))) };
+    let e = c.models.import(tokio_stream::iter(vec![header, chunk])).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     // statistics are pushed whole; a loss that the version records could not store
     let mut nan_loss = push_req("m", 0, vec![dense("w", 0, &[1.0; 4])]);
     nan_loss.meta = Some(pb::PushMeta { worker_id: "w1".into(), loss_sum: f64::NAN, ..Default::default() });
@@ -754,6 +796,14 @@ async fn bsp_refuses_clocks_outside_the_next_rounds() {
     let e = c.params.push(bsp_push("z", 2, 0)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("join again"), "{}", e.message());
+    // a leave says whether there was anything to leave
+    let leave = |w: &str| pb::WorkerRef { model: "b".into(), worker_id: w.into() };
+    c.params.leave(leave("a")).await.expect("a joined");
+    for w in ["z", "a"] {
+        let e = c.params.leave(leave(w)).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{w}: {}", e.message());
+        assert!(e.message().contains(&format!("worker {w:?} is not in the model's barrier")), "{}", e.message());
+    }
 }
 
 /// Under BSP, a push computed before a rollback is refused, but it still counts in its

@@ -188,6 +188,14 @@ async fn bad_rows_are_reported_with_file_and_line() {
     let out = cli(&s.url, &["worker", "--model", "s", "--shard", l.to_str().unwrap(), "--on-bad-row", "fail"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bad.libsvm:2") && err.contains("\"2:x\""), "{err}");
+    // Bytes from a file that would drive the terminal are escaped, not echoed.
+    let e = tmp.path().join("esc.csv");
+    std::fs::write(&e, b"x\x1b[2J\x1b[31m,c,y\n1,a,1\n").unwrap();
+    let args = ["worker", "--model", "m", "--shard", e.to_str().unwrap(), "--label", "y", "--numeric", "x"];
+    let out = cli(&s.url, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not in the header"), "{err}");
+    assert!(!err.contains('\x1b') && err.contains("\\u{1b}[2J"), "{err:?}");
 }
 
 #[tokio::test]

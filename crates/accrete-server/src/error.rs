@@ -27,7 +27,7 @@ pub enum ServiceError {
     Convert(#[from] accrete_proto::convert::ConvertError),
     #[error("model {model:?}: push computed against lineage epoch {pushed}, but the current epoch is {current} (the model was rolled back or imported); pull and recompute")]
     StaleLineage { model: String, pushed: u64, current: u64 },
-    #[error("model {model:?}: worker {worker:?} is not in the BSP barrier (its lease expired, or it never joined); join again")]
+    #[error("model {model:?}: worker {worker:?} is not in the model's barrier (it never joined, it left, or its lease expired); join again")]
     NotInBarrier { model: String, worker: String },
     #[error("model {model:?}: push from incarnation {pushed} of worker {worker:?}, but incarnation {current} has joined since; this process is stale")]
     StaleIncarnation { model: String, worker: String, pushed: u64, current: u64 },
@@ -97,6 +97,46 @@ impl From<ServiceError> for Status {
 }
 
 pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// What tonic's codec says of a message over the transport's limit (4x the server's
+/// limit; the handlers refuse anything between with a message naming what was too large).
+const TRANSPORT_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// A status from the transport, as the service answers it: a message over the transport's
+/// limit is `RESOURCE_EXHAUSTED` naming the server's limit (tonic says `OUT_OF_RANGE`);
+/// anything else is passed on.
+pub fn from_transport(status: Status, limit: usize) -> Status {
+    let found = status.message().strip_prefix(TRANSPORT_TOO_LARGE);
+    let bytes = found.and_then(|f| f.split(' ').next()).and_then(|n| n.parse().ok());
+    match bytes {
+        Some(bytes) if status.code() == Code::OutOfRange => {
+            ServiceError::TooLarge { what: "a message".into(), bytes, limit }.into()
+        }
+        _ => status,
+    }
+}
+
+/// [`from_transport`] for a status tonic answered before any handler ran (a unary
+/// request it could not decode): rewrites the response's status headers.
+pub fn transport_response<B>(
+    mut res: tonic::codegen::http::Response<B>,
+    limit: usize,
+) -> tonic::codegen::http::Response<B> {
+    let h = res.headers_mut();
+    if h.get("grpc-status").is_none_or(|c| c.as_bytes() != b"11") {
+        return res;
+    }
+    let Some(status) = Status::from_header_map(h) else { return res };
+    let answer = from_transport(status, limit);
+    if answer.code() != Code::OutOfRange {
+        h.remove("grpc-message");
+        h.remove("grpc-status-details-bin");
+        if let Err(e) = answer.add_header(h) {
+            tracing::warn!(error = %e, "cannot rewrite a transport status");
+        }
+    }
+    res
+}
 
 /// The longest message a status carries. Messages echo input (names, ids, labels), and a
 /// status travels in an HTTP/2 header: a 1 MiB name would exceed the peer's header limit

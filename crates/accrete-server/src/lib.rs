@@ -157,6 +157,7 @@ pub async fn serve_then(
         let _ = stopping_tx.send(());
     };
     let serve = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |res| error::transport_response(res, limit)))
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(16 << 20))

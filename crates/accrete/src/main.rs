@@ -95,7 +95,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::printable(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

@@ -61,9 +61,21 @@ pub fn consistency_name(s: &ModelSpec) -> String {
 const MAX_CELL_CHARS: usize = 120;
 
 /// A cell as a table shows it: at most [`MAX_CELL_CHARS`] characters.
+/// `s` with control characters (but newlines and tabs) escaped as `\u{..}`, so text that
+/// came from a file or the network (a header, a reason, a server's message) cannot move
+/// the cursor, recolour or clear the terminal it is printed on.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !s.chars().any(bad) {
+        return s.into();
+    }
+    s.chars().map(|c| if bad(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect::<String>().into()
+}
+
 fn cell(c: &str) -> String {
+    let c = printable(c).replace(['\n', '\t'], " ");
     if c.chars().count() <= MAX_CELL_CHARS {
-        return c.to_string();
+        return c;
     }
     let mut cut: String = c.chars().take(MAX_CELL_CHARS - 1).collect();
     cut.push('…');

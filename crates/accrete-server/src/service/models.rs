@@ -2,7 +2,7 @@
 //! score versions; roll back; export and import; watch version events.
 use super::import::ImportFiller;
 use super::{blocking, export, info_of, on_model, rpc_span, version_info, watch, BoxStream, Reply, Service};
-use crate::error::ServiceError;
+use crate::error::{from_transport, ServiceError};
 use accrete_core::{ModelSpec, VersionKind};
 use accrete_proto::v1 as pb;
 use accrete_proto::v1::models_server::Models;
@@ -142,7 +142,7 @@ impl Models for Service {
             let (rec, params) = self.load_version(&h, version).await?;
             let model = on_model(&h, info_of).await?;
             let header = pb::ExportHeader { model: Some(model), version: Some(version_info(&h, &rec)) };
-            Ok(Response::new(export::stream(header, params, req.optimizer_state)))
+            Ok(Response::new(export::stream(header, params, req.optimizer_state, self.limit)))
         }
         .instrument(span)
         .await
@@ -151,7 +151,8 @@ impl Models for Service {
     async fn import(&self, req: Request<Streaming<pb::ImportMessage>>) -> Reply<pb::VersionInfo> {
         let mut stream = req.into_inner();
         async move {
-            let header = match stream.message().await?.and_then(|m| m.item) {
+            let limit = self.limit;
+            let header = match stream.message().await.map_err(|t| from_transport(t, limit))?.and_then(|m| m.item) {
                 Some(pb::import_message::Item::Header(h)) => h,
                 _ => return Err(ServiceError::Invalid("an import starts with an ImportHeader message".into()).into()),
             };
@@ -159,7 +160,7 @@ impl Models for Service {
             let h = self.reg.get(&header.model)?;
             let _permit = self.heavy().await?;
             let mut filler = ImportFiller::new(h.empty_params(), h.name());
-            while let Some(msg) = stream.message().await? {
+            while let Some(msg) = stream.message().await.map_err(|t| from_transport(t, limit))? {
                 self.check_size(|| format!("import chunk for model {:?}", header.model), msg.encoded_len())?;
                 match msg.item {
                     Some(pb::import_message::Item::Chunk(c)) => filler.add(&c)?,

@@ -3,7 +3,7 @@
 //! request's bytes and a [`PushMeta`], handed to [`ModelHandle::push`], and its ack encoded.
 use super::{check_keys, data_span, on_model, pull, rpc_span, BoxStream, Reply, Service};
 use crate::engine::{Content, Grad};
-use crate::error::{Result, ServiceError};
+use crate::error::{from_transport, Result, ServiceError};
 #[cfg(doc)]
 use crate::model::ModelHandle;
 use accrete_core::optim::LeKeys;
@@ -118,7 +118,12 @@ impl Parameters for Service {
         let req = req.into_inner();
         let span = rpc_span("leave", &req.model);
         async move {
-            let m = self.reg.get(&req.model)?.leave(&req.worker_id);
+            let h = self.reg.get(&req.model)?;
+            let m = h.leave(&req.worker_id);
+            if !m.member {
+                // Never joined, left already, or its lease lapsed: nothing was left.
+                return Err(ServiceError::NotInBarrier { model: h.name().to_string(), worker: req.worker_id }.into());
+            }
             Ok(Response::new(pb::HeartbeatResponse { lease_ms: 0, live_workers: m.live as u32 }))
         }
         .instrument(span)
@@ -188,7 +193,7 @@ impl Stream for PushAcks {
         }
         let ack = match std::task::ready!(Pin::new(&mut this.input).poll_next(cx)) {
             None => return Poll::Ready(None),
-            Some(Err(transport)) => Err(transport),
+            Some(Err(transport)) => Err(from_transport(transport, this.svc.limit)),
             Some(Ok(m)) => {
                 if !this.named {
                     this.span.record("model", m.model.as_str());
