@@ -333,6 +333,52 @@ async fn retention_frees_disk_space() {
     );
 }
 
+#[tokio::test]
+async fn deleting_a_model_gives_its_disk_back_and_keeps_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = TestServer::start_in(dir.clone(), 64 << 20).await;
+    let mut c = s.client().await;
+    let mut keep = linear("keep", 4, pb::OptimizerKind::Adam, 0.1);
+    keep.hash_bits = 10;
+    create(&mut c, keep).await;
+    c.params.push(push_req("keep", 0, vec![dense("w", 0, &[1.0, 2.0, 3.0, 4.0])])).await.unwrap();
+    commit(&mut c, "keep").await;
+    let (versions_before, params_before) = (versions(&mut c, "keep").await, pull_all(&mut c, "keep", Some(2)).await.1);
+    create(&mut c, linear("big", 1 << 22, pb::OptimizerKind::Sgd, 0.1)).await;
+    for i in 0..4 {
+        c.params.push(push_req("big", 0, vec![dense("w", 0, &vec![i as f32 + 1.0; 1 << 22])])).await.unwrap();
+        commit(&mut c, "big").await;
+    }
+    let grown = du(&dir);
+    assert!(grown > 64 << 20, "{grown}");
+    c.models.delete_model(pb::ModelRef { name: "big".into() }).await.unwrap();
+    let deleted = du(&dir);
+    assert!(deleted * 4 < grown, "{deleted} bytes on disk after the delete, {grown} before");
+    // The other model is whole, and the store goes on writing.
+    assert_eq!(versions(&mut c, "keep").await, versions_before);
+    assert_eq!(pull_all(&mut c, "keep", Some(2)).await.1, params_before);
+    c.params.push(push_req("keep", 0, vec![dense("w", 0, &[1.0; 4])])).await.unwrap();
+    commit(&mut c, "keep").await;
+    create(&mut c, linear("new", 4, pb::OptimizerKind::Sgd, 0.1)).await;
+    s.stop().await;
+    let s = TestServer::start_in(dir.clone(), 64 << 20).await;
+    let mut c = s.client().await;
+    assert_eq!(versions(&mut c, "keep").await.len(), 3);
+    assert_eq!(pull_all(&mut c, "keep", Some(2)).await.1, params_before);
+    assert_eq!(versions(&mut c, "new").await.len(), 1);
+}
+
+/// Bytes the files under `p` take on disk (allocated blocks, as `du` counts them).
+fn du(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| if e.path().is_dir() { du(&e.path()) } else { e.metadata().unwrap().blocks() * 512 })
+        .sum()
+}
+
 fn dir_size(p: &std::path::Path) -> u64 {
     std::fs::read_dir(p)
         .unwrap()
@@ -531,6 +577,39 @@ async fn a_push_whose_result_would_not_be_finite_is_refused_whole_and_exports_im
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("optimizer.lr") && e.message().contains("at most 1e6"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_push_computed_against_a_deleted_model_is_refused_by_the_one_created_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = TestServer::start_in(dir.clone(), 64 << 20).await;
+    let mut c = s.client().await;
+    let spec = linear("m", 2, pb::OptimizerKind::Sgd, 0.1);
+    create(&mut c, spec.clone()).await;
+    let rb = pb::RollbackRequest { model: "m".into(), to_version: 1, reason: "t".into() };
+    c.models.rollback(rb).await.unwrap();
+    let old_epoch = pull_all(&mut c, "m", None).await.0.lineage_epoch;
+    assert_eq!(old_epoch, 2);
+    c.models.delete_model(pb::ModelRef { name: "m".into() }).await.unwrap();
+    create(&mut c, spec.clone()).await;
+    let new_epoch = pull_all(&mut c, "m", None).await.0.lineage_epoch;
+    assert_eq!(new_epoch, 3, "a model created again starts past the deleted one's epochs");
+    for stale in [1, old_epoch] {
+        let e = c.params.push(push_req("m", stale, vec![dense("w", 0, &[1.0, 1.0])])).await.unwrap_err();
+        assert_eq!(e.code(), Code::Aborted, "{}", e.message());
+        assert!(e.message().contains("earlier model of this name"), "{}", e.message());
+        assert_eq!(e.metadata().get("accrete-lineage-epoch").unwrap(), &new_epoch.to_string());
+    }
+    assert_eq!(tensor(&mut c, "m", "w").await, vec![0.0, 0.0], "a stale push changed the new model");
+    c.params.push(push_req("m", new_epoch, vec![dense("w", 0, &[1.0, 1.0])])).await.unwrap();
+    // The floor survives a restart.
+    c.models.delete_model(pb::ModelRef { name: "m".into() }).await.unwrap();
+    s.stop().await;
+    let s = TestServer::start_in(dir, 64 << 20).await;
+    let mut c = s.client().await;
+    create(&mut c, spec).await;
+    assert_eq!(pull_all(&mut c, "m", None).await.0.lineage_epoch, 4);
 }
 
 #[tokio::test]

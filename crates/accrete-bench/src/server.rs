@@ -151,10 +151,20 @@ fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     Ok((field("VmRSS:"), field("VmHWM:")))
 }
 
+/// Bytes the files under `p` take on disk (allocated blocks, as `du` counts them).
 fn dir_bytes(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(p) else { return 0 };
     rd.flatten()
-        .map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map(|m| m.len()).unwrap_or(0) })
+        .map(
+            |e| {
+                if e.path().is_dir() {
+                    dir_bytes(&e.path())
+                } else {
+                    e.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
+                }
+            },
+        )
         .sum()
 }
 
@@ -475,7 +485,13 @@ async fn disk(ctx: &mut Ctx) -> Result<()> {
             (n * 4) >> 20,
             dir_bytes(&dir) >> 20
         ));
+        c.models.delete_model(pb::ModelRef { name: "disk".into() }).await?;
         ctx.report.insert("disk".into(), json!({"bytes": before, "weights_bytes": n * 4, "versions": v}));
     }
+    let deleted = dir_bytes(&dir);
+    spawn_server(&dir).await?;
+    let reopened = dir_bytes(&dir);
+    ctx.say(format!("disk after deleting that model: {} MiB; reopened: {} MiB", deleted >> 20, reopened >> 20));
+    ctx.report.insert("disk_after_delete".into(), json!({"bytes": deleted, "reopened_bytes": reopened}));
     Ok(())
 }

@@ -27,6 +27,8 @@ pub enum ServiceError {
     Convert(#[from] accrete_proto::convert::ConvertError),
     #[error("model {model:?}: push computed against lineage epoch {pushed}, but the current epoch is {current} (the model was rolled back or imported); pull and recompute")]
     StaleLineage { model: String, pushed: u64, current: u64 },
+    #[error("model {model:?}: push computed against lineage epoch {pushed} of an earlier model of this name, which was deleted (this model began at epoch {first}); pull and recompute")]
+    StaleModel { model: String, pushed: u64, first: u64, current: u64 },
     #[error("model {model:?}: worker {worker:?} is not in the model's barrier (it never joined, it left, or its lease expired); join again")]
     NotInBarrier { model: String, worker: String },
     #[error("model {model:?}: push from incarnation {pushed} of worker {worker:?}, but incarnation {current} has joined since; this process is stale")]
@@ -52,7 +54,9 @@ impl ServiceError {
             | ServiceError::Update { .. }
             | ServiceError::Invalid(_)
             | ServiceError::Convert(_) => Code::InvalidArgument,
-            ServiceError::StaleLineage { .. } | ServiceError::WatchLagged(_) => Code::Aborted,
+            ServiceError::StaleLineage { .. } | ServiceError::StaleModel { .. } | ServiceError::WatchLagged(_) => {
+                Code::Aborted
+            }
             ServiceError::NotInBarrier { .. } | ServiceError::StaleIncarnation { .. } => Code::FailedPrecondition,
             ServiceError::TooLarge { .. } => Code::ResourceExhausted,
             ServiceError::Unavailable(_) => Code::Unavailable,
@@ -69,7 +73,7 @@ impl ServiceError {
             ServiceError::TagExists { .. } => "tag-exists",
             ServiceError::Spec(_) => "invalid-spec",
             ServiceError::Update { .. } | ServiceError::Invalid(_) | ServiceError::Convert(_) => "invalid",
-            ServiceError::StaleLineage { .. } => "stale-lineage",
+            ServiceError::StaleLineage { .. } | ServiceError::StaleModel { .. } => "stale-lineage",
             ServiceError::NotInBarrier { .. } => "not-in-barrier",
             ServiceError::StaleIncarnation { .. } => "stale-incarnation",
             ServiceError::TooLarge { .. } => "too-large",
@@ -89,7 +93,7 @@ impl From<ServiceError> for Status {
         let mut status = Status::new(code, capped(e.to_string()));
         let md = status.metadata_mut();
         md.insert("accrete-refusal", tonic::metadata::MetadataValue::from_static(e.refusal()));
-        if let ServiceError::StaleLineage { current, .. } = e {
+        if let ServiceError::StaleLineage { current, .. } | ServiceError::StaleModel { current, .. } = e {
             md.insert("accrete-lineage-epoch", current.into());
         }
         status

@@ -9,15 +9,21 @@
 //! - tree `c.{id}`: (written-by version, tensor, chunk) (BE) → chunk blob (weights, then
 //!   optimizer slots, little-endian f32);
 //! - tree `i.{id}`: worker id → its latest incarnation (u64 BE), bumped at every join and
-//!   flushed before the join is answered, so incarnations only grow, across restarts.
+//!   flushed before the join is answered, so incarnations only grow, across restarts;
+//! - tree `epochs`: model name → the last lineage epoch of a deleted model of that name
+//!   (u64 BE), so a model created again under the name starts past it and a push computed
+//!   against the deleted one is refused as stale.
 //!
 //! A commit writes the changed chunks under its own version number, then the manifest and
 //! the version record, then flushes: a version is visible only once everything it
 //! references is durable. Chunks keyed by a version that has no record are the leftovers of
 //! a crashed commit and are removed at open. Rollback writes only a manifest and a record.
+//! The database can be reopened (after a failed write) or compacted (after a delete) while
+//! the store is shared: see `db.rs`.
 //! Architecture invariant: a version's chunks and manifest are never modified after the
 //! version is written; only its record's tags and metrics change.
 
+mod db;
 mod manifest;
 mod records;
 
@@ -26,8 +32,11 @@ pub use manifest::Manifest;
 pub use records::{now_unix_ms, ModelRecord};
 
 use accrete_core::Params;
+use db::{finish_compaction, open_db, Guard, Inner};
+use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 const MARKER: &str = "ACCRETE";
 const MARKER_TEXT: &str = "accrete data dir, format 1\n";
@@ -46,17 +55,20 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("model {model}: stored data is damaged: {message}")]
     Corrupt { model: String, message: String },
+    #[error("data dir {0}: the database could not be opened again after a write failed; restart the server")]
+    Closed(PathBuf),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// The versioned store. Cheap to clone (sled handles are reference counted).
+/// The versioned store. Cheap to clone (the handles are shared).
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    models: sled::Tree,
+    /// `None` only after a reopen failed (every call then says so).
+    inner: Arc<RwLock<Option<Inner>>>,
     dir: PathBuf,
-    unflushed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cache_bytes: u64,
+    unflushed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -89,6 +101,9 @@ fn piece_key(wver: u64, t: u32, c: u32, piece: u32) -> [u8; 20] {
 /// values resident whatever its cache size (measured: RSS grows with every byte written
 /// as 192 KiB values, stays near the cache size with 8 KiB ones).
 const PIECE_BYTES: usize = 8 * 1024;
+
+/// The least a delete must free before the store is compacted for it.
+const COMPACT_AT_BYTES: u64 = 16 << 20;
 
 /// Unflushed bytes after which a long write flushes, so sled's dirty buffers stay bounded.
 const FLUSH_EVERY_BYTES: u64 = 8 << 20;
@@ -146,35 +161,15 @@ impl Store {
             }
             Err(_) => std::fs::write(&marker, MARKER_TEXT).map_err(io)?,
         }
-        let path = dir.join("db");
-        let config = sled::Config::new().path(&path).cache_capacity(cache_bytes);
-        // The database's lock may still be held for a moment by a store just closed (its
-        // flusher thread ends after the handle is dropped); longer means another server.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let db = loop {
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(|_| {
-                StoreError::Damaged { dir: dir.to_path_buf(), message: "sled panicked while opening".into() }
-            })?;
-            match opened {
-                Ok(db) => break db,
-                // (sled 0.34 reports the lock as an error of kind Other with this text)
-                Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("could not acquire lock") =>
-                {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(StoreError::InUse(dir.to_path_buf()));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => {
-                    let message = format!("cannot open database: {e}");
-                    return Err(StoreError::Damaged { dir: dir.to_path_buf(), message });
-                }
-            }
-        };
+        finish_compaction(dir).map_err(io)?;
+        let db = open_db(dir, cache_bytes)?;
         let models = db.open_tree("models")?;
-        let store = Store { db, models, dir: dir.to_path_buf(), unflushed: Default::default() };
+        let store = Store {
+            inner: Arc::new(RwLock::new(Some(Inner { db, models }))),
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            unflushed: Default::default(),
+        };
         store.recover()?;
         Ok(store)
     }
@@ -190,21 +185,22 @@ impl Store {
     /// retention dropped records first, versions whose chunks are gone (logged), so every
     /// listed version can be read.
     fn recover(&self) -> Result<()> {
+        let g = self.inner()?;
         let ids: HashSet<u64> = self.models()?.iter().map(|m| m.id).collect();
-        for name in self.db.tree_names() {
+        for name in g.db.tree_names() {
             let name = String::from_utf8_lossy(&name).to_string();
             let id = name
                 .split_once('.')
                 .and_then(|(p, id)| ["v", "f", "c", "i"].contains(&p).then(|| id.parse::<u64>().ok()))
                 .flatten();
             if id.is_some_and(|id| !ids.contains(&id)) {
-                self.db.drop_tree(name.as_bytes())?;
+                g.db.drop_tree(name.as_bytes())?;
             }
         }
         for id in ids {
-            let last = self.tree(id, 'v')?.last()?.map(|(k, _)| u64_key(&k)).unwrap_or(0);
+            let last = g.tree(id, 'v')?.last()?.map(|(k, _)| u64_key(&k)).unwrap_or(0);
             for t in ['c', 'f'] {
-                let tree = self.tree(id, t)?;
+                let tree = g.tree(id, t)?;
                 for k in tree.range(be(last + 1)..).keys() {
                     tree.remove(k?)?;
                 }
@@ -217,7 +213,8 @@ impl Store {
     /// Deletes chunks no retained manifest references, and drops the records of versions
     /// whose manifest names a chunk that is not stored.
     fn collect_chunks(&self, id: u64) -> Result<()> {
-        let (vtree, ftree, ctree) = (self.tree(id, 'v')?, self.tree(id, 'f')?, self.tree(id, 'c')?);
+        let g = self.inner()?;
+        let (vtree, ftree, ctree) = (g.tree(id, 'v')?, g.tree(id, 'f')?, g.tree(id, 'c')?);
         let mut stored: HashSet<(u32, u32, u64)> = HashSet::new();
         for k in ctree.iter().keys() {
             let k = k?;
@@ -260,40 +257,81 @@ impl Store {
         Ok(())
     }
 
+    /// A tree of model `id` (tests reach into the database with it).
+    #[cfg(test)]
     fn tree(&self, id: u64, kind: char) -> Result<sled::Tree> {
-        Ok(self.db.open_tree(format!("{kind}.{id}"))?)
+        self.inner()?.tree(id, kind)
     }
 
+    /// The open database, read-locked: a method holds it for as long as it uses the
+    /// database's trees, so a reopen or a compaction never swaps it under a write.
+    fn inner(&self) -> Result<Guard<'_>> {
+        RwLockReadGuard::try_map(self.inner.read_recursive(), |i| i.as_ref())
+            .map_err(|_| StoreError::Closed(self.dir.clone()))
+    }
+
+    /// An id no model has. (A compaction starts sled's id counter again; ids of deleted
+    /// models may come back, which is harmless: their trees went with them.)
     pub fn new_model_id(&self) -> Result<u64> {
-        Ok(self.db.generate_id()? + 1)
+        let g = self.inner()?;
+        let next = g.db.generate_id()? + 1;
+        Ok(next.max(self.models()?.iter().map(|m| m.id + 1).max().unwrap_or(0)))
     }
 
     pub fn models(&self) -> Result<Vec<ModelRecord>> {
-        self.models.iter().values().map(|v| records::decode(&v?, "model record")).collect()
+        let g = self.inner()?;
+        g.models.iter().values().map(|v| records::decode(&v?, "model record")).collect()
     }
 
     pub fn put_model(&self, rec: &ModelRecord) -> Result<()> {
-        self.models.insert(rec.spec.name.as_bytes(), records::encode(rec))?;
+        let g = self.inner()?;
+        g.models.insert(rec.spec.name.as_bytes(), records::encode(rec))?;
         self.flush()
     }
 
+    /// The last lineage epoch of any deleted model named `name` (0 when none was).
+    pub fn epoch_floor(&self, name: &str) -> Result<u64> {
+        let g = self.inner()?;
+        Ok(g.db.open_tree("epochs")?.get(name.as_bytes())?.map_or(0, |v| u64_key(&v)))
+    }
+
     /// Deletes a model and all its versions; returns how many versions were dropped.
-    pub fn delete_model(&self, rec: &ModelRecord) -> Result<u64> {
-        let n = self.tree(rec.id, 'v')?.len() as u64;
-        self.models.remove(rec.spec.name.as_bytes())?;
-        self.db.flush()?;
-        for kind in ['v', 'f', 'c', 'i'] {
-            self.db.drop_tree(format!("{kind}.{}", rec.id))?;
+    /// `last_epoch` (its live lineage epoch) becomes the name's epoch floor first.
+    ///
+    /// sled reuses the space it frees but never gives it back; when the deleted model held
+    /// at least half of the disk the database takes, the store is compacted at once
+    /// ([`Store::compact`]), so deleting models gives the disk back.
+    pub fn delete_model(&self, rec: &ModelRecord, last_epoch: u64) -> Result<u64> {
+        let (n, freed) = {
+            let g = self.inner()?;
+            let n = g.tree(rec.id, 'v')?.len() as u64;
+            let floor = last_epoch.max(self.epoch_floor(&rec.spec.name)?);
+            g.db.open_tree("epochs")?.insert(rec.spec.name.as_bytes(), &be(floor))?;
+            g.models.remove(rec.spec.name.as_bytes())?;
+            g.db.flush()?;
+            let mut freed = 0u64;
+            for kind in ['v', 'f', 'c', 'i'] {
+                let tree = g.tree(rec.id, kind)?;
+                freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
+                g.db.drop_tree(format!("{kind}.{}", rec.id))?;
+            }
+            self.flush()?;
+            (n, freed)
+        };
+        let on_disk = self.disk_bytes();
+        if freed >= COMPACT_AT_BYTES && freed * 2 >= on_disk {
+            let (before, after) = self.compact()?;
+            tracing::info!(model = %rec.spec.name, before, after, "compacted the database after a delete");
         }
-        self.flush()?;
         Ok(n)
     }
 
     /// Writes chunks of a version that is not written yet (big writes go in batches before
     /// [`Store::write_version`]). Neither durable nor visible until the version record is.
     pub fn write_chunks(&self, id: u64, version: u64, batch: &ChunkBatch) -> Result<()> {
+        let g = self.inner()?;
         use std::sync::atomic::Ordering;
-        let ctree = self.tree(id, 'c')?;
+        let ctree = g.tree(id, 'c')?;
         for (t, c, range) in &batch.chunks {
             let blob = &batch.data[range.clone()];
             for (i, piece) in blob.chunks(PIECE_BYTES).enumerate() {
@@ -319,25 +357,29 @@ impl Store {
     /// Writes a version: its new chunks (keyed by this version), its manifest and record,
     /// then flushes. When this returns, the version survives `kill -9`.
     pub fn write_version(&self, id: u64, rec: &VersionRecord, manifest: &Manifest, chunks: &ChunkBatch) -> Result<()> {
+        let g = self.inner()?;
         self.write_chunks(id, rec.version, chunks)?;
-        self.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
-        self.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
+        g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
+        g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
         self.flush()
     }
 
     /// Rewrites a version's record (tags, metrics); its content never changes.
     pub fn update_version(&self, id: u64, rec: &VersionRecord) -> Result<()> {
-        self.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
+        let g = self.inner()?;
+        g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
         self.flush()
     }
 
     /// All retained versions of a model, oldest first.
     pub fn versions(&self, id: u64) -> Result<Vec<VersionRecord>> {
-        self.tree(id, 'v')?.iter().values().map(|v| records::decode(&v?, "version record")).collect()
+        let g = self.inner()?;
+        g.tree(id, 'v')?.iter().values().map(|v| records::decode(&v?, "version record")).collect()
     }
 
     pub fn manifest(&self, id: u64, version: u64, model: &str) -> Result<Option<Manifest>> {
-        match self.tree(id, 'f')?.get(be(version))? {
+        let g = self.inner()?;
+        match g.tree(id, 'f')?.get(be(version))? {
             None => Ok(None),
             Some(b) => Manifest::decode(&b).map(Some).ok_or_else(|| StoreError::Corrupt {
                 model: model.into(),
@@ -348,11 +390,12 @@ impl Store {
 
     /// Loads every chunk a manifest names into `params` (whose layout must match).
     pub fn load_params(&self, id: u64, model: &str, manifest: &Manifest, params: &mut Params) -> Result<()> {
+        let g = self.inner()?;
         let corrupt = |message: String| StoreError::Corrupt { model: model.into(), message };
         if !manifest.matches(params) {
             return Err(corrupt("manifest does not match the model's layout".into()));
         }
-        let ctree = self.tree(id, 'c')?;
+        let ctree = g.tree(id, 'c')?;
         let mut blob = Vec::new();
         for (t, chunks) in manifest.tensors.iter().enumerate() {
             for (c, wver) in chunks.iter().enumerate() {
@@ -372,6 +415,7 @@ impl Store {
     /// and are flushed; only then the chunks. A crash in between leaves chunks that nothing
     /// references (collected at the next open), never a listed version without its data.
     pub fn drop_versions(&self, id: u64, model: &str, drop: &[u64], keep: &[u64]) -> Result<u64> {
+        let g = self.inner()?;
         let mut referenced = HashSet::new();
         for v in keep {
             if let Some(m) = self.manifest(id, *v, model)? {
@@ -389,10 +433,10 @@ impl Store {
             records.remove(&be(*v));
             manifests.remove(&be(*v));
         }
-        self.tree(id, 'v')?.apply_batch(records)?;
-        self.tree(id, 'f')?.apply_batch(manifests)?;
+        g.tree(id, 'v')?.apply_batch(records)?;
+        g.tree(id, 'f')?.apply_batch(manifests)?;
         self.flush()?;
-        let ctree = self.tree(id, 'c')?;
+        let ctree = g.tree(id, 'c')?;
         let mut freed = 0;
         unreferenced.sort_unstable();
         unreferenced.dedup();
@@ -410,7 +454,8 @@ impl Store {
 
     /// Gives `worker` its next incarnation (1 for a new worker) and makes it durable.
     pub fn bump_incarnation(&self, id: u64, worker: &str) -> Result<u64> {
-        let tree = self.tree(id, 'i')?;
+        let g = self.inner()?;
+        let tree = g.tree(id, 'i')?;
         let next = tree.update_and_fetch(worker.as_bytes(), |old| Some(be(old.map_or(0, u64_key) + 1).to_vec()))?;
         self.flush()?;
         Ok(next.map_or(1, |v| u64_key(&v)))
@@ -418,7 +463,8 @@ impl Store {
 
     /// Every worker's latest incarnation.
     pub fn incarnations(&self, id: u64) -> Result<Vec<(String, u64)>> {
-        self.tree(id, 'i')?
+        let g = self.inner()?;
+        g.tree(id, 'i')?
             .iter()
             .map(|kv| kv.map(|(k, v)| (String::from_utf8_lossy(&k).to_string(), u64_key(&v))).map_err(Into::into))
             .collect()
@@ -426,12 +472,14 @@ impl Store {
 
     /// Bytes sled reports on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        let g = self.inner()?;
+        Ok(g.db.size_on_disk()?)
     }
 
     pub fn flush(&self) -> Result<()> {
+        let g = self.inner()?;
         self.unflushed.store(0, std::sync::atomic::Ordering::Release);
-        self.db.flush()?;
+        g.db.flush()?;
         Ok(())
     }
 }

@@ -8,6 +8,14 @@ pub struct ModelRecord {
     pub id: u64,
     pub spec: ModelSpec,
     pub created_unix_ms: i64,
+    /// The lineage epoch of its version 1: past every epoch of an earlier model of the
+    /// same name (records written before it existed began at 1).
+    #[serde(default = "first_epoch")]
+    pub first_epoch: u64,
+}
+
+fn first_epoch() -> u64 {
+    1
 }
 
 pub fn now_unix_ms() -> i64 {

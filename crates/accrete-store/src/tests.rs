@@ -29,7 +29,7 @@ fn versions_survive_reopen_bitwise() {
     let p = Params::init(&spec());
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0 }).unwrap();
+        s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0, first_epoch: 1 }).unwrap();
         s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -63,7 +63,7 @@ fn leftovers_of_a_crashed_commit_are_removed_at_open() {
     let p = Params::init(&spec());
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0 }).unwrap();
+        s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0, first_epoch: 1 }).unwrap();
         s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
         // chunks of version 2 written, but its record never landed
         let mut b = sled::Batch::default();
@@ -110,7 +110,7 @@ fn incarnations_only_grow_across_reopens() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.put_model(&ModelRecord { id: 7, spec: spec(), created_unix_ms: 0 }).unwrap();
+        s.put_model(&ModelRecord { id: 7, spec: spec(), created_unix_ms: 0, first_epoch: 1 }).unwrap();
         assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 1);
         assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 2);
         assert_eq!(s.bump_incarnation(7, "w1").unwrap(), 1);
@@ -118,13 +118,14 @@ fn incarnations_only_grow_across_reopens() {
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(s.incarnations(7).unwrap(), vec![("w0".to_string(), 2), ("w1".to_string(), 1)]);
     assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 3);
-    s.delete_model(&ModelRecord { id: 7, spec: spec(), created_unix_ms: 0 }).unwrap();
+    s.delete_model(&ModelRecord { id: 7, spec: spec(), created_unix_ms: 0, first_epoch: 1 }, 5).unwrap();
+    assert_eq!(s.epoch_floor("m").unwrap(), 5, "the deleted model's last epoch is kept");
     assert_eq!(s.incarnations(7).unwrap(), vec![], "deleted with its model");
 }
 
 /// Versions 1 (full) and 2 (its own chunk 1 of tensor 0), as a commit writes them.
 fn two_versions(s: &Store, p: &Params) {
-    s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0 }).unwrap();
+    s.put_model(&ModelRecord { id: 1, spec: spec(), created_unix_ms: 0, first_epoch: 1 }).unwrap();
     s.write_version(1, &version(1, None), &Manifest::full(p, 1), &all_chunks(p)).unwrap();
     let mut m2 = Manifest::full(p, 1);
     m2.tensors[0][1] = 2;
@@ -183,4 +184,48 @@ fn retention_drops_records_before_chunks_and_open_collects_what_a_crash_left() {
     assert_eq!(freed, 1, "only version 1's chunk 2, which version 3 replaced; its other chunks are still version 3's");
     let m = s.manifest(1, 3, "m").unwrap().unwrap();
     s.load_params(1, "m", &m, &mut Params::zeros(&spec())).expect("the kept version loads");
+}
+
+#[test]
+fn compaction_keeps_every_record_and_a_crash_during_it_leaves_one_whole_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    let bits = |s: &Store| {
+        let m = s.manifest(1, 2, "m").unwrap().unwrap();
+        let mut q = Params::zeros(&spec());
+        s.load_params(1, "m", &m, &mut q).unwrap();
+        q.tensors[0].w.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+    };
+    let want = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        two_versions(&s, &p);
+        assert_eq!(s.bump_incarnation(1, "w").unwrap(), 1);
+        let want = (s.versions(1).unwrap(), s.incarnations(1).unwrap(), bits(&s));
+        s.compact().unwrap();
+        assert_eq!((s.versions(1).unwrap(), s.incarnations(1).unwrap(), bits(&s)), want);
+        assert!(s.new_model_id().unwrap() > 1, "no id of a live model comes back");
+        // The store goes on writing after the swap.
+        assert_eq!(s.bump_incarnation(1, "w").unwrap(), 2);
+        want
+    };
+    let reopened = |what: &str| {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((s.versions(1).unwrap(), bits(&s)), (want.0.clone(), want.2.clone()), "{what}");
+        assert!(!dir.path().join("db.compact").exists() && !dir.path().join("db.old").exists(), "{what}");
+    };
+    reopened("after a compaction");
+    // A crash while copying: a partial copy beside the database is discarded.
+    std::fs::create_dir(dir.path().join("db.compact")).unwrap();
+    std::fs::write(dir.path().join("db.compact/db"), b"partial").unwrap();
+    reopened("a partial copy");
+    // A crash between the two renames: the whole copy takes the database's place.
+    let copy = tempfile::tempdir().unwrap();
+    let cp = |from: &Path, to: &Path| {
+        let status = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+        assert!(status.success());
+    };
+    cp(&dir.path().join("db"), &copy.path().join("db"));
+    std::fs::rename(dir.path().join("db"), dir.path().join("db.old")).unwrap();
+    cp(&copy.path().join("db"), &dir.path().join("db.compact"));
+    reopened("between the renames");
 }

@@ -30,6 +30,9 @@ pub struct Shape {
     pub consistency: ConsistencyMode,
     pub staleness: u32,
     pub commit: CommitPolicy,
+    /// The lineage epoch the model began at; an older one belongs to a deleted model of
+    /// the same name.
+    pub first_epoch: u64,
 }
 
 /// A push whose gradients and metadata passed [`Shape::check`], with each gradient's
@@ -70,6 +73,7 @@ impl Shape {
             consistency: spec.consistency,
             staleness: spec.staleness,
             commit: spec.commit,
+            first_epoch: 1,
         }
     }
 

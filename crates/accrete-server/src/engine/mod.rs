@@ -212,6 +212,10 @@ impl Engine {
 
     /// Refuses a push computed on another lineage (0 = don't check).
     fn check_epoch(&self, epoch: u64) -> Result<()> {
+        if epoch != 0 && epoch < self.shape.first_epoch {
+            let first = self.shape.first_epoch;
+            return Err(ServiceError::StaleModel { model: self.name(), pushed: epoch, first, current: self.epoch });
+        }
         if epoch != 0 && epoch != self.epoch {
             return Err(ServiceError::StaleLineage { model: self.name(), pushed: epoch, current: self.epoch });
         }

@@ -103,11 +103,13 @@ impl ModelHandle {
             return Err(accrete_core::SpecError::field("init.scale", message).into());
         }
         let store = &ctx.store;
-        let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms() };
+        // Past every epoch of a deleted model of this name: its pushes are stale here.
+        let first_epoch = store.epoch_floor(&spec.name)? + 1;
+        let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms(), first_epoch };
         let version = VersionRecord {
             created_unix_ms: now_unix_ms(),
             reason: "create".into(),
-            lineage_epoch: 1,
+            lineage_epoch: first_epoch,
             ..VersionRecord::new(1, VersionKind::Created)
         };
         let written = versions::write_all_chunks(store, record.id, 1, &params)?;
@@ -145,7 +147,7 @@ impl ModelHandle {
         params: Params,
         incarnations: Vec<(String, u64)>,
     ) -> ModelHandle {
-        let shape = Arc::new(Shape::of(&record.spec));
+        let shape = Arc::new(Shape { first_epoch: record.first_epoch, ..Shape::of(&record.spec) });
         let engine = Engine::new(shape.clone(), params, &head.record, incarnations, ctx.lease, Instant::now());
         ModelHandle {
             record,

@@ -294,7 +294,8 @@ impl ModelHandle {
     /// Deletes the model's history from the store and announces it. Blocking.
     pub fn delete(&self) -> Result<u64> {
         let head = self.head.lock();
-        let n = self.store.delete_model(&self.record)?;
+        let epoch = lock(&self.engine).status().epoch.max(head.record.lineage_epoch);
+        let n = self.store.delete_model(&self.record, epoch)?;
         self.emit(EventKind::Deleted, head.record.clone());
         Ok(n)
     }
