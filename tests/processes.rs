@@ -205,3 +205,85 @@ async fn every_listed_version_reads_back_after_kill_9_during_retention() {
     }
     assert!(checked >= 6, "{checked} versions checked");
 }
+
+/// Unmounts a test's tmpfs when the test ends, however it ends.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: commits and tags answer RESOURCE_EXHAUSTED, pushes past the commit
+/// policy's bound are refused instead of acknowledged, and once space is freed the server
+/// commits again without a restart. Every acknowledged update is in a version, across a
+/// kill -9.
+#[tokio::test]
+async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(tmp.path()).status();
+    assert!(mounted.is_ok_and(|s| s.success()), "this test mounts a small tmpfs to fill: it needs root");
+    let _mount = Mount(tmp.path().to_path_buf());
+    let dir = tmp.path().join("data");
+    let mut p = spawn_server(&dir).await;
+    let mut c = common::connect(&p.url).await.unwrap();
+    let mut spec = linear("m", 4, pb::OptimizerKind::Sgd, 0.01);
+    spec.hash_bits = 18; // 1 MiB of weights in 16 chunks
+    spec.commit = Some(pb::CommitPolicy { every_updates: 1, keep_last: 3, ..Default::default() });
+    create(&mut c, spec).await;
+    // Fill the disk.
+    let ballast = tmp.path().join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        while f.write_all(&[1u8; 1 << 16]).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Every push touches every chunk: each version writes 1 MiB.
+    let keys: Vec<u64> = (0..16).map(|i| i * 16384 + 7).collect();
+    let push = || push_req("m", 0, vec![rows("h", &keys, &[0.5; 16])]);
+    let mut acked = 0u64;
+    let mut refused = None;
+    for _ in 0..400 {
+        match c.params.push(push()).await {
+            Ok(_) => acked += 1,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("pushes were acknowledged although no version could be written");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{}", refused.message());
+    assert!(refused.message().contains("pushes are refused until a commit succeeds"), "{}", refused.message());
+    let e = c.models.commit(pb::CommitRequest { model: "m".into(), reason: String::new() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    let tag = || pb::TagRequest { model: "m".into(), version: 1, label: "first".into() };
+    let e = c.models.tag(tag()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
+    // Free the space: within a few seconds the policy writes what waits, and pushes,
+    // commits and tags work again, with no restart.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if c.params.push(push()).await.is_ok() {
+            acked += 1;
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "pushes were still refused 10 s after space was freed");
+    c.models.tag(tag()).await.expect("a tag once space is freed");
+    commit(&mut c, "m").await;
+    let head = versions(&mut c, "m").await.pop().unwrap();
+    let info = c.models.get_model_info(pb::ModelRef { name: "m".into() }).await.unwrap().into_inner();
+    assert_eq!((head.updates, info.updates), (acked, acked), "every acknowledged update is in a version");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let p = spawn_server(&dir).await;
+    let mut c = common::connect(&p.url).await.unwrap();
+    assert_eq!(versions(&mut c, "m").await.pop().unwrap().updates, acked, "lost after kill -9");
+}

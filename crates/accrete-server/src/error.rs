@@ -39,6 +39,8 @@ pub enum ServiceError {
     WatchLagged(u64),
     #[error("{what} is {bytes} bytes, over the server's message limit of {limit} bytes (--max-message-bytes)")]
     TooLarge { what: String, bytes: usize, limit: usize },
+    #[error("model {model:?}: {uncommitted} updates are not committed and its commits fail ({cause}); pushes are refused until a commit succeeds")]
+    Uncommittable { model: String, uncommitted: u64, cause: String },
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -58,7 +60,8 @@ impl ServiceError {
                 Code::Aborted
             }
             ServiceError::NotInBarrier { .. } | ServiceError::StaleIncarnation { .. } => Code::FailedPrecondition,
-            ServiceError::TooLarge { .. } => Code::ResourceExhausted,
+            ServiceError::TooLarge { .. } | ServiceError::Uncommittable { .. } => Code::ResourceExhausted,
+            ServiceError::Store(e) if e.is_disk_full() => Code::ResourceExhausted,
             ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
         }
@@ -77,6 +80,8 @@ impl ServiceError {
             ServiceError::NotInBarrier { .. } => "not-in-barrier",
             ServiceError::StaleIncarnation { .. } => "stale-incarnation",
             ServiceError::TooLarge { .. } => "too-large",
+            ServiceError::Uncommittable { .. } => "commits-failing",
+            ServiceError::Store(e) if e.is_disk_full() => "disk-full",
             ServiceError::Unavailable(_) => "unavailable",
             ServiceError::WatchLagged(_) => "watch-lagged",
             ServiceError::Store(_) | ServiceError::Internal(_) => "internal",

@@ -4,6 +4,7 @@
 use crate::{Result, Store, StoreError, FLUSH_EVERY_BYTES};
 use parking_lot::MappedRwLockReadGuard;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// The open sled database and its `models` tree.
 pub(crate) struct Inner {
@@ -19,7 +20,53 @@ impl Inner {
     }
 }
 
+/// How often a store whose writes fail tries to open its database again.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// The last failed write of a store: when, and what (an IO error's kind and text).
+#[derive(Debug, Clone)]
+pub(crate) struct Failed {
+    at: Instant,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
 impl Store {
+    /// Runs a write. After a write failed with an IO error (a full disk), sled refuses
+    /// every later write until the database is opened again: so the next write first
+    /// reopens it (at most once a second; until then it fails at once with the same
+    /// error, whose kind — `StorageFull` — the server answers as `RESOURCE_EXHAUSTED`).
+    /// So the store recovers once the cause is gone, without a restart.
+    ///
+    /// Called only at the public write methods' entry, never with the database's read
+    /// lock held (a reopen takes the write lock).
+    pub(crate) fn writing<T>(&self, write: impl FnOnce() -> Result<T>) -> Result<T> {
+        let failed = self.failed.lock().clone();
+        if let Some(f) = failed {
+            if f.at.elapsed() < REOPEN_EVERY {
+                return Err(StoreError::Io { dir: self.dir.clone(), source: std::io::Error::new(f.kind, f.message) });
+            }
+            if let Err(e) = self.reopen() {
+                let kind = e.io_kind().unwrap_or(f.kind);
+                *self.failed.lock() = Some(Failed { at: Instant::now(), kind, message: e.to_string() });
+                return Err(e);
+            }
+            tracing::warn!(dir = %self.dir.display(), "database opened again after a failed write");
+            *self.failed.lock() = None;
+        }
+        let result = write();
+        if let Err(e) = &result {
+            self.note_failure(e);
+        }
+        result
+    }
+
+    fn note_failure(&self, e: &StoreError) {
+        if let Some(kind) = e.io_kind() {
+            *self.failed.lock() = Some(Failed { at: Instant::now(), kind, message: e.to_string() });
+        }
+    }
+
     /// Closes the database and opens it again from what is on disk: how the store recovers
     /// after a failed write (sled refuses every write after an IO error, `ENOSPC`
     /// included, until it is opened again). Writes not flushed before the failure are

@@ -61,6 +61,22 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+impl StoreError {
+    /// The kind of the IO error under this one, if it is one.
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            StoreError::Io { source, .. } => Some(source.kind()),
+            StoreError::Sled(sled::Error::Io(e)) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// The disk (or the user's quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self.io_kind(), Some(std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
+    }
+}
+
 /// The versioned store. Cheap to clone (the handles are shared).
 #[derive(Clone)]
 pub struct Store {
@@ -69,6 +85,8 @@ pub struct Store {
     dir: PathBuf,
     cache_bytes: u64,
     unflushed: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when a write failed with an IO error, until the database is opened again.
+    failed: Arc<parking_lot::Mutex<Option<db::Failed>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -169,6 +187,7 @@ impl Store {
             dir: dir.to_path_buf(),
             cache_bytes,
             unflushed: Default::default(),
+            failed: Default::default(),
         };
         store.recover()?;
         Ok(store)
@@ -207,7 +226,7 @@ impl Store {
             }
             self.collect_chunks(id)?;
         }
-        self.flush()
+        self.sync()
     }
 
     /// Deletes chunks no retained manifest references, and drops the records of versions
@@ -284,9 +303,11 @@ impl Store {
     }
 
     pub fn put_model(&self, rec: &ModelRecord) -> Result<()> {
-        let g = self.inner()?;
-        g.models.insert(rec.spec.name.as_bytes(), records::encode(rec))?;
-        self.flush()
+        self.writing(|| {
+            let g = self.inner()?;
+            g.models.insert(rec.spec.name.as_bytes(), records::encode(rec))?;
+            self.sync()
+        })
     }
 
     /// The last lineage epoch of any deleted model named `name` (0 when none was).
@@ -302,33 +323,39 @@ impl Store {
     /// at least half of the disk the database takes, the store is compacted at once
     /// ([`Store::compact`]), so deleting models gives the disk back.
     pub fn delete_model(&self, rec: &ModelRecord, last_epoch: u64) -> Result<u64> {
-        let (n, freed) = {
-            let g = self.inner()?;
-            let n = g.tree(rec.id, 'v')?.len() as u64;
-            let floor = last_epoch.max(self.epoch_floor(&rec.spec.name)?);
-            g.db.open_tree("epochs")?.insert(rec.spec.name.as_bytes(), &be(floor))?;
-            g.models.remove(rec.spec.name.as_bytes())?;
-            g.db.flush()?;
-            let mut freed = 0u64;
-            for kind in ['v', 'f', 'c', 'i'] {
-                let tree = g.tree(rec.id, kind)?;
-                freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
-                g.db.drop_tree(format!("{kind}.{}", rec.id))?;
+        self.writing(|| {
+            let (n, freed) = {
+                let g = self.inner()?;
+                let n = g.tree(rec.id, 'v')?.len() as u64;
+                let floor = last_epoch.max(self.epoch_floor(&rec.spec.name)?);
+                g.db.open_tree("epochs")?.insert(rec.spec.name.as_bytes(), &be(floor))?;
+                g.models.remove(rec.spec.name.as_bytes())?;
+                g.db.flush()?;
+                let mut freed = 0u64;
+                for kind in ['v', 'f', 'c', 'i'] {
+                    let tree = g.tree(rec.id, kind)?;
+                    freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
+                    g.db.drop_tree(format!("{kind}.{}", rec.id))?;
+                }
+                self.sync()?;
+                (n, freed)
+            };
+            let on_disk = self.disk_bytes();
+            if freed >= COMPACT_AT_BYTES && freed * 2 >= on_disk {
+                let (before, after) = self.compact()?;
+                tracing::info!(model = %rec.spec.name, before, after, "compacted the database after a delete");
             }
-            self.flush()?;
-            (n, freed)
-        };
-        let on_disk = self.disk_bytes();
-        if freed >= COMPACT_AT_BYTES && freed * 2 >= on_disk {
-            let (before, after) = self.compact()?;
-            tracing::info!(model = %rec.spec.name, before, after, "compacted the database after a delete");
-        }
-        Ok(n)
+            Ok(n)
+        })
     }
 
     /// Writes chunks of a version that is not written yet (big writes go in batches before
     /// [`Store::write_version`]). Neither durable nor visible until the version record is.
     pub fn write_chunks(&self, id: u64, version: u64, batch: &ChunkBatch) -> Result<()> {
+        self.writing(|| self.put_chunks(id, version, batch))
+    }
+
+    fn put_chunks(&self, id: u64, version: u64, batch: &ChunkBatch) -> Result<()> {
         let g = self.inner()?;
         use std::sync::atomic::Ordering;
         let ctree = g.tree(id, 'c')?;
@@ -339,7 +366,7 @@ impl Store {
             }
             let bytes = blob.len() as u64;
             if self.unflushed.fetch_add(bytes, Ordering::AcqRel) + bytes > FLUSH_EVERY_BYTES {
-                self.flush()?;
+                self.sync()?;
             }
         }
         Ok(())
@@ -357,18 +384,22 @@ impl Store {
     /// Writes a version: its new chunks (keyed by this version), its manifest and record,
     /// then flushes. When this returns, the version survives `kill -9`.
     pub fn write_version(&self, id: u64, rec: &VersionRecord, manifest: &Manifest, chunks: &ChunkBatch) -> Result<()> {
-        let g = self.inner()?;
-        self.write_chunks(id, rec.version, chunks)?;
-        g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
-        g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
-        self.flush()
+        self.writing(|| {
+            self.put_chunks(id, rec.version, chunks)?;
+            let g = self.inner()?;
+            g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
+            g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
+            self.sync()
+        })
     }
 
     /// Rewrites a version's record (tags, metrics); its content never changes.
     pub fn update_version(&self, id: u64, rec: &VersionRecord) -> Result<()> {
-        let g = self.inner()?;
-        g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
-        self.flush()
+        self.writing(|| {
+            let g = self.inner()?;
+            g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
+            self.sync()
+        })
     }
 
     /// All retained versions of a model, oldest first.
@@ -415,50 +446,54 @@ impl Store {
     /// and are flushed; only then the chunks. A crash in between leaves chunks that nothing
     /// references (collected at the next open), never a listed version without its data.
     pub fn drop_versions(&self, id: u64, model: &str, drop: &[u64], keep: &[u64]) -> Result<u64> {
-        let g = self.inner()?;
-        let mut referenced = HashSet::new();
-        for v in keep {
-            if let Some(m) = self.manifest(id, *v, model)? {
-                referenced.extend(m.entries());
+        self.writing(|| {
+            let g = self.inner()?;
+            let mut referenced = HashSet::new();
+            for v in keep {
+                if let Some(m) = self.manifest(id, *v, model)? {
+                    referenced.extend(m.entries());
+                }
             }
-        }
-        let mut unreferenced = Vec::new();
-        for v in drop {
-            if let Some(m) = self.manifest(id, *v, model)? {
-                unreferenced.extend(m.entries().filter(|e| !referenced.contains(e)));
+            let mut unreferenced = Vec::new();
+            for v in drop {
+                if let Some(m) = self.manifest(id, *v, model)? {
+                    unreferenced.extend(m.entries().filter(|e| !referenced.contains(e)));
+                }
             }
-        }
-        let (mut records, mut manifests) = (sled::Batch::default(), sled::Batch::default());
-        for v in drop {
-            records.remove(&be(*v));
-            manifests.remove(&be(*v));
-        }
-        g.tree(id, 'v')?.apply_batch(records)?;
-        g.tree(id, 'f')?.apply_batch(manifests)?;
-        self.flush()?;
-        let ctree = g.tree(id, 'c')?;
-        let mut freed = 0;
-        unreferenced.sort_unstable();
-        unreferenced.dedup();
-        for (t, c, wver) in unreferenced {
-            let mut any = false;
-            for key in ctree.scan_prefix(chunk_key(wver, t, c)).keys() {
-                ctree.remove(key?)?;
-                any = true;
+            let (mut records, mut manifests) = (sled::Batch::default(), sled::Batch::default());
+            for v in drop {
+                records.remove(&be(*v));
+                manifests.remove(&be(*v));
             }
-            freed += any as u64;
-        }
-        self.flush()?;
-        Ok(freed)
+            g.tree(id, 'v')?.apply_batch(records)?;
+            g.tree(id, 'f')?.apply_batch(manifests)?;
+            self.sync()?;
+            let ctree = g.tree(id, 'c')?;
+            let mut freed = 0;
+            unreferenced.sort_unstable();
+            unreferenced.dedup();
+            for (t, c, wver) in unreferenced {
+                let mut any = false;
+                for key in ctree.scan_prefix(chunk_key(wver, t, c)).keys() {
+                    ctree.remove(key?)?;
+                    any = true;
+                }
+                freed += any as u64;
+            }
+            self.sync()?;
+            Ok(freed)
+        })
     }
 
     /// Gives `worker` its next incarnation (1 for a new worker) and makes it durable.
     pub fn bump_incarnation(&self, id: u64, worker: &str) -> Result<u64> {
-        let g = self.inner()?;
-        let tree = g.tree(id, 'i')?;
-        let next = tree.update_and_fetch(worker.as_bytes(), |old| Some(be(old.map_or(0, u64_key) + 1).to_vec()))?;
-        self.flush()?;
-        Ok(next.map_or(1, |v| u64_key(&v)))
+        self.writing(|| {
+            let g = self.inner()?;
+            let tree = g.tree(id, 'i')?;
+            let next = tree.update_and_fetch(worker.as_bytes(), |old| Some(be(old.map_or(0, u64_key) + 1).to_vec()))?;
+            self.sync()?;
+            Ok(next.map_or(1, |v| u64_key(&v)))
+        })
     }
 
     /// Every worker's latest incarnation.
@@ -476,7 +511,12 @@ impl Store {
         Ok(g.db.size_on_disk()?)
     }
 
+    /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
+        self.writing(|| self.sync())
+    }
+
+    fn sync(&self) -> Result<()> {
         let g = self.inner()?;
         self.unflushed.store(0, std::sync::atomic::Ordering::Release);
         g.db.flush()?;

@@ -13,6 +13,7 @@
 //! the update-count policy's snapshot, if this push reached it.
 
 mod check;
+mod commits;
 #[cfg(test)]
 mod tests;
 
@@ -37,6 +38,8 @@ const MAX_NAME_BYTES: usize = check::MAX_NAME_BYTES;
 const MAX_ROUNDS_AHEAD: u64 = 16;
 /// Policy snapshots allowed to wait for the writer; beyond that, commits coalesce.
 const MAX_PENDING: usize = 8;
+/// How long the policy waits after a failed write before it tries again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The content of a future version, copied out of the live state at one instant.
 #[derive(Debug)]
@@ -109,6 +112,10 @@ pub struct Engine {
     sync: SyncState,
     /// BSP rounds dropped outside a push, not yet logged ([`Engine::take_dropped`]).
     dropped: Vec<ServiceError>,
+    /// When the last write of a version failed, and why; `None` once one succeeds.
+    failed: Option<(Instant, String)>,
+    /// When a version was last written.
+    last_written: Instant,
 }
 
 impl Engine {
@@ -135,6 +142,8 @@ impl Engine {
             last_commit: now,
             pending: VecDeque::new(),
             dropped: Vec::new(),
+            failed: None,
+            last_written: now,
         }
     }
 
@@ -175,6 +184,7 @@ impl Engine {
         self.check_incarnation(meta)?;
         self.check_epoch(epoch)?;
         self.check_room(meta)?;
+        self.check_committable(now)?;
         let update = push.values() > 0;
         if update {
             self.params.begin_update();
@@ -235,6 +245,23 @@ impl Engine {
         Ok(())
     }
 
+    /// While versions cannot be written, refuses pushes past the commit policy's bound —
+    /// updates the policy would have committed by now (`every_updates` since the last
+    /// version, or `every_secs` since it) — rather than acknowledge updates that a crash
+    /// would lose beyond what the policy promises. Without a policy there is no bound.
+    fn check_committable(&self, now: Instant) -> Result<()> {
+        let Some((_, cause)) = &self.failed else { return Ok(()) };
+        let c = self.shape.commit;
+        let uncommitted = self.since_commit + self.pending.iter().map(|s| s.since_parent).sum::<u64>();
+        let by_count = c.every_updates > 0 && uncommitted >= c.every_updates;
+        let by_time =
+            c.every_secs > 0.0 && now.saturating_duration_since(self.last_written).as_secs_f64() >= c.every_secs;
+        if by_count || by_time {
+            return Err(ServiceError::Uncommittable { model: self.name(), uncommitted, cause: cause.clone() });
+        }
+        Ok(())
+    }
+
     fn finish_push(&mut self, meta: &PushMeta, now: Instant) -> Pushed {
         if !meta.worker_id.is_empty() {
             record_progress(&mut self.workers, meta);
@@ -254,6 +281,7 @@ impl Engine {
             return Err(ServiceError::NotInBarrier { model: self.name(), worker: meta.worker_id.clone() });
         }
         self.check_room(meta)?;
+        self.check_committable(now)?;
         let stale = self.check_epoch(epoch).err();
         self.check_round(meta)?;
         if let Some(refused) = stale {
@@ -441,104 +469,6 @@ impl Engine {
         self.sync.may_pull(clock)
     }
 
-    /// The update-count policy: at every N-th update, snapshot the live state (to be
-    /// written by the commit-policy task). True when this update reached it.
-    fn snapshot_if_due(&mut self, now: Instant) -> bool {
-        let every = self.shape.commit.every_updates;
-        if every == 0 || self.since_commit < every {
-            return false;
-        }
-        if self.pending.len() < MAX_PENDING {
-            let snap = self.take_snapshot(VersionKind::Policy, "policy", now);
-            self.pending.push_back(snap);
-        }
-        true
-    }
-
-    /// Is a policy commit due at `now`? Update-count snapshots wait to be written, or
-    /// `every_secs` passed since the last commit with updates since.
-    pub fn commit_due(&self, now: Instant) -> bool {
-        !self.pending.is_empty() || self.time_due(now)
-    }
-
-    fn time_due(&self, now: Instant) -> bool {
-        let secs = self.shape.commit.every_secs;
-        secs > 0.0 && self.since_commit > 0 && now.saturating_duration_since(self.last_commit).as_secs_f64() >= secs
-    }
-
-    /// The next update-count snapshot to write, oldest first.
-    pub fn next_pending(&mut self) -> Option<Snapshot> {
-        self.pending.pop_front()
-    }
-
-    /// Every waiting update-count snapshot, oldest first.
-    pub fn drain_pending(&mut self) -> Vec<Snapshot> {
-        self.pending.drain(..).collect()
-    }
-
-    /// How many update-count snapshots wait.
-    pub fn pending_len(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// The time policy's snapshot, if it is due at `now`.
-    pub fn time_snapshot(&mut self, now: Instant) -> Option<Snapshot> {
-        self.time_due(now).then(|| self.take_snapshot(VersionKind::Policy, "policy", now))
-    }
-
-    /// A snapshot of the live state for a commit of `kind`; `None` when nothing changed
-    /// since the last one.
-    pub fn snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Option<Snapshot> {
-        (self.since_commit > 0).then(|| self.take_snapshot(kind, reason, now))
-    }
-
-    /// Copies the changed chunks (one buffer) and the counters, and clears the marks.
-    fn take_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
-        let p = &self.params;
-        let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| p.chunk_bytes(t, c))).sum();
-        let mut chunks = ChunkBatch::with_capacity(bytes);
-        for t in 0..p.tensors.len() {
-            for c in p.dirty_chunks(t) {
-                chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out));
-            }
-        }
-        let snap = Snapshot {
-            chunks,
-            updates: self.updates,
-            since_parent: self.since_commit,
-            epoch: self.epoch,
-            workers: self.progress(),
-            steps: self.params.steps,
-            kind,
-            reason: reason.to_string(),
-        };
-        self.params.clear_dirty();
-        self.since_commit = 0;
-        self.last_commit = now;
-        snap
-    }
-
-    /// A snapshot whose write failed: the live values of its chunks, and its updates, go
-    /// into the next commit instead. So do those of the snapshots waiting behind it: each
-    /// holds only the chunks changed since the one before, so written without it they
-    /// would miss its changes.
-    pub fn unwritten(&mut self, chunks: &ChunkBatch, since_parent: u64) {
-        let waiting = std::mem::take(&mut self.pending);
-        for (chunks, since_parent) in
-            std::iter::once((chunks, since_parent)).chain(waiting.iter().map(|s| (&s.chunks, s.since_parent)))
-        {
-            for (t, c, _) in &chunks.chunks {
-                self.params.mark_dirty(*t as usize, *c as usize);
-            }
-            self.since_commit += since_parent;
-        }
-    }
-
-    /// A snapshot was written as version `v`: the live state descends from it.
-    pub fn committed(&mut self, v: u64) {
-        self.head = v;
-    }
-
     /// Replaces the live parameters with a version's content (rollback, import): version
     /// `head` of lineage `epoch`, at `now`.
     ///
@@ -556,6 +486,8 @@ impl Engine {
         self.head = head;
         self.since_commit = 0;
         self.last_commit = now;
+        self.failed = None;
+        self.last_written = now;
     }
 }
 

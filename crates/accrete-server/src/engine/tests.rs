@@ -115,9 +115,9 @@ fn the_time_policy_is_due_only_after_every_secs_with_updates() {
     assert!(!e.commit_due(t0 + secs(10.0)), "no updates, no commit");
     push(&mut e, 1, &meta("w", 0, 1), 1.0, t0 + secs(1.0)).unwrap();
     assert!(!e.commit_due(t0 + secs(1.999)));
-    assert!(e.time_snapshot(t0 + secs(1.5)).is_none());
+    assert!(e.policy_snapshot(t0 + secs(1.5)).is_none());
     assert!(e.commit_due(t0 + secs(2.0)));
-    let snap = e.time_snapshot(t0 + secs(2.0)).expect("due at 2 s");
+    let snap = e.policy_snapshot(t0 + secs(2.0)).expect("due at 2 s");
     assert_eq!((snap.updates, snap.since_parent, snap.kind), (1, 1, VersionKind::Policy));
     assert!(!snap.chunks.is_empty());
     assert!(!e.commit_due(t0 + secs(30.0)), "nothing changed since the snapshot");
@@ -168,7 +168,7 @@ fn an_unwritten_snapshot_goes_into_the_next_commit() {
     e.unwritten(&snap.chunks, snap.since_parent);
     let again = e.snapshot(VersionKind::Manual, "commit", now).unwrap();
     assert_eq!((again.chunks.len(), again.since_parent), (snap.chunks.len(), 1));
-    e.committed(2);
+    e.committed(2, now);
     assert_eq!(e.status().head, 2);
 }
 
@@ -433,4 +433,33 @@ fn a_push_without_values_records_progress_but_is_no_update() {
     e.push(&shape.check(&[], &meta("a", 1, 1)).unwrap(), 1, t0).unwrap();
     assert_eq!(e.status().updates, 0);
     assert!(e.may_pull("a", 1, t0));
+}
+
+#[test]
+fn while_versions_cannot_be_written_pushes_past_the_policy_bound_are_refused() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 2, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    for c in 1..=2 {
+        push(&mut e, 1, &meta("w", 0, c), 1.0, t0).unwrap();
+    }
+    let snap = e.next_pending().unwrap();
+    // The write failed (a full disk): the snapshot goes back into the live state.
+    e.unwritten(&snap.chunks, snap.since_parent);
+    e.write_failed(t0, "no space left on device".into());
+    let refused = push(&mut e, 1, &meta("w", 0, 3), 1.0, t0).unwrap_err();
+    assert!(matches!(refused, ServiceError::Uncommittable { uncommitted: 2, .. }), "{refused}");
+    assert!(refused.to_string().contains("no space left on device"), "{refused}");
+    assert_eq!((bias(&e), e.status().updates), (-2.0 * LR, 2), "a refused push changes nothing");
+    // The policy tries again a second later, with everything not written.
+    assert!(!e.commit_due(t0 + secs(0.5)));
+    assert!(e.commit_due(t0 + secs(1.0)));
+    let retry = e.policy_snapshot(t0 + secs(1.0)).expect("a retry is due");
+    assert_eq!((retry.since_parent, retry.updates), (2, 2));
+    e.committed(2, t0 + secs(1.0));
+    push(&mut e, 1, &meta("w", 0, 3), 1.0, t0 + secs(1.0)).expect("accepted once a version is written");
+    // Without a policy there is no bound to keep.
+    let mut e = asp();
+    e.write_failed(t0, "full".into());
+    push(&mut e, 1, &meta("w", 0, 1), 1.0, t0).unwrap();
 }

@@ -58,7 +58,7 @@ impl ModelHandle {
             self.write_snapshot(&mut head, snap)?;
         }
         let mut head = self.head.lock();
-        let snap = lock(&self.engine).time_snapshot(Instant::now());
+        let snap = lock(&self.engine).policy_snapshot(Instant::now());
         if let Some(snap) = snap {
             self.write_snapshot(&mut head, snap)?;
         }
@@ -107,10 +107,12 @@ impl ModelHandle {
             ..VersionRecord::new(version, snap.kind)
         };
         if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &snap.chunks) {
-            lock(&self.engine).unwritten(&snap.chunks, snap.since_parent);
+            let mut engine = lock(&self.engine);
+            engine.unwritten(&snap.chunks, snap.since_parent);
+            engine.write_failed(Instant::now(), e.to_string());
             return Err(e.into());
         }
-        lock(&self.engine).committed(rec.version);
+        lock(&self.engine).committed(rec.version, Instant::now());
         *head = Head { record: rec.clone(), manifest };
         self.meters.commits.fetch_add(1, Ordering::Relaxed);
         self.meters.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
