@@ -44,6 +44,43 @@ impl Engine {
         self.pending.pop_front()
     }
 
+    /// The waiting update-count snapshots as one (the newest content of every chunk any
+    /// of them holds, and the newest counters): what an admin call writes, so it writes
+    /// one version however many wait — the same coalescing the policy does when more than
+    /// [`MAX_PENDING`] are due.
+    pub fn coalesce_pending(&mut self) -> Option<Snapshot> {
+        let mut waiting = self.pending.drain(..).rev();
+        let newest = waiting.next()?;
+        let older: Vec<Snapshot> = waiting.collect();
+        if older.is_empty() {
+            return Some(newest);
+        }
+        let mut seen: std::collections::HashSet<(u32, u32)> =
+            newest.chunks.chunks.iter().map(|(t, c, _)| (*t, *c)).collect();
+        let mut chunks = ChunkBatch::with_capacity(newest.chunks.data.len());
+        let mut since_parent = newest.since_parent;
+        for s in std::iter::once(&newest).chain(&older) {
+            for (t, c, range) in &s.chunks.chunks {
+                if std::ptr::eq(s, &newest) || seen.insert((*t, *c)) {
+                    chunks.push(*t, *c, |out| out.extend_from_slice(&s.chunks.data[range.clone()]));
+                }
+            }
+        }
+        since_parent += older.iter().map(|s| s.since_parent).sum::<u64>();
+        Some(Snapshot { chunks, since_parent, ..newest })
+    }
+
+    /// Folds the waiting snapshots back into the live state, for a commit of it that
+    /// holds them all.
+    pub fn fold_pending(&mut self) {
+        for s in std::mem::take(&mut self.pending) {
+            for (t, c, _) in &s.chunks.chunks {
+                self.params.mark_dirty(*t as usize, *c as usize);
+            }
+            self.since_commit += s.since_parent;
+        }
+    }
+
     /// Every waiting update-count snapshot, oldest first.
     pub fn drain_pending(&mut self) -> Vec<Snapshot> {
         self.pending.drain(..).collect()

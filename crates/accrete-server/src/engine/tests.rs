@@ -463,3 +463,36 @@ fn while_versions_cannot_be_written_pushes_past_the_policy_bound_are_refused() {
     e.write_failed(t0, "full".into());
     push(&mut e, 1, &meta("w", 0, 1), 1.0, t0).unwrap();
 }
+
+#[test]
+fn waiting_snapshots_coalesce_into_one_with_the_newest_content() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
+    let w = |v: f32| {
+        let values = [v; 4].iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        values
+    };
+    push(&mut e, 1, &meta("a", 0, 1), 1.0, t0).unwrap();
+    let values = w(2.0);
+    let grads = [Grad { tensor: "w", offset: 0, keys: LeKeys(&[]), values: &values }];
+    let m = meta("a", 0, 2);
+    let shape = e.shape.clone();
+    e.push(&shape.check(&grads, &m).unwrap(), 1, t0).unwrap();
+    push(&mut e, 1, &meta("a", 0, 3), 1.0, t0).unwrap();
+    assert_eq!(e.pending_len(), 3);
+    let newest_b = {
+        let mut last = e.pending.back().unwrap().chunks.chunks.clone();
+        last.retain(|(t, _, _)| *t as usize == e.params.tensor_index("b").unwrap());
+        let (_, _, r) = last[0].clone();
+        e.pending.back().unwrap().chunks.data[r].to_vec()
+    };
+    let one = e.coalesce_pending().unwrap();
+    assert_eq!(e.pending_len(), 0);
+    assert_eq!((one.updates, one.since_parent, one.workers[0].clock), (3, 3, 3));
+    let tensors: Vec<u32> = one.chunks.chunks.iter().map(|(t, _, _)| *t).collect();
+    assert_eq!(tensors.len(), 2, "b and w, once each: {tensors:?}");
+    let b = e.params.tensor_index("b").unwrap() as u32;
+    let (_, _, r) = one.chunks.chunks.iter().find(|(t, _, _)| *t == b).unwrap().clone();
+    assert_eq!(one.chunks.data[r].to_vec(), newest_b, "the newest content of b");
+}

@@ -31,17 +31,19 @@ struct NewHead {
 }
 
 impl ModelHandle {
-    /// Commits: first the policy snapshots already taken (in order), then the live state
-    /// if anything changed since. Returns the newest version and whether any was made.
+    /// Commits the live state, if anything changed since the last version, as one version
+    /// that also holds the policy snapshots still waiting (they are coalesced into it, so
+    /// a commit writes one version however many wait). Returns the newest version and
+    /// whether one was made.
     pub fn commit(&self, kind: VersionKind, reason: &str) -> Result<(VersionRecord, bool)> {
         let mut head = self.head.lock();
-        // The waiting snapshots and the live state's, taken at one instant.
-        let (waiting, live) = {
+        let live = {
             let mut engine = lock(&self.engine);
-            (engine.drain_pending(), engine.snapshot(kind, reason, Instant::now()))
+            engine.fold_pending();
+            engine.snapshot(kind, reason, Instant::now())
         };
-        let created = !waiting.is_empty() || live.is_some();
-        self.write_in_order(&mut head, waiting.into_iter().chain(live))?;
+        let created = live.is_some();
+        self.write_in_order(&mut head, live.into_iter())?;
         Ok((head.record.clone(), created))
     }
 
@@ -65,9 +67,10 @@ impl ModelHandle {
         Ok(())
     }
 
-    /// Writes the update-count snapshots waiting now (not those taken while it writes).
+    /// Writes the update-count snapshots waiting now (not those taken while it writes),
+    /// coalesced into one version.
     fn write_pending(&self, head: &mut Head) -> Result<()> {
-        let waiting = lock(&self.engine).drain_pending();
+        let waiting = lock(&self.engine).coalesce_pending();
         self.write_in_order(head, waiting.into_iter())
     }
 
