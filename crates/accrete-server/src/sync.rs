@@ -7,6 +7,7 @@
 //! not expired; an expired or departed worker leaves the barrier, so the others go on.
 //!
 //! Pure state: the time is passed in (`now`), so leases are tested with an injected clock.
+use accrete_core::push::PushMeta;
 use accrete_core::ConsistencyMode;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ pub struct Round {
     pub rows: HashMap<usize, RowSum>,
     /// Statistics tensors: merged batch statistics.
     pub stats: HashMap<usize, Vec<f32>>,
+    /// The metadata of the pushes in it: their workers' progress is recorded when the
+    /// round is applied, not before, so a version never holds offsets ahead of its content.
+    pub progress: Vec<PushMeta>,
 }
 
 impl Round {
@@ -54,6 +58,8 @@ impl Round {
         self.dense.clear();
         self.rows.clear();
         self.stats.clear();
+        // Their rows are not applied: the workers read them again.
+        self.progress.clear();
     }
 
     pub fn add_dense(&mut self, t: usize, len: usize, offset: usize, g: impl Iterator<Item = f32>) {

@@ -295,7 +295,9 @@ impl Engine {
         }
         self.add_to_round(push);
         self.enter_round(meta, now);
-        let pushed = self.finish_push(meta, now);
+        // Its progress is recorded when its round is applied.
+        self.sync.rounds.entry(meta.clock).or_default().progress.push(meta.clone());
+        let pushed = Pushed { ack: self.ack(), commit_due: false };
         Ok(self.apply_complete_rounds(now)?.unwrap_or(pushed))
     }
 
@@ -356,6 +358,8 @@ impl Engine {
         while let Some(c) = self.sync.complete_round() {
             let Some(round) = self.sync.rounds.remove(&c) else { break };
             self.sync.applied = c;
+            // The rows of its pushes are consumed now (applied, or dropped as diverging).
+            round.progress.iter().for_each(|m| record_progress(&mut self.workers, m));
             if round.is_empty() {
                 continue;
             }

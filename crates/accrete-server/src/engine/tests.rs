@@ -496,3 +496,26 @@ fn waiting_snapshots_coalesce_into_one_with_the_newest_content() {
     let (_, _, r) = one.chunks.chunks.iter().find(|(t, _, _)| *t == b).unwrap().clone();
     assert_eq!(one.chunks.data[r].to_vec(), newest_b, "the newest content of b");
 }
+
+#[test]
+fn bsp_records_a_workers_offset_when_its_round_is_applied() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    let at = |w: &str, clock: u64, offset: u64| PushMeta { shard: "s".into(), offset, ..meta(w, 1, clock) };
+    push(&mut e, 1, &at("a", 1, 100), 1.0, t0).unwrap();
+    // A commit now must not hold a's offset: its rows are not in the content yet.
+    let snap = e.snapshot(VersionKind::Manual, "commit", t0);
+    assert!(snap.is_none_or(|s| s.workers.iter().all(|w| w.offset == 0)), "offset recorded before its round applied");
+    assert!(e.progress().iter().all(|w| w.offset == 0));
+    push(&mut e, 1, &at("b", 1, 200), 1.0, t0).unwrap();
+    let offsets: Vec<(String, u64)> = e.progress().iter().map(|w| (w.worker_id.clone(), w.offset)).collect();
+    assert_eq!(offsets, [("a".to_string(), 100), ("b".to_string(), 200)]);
+    // A round open at a rollback is dropped with its offsets: those rows are read again.
+    push(&mut e, 1, &at("a", 2, 300), 1.0, t0).unwrap();
+    e.install(Params::zeros(&spec(ConsistencyMode::Bsp, 0, CommitPolicy::default())), 2, 2, t0);
+    push(&mut e, 2, &at("b", 2, 400), 1.0, t0).unwrap();
+    let offsets: Vec<u64> = e.progress().iter().map(|w| w.offset).collect();
+    assert_eq!(offsets, [100, 400], "a's rows of the dropped round are not counted as applied");
+}
