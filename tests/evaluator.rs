@@ -75,18 +75,15 @@ async fn once_scores_every_version_and_the_plot_is_a_png() {
     let small = tmp.path().join("small.csv");
     let text = std::fs::read_to_string(&shards[0]).unwrap();
     std::fs::write(&small, text.lines().take(301).collect::<Vec<_>>().join("\n") + "\n").unwrap();
-    while versions(&s.url, "fl").len() < 20 {
-        let mut args = vec![
-            "worker",
-            "--model",
-            "fl",
-            "--shard",
-            small.to_str().unwrap(),
-            "--worker-id",
-            "topup",
-            "--epochs",
-            "2",
-        ];
+    // (each run under a worker id of its own: a worker id that finished its passes over a
+    // shard resumes at their end, with nothing left to train)
+    for run in 0..40 {
+        if versions(&s.url, "fl").len() >= 20 {
+            break;
+        }
+        let id = format!("topup-{run}");
+        let mut args =
+            vec!["worker", "--model", "fl", "--shard", small.to_str().unwrap(), "--worker-id", &id, "--epochs", "2"];
         args.extend(COLS);
         ok(&s.url, &args);
         ok(&s.url, &["model", "commit", "fl"]);

@@ -768,6 +768,7 @@ async fn worker_progress_is_recorded_with_versions() {
             worker_id: "w0".into(),
             shard: "part-0.csv".into(),
             offset: off,
+            pass: 1,
             clock: i,
             rows: 10,
             loss_sum: 6.9,
@@ -780,8 +781,8 @@ async fn worker_progress_is_recorded_with_versions() {
     assert_eq!(v.workers.len(), 1);
     let w = &v.workers[0];
     assert_eq!(
-        (w.worker_id.as_str(), w.shard.as_str(), w.offset, w.clock, w.rows, w.pushes, w.seq),
-        ("w0", "part-0.csv", 250, 2, 20, 2, 2)
+        (w.worker_id.as_str(), w.shard.as_str(), w.offset, w.pass, w.clock, w.rows, w.pushes, w.seq),
+        ("w0", "part-0.csv", 250, 1, 2, 20, 2, 2)
     );
     assert!((w.loss_sum - 13.8).abs() < 1e-9);
     assert_eq!(v.kind, pb::VersionKind::Manual as i32);

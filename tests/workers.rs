@@ -3,6 +3,7 @@
 //! modes with a worker killed mid-run, bad rows, and follow mode.
 mod common;
 
+use accrete_proto::v1 as pb;
 use common::data::{labelled_flights, read_gz, shuffle, write_csv, COLS, HOUSING};
 use common::procs::{cli, create_flights_model, ok, spawn_cli, spawn_server};
 use std::io::Write;
@@ -367,17 +368,20 @@ async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
     assert!(out.status.success(), "worker b failed: {}", String::from_utf8_lossy(&out.stderr));
     let after = updates_of(&s.url, "p").await;
     assert!(after >= 1990, "worker b trained alone once a's lease expired: {after} updates");
-    // Woken up, a finds itself out of the barrier: it joins again and trains on the rows
-    // that still come down its pipe.
+    // Woken up, a finds its push refused (it is out of the barrier): those rows must be
+    // trained again, and a pipe cannot give them back, so it says so and fails rather
+    // than lose them silently.
     let cont = std::process::Command::new("kill").args(["-CONT", &a.id().to_string()]).status().unwrap();
     assert!(cont.success());
     pipe.write_all(format!("{}\n", rows[10..110].join("\n")).as_bytes()).unwrap();
     drop(pipe);
     let out = tokio::task::spawn_blocking(move || a.wait_with_output()).await.unwrap().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "worker a failed: {stderr}");
-    assert!(stderr.contains("joined again"), "{stderr}");
-    assert!(updates_of(&s.url, "p").await > after, "a's batches after joining again were applied");
+    assert!(!out.status.success(), "worker a lost the rows of its refused push: {stderr}");
+    assert!(
+        stderr.contains("not in the model's barrier") && stderr.contains("a pipe cannot be read again"),
+        "{stderr}"
+    );
 }
 
 /// `--shard /dev/stdin` trains on what is piped in, every run (a pipe has no offset to
@@ -412,4 +416,51 @@ async fn a_worker_trains_on_its_standard_input() {
     let out = run(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("/dev/stdin:1: cannot tell numeric from categorical"), "{stderr}");
+}
+
+/// A rollback while a worker trains: the rows applied before it are not trained again
+/// (the rollback abandons them with their lineage), and the rows of the pushes it made
+/// stale — the refused one and those queued behind it — are trained exactly once. Counted
+/// by the rows the model's input statistics hold.
+#[tokio::test]
+async fn a_rollback_under_load_trains_the_refused_rows_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (header, rows) = read_gz(HOUSING);
+    let train = tmp.path().join("train.csv");
+    std::fs::write(&train, format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    ok(&s.url, &["model", "create", "house", "--kind", "linear", "--features", "8", "--lr", "0.001"]);
+    let args =
+        ["worker", "--model", "house", "--shard", train.to_str().unwrap(), "--label", "MedHouseVal", "--batch", "8"];
+    let mut w = spawn_cli(&s.url, &args);
+    // Three rollbacks, each while pushes are in flight.
+    for at in [300, 600, 900] {
+        for _ in 0..500 {
+            if updates_of(&s.url, "house").await >= at {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(w.try_wait().unwrap().is_none(), "the worker finished before the rollback at {at} updates");
+        ok(&s.url, &["model", "rollback", "house", "--to", "1", "--reason", "test"]);
+    }
+    let out = w.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "worker: {stderr}");
+    ok(&s.url, &["model", "commit", "house"]);
+    let mut c = common::connect(&s.url).await.unwrap();
+    let vs = common::versions(&mut c, "house").await;
+    // Every row is applied once, all lineages together: the last rollback's record says
+    // how many were before it, and the content after it holds the others.
+    let rollback = vs.iter().rev().find(|v| v.kind == pb::VersionKind::Rollback as i32).expect("a rollback version");
+    let applied_before: u64 = rollback.workers.iter().map(|w| w.rows).sum();
+    assert!(applied_before > 0);
+    let norm = common::tensor(&mut c, "house", "norm").await;
+    let counted = norm[0] as u64;
+    assert_eq!(
+        counted,
+        rows.len() as u64 - applied_before,
+        "rows in the model after the rollback: {counted}; the shard has {}, {applied_before} were applied before it",
+        rows.len()
+    );
 }

@@ -67,6 +67,8 @@ pub struct Joined {
     pub clock: u64,
     /// Shard bytes consumed, as recorded for this worker id, and the shard they refer to.
     pub offset: u64,
+    /// The pass over the shard `offset` is in.
+    pub pass: u64,
     pub shard: String,
     pub live_workers: u32,
     /// This worker's new incarnation: its pushes carry it; older ones are refused.

@@ -12,6 +12,8 @@ pub struct PushMeta {
     pub shard: String,
     /// Shard bytes consumed after the rows of this push.
     pub offset: u64,
+    /// The pass over the shard (epoch, from 0) those rows are from.
+    pub pass: u64,
     pub clock: u64,
     /// Rows behind this gradient.
     pub rows: u64,

@@ -61,6 +61,8 @@ pub struct WorkerProgress {
     pub seq: u64,
     pub shard: String,
     pub offset: u64,
+    /// The pass over the shard (epoch, from 0) `offset` is in.
+    pub pass: u64,
     pub clock: u64,
     pub rows: u64,
     pub pushes: u64,

@@ -126,7 +126,7 @@ impl Identity {
         self.seq = 0;
     }
 
-    fn next_meta(&mut self, offset: u64, clock: u64, rows: u64, loss_sum: f64) -> PushMeta {
+    fn next_meta(&mut self, (pass, offset): (u64, u64), clock: u64, rows: u64, loss_sum: f64) -> PushMeta {
         self.seq += 1;
         PushMeta {
             worker_id: self.worker_id.clone(),
@@ -134,6 +134,7 @@ impl Identity {
             seq: self.seq,
             shard: self.shard.clone(),
             offset,
+            pass,
             clock,
             rows,
             loss_sum,
@@ -205,15 +206,20 @@ pub async fn run(
     let mut me = Identity { worker_id: config.worker_id.clone(), shard: shard_name.clone(), incarnation: 0, seq: 0 };
     me.joined(joined.incarnation);
     let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
-    // A pipe's bytes are new on every run: there is nothing to resume.
+    // A pipe's bytes are new on every run: there is nothing to resume or read again.
     let seekable = std::fs::metadata(&config.shard).is_ok_and(|m| m.is_file() || m.is_dir());
-    let resume_at = (seekable && joined.shard == shard_name && (config.epochs == 1 || config.follow))
-        .then_some(joined.offset)
-        .filter(|o| *o > 0);
-    if let Some(o) = resume_at {
-        tracing::info!(worker = %config.worker_id, offset = o, "resuming from the offset recorded for this worker");
+    // Where this worker id's applied rows of this shard end (a pass and an offset in it).
+    let recorded = |j: &accrete_core::pull::Joined| {
+        if seekable && j.shard == shard_name {
+            (j.pass, j.offset)
+        } else {
+            (0, 0)
+        }
+    };
+    let mut from = recorded(&joined);
+    if from != (0, 0) {
+        tracing::info!(worker = %config.worker_id, pass = from.0, offset = from.1, "resuming where this worker's applied rows end");
     }
-    let (mut reader, mut filled) = Reader::start(&config, Target::of(&view), resume_at, stop.clone());
     let mut grads = Tensors::default();
     let mut predictions = Vec::new();
     let mut progressive = match &config.progressive_out {
@@ -225,63 +231,100 @@ pub async fn run(
     let progressive_err = |source| WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source };
     let mut stats = Vec::new();
     let mut clock = joined.clock;
+    // One session per reading position: a refused push (a stale lineage after a rollback,
+    // or a lapsed lease under BSP) ends it, and the next reads again from where the rows
+    // the server applied end, so every row is applied once.
     loop {
-        let next = tokio::select! {
-            next = filled.recv() => next,
-            _ = stopped.notified() => break,
-        };
-        // The reading thread always ends with Done or an error; without either it panicked.
-        let next = next.ok_or_else(|| WorkerError::Config("the shard's reading thread stopped unexpectedly".into()))?;
-        let (mut batch, n, offset) = match next? {
-            Filled::Batch { batch, rows, offset } => (batch, rows, offset),
-            Filled::Done => break,
-        };
-        let span = tracing::debug_span!("batch", worker = %config.worker_id, clock, rows = n);
-        let loss = async {
-            let p = client.pull_batch(&view, &batch.uniq, None, Some((&config.worker_id, clock))).await?;
-            if view.has_norm {
-                standardise(&view, &p, &mut batch, &mut stats);
+        let (mut reader, mut filled) = Reader::start(&config, Target::of(&view), from, stop.clone());
+        let mut refused = None;
+        loop {
+            let next = tokio::select! {
+                next = filled.recv() => next,
+                _ = stopped.notified() => break,
+            };
+            // The reading thread always ends with Done or an error; without either it panicked.
+            let next =
+                next.ok_or_else(|| WorkerError::Config("the shard's reading thread stopped unexpectedly".into()))?;
+            let (mut batch, n, at) = match next? {
+                Filled::Batch { batch, rows, offset, pass } => (batch, rows, (pass, offset)),
+                Filled::Done => break,
+            };
+            let span = tracing::debug_span!("batch", worker = %config.worker_id, clock, rows = n);
+            let (loss, sent) = async {
+                let p = client.pull_batch(&view, &batch.uniq, None, Some((&config.worker_id, clock))).await?;
+                if view.has_norm {
+                    standardise(&view, &p, &mut batch, &mut stats);
+                }
+                if let Some(out) = progressive.as_mut() {
+                    kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
+                    write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(progressive_err)?;
+                }
+                let loss =
+                    kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, batch.uniq.len(), &mut grads);
+                clock += 1;
+                let meta = me.next_meta(at, clock, n as u64, loss);
+                let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
+                Ok::<_, WorkerError>((loss, pusher.send(&mut client, &push).await?))
             }
-            if let Some(out) = progressive.as_mut() {
-                kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
-                write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(progressive_err)?;
+            .instrument(span)
+            .await?;
+            reader.recycle(batch);
+            report.rows += n as u64;
+            progress.record(n as u64, loss);
+            report.pushes += 1;
+            report.loss_sum += loss;
+            if let Sent::Refused(why) = sent {
+                refused = Some(why);
+                break;
             }
-            let loss = kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, batch.uniq.len(), &mut grads);
-            clock += 1;
-            let meta = me.next_meta(offset, clock, n as u64, loss);
-            let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
-            if pusher.send(&mut client, &push).await? == Sent::Rejoin {
-                // The BSP rounds went on without this worker (its lease expired): join
-                // again, with a new incarnation, and take the barrier's clock; the refused
-                // batch's gradient is lost.
-                let rejoined = client.join(&config.model, &config.worker_id, &shard_name).await?;
-                me.joined(rejoined.incarnation);
-                clock = rejoined.clock;
-                tracing::warn!(worker = %config.worker_id, clock, "left the barrier while away; joined again");
+            if stop.load(Ordering::Acquire) {
+                break;
             }
-            Ok::<_, WorkerError>(loss)
         }
-        .instrument(span)
-        .await?;
-        reader.recycle(batch);
-        report.rows += n as u64;
-        progress.record(n as u64, loss);
-        report.pushes += 1;
-        report.loss_sum += loss;
+        report.bad_rows += reader.skipped.bad.load(Ordering::Relaxed);
+        report.unlabelled_rows += reader.skipped.unlabelled.load(Ordering::Relaxed);
+        drop(filled); // a reader still filling stops at its next batch
+        if refused.is_none() {
+            // The end of the shard, or a stop: every push out must have been applied.
+            match pusher.drain(&mut client).await? {
+                Sent::Sent(updates) => {
+                    report.last_updates = updates.unwrap_or(report.last_updates);
+                    break;
+                }
+                Sent::Refused(why) => refused = Some(why),
+            }
+        }
+        let why = refused.unwrap_or_default();
         if stop.load(Ordering::Acquire) {
+            // What was refused stays unapplied; the recorded offset says where a new run resumes.
+            tracing::warn!(worker = %config.worker_id, "{why}; stopping: the rows of the refused pushes were not trained");
             break;
         }
+        let rejoined = client.join(&config.model, &config.worker_id, &shard_name).await?;
+        me.joined(rejoined.incarnation);
+        clock = rejoined.clock;
+        if !seekable {
+            return Err(WorkerError::Config(format!(
+                "{}: {why}; its rows must be read again from offset {}, but a pipe cannot be read again \
+                 (train from a file to ride out rollbacks and lapsed leases)",
+                shard_name, rejoined.offset
+            )));
+        }
+        from = recorded(&rejoined);
+        tracing::warn!(
+            worker = %config.worker_id,
+            pass = from.0,
+            offset = from.1,
+            clock,
+            "{why}; joined again, and reading again from where the applied rows end"
+        );
     }
     tracing::debug!(rows = report.rows, "shard done");
-    report.bad_rows = reader.skipped.bad.load(Ordering::Relaxed);
-    report.unlabelled_rows = reader.skipped.unlabelled.load(Ordering::Relaxed);
-    drop(filled); // a reader still filling stops at its next batch
     stopper.abort();
     if let Some(mut out) = progressive {
         use std::io::Write;
         out.flush().map_err(progressive_err)?;
     }
-    report.last_updates = pusher.finish().await?;
     drop(heartbeat);
     match client.leave(&config.model, &config.worker_id).await {
         // Its lease lapsed at the very end (a long last batch): it has left already.

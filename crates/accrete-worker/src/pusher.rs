@@ -1,18 +1,21 @@
-//! Pushing a worker's gradients on one stream without waiting for each ack. A push refused
-//! for a stale lineage (the model was rolled back) is dropped and the stream reopened: the
-//! next pull brings the new lineage. A refusal because the worker left the BSP barrier
-//! asks the caller to join again. Any other refusal ends the worker.
+//! Pushing a worker's gradients on one stream without waiting for each ack. A push
+//! refused for a stale lineage (the model was rolled back) or because the worker left the
+//! BSP barrier ends the stream, and with it the pushes queued behind it: none of them was
+//! applied, so the caller joins again and reads their rows again from the offset the
+//! server recorded. Any other refusal ends the worker.
 use crate::WorkerError;
 use accrete_client::{Client, ClientError, PushStream};
 use accrete_core::push::Push;
 
-/// What became of a push handed to [`Pusher::send`].
+/// What became of the pushes handed to the stream.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Sent {
-    /// Queued (or dropped for a stale lineage: the next pull brings the new one).
-    Sent,
-    /// The stream ended because this worker is no longer in the BSP barrier.
-    Rejoin,
+    /// Queued, or (at [`Pusher::drain`]) all applied; the model's update count after the
+    /// last, when known.
+    Sent(Option<u64>),
+    /// Refused (a stale lineage, or not in the barrier): this push and those queued
+    /// behind it were not applied.
+    Refused(String),
 }
 
 pub(crate) struct Pusher {
@@ -26,30 +29,20 @@ impl Pusher {
 
     pub(crate) async fn send(&mut self, client: &mut Client, push: &Push<'_>) -> Result<Sent, WorkerError> {
         if self.stream.send(push).await.is_ok() {
-            return Ok(Sent::Sent);
+            return Ok(Sent::Sent(None));
         }
+        self.drain(client).await
+    }
+
+    /// Ends the stream (a fresh one takes its place) and says whether every push on it
+    /// was applied.
+    pub(crate) async fn drain(&mut self, client: &mut Client) -> Result<Sent, WorkerError> {
         let fresh = Pusher::open(client).await?;
         let old = std::mem::replace(self, fresh);
         match old.stream.finish().await {
-            Err(ClientError::StaleLineage { message, .. }) => {
-                tracing::warn!("{message}; continuing on the new lineage");
-                Ok(Sent::Sent)
-            }
-            Err(ClientError::NotInBarrier(_)) => Ok(Sent::Rejoin),
-            Err(e) => Err(e.into()),
-            Ok(_) => Ok(Sent::Sent),
-        }
-    }
-
-    /// Closes the stream; returns the model's update count after the last push applied
-    /// (0 when the last one was refused for a stale lineage or a lapsed lease).
-    pub(crate) async fn finish(self) -> Result<u64, WorkerError> {
-        match self.stream.finish().await {
-            Ok(ack) => Ok(ack.updates),
-            Err(ClientError::StaleLineage { .. }) => Ok(0),
-            Err(ClientError::NotInBarrier(message)) => {
-                tracing::warn!("{message}; the last push was not applied");
-                Ok(0)
+            Ok(ack) => Ok(Sent::Sent(Some(ack.updates))),
+            Err(ClientError::StaleLineage { message, .. }) | Err(ClientError::NotInBarrier(message)) => {
+                Ok(Sent::Refused(message))
             }
             Err(e) => Err(e.into()),
         }

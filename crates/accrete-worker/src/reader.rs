@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 /// What the reading thread hands the training loop.
 pub(crate) enum Filled {
-    /// A batch of `rows` rows (compacted), and the shard offset just after it.
-    Batch { batch: Box<Batch>, rows: usize, offset: u64 },
+    /// A batch of `rows` rows (compacted), and the shard offset just after it in pass
+    /// `pass` over the shard.
+    Batch { batch: Box<Batch>, rows: usize, offset: u64, pass: u64 },
     /// Every epoch is read.
     Done,
 }
@@ -39,7 +40,7 @@ impl Reader {
     pub(crate) fn start(
         config: &WorkerConfig,
         target: parse::Target,
-        resume_at: Option<u64>,
+        from: (u64, u64),
         stop: Arc<AtomicBool>,
     ) -> (Reader, mpsc::Receiver<Result<Filled, WorkerError>>) {
         let (tx, rx) = mpsc::channel(Self::AHEAD);
@@ -53,7 +54,7 @@ impl Reader {
         let spawned = std::thread::Builder::new().name("reader".into()).spawn({
             let (tx, skipped) = (tx.clone(), skipped.clone());
             move || {
-                let result = read_shard(&config, target, resume_at, &stop, &pool, &tx, &skipped);
+                let result = read_shard(&config, target, from, &stop, &pool, &tx, &skipped);
                 let _ = tx.blocking_send(result.map(|()| Filled::Done));
             }
         });
@@ -68,23 +69,24 @@ impl Reader {
     }
 }
 
-/// The reading thread's loop: every epoch of the shard, batch by batch, until the training
-/// loop is gone, `stop` is set, or an error.
+/// The reading thread's loop: every pass over the shard from `from` (a pass and a byte
+/// offset in it), batch by batch, until the training loop is gone, `stop` is set, or an
+/// error.
 fn read_shard(
     config: &WorkerConfig,
     target: parse::Target,
-    resume_at: Option<u64>,
+    from: (u64, u64),
     stop: &AtomicBool,
     pool: &std::sync::mpsc::Receiver<Box<Batch>>,
     tx: &mpsc::Sender<Result<Filled, WorkerError>>,
     skipped: &Skipped,
 ) -> Result<(), WorkerError> {
     let mut held: Option<Box<Batch>> = None;
-    for epoch in 0..config.epochs {
+    for pass in from.0..config.epochs {
         let mut rows = RowSource::open(&config.shard, config.format, &config.columns, target, config.on_bad_row, true)?;
         rows.set_follow(config.follow);
-        if let (0, Some(o)) = (epoch, resume_at) {
-            rows.skip_to(o)?;
+        if pass == from.0 && from.1 > 0 {
+            rows.skip_to(from.1)?;
         }
         let (bad0, unlabelled0) = (skipped.bad.load(Ordering::Relaxed), skipped.unlabelled.load(Ordering::Relaxed));
         loop {
@@ -105,11 +107,13 @@ fn read_shard(
             }
             batch.compact();
             let offset = rows.offset();
-            if tx.blocking_send(Ok(Filled::Batch { batch, rows: n, offset })).is_err() || stop.load(Ordering::Acquire) {
+            if tx.blocking_send(Ok(Filled::Batch { batch, rows: n, offset, pass })).is_err()
+                || stop.load(Ordering::Acquire)
+            {
                 return Ok(());
             }
         }
-        tracing::debug!(epoch, "epoch read");
+        tracing::debug!(pass, "pass read");
     }
     Ok(())
 }

@@ -425,12 +425,13 @@ impl Engine {
         let clock = if self.sync.mode == ConsistencyMode::Bsp { self.sync.applied } else { known };
         self.sync.leave(worker);
         let clock = self.sync.touch(worker, Some(clock), now);
-        let (offset, shard) = progress.map(|p| (p.offset, p.shard)).unwrap_or_default();
+        let (offset, pass, shard) = progress.map(|p| (p.offset, p.pass, p.shard)).unwrap_or_default();
         Joined {
             lease_ms: self.sync.lease.as_millis() as u64,
             lineage_epoch: self.epoch,
             clock,
             offset,
+            pass,
             shard,
             live_workers: self.sync.live() as u32,
             incarnation,
@@ -509,6 +510,7 @@ fn record_progress(workers: &mut BTreeMap<String, WorkerProgress>, m: &PushMeta)
         w.shard = m.shard.to_string();
     }
     w.offset = m.offset;
+    w.pass = m.pass;
     w.clock = m.clock;
     w.rows = w.rows.saturating_add(m.rows);
     w.pushes = w.pushes.saturating_add(1);
