@@ -287,3 +287,28 @@ async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_fr
     let mut c = common::connect(&p.url).await.unwrap();
     assert_eq!(versions(&mut c, "m").await.pop().unwrap().updates, acked, "lost after kill -9");
 }
+
+/// Exit 0 means committed: once a worker has exited successfully, a kill -9 of the server
+/// loses none of its rows — a committed version holds its last offset.
+#[tokio::test]
+async fn a_worker_exits_0_only_once_a_version_holds_its_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut p = spawn_server(&dir).await;
+    let shard = tmp.path().join("y.csv");
+    let rows: Vec<String> = (0..2000).map(|i| format!("{},{}", (i % 10) as f32, 2.0 * (i % 10) as f32)).collect();
+    std::fs::write(&shard, format!("x,y\n{}\n", rows.join("\n"))).unwrap();
+    let out = cli(&p.url, &["model", "create", "m", "--kind", "linear", "--features", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = ["worker", "--model", "m", "--shard", shard.to_str().unwrap(), "--label", "y", "--batch", "50"];
+    let out = cli(&p.url, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("committed in version"), "{stdout}");
+    p.child.kill().unwrap(); // SIGKILL, at once
+    p.child.wait().unwrap();
+    let p = spawn_server(&dir).await;
+    let mut c = common::connect(&p.url).await.unwrap();
+    let head = versions(&mut c, "m").await.pop().unwrap();
+    let w = head.workers.iter().find(|w| w.shard.ends_with("y.csv")).expect("the worker's progress");
+    assert_eq!((w.rows, w.offset), (2000, std::fs::metadata(&shard).unwrap().len()), "{head:?}");
+}

@@ -108,6 +108,8 @@ pub struct Report {
     pub loss_sum: f64,
     pub seconds: f64,
     pub last_updates: u64,
+    /// The committed version that holds this worker's last rows.
+    pub committed_version: u64,
 }
 
 /// Who this worker is to the server: its id, the incarnation its last join gave it, and
@@ -231,6 +233,8 @@ pub async fn run(
     let progressive_err = |source| WorkerError::Io { path: config.progressive_out.clone().unwrap_or_default(), source };
     let mut stats = Vec::new();
     let mut clock = joined.clock;
+    // Where the rows of the last push sent end, for the check that a version holds them.
+    let mut last_sent = None;
     // One session per reading position: a refused push (a stale lineage after a rollback,
     // or a lapsed lease under BSP) ends it, and the next reads again from where the rows
     // the server applied end, so every row is applied once.
@@ -269,6 +273,7 @@ pub async fn run(
             .instrument(span)
             .await?;
             reader.recycle(batch);
+            last_sent = Some(at);
             report.rows += n as u64;
             progress.record(n as u64, loss);
             report.pushes += 1;
@@ -298,6 +303,7 @@ pub async fn run(
         if stop.load(Ordering::Acquire) {
             // What was refused stays unapplied; the recorded offset says where a new run resumes.
             tracing::warn!(worker = %config.worker_id, "{why}; stopping: the rows of the refused pushes were not trained");
+            last_sent = None;
             break;
         }
         let rejoined = client.join(&config.model, &config.worker_id, &shard_name).await?;
@@ -331,8 +337,47 @@ pub async fn run(
         Err(ClientError::NotInBarrier(m)) => tracing::debug!("leave: {m}"),
         left => left?,
     }
+    report.committed_version = await_committed(&mut client, &config, last_sent).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// How long a finished worker waits for a committed version to hold its last rows (under
+/// BSP its last round is applied once the other workers' pushes of that clock are in).
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Exit 0 means committed: asks for a commit (a no-op when nothing changed since the last
+/// version) until the committed head holds this worker's progress up to `last` (a pass
+/// and an offset), waiting with backoff while it does not (bounded by [`COMMIT_WAIT`]).
+/// Returns that version.
+async fn await_committed(
+    client: &mut Client,
+    config: &WorkerConfig,
+    last: Option<(u64, u64)>,
+) -> Result<u64, WorkerError> {
+    let reason = format!("worker {} finished", config.worker_id);
+    let deadline = Instant::now() + COMMIT_WAIT;
+    let mut wait = std::time::Duration::from_millis(20);
+    loop {
+        let (head, _) = client.commit(&config.model, &reason).await?;
+        let held = head.workers.iter().find(|w| w.worker_id == config.worker_id).map(|w| (w.pass, w.offset));
+        if last.is_none_or(|l| held.is_some_and(|h| h >= l)) {
+            return Ok(head.version);
+        }
+        if Instant::now() >= deadline {
+            let (pass, offset) = last.unwrap_or_default();
+            return Err(WorkerError::Config(format!(
+                "model {:?}: no committed version holds worker {:?}'s last rows (pass {pass}, offset {offset}) after {} s; \
+                 version {} holds {held:?}",
+                config.model,
+                config.worker_id,
+                COMMIT_WAIT.as_secs(),
+                head.version
+            )));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(1));
+    }
 }
 
 fn write_progressive(out: &mut impl std::io::Write, labels: &[f32], p: &[f32], k: usize) -> std::io::Result<()> {

@@ -143,13 +143,14 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
     let r = r?;
     let per_row = if r.rows > 0 { r.loss_sum / r.rows as f64 } else { f64::NAN };
     println!(
-        "worker {worker_id}: {} rows in {:.2} s ({:.0} rows/s), {} pushes, progressive loss {per_row:.4}, {} bad rows skipped, {} rows without a label",
+        "worker {worker_id}: {} rows in {:.2} s ({:.0} rows/s), {} pushes, progressive loss {per_row:.4}, {} bad rows skipped, {} rows without a label; committed in version {}",
         r.rows,
         r.seconds,
         r.rows as f64 / r.seconds.max(1e-9),
         r.pushes,
         r.bad_rows,
-        r.unlabelled_rows
+        r.unlabelled_rows,
+        r.committed_version
     );
     Ok(())
 }
