@@ -49,41 +49,37 @@ impl Engine {
     /// one version however many wait — the same coalescing the policy does when more than
     /// [`MAX_PENDING`] are due.
     pub fn coalesce_pending(&mut self) -> Option<Snapshot> {
+        // Newest first: the first content met of a chunk is its newest.
         let mut waiting = self.pending.drain(..).rev();
-        let newest = waiting.next()?;
-        let older: Vec<Snapshot> = waiting.collect();
-        if older.is_empty() {
-            return Some(newest);
-        }
+        let mut newest = waiting.next()?;
         let mut seen: std::collections::HashSet<(u32, u32)> =
             newest.chunks.chunks.iter().map(|(t, c, _)| (*t, *c)).collect();
-        let mut chunks = ChunkBatch::with_capacity(newest.chunks.data.len());
-        let mut since_parent = newest.since_parent;
-        for s in std::iter::once(&newest).chain(&older) {
-            for (t, c, range) in &s.chunks.chunks {
-                if std::ptr::eq(s, &newest) || seen.insert((*t, *c)) {
-                    chunks.push(*t, *c, |out| out.extend_from_slice(&s.chunks.data[range.clone()]));
+        for older in waiting {
+            for (t, c, range) in &older.chunks.chunks {
+                if seen.insert((*t, *c)) {
+                    newest.chunks.push(*t, *c, |out| out.extend_from_slice(&older.chunks.data[range.clone()]));
                 }
             }
+            newest.since_parent += older.since_parent;
         }
-        since_parent += older.iter().map(|s| s.since_parent).sum::<u64>();
-        Some(Snapshot { chunks, since_parent, ..newest })
+        Some(newest)
     }
 
     /// Folds the waiting snapshots back into the live state, for a commit of it that
     /// holds them all.
     pub fn fold_pending(&mut self) {
         for s in std::mem::take(&mut self.pending) {
-            for (t, c, _) in &s.chunks.chunks {
-                self.params.mark_dirty(*t as usize, *c as usize);
-            }
-            self.since_commit += s.since_parent;
+            self.fold(&s.chunks, s.since_parent);
         }
     }
 
-    /// Every waiting update-count snapshot, oldest first.
-    pub fn drain_pending(&mut self) -> Vec<Snapshot> {
-        self.pending.drain(..).collect()
+    /// Gives a snapshot's chunks and updates back to the live state: its chunks are dirty
+    /// again (their live values are newer or equal), its updates uncommitted.
+    fn fold(&mut self, chunks: &ChunkBatch, since_parent: u64) {
+        for (t, c, _) in &chunks.chunks {
+            self.params.mark_dirty(*t as usize, *c as usize);
+        }
+        self.since_commit += since_parent;
     }
 
     /// How many update-count snapshots wait.
@@ -138,15 +134,8 @@ impl Engine {
     /// holds only the chunks changed since the one before, so written without it they
     /// would miss its changes.
     pub fn unwritten(&mut self, chunks: &ChunkBatch, since_parent: u64) {
-        let waiting = std::mem::take(&mut self.pending);
-        for (chunks, since_parent) in
-            std::iter::once((chunks, since_parent)).chain(waiting.iter().map(|s| (&s.chunks, s.since_parent)))
-        {
-            for (t, c, _) in &chunks.chunks {
-                self.params.mark_dirty(*t as usize, *c as usize);
-            }
-            self.since_commit += since_parent;
-        }
+        self.fold(chunks, since_parent);
+        self.fold_pending();
     }
 
     /// A snapshot was written as version `v` at `now`: the live state descends from it.

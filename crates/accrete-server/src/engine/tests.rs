@@ -373,7 +373,7 @@ fn a_push_whose_result_would_not_be_finite_is_refused_and_changes_nothing() {
     for c in 1..=2 {
         push(&mut e, 1, &meta("w", 0, c), 3e38, t0).unwrap();
     }
-    e.drain_pending();
+    while e.next_pending().is_some() {}
     e.params.clear_dirty();
     let (w, status) = (bias(&e), e.status());
     let refused = push(&mut e, 1, &meta("w", 0, 3), 3e38, t0).unwrap_err();
