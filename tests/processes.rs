@@ -175,6 +175,7 @@ async fn every_listed_version_reads_back_after_kill_9_during_retention() {
                             model: "ret".into(),
                             to_version: head.saturating_sub(1).max(1),
                             reason: String::new(),
+                            ..Default::default()
                         };
                         if c.models.rollback(req).await.is_err() {
                             // the target was retained away meanwhile, or the server is gone
@@ -258,7 +259,11 @@ async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_fr
     let refused = refused.expect("pushes were acknowledged although no version could be written");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{}", refused.message());
     assert!(refused.message().contains("pushes are refused until a commit succeeds"), "{}", refused.message());
-    let e = c.models.commit(pb::CommitRequest { model: "m".into(), reason: String::new() }).await.unwrap_err();
+    let e = c
+        .models
+        .commit(pb::CommitRequest { model: "m".into(), reason: String::new(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
     let tag = || pb::TagRequest { model: "m".into(), version: 1, label: "first".into() };
     let e = c.models.tag(tag()).await.unwrap_err();

@@ -108,7 +108,12 @@ async fn rollback_restores_content_bitwise_and_refuses_stale_lineage() {
 
     let rb = c
         .models
-        .rollback(pb::RollbackRequest { model: "r".into(), to_version: v2.version, reason: "test".into() })
+        .rollback(pb::RollbackRequest {
+            model: "r".into(),
+            to_version: v2.version,
+            reason: "test".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -188,8 +193,9 @@ async fn import_makes_a_new_version_from_an_export() {
     // AdaGrad's sums of squares, and the statistics' counts, cannot be negative.
     create(&mut c, linear("g", 2, pb::OptimizerKind::Adagrad, 0.1)).await;
     use pb::import_message::Item;
-    let header =
-        pb::ImportMessage { item: Some(Item::Header(pb::ImportHeader { model: "g".into(), source: "t".into() })) };
+    let header = pb::ImportMessage {
+        item: Some(Item::Header(pb::ImportHeader { model: "g".into(), source: "t".into(), ..Default::default() })),
+    };
     let chunk = |tensor: &str, slot: &str, v: &[f32]| pb::ImportMessage {
         item: Some(Item::Chunk(pb::TensorChunk { slot: slot.into(), ..dense(tensor, 0, v) })),
     };
@@ -398,7 +404,11 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     create(&mut c, spec.clone()).await;
     let before = pull_all(&mut c, "m", None).await;
 
-    let dup = c.models.create_model(pb::CreateModelRequest { spec: Some(spec.clone()) }).await.unwrap_err();
+    let dup = c
+        .models
+        .create_model(pb::CreateModelRequest { spec: Some(spec.clone()), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(dup.code(), Code::AlreadyExists);
     assert!(dup.message().contains("\"m\""));
 
@@ -406,14 +416,14 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     // initial weights that cannot be finite: refused by name, nothing is created
     let mut huge = linear("huge", 4, pb::OptimizerKind::Sgd, 0.1);
     huge.init = Some(pb::InitSpec { seed: 5, scale: 3e38 });
-    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(huge) }).await.unwrap_err();
+    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(huge), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("init.scale") && e.message().contains("at most 1e6"), "{}", e.message());
     let e = c.models.get_model_info(pb::ModelRef { name: "huge".into() }).await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "a refused create stores nothing");
     bad.name = "bad".into();
     bad.optimizer.as_mut().unwrap().lr = -1.0;
-    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(bad) }).await.unwrap_err();
+    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(bad), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("optimizer.lr"), "{}", e.message());
 
@@ -460,8 +470,9 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     assert!(e.message().contains("a message is") && e.message().contains("limit of 65536 bytes"), "{}", e.message());
     use pb::import_message::Item;
-    let header =
-        pb::ImportMessage { item: Some(Item::Header(pb::ImportHeader { model: "m".into(), source: "t".into() })) };
+    let header = pb::ImportMessage {
+        item: Some(Item::Header(pb::ImportHeader { model: "m".into(), source: "t".into(), ..Default::default() })),
+    };
     let chunk = pb::ImportMessage { item: Some(Item::Chunk(dense("w", 0, &vec![1.0; 80_000]))) };
     let e = c.models.import(tokio_stream::iter(vec![header, chunk])).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
@@ -481,7 +492,7 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     let mut huge = spec.clone();
     (huge.name, huge.kind, huge.features, huge.hidden, huge.classes) =
         ("huge".into(), pb::ModelKind::Mlp as i32, u32::MAX, u32::MAX - 46_342, 46_341);
-    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(huge) }).await.unwrap_err();
+    let e = c.models.create_model(pb::CreateModelRequest { spec: Some(huge), ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("layout"), "{}", e.message());
     // predicting 2^32 - 1 empty rows would need 16 GiB of answers: refused before allocating
@@ -509,7 +520,12 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
 
     let e = c
         .models
-        .rollback(pb::RollbackRequest { model: "m".into(), to_version: 999_999, reason: String::new() })
+        .rollback(pb::RollbackRequest {
+            model: "m".into(),
+            to_version: 999_999,
+            reason: String::new(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
@@ -572,7 +588,10 @@ async fn a_push_whose_result_would_not_be_finite_is_refused_whole_and_exports_im
     // Hyper-parameters that cannot give finite weights are refused by name.
     let e = c
         .models
-        .create_model(pb::CreateModelRequest { spec: Some(linear("lr", 4, pb::OptimizerKind::Sgd, 1e38)) })
+        .create_model(pb::CreateModelRequest {
+            spec: Some(linear("lr", 4, pb::OptimizerKind::Sgd, 1e38)),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -587,7 +606,7 @@ async fn a_push_computed_against_a_deleted_model_is_refused_by_the_one_created_a
     let mut c = s.client().await;
     let spec = linear("m", 2, pb::OptimizerKind::Sgd, 0.1);
     create(&mut c, spec.clone()).await;
-    let rb = pb::RollbackRequest { model: "m".into(), to_version: 1, reason: "t".into() };
+    let rb = pb::RollbackRequest { model: "m".into(), to_version: 1, reason: "t".into(), ..Default::default() };
     c.models.rollback(rb).await.unwrap();
     let old_epoch = pull_all(&mut c, "m", None).await.0.lineage_epoch;
     assert_eq!(old_epoch, 2);
@@ -628,7 +647,10 @@ async fn watch_streams_version_events_with_catch_up() {
     assert_eq!(seen, vec![1, 2], "catch-up replays the retained versions");
     c.params.push(push_req("w", 0, vec![dense("w", 0, &[1.0, 1.0])])).await.unwrap();
     commit(&mut c, "w").await;
-    c.models.rollback(pb::RollbackRequest { model: "w".into(), to_version: 1, reason: String::new() }).await.unwrap();
+    c.models
+        .rollback(pb::RollbackRequest { model: "w".into(), to_version: 1, reason: String::new(), ..Default::default() })
+        .await
+        .unwrap();
     c.models.tag(pb::TagRequest { model: "w".into(), version: 4, label: "good".into() }).await.unwrap();
     let mut kinds = Vec::new();
     for _ in 0..3 {
@@ -892,7 +914,7 @@ async fn bsp_refuses_clocks_outside_the_next_rounds() {
 async fn bsp_rounds_complete_across_a_rollback() {
     let (_tmp, _s, mut c) = bsp_model(&["a", "b"]).await;
     c.params.push(bsp_push("a", 1, 1)).await.unwrap();
-    let rb = pb::RollbackRequest { model: "b".into(), to_version: 1, reason: "test".into() };
+    let rb = pb::RollbackRequest { model: "b".into(), to_version: 1, reason: "test".into(), ..Default::default() };
     c.models.rollback(rb).await.unwrap();
     let e = c.params.push(bsp_push("b", 1, 1)).await.unwrap_err();
     assert_eq!(e.code(), Code::Aborted, "{}", e.message());

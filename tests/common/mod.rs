@@ -98,7 +98,7 @@ pub fn linear(name: &str, features: u32, optimizer: pb::OptimizerKind, lr: f32) 
 }
 
 pub async fn create(c: &mut Conn, spec: pb::ModelSpec) -> pb::ModelInfo {
-    c.models.create_model(pb::CreateModelRequest { spec: Some(spec) }).await.unwrap().into_inner()
+    c.models.create_model(pb::CreateModelRequest { spec: Some(spec), ..Default::default() }).await.unwrap().into_inner()
 }
 
 pub fn dense(tensor: &str, offset: u64, values: &[f32]) -> pb::TensorChunk {
@@ -145,7 +145,7 @@ pub async fn versions(c: &mut Conn, model: &str) -> Vec<pb::VersionInfo> {
 
 pub async fn commit(c: &mut Conn, model: &str) -> pb::VersionInfo {
     c.models
-        .commit(pb::CommitRequest { model: model.into(), reason: String::new() })
+        .commit(pb::CommitRequest { model: model.into(), reason: String::new(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()

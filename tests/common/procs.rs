@@ -30,9 +30,15 @@ pub async fn spawn_server(dir: &Path) -> Proc {
 /// given) and the addresses it got are read from its first lines of output, so no other
 /// process can take a port between choosing and binding it.
 pub async fn spawn_server_with(dir: &Path, extra: &[&str]) -> Proc {
+    spawn_server_at(dir, "127.0.0.1:0", extra).await
+}
+
+/// [`spawn_server_with`] on a given address: a restart on the port of an earlier run
+/// (`addr` from its URL), where its clients look for it.
+pub async fn spawn_server_at(dir: &Path, addr: &str, extra: &[&str]) -> Proc {
     use std::io::BufRead;
     let mut child = Command::new(BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["server", "--listen", addr, "--data-dir"])
         .arg(dir)
         .args(extra)
         .stdout(Stdio::piped())

@@ -129,13 +129,17 @@ async fn stream_sink(url: &str, msgs: &[pb::PushRequest], rounds: usize) -> Resu
 
 async fn commit(c: &mut RawClient, model: &str) -> Result<(f64, pb::VersionInfo)> {
     let t = Instant::now();
-    let r = c.models.commit(pb::CommitRequest { model: model.into(), reason: String::new() }).await?.into_inner();
+    let r = c
+        .models
+        .commit(pb::CommitRequest { model: model.into(), reason: String::new(), ..Default::default() })
+        .await?
+        .into_inner();
     Ok((t.elapsed().as_secs_f64(), r.version.unwrap_or_default()))
 }
 
 pub(crate) async fn create(c: &mut RawClient, s: pb::ModelSpec) -> Result<f64> {
     let t = Instant::now();
-    c.models.create_model(pb::CreateModelRequest { spec: Some(s) }).await?;
+    c.models.create_model(pb::CreateModelRequest { spec: Some(s), ..Default::default() }).await?;
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -337,12 +341,19 @@ async fn admin(ctx: &mut Ctx) -> Result<()> {
                             .await
                             .map(|_| ())
                     }
-                    2 => {
-                        cc.models.commit(pb::CommitRequest { model: model(), reason: "bench".into() }).await.map(|_| ())
-                    }
+                    2 => cc
+                        .models
+                        .commit(pb::CommitRequest { model: model(), reason: "bench".into(), ..Default::default() })
+                        .await
+                        .map(|_| ()),
                     _ => cc
                         .models
-                        .rollback(pb::RollbackRequest { model: model(), to_version: 1, reason: "bench".into() })
+                        .rollback(pb::RollbackRequest {
+                            model: model(),
+                            to_version: 1,
+                            reason: "bench".into(),
+                            ..Default::default()
+                        })
                         .await
                         .map(|_| ()),
                 }
@@ -424,7 +435,14 @@ async fn commit_rollback(ctx: &mut Ctx) -> Result<()> {
         stream_pushes(&mut c, &dense_msgs(&name, 0, n, 1e-3), 1).await?;
         let (t_full, v_full) = commit(&mut c, &name).await?;
         let t = Instant::now();
-        c.models.rollback(pb::RollbackRequest { model: name.clone(), to_version: 1, reason: String::new() }).await?;
+        c.models
+            .rollback(pb::RollbackRequest {
+                model: name.clone(),
+                to_version: 1,
+                reason: String::new(),
+                ..Default::default()
+            })
+            .await?;
         let t_rb = t.elapsed().as_secs_f64();
         ctx.say(format!(
             "{n:>11} floats: create {t_create:.3} s; commit after touching 1 %: {t_small:.4} s ({} chunks); after touching all: {t_full:.3} s ({} chunks); ratio {:.3} (goal <= 0.05); rollback {t_rb:.3} s (writes a {} KiB manifest; the time is reloading the live state)",

@@ -1,8 +1,11 @@
 //! Model-level calls: create, list, show, delete, commit, versions, tag, rollback, metrics
-//! and the stream of version events.
+//! and the stream of version events. Every call here rides out a server's restart
+//! ([`crate::retry`]); create, commit and rollback carry a request id so a retry is not
+//! acted on twice, and a watch resumes after the last version it delivered.
+use crate::retry::{request_id, retried};
 use crate::{Client, ClientError, Result};
 use accrete_core::view::ModelView;
-use accrete_core::{ModelInfo, ModelSpec, VersionEvent, VersionRecord};
+use accrete_core::{EventKind, ModelInfo, ModelSpec, VersionEvent, VersionRecord};
 use accrete_proto::v1 as pb;
 use std::collections::BTreeMap;
 
@@ -18,17 +21,18 @@ fn version_of(v: Option<pb::VersionInfo>) -> Result<VersionRecord> {
 impl Client {
     /// Creates a model; its initial parameters become version 1.
     pub async fn create_model(&mut self, spec: &ModelSpec) -> Result<ModelInfo> {
-        let req = pb::CreateModelRequest { spec: Some(spec.into()) };
-        Ok(self.models.create_model(req).await?.into_inner().try_into()?)
+        let (spec, request_id) = (pb::ModelSpec::from(spec), request_id());
+        let req = || pb::CreateModelRequest { spec: Some(spec.clone()), request_id: request_id.clone() };
+        Ok(retried!(self, models, create_model, req())?.try_into()?)
     }
 
     pub async fn list_models(&mut self) -> Result<Vec<ModelInfo>> {
-        let r = self.models.list_models(pb::ListModelsRequest {}).await?.into_inner();
+        let r = retried!(self, models, list_models, pb::ListModelsRequest {})?;
         Ok(r.models.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?)
     }
 
     pub async fn model_info(&mut self, name: &str) -> Result<ModelInfo> {
-        Ok(self.models.get_model_info(model_ref(name)).await?.into_inner().try_into()?)
+        Ok(retried!(self, models, get_model_info, model_ref(name))?.try_into()?)
     }
 
     /// What a worker, the evaluator or predict need to know of a model.
@@ -36,7 +40,8 @@ impl Client {
         Ok(ModelView::of(&self.model_info(name).await?.spec))
     }
 
-    /// Deletes a model and its history; returns how many versions were dropped.
+    /// Deletes a model and its history; returns how many versions were dropped. Not
+    /// retried: a retry after a lost answer would find no model (NOT_FOUND).
     pub async fn delete_model(&mut self, name: &str) -> Result<u64> {
         Ok(self.models.delete_model(model_ref(name)).await?.into_inner().versions_dropped)
     }
@@ -44,26 +49,34 @@ impl Client {
     /// Commits the live parameters; returns the head and whether a version was made (an
     /// unchanged model is not committed).
     pub async fn commit(&mut self, model: &str, reason: &str) -> Result<(VersionRecord, bool)> {
-        let req = pb::CommitRequest { model: model.into(), reason: reason.into() };
-        let r = self.models.commit(req).await?.into_inner();
+        let request_id = request_id();
+        let req = || pb::CommitRequest { model: model.into(), reason: reason.into(), request_id: request_id.clone() };
+        let r = retried!(self, models, commit, req())?;
         Ok((version_of(r.version)?, r.created))
     }
 
     /// Retained versions, oldest first.
     pub async fn versions(&mut self, model: &str) -> Result<Vec<VersionRecord>> {
-        let r = self.models.list_versions(model_ref(model)).await?.into_inner();
+        let r = retried!(self, models, list_versions, model_ref(model))?;
         Ok(r.versions.into_iter().map(Into::into).collect())
     }
 
     pub async fn tag(&mut self, model: &str, version: u64, label: &str) -> Result<VersionRecord> {
-        let req = pb::TagRequest { model: model.into(), version, label: label.into() };
-        Ok(self.models.tag(req).await?.into_inner().into())
+        // Idempotent without a request id: the label already on this version is an answer.
+        let req = || pb::TagRequest { model: model.into(), version, label: label.into() };
+        Ok(retried!(self, models, tag, req())?.into())
     }
 
     /// Makes a new head holding `to`'s content, under a new lineage epoch.
     pub async fn rollback(&mut self, model: &str, to: u64, reason: &str) -> Result<VersionRecord> {
-        let req = pb::RollbackRequest { model: model.into(), to_version: to, reason: reason.into() };
-        Ok(self.models.rollback(req).await?.into_inner().into())
+        let request_id = request_id();
+        let req = || pb::RollbackRequest {
+            model: model.into(),
+            to_version: to,
+            reason: reason.into(),
+            request_id: request_id.clone(),
+        };
+        Ok(retried!(self, models, rollback, req())?.into())
     }
 
     /// Stores metrics with a version (merged with earlier ones).
@@ -73,34 +86,108 @@ impl Client {
         version: u64,
         metrics: &BTreeMap<String, f64>,
     ) -> Result<VersionRecord> {
-        let req = pb::ReportMetricsRequest {
+        // Idempotent: the same metrics merged again change nothing.
+        let req = || pb::ReportMetricsRequest {
             model: model.into(),
             version,
             metrics: metrics.iter().map(|(k, x)| (k.clone(), *x)).collect(),
         };
-        Ok(self.models.report_metrics(req).await?.into_inner().into())
+        Ok(retried!(self, models, report_metrics, req())?.into())
     }
 
     /// Version events of `model` (every model when `None`), as they happen; with `after`,
-    /// the retained versions newer than it first.
+    /// the retained versions newer than it first. The watch rides out the server's
+    /// restarts and a lag on its side: it watches again from the last version it delivered
+    /// of each model (tags and scores made meanwhile are not replayed).
     pub async fn watch(&mut self, model: Option<&str>, after: Option<u64>) -> Result<Watch> {
-        let req = pb::WatchRequest { model: model.unwrap_or_default().to_string(), after_version: after };
-        Ok(Watch { events: self.models.watch_versions(req).await?.into_inner() })
+        // Where each model's delivered versions end: from `after`, or from the heads now
+        // (so a version made before the stream opens is not missed either).
+        let mut floors = BTreeMap::new();
+        let unknown = match (model, after) {
+            (_, Some(a)) => a,
+            (Some(m), None) => {
+                let head = self.model_info(m).await?.head_version;
+                floors.insert(m.to_string(), head);
+                head
+            }
+            (None, None) => {
+                floors.extend(self.list_models().await?.into_iter().map(|m| (m.spec.name, m.head_version)));
+                0
+            }
+        };
+        let mut w = Watch { client: self.clone(), model: model.map(str::to_string), floors, unknown, events: None };
+        w.open().await?;
+        Ok(w)
     }
 }
 
-/// A stream of version events.
+/// A stream of version events that rides out the server's restarts.
 pub struct Watch {
-    events: tonic::Streaming<pb::VersionEvent>,
+    client: Client,
+    model: Option<String>,
+    /// Per model, the newest version delivered (or known when the watch began).
+    floors: BTreeMap<String, u64>,
+    /// The floor of a model not in `floors` (one created since the watch began: 0).
+    unknown: u64,
+    events: Option<tonic::Streaming<pb::VersionEvent>>,
 }
 
 impl Watch {
+    /// Opens the stream again from the lowest floor (retried while the server is down).
+    async fn open(&mut self) -> Result<()> {
+        let after = self.floors.values().copied().chain(std::iter::once(self.unknown)).min();
+        let model = self.model.clone().unwrap_or_default();
+        let req = || pb::WatchRequest { model: model.clone(), after_version: after };
+        let c = &self.client;
+        let events = c
+            .retry
+            .run(|| {
+                let mut svc = c.models.clone();
+                let req = req();
+                async move { Ok(svc.watch_versions(req).await?.into_inner()) }
+            })
+            .await?;
+        self.events = Some(events);
+        Ok(())
+    }
+
     /// The next event; `None` when the server ended the stream.
     pub async fn next(&mut self) -> Option<Result<VersionEvent>> {
-        match self.events.message().await {
-            Ok(Some(e)) => Some(VersionEvent::try_from(e).map_err(Into::into)),
-            Ok(None) => None,
-            Err(s) => Some(Err(s.into())),
+        loop {
+            let events = self.events.as_mut()?;
+            let e = match events.message().await {
+                Ok(Some(e)) => e,
+                Ok(None) => return None,
+                Err(s) => {
+                    let e = ClientError::from(s);
+                    if !(matches!(e, ClientError::WatchLagged(_))
+                        || e.is_unreachable() && !self.client.patience().is_zero())
+                    {
+                        return Some(Err(e));
+                    }
+                    tracing::info!(server = %self.client.url, "watch: {e}; watching again after the last version seen");
+                    self.events = None;
+                    if let Err(e) = self.open().await {
+                        return Some(Err(e));
+                    }
+                    continue;
+                }
+            };
+            let ev = match VersionEvent::try_from(e) {
+                Ok(ev) => ev,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let floor = self.floors.get(&ev.model).copied().unwrap_or(self.unknown);
+            if ev.kind.is_new_version() {
+                if ev.version.version <= floor {
+                    continue; // delivered before the stream was opened again
+                }
+                self.floors.insert(ev.model.clone(), ev.version.version);
+            } else if ev.kind == EventKind::Deleted {
+                // A model created again under this name counts its versions from 1.
+                self.floors.insert(ev.model.clone(), 0);
+            }
+            return Some(Ok(ev));
         }
     }
 }

@@ -1,5 +1,9 @@
 //! The data plane: pulls, pushes (one at a time or pipelined on a stream), joining a
-//! model's barrier, heartbeats, and predictions.
+//! model's barrier, heartbeats, and predictions. Pulls, joins, leaves, predictions and
+//! opening a push stream ride out a server's restart ([`crate::retry`]); pushes and
+//! heartbeats are not retried (a worker that loses its push stream joins again and reads
+//! its rows again from where the server says its applied rows end).
+use crate::retry::retried;
 use crate::{Client, ClientError, Result};
 use accrete_core::features::Batch;
 use accrete_core::pull::{Joined, Predictions, PullRequest, Pulled};
@@ -14,7 +18,7 @@ const STREAM_QUEUE: usize = 4;
 
 impl Client {
     pub async fn pull(&mut self, req: &PullRequest) -> Result<Pulled> {
-        Ok(self.params.pull(pb::PullRequest::from(req)).await?.into_inner().try_into()?)
+        Ok(retried!(self, params, pull, pb::PullRequest::from(req))?.try_into()?)
     }
 
     /// The parameters a batch whose distinct hashed rows are `keys` needs, of the live
@@ -27,8 +31,8 @@ impl Client {
         version: Option<u64>,
         worker: Option<(&str, u64)>,
     ) -> Result<BatchParams> {
-        let req = accrete_proto::convert::batch_pull(view, keys, version, worker);
-        let pulled: Pulled = self.params.pull(req).await?.into_inner().try_into()?;
+        let req = || accrete_proto::convert::batch_pull(view, keys, version, worker);
+        let pulled: Pulled = retried!(self, params, pull, req())?.try_into()?;
         Ok(view.batch_params(pulled))
     }
 
@@ -38,8 +42,17 @@ impl Client {
 
     /// Opens a stream of pushes applied in order, acknowledged in the background.
     pub async fn push_stream(&mut self) -> Result<PushStream> {
-        let (tx, rx) = mpsc::channel::<pb::PushRequest>(STREAM_QUEUE);
-        let mut acks = self.params.push_stream(ReceiverStream::new(rx)).await?.into_inner();
+        let c = &*self;
+        let (tx, mut acks) = c
+            .retry
+            .run(|| {
+                let mut svc = c.params.clone();
+                async move {
+                    let (tx, rx) = mpsc::channel::<pb::PushRequest>(STREAM_QUEUE);
+                    Ok((tx, svc.push_stream(ReceiverStream::new(rx)).await?.into_inner()))
+                }
+            })
+            .await?;
         let acks = tokio::spawn(async move {
             let mut last = PushAck::default();
             loop {
@@ -56,8 +69,8 @@ impl Client {
     /// Joins a model's barrier as `worker`; the answer says where it left off and gives it
     /// a new incarnation.
     pub async fn join(&mut self, model: &str, worker: &str, shard: &str) -> Result<Joined> {
-        let req = pb::JoinRequest { model: model.into(), worker_id: worker.into(), shard: shard.into() };
-        Ok(self.params.join(req).await?.into_inner().into())
+        let req = || pb::JoinRequest { model: model.into(), worker_id: worker.into(), shard: shard.into() };
+        Ok(retried!(self, params, join, req())?.into())
     }
 
     /// Renews a worker's lease; returns the lease in milliseconds.
@@ -68,16 +81,16 @@ impl Client {
 
     /// Leaves a model's barrier (a worker that finished its data).
     pub async fn leave(&mut self, model: &str, worker: &str) -> Result<()> {
-        let req = pb::WorkerRef { model: model.into(), worker_id: worker.into() };
-        self.params.leave(req).await?;
+        let req = || pb::WorkerRef { model: model.into(), worker_id: worker.into() };
+        retried!(self, params, leave, req())?;
         Ok(())
     }
 
     /// Scores a batch's rows (raw dense inputs and hashed features; labels are not sent)
     /// with the live model or a version.
     pub async fn predict(&mut self, model: &str, version: Option<u64>, rows: &Batch) -> Result<Predictions> {
-        let req = pb::PredictRequest { model: model.into(), version, rows: Some(rows.into()) };
-        Ok(self.params.predict(req).await?.into_inner().try_into()?)
+        let req = || pb::PredictRequest { model: model.into(), version, rows: Some(rows.into()) };
+        Ok(retried!(self, params, predict, req())?.try_into()?)
     }
 }
 

@@ -13,6 +13,8 @@ pub const EPOCH_KEY: &str = "accrete-lineage-epoch";
 pub enum ClientError {
     #[error("cannot connect to {url}: {source}")]
     Connect { url: String, source: tonic::transport::Error },
+    #[error("{url:?} is not a server URL (e.g. http://127.0.0.1:50051): {source}")]
+    BadUrl { url: String, source: tonic::transport::Error },
     /// An unknown model or version.
     #[error("NOT_FOUND: {0}")]
     NotFound(String),
@@ -28,9 +30,13 @@ pub enum ClientError {
     /// The push came from an older incarnation of its worker: a newer one has joined.
     #[error("FAILED_PRECONDITION: {0}")]
     StaleIncarnation(String),
-    /// The server cannot be reached or is stopping; worth retrying later.
+    /// The server cannot be reached, the connection broke, or the server is stopping:
+    /// worth retrying later (the client does, for calls that are safe to repeat).
     #[error("UNAVAILABLE: {0}")]
     Unavailable(String),
+    /// A watch fell too far behind the server's events; watch again from the last version seen.
+    #[error("ABORTED: {0}")]
+    WatchLagged(String),
     /// The request was refused as invalid (shape, values, spec, size).
     #[error("{code}: {message}")]
     Invalid { code: &'static str, message: String },
@@ -46,8 +52,26 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// The server could not be reached (or stopped, or the connection broke): the call
+    /// may not have been seen at all, or its answer was lost.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unavailable(_) | ClientError::Connect { .. })
+    }
+}
+
+/// A status made on this side from a transport failure (a reset or closed connection, a
+/// refused connect) rather than sent by a server: only those carry a source error.
+fn is_transport_failure(s: &tonic::Status) -> bool {
+    use std::error::Error;
+    s.source().is_some() && matches!(s.code(), Code::Unknown | Code::Cancelled | Code::Internal | Code::Unavailable)
+}
+
 impl From<tonic::Status> for ClientError {
     fn from(s: tonic::Status) -> Self {
+        if is_transport_failure(&s) {
+            return ClientError::Unavailable(transport_message(&s));
+        }
         let refusal = s.metadata().get(REFUSAL_KEY).and_then(|v| v.to_str().ok()).unwrap_or_default();
         let message = s.message().to_string();
         match (s.code(), refusal) {
@@ -58,6 +82,7 @@ impl From<tonic::Status> for ClientError {
                     s.metadata().get(EPOCH_KEY).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
                 ClientError::StaleLineage { current_epoch, message }
             }
+            (Code::Aborted, "watch-lagged") => ClientError::WatchLagged(message),
             (Code::FailedPrecondition, "stale-incarnation") => ClientError::StaleIncarnation(message),
             (Code::FailedPrecondition, "not-in-barrier" | "") => ClientError::NotInBarrier(message),
             (Code::Unavailable, _) => ClientError::Unavailable(message),
@@ -67,6 +92,22 @@ impl From<tonic::Status> for ClientError {
             (c, _) => ClientError::Server { code: code_name(c), message },
         }
     }
+}
+
+/// A transport failure's message with its causes ("transport error: connection reset"
+/// says little without them).
+fn transport_message(s: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut out = s.message().to_string();
+    let mut cause = s.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl From<accrete_proto::convert::ConvertError> for ClientError {

@@ -4,6 +4,7 @@
 //! gRPC codes stay inside this crate. Routing by key range will live here too.
 //!
 //! - [`Client`]: connect, then model calls ([`admin`]) and the data plane ([`data`]);
+//! - [`retry`]: riding out a server's restart (backoff, request ids);
 //! - [`safetensors`]: whole models to and from files;
 //! - [`raw`]: the generated stubs, for wire-contract tests and benchmarks only.
 
@@ -11,11 +12,13 @@ pub mod admin;
 pub mod data;
 pub mod error;
 pub mod raw;
+pub mod retry;
 pub mod safetensors;
 
 pub use admin::Watch;
 pub use data::PushStream;
 pub use error::{code_name, ClientError, Result};
+pub use retry::{request_id, DEFAULT_PATIENCE};
 
 use accrete_proto::v1::models_client::ModelsClient;
 use accrete_proto::v1::parameters_client::ParametersClient;
@@ -25,38 +28,65 @@ use tonic::transport::{Channel, Endpoint};
 /// own limit, 64 MiB by default, with RESOURCE_EXHAUSTED).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Both services of one server over one HTTP/2 connection. Cheap to clone.
+/// Both services of one server over one HTTP/2 connection, and how long to ride out the
+/// server's outages ([`retry`]). Cheap to clone; clones share the connection and the
+/// outage.
 #[derive(Debug, Clone)]
 pub struct Client {
     url: String,
+    retry: retry::Retry,
     models: ModelsClient<Channel>,
     params: ParametersClient<Channel>,
 }
 
-/// An HTTP/2 channel to `url` with the settings every accrete client uses: Nagle off,
-/// large flow-control windows for bulk floats.
+/// An endpoint for `url` with the settings every accrete client uses: Nagle off, large
+/// flow-control windows for bulk floats.
+fn endpoint(url: &str) -> Result<Endpoint> {
+    let e = Endpoint::from_shared(url.to_string())
+        .map_err(|source| ClientError::BadUrl { url: url.to_string(), source })?;
+    Ok(e.tcp_nodelay(true).initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)))
+}
+
+/// An HTTP/2 channel to `url`, connected once. (A channel that has been connected
+/// connects again by itself on its next call after a broken connection.)
 pub(crate) async fn channel(url: &str) -> Result<Channel> {
-    let err = |source| ClientError::Connect { url: url.to_string(), source };
-    Endpoint::from_shared(url.to_string())
-        .map_err(err)?
-        .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .connect()
-        .await
-        .map_err(err)
+    endpoint(url)?.connect().await.map_err(|source| ClientError::Connect { url: url.to_string(), source })
 }
 
 impl Client {
-    /// Connects to `url` (e.g. `http://127.0.0.1:50051`).
+    /// Connects to `url` (e.g. `http://127.0.0.1:50051`) once: no retries, on connecting
+    /// or later. For tests and tools that want the first failure.
     pub async fn connect(url: &str) -> Result<Client> {
-        let channel = channel(url).await?;
+        Client::connect_patiently(url, std::time::Duration::ZERO).await
+    }
+
+    /// Connects to `url`, riding out an unreachable server for up to `patience` (on
+    /// connecting, and later on every call that is safe to repeat).
+    pub async fn connect_patiently(url: &str, patience: std::time::Duration) -> Result<Client> {
+        let retry = retry::Retry::new(url, patience);
+        let channel = retry.run(|| channel(url)).await?;
+        Ok(Client::of(url, retry, channel))
+    }
+
+    /// A client that connects on its first call (and never fails here but for a bad URL):
+    /// for a background loop, such as heartbeats, that must outlive an outage.
+    pub fn lazy(url: &str) -> Result<Client> {
+        let channel = endpoint(url)?.connect_lazy();
+        Ok(Client::of(url, retry::Retry::new(url, std::time::Duration::ZERO), channel))
+    }
+
+    fn of(url: &str, retry: retry::Retry, channel: Channel) -> Client {
         let raw = raw::RawClient::from_channel(channel);
-        Ok(Client { url: url.to_string(), models: raw.models, params: raw.params })
+        Client { url: url.to_string(), retry, models: raw.models, params: raw.params }
     }
 
     /// The server's URL, for a second connection of the same caller (a heartbeat thread).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How long this client rides out an unreachable server.
+    pub fn patience(&self) -> std::time::Duration {
+        self.retry.patience()
     }
 }

@@ -60,7 +60,25 @@ fn header_bytes(entries: &[Entry], metadata: &BTreeMap<String, String>) -> Vec<u
 }
 
 /// Streams a version (head when `version` is None) into `out`; returns the version written.
+/// An export cut by a server's restart is started again (a partial file is never renamed
+/// into place).
 pub async fn export(
+    client: &mut Client,
+    model: &str,
+    version: Option<u64>,
+    with_slots: bool,
+    out: &Path,
+) -> Result<VersionRecord> {
+    let c = &*client;
+    c.retry
+        .run(|| {
+            let mut c = c.clone();
+            async move { export_once(&mut c, model, version, with_slots, out).await }
+        })
+        .await
+}
+
+async fn export_once(
     client: &mut Client,
     model: &str,
     version: Option<u64>,
@@ -205,7 +223,20 @@ fn parse_entry(path: &Path, name: &str, v: &serde_json::Value) -> Result<Entry> 
 /// Imports a safetensors file into `model` as a new version. Every entry's shape is
 /// checked against the model's layout first (a vector may come as a row or a column); the server checks that every weight tensor is complete. If the file cannot be
 /// read to its end, the server is made to refuse the upload, so nothing is committed.
+/// An upload cut by a server's restart is sent again under the same request id: the
+/// server makes one version of it, however many times it arrives.
 pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<VersionRecord> {
+    let request_id = crate::request_id();
+    let c = &*client;
+    c.retry
+        .run(|| {
+            let (mut c, id) = (c.clone(), request_id.as_str());
+            async move { import_once(&mut c, model, path, id).await }
+        })
+        .await
+}
+
+async fn import_once(client: &mut Client, model: &str, path: &Path, request_id: &str) -> Result<VersionRecord> {
     let (entries, data_start, _) = read_header(path)?;
     let info = client.models.get_model_info(pb::ModelRef { name: model.into() }).await?.into_inner();
     for e in &entries {
@@ -225,7 +256,11 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<Ver
     let source = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::ImportMessage>(4);
     let header = pb::ImportMessage {
-        item: Some(pb::import_message::Item::Header(pb::ImportHeader { model: model.into(), source })),
+        item: Some(pb::import_message::Item::Header(pb::ImportHeader {
+            model: model.into(),
+            source,
+            request_id: request_id.into(),
+        })),
     };
     let path_buf: PathBuf = path.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {

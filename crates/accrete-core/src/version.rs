@@ -89,6 +89,10 @@ pub struct VersionRecord {
     pub chunks_written: u64,
     /// The optimizer's step count in this content (Adam's bias correction).
     pub steps: u64,
+    /// The request id of the call that made this version (create, commit, rollback,
+    /// import; empty for the policy's): a retry of that call is answered with it.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request: String,
 }
 
 impl VersionRecord {
@@ -109,6 +113,7 @@ impl VersionRecord {
             metrics: BTreeMap::new(),
             chunks_written: 0,
             steps: 0,
+            request: String::new(),
         }
     }
 }
@@ -138,6 +143,7 @@ struct StoredVersionRecord {
     metrics: BTreeMap<String, f64>,
     chunks_written: u64,
     steps: u64,
+    request: String,
 }
 
 impl From<StoredVersionRecord> for VersionRecord {
@@ -157,6 +163,7 @@ impl From<StoredVersionRecord> for VersionRecord {
             metrics: s.metrics,
             chunks_written: s.chunks_written,
             steps: s.steps,
+            request: s.request,
         }
     }
 }

@@ -55,14 +55,19 @@ impl Registry {
         all
     }
 
-    /// Creates a model and commits its initial parameters. Blocking.
-    pub fn create(&self, spec: ModelSpec) -> Result<Arc<ModelHandle>> {
+    /// Creates a model and commits its initial parameters. Blocking. A retry of the call
+    /// that created it (the same non-empty `request` id) is answered with the model.
+    pub fn create(&self, spec: ModelSpec, request: &str) -> Result<Arc<ModelHandle>> {
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get(&spec.name).is_ok() {
+        if let Ok(h) = self.get(&spec.name) {
+            if !request.is_empty() && h.record.request == request {
+                tracing::info!(model = %spec.name, request, "a retried create: the model it made is the answer");
+                return Ok(h);
+            }
             return Err(ServiceError::ModelExists(spec.name));
         }
         let name = spec.name.clone();
-        let handle = Arc::new(ModelHandle::create(&self.ctx, spec)?);
+        let handle = Arc::new(ModelHandle::create(&self.ctx, spec, request)?);
         self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name, handle.clone());
         Ok(handle)
     }

@@ -12,6 +12,9 @@ pub struct ModelRecord {
     /// same name (records written before it existed began at 1).
     #[serde(default = "first_epoch")]
     pub first_epoch: u64,
+    /// The request id of the call that created it: a retry is answered with the model.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request: String,
 }
 
 fn first_epoch() -> u64 {

@@ -1,9 +1,10 @@
 //! Renewing a worker's lease in the model's barrier while it trains: on a thread of its
 //! own with its own connection (so a long batch or a blocked pipe read on the worker's
 //! single-threaded runtime does not let the lease lapse), or as a task of the caller's
-//! runtime when no server URL is given.
+//! runtime when no server URL is given. Heartbeats go on through a server's restart (the
+//! thread's connection is made again on the next beat); a failing streak is logged once.
 use crate::WorkerConfig;
-use accrete_client::Client;
+use accrete_client::{Client, ClientError};
 use std::time::Duration;
 
 /// Renews the worker's lease in the background until dropped.
@@ -32,7 +33,7 @@ impl Heartbeat {
         let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt.block_on(async move {
-                    match Client::connect(&url).await {
+                    match Client::lazy(&url) {
                         Ok(c) => beat(c, thread_who, every, Some(rx)).await,
                         Err(e) => tracing::warn!("heartbeat connection: {e}"),
                     }
@@ -57,6 +58,7 @@ impl Drop for Heartbeat {
 }
 
 async fn beat(mut client: Client, who: Who, every: Duration, mut stop: Option<tokio::sync::oneshot::Receiver<()>>) {
+    let mut failing = false;
     loop {
         match stop.as_mut() {
             Some(rx) => tokio::select! {
@@ -65,8 +67,18 @@ async fn beat(mut client: Client, who: Who, every: Duration, mut stop: Option<to
             },
             None => tokio::time::sleep(every).await,
         }
-        if let Err(e) = client.heartbeat(&who.model, &who.worker).await {
-            tracing::warn!(error = %e, "heartbeat refused");
+        match client.heartbeat(&who.model, &who.worker).await {
+            Ok(_) => failing = false,
+            // The worker's own calls log an outage, and it joins again after one.
+            Err(e) if e.is_unreachable() || matches!(e, ClientError::NotInBarrier(_)) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                failing = true;
+            }
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "heartbeat refused");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

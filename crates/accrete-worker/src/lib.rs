@@ -236,8 +236,9 @@ pub async fn run(
     // Where the rows of the last push sent end, for the check that a version holds them.
     let mut last_sent = None;
     // One session per reading position: a refused push (a stale lineage after a rollback,
-    // or a lapsed lease under BSP) ends it, and the next reads again from where the rows
-    // the server applied end, so every row is applied once.
+    // or a lapsed lease under BSP) or a broken connection (the server restarted, and lost
+    // what it had not committed) ends it, and the next joins again and reads again from
+    // where the rows the server holds end, so every row is applied once.
     loop {
         let (mut reader, mut filled) = Reader::start(&config, Target::of(&view), from, stop.clone());
         let mut refused = None;
@@ -254,8 +255,14 @@ pub async fn run(
                 Filled::Done => break,
             };
             let span = tracing::debug_span!("batch", worker = %config.worker_id, clock, rows = n);
-            let (loss, sent) = async {
-                let p = client.pull_batch(&view, &batch.uniq, None, Some((&config.worker_id, clock))).await?;
+            let trained = async {
+                let p = match client.pull_batch(&view, &batch.uniq, None, Some((&config.worker_id, clock))).await {
+                    Ok(p) => p,
+                    // Not in the barrier (its lease lapsed, or the server restarted): the
+                    // session ends before this batch is trained.
+                    Err(ClientError::NotInBarrier(why)) => return Ok(Err(why)),
+                    Err(e) => return Err(e.into()),
+                };
                 if view.has_norm {
                     standardise(&view, &p, &mut batch, &mut stats);
                 }
@@ -268,18 +275,25 @@ pub async fn run(
                 clock += 1;
                 let meta = me.next_meta(at, clock, n as u64, loss);
                 let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
-                Ok::<_, WorkerError>((loss, pusher.send(&mut client, &push).await?))
+                Ok::<_, WorkerError>(Ok((loss, pusher.send(&mut client, &push).await?)))
             }
             .instrument(span)
             .await?;
             reader.recycle(batch);
+            let (loss, sent) = match trained {
+                Ok(trained) => trained,
+                Err(why) => {
+                    refused = Some(Sent::Refused(why));
+                    break;
+                }
+            };
             last_sent = Some(at);
             report.rows += n as u64;
             progress.record(n as u64, loss);
             report.pushes += 1;
             report.loss_sum += loss;
-            if let Sent::Refused(why) = sent {
-                refused = Some(why);
+            if let Sent::Refused(_) | Sent::Lost(_) = sent {
+                refused = Some(sent);
                 break;
             }
             if stop.load(Ordering::Acquire) {
@@ -292,17 +306,24 @@ pub async fn run(
         if refused.is_none() {
             // The end of the shard, or a stop: every push out must have been applied.
             match pusher.drain(&mut client).await? {
-                Sent::Sent(updates) => {
+                Sent::Accepted(updates) => {
                     report.last_updates = updates.unwrap_or(report.last_updates);
                     break;
                 }
-                Sent::Refused(why) => refused = Some(why),
+                ended => refused = Some(ended),
             }
         }
-        let why = refused.unwrap_or_default();
+        let (why, lost) = match refused {
+            Some(Sent::Lost(why)) => (format!("the connection to the server broke ({why})"), true),
+            Some(Sent::Refused(why)) => (why, false),
+            _ => (String::new(), false),
+        };
         if stop.load(Ordering::Acquire) {
             // What was refused stays unapplied; the recorded offset says where a new run resumes.
-            tracing::warn!(worker = %config.worker_id, "{why}; stopping: the rows of the refused pushes were not trained");
+            tracing::warn!(
+                worker = %config.worker_id,
+                "{why}; stopping: rows the server did not apply were not trained (a new run reads them)"
+            );
             last_sent = None;
             break;
         }
@@ -312,17 +333,23 @@ pub async fn run(
         if !seekable {
             return Err(WorkerError::Config(format!(
                 "{}: {why}; its rows must be read again from offset {}, but a pipe cannot be read again \
-                 (train from a file to ride out rollbacks and lapsed leases)",
+                 (train from a file to ride out rollbacks, lapsed leases and server restarts)",
                 shard_name, rejoined.offset
             )));
         }
         from = recorded(&rejoined);
+        let whence = if lost {
+            "the server's offsets (after a restart: its latest committed version's; later rows are trained again)"
+        } else {
+            "where the applied rows end"
+        };
         tracing::warn!(
             worker = %config.worker_id,
+            incarnation = rejoined.incarnation,
             pass = from.0,
             offset = from.1,
             clock,
-            "{why}; joined again, and reading again from where the applied rows end"
+            "{why}; joined again, and reading again from {whence}"
         );
     }
     tracing::debug!(rows = report.rows, "shard done");

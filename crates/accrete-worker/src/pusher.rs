@@ -2,7 +2,9 @@
 //! refused for a stale lineage (the model was rolled back) or because the worker left the
 //! BSP barrier ends the stream, and with it the pushes queued behind it: none of them was
 //! applied, so the caller joins again and reads their rows again from the offset the
-//! server recorded. Any other refusal ends the worker.
+//! server recorded. A stream that broke with its connection (the server restarted) ends
+//! the same way: which of its pushes were applied, the server's offsets tell. Any other
+//! refusal ends the worker.
 use crate::WorkerError;
 use accrete_client::{Client, ClientError, PushStream};
 use accrete_core::push::Push;
@@ -12,10 +14,13 @@ use accrete_core::push::Push;
 pub(crate) enum Sent {
     /// Queued, or (at [`Pusher::drain`]) all applied; the model's update count after the
     /// last, when known.
-    Sent(Option<u64>),
+    Accepted(Option<u64>),
     /// Refused (a stale lineage, or not in the barrier): this push and those queued
     /// behind it were not applied.
     Refused(String),
+    /// The connection broke: the pushes not yet acknowledged may or may not have been
+    /// applied (or may have been lost with a server's uncommitted state).
+    Lost(String),
 }
 
 pub(crate) struct Pusher {
@@ -29,7 +34,7 @@ impl Pusher {
 
     pub(crate) async fn send(&mut self, client: &mut Client, push: &Push<'_>) -> Result<Sent, WorkerError> {
         if self.stream.send(push).await.is_ok() {
-            return Ok(Sent::Sent(None));
+            return Ok(Sent::Accepted(None));
         }
         self.drain(client).await
     }
@@ -40,10 +45,11 @@ impl Pusher {
         let fresh = Pusher::open(client).await?;
         let old = std::mem::replace(self, fresh);
         match old.stream.finish().await {
-            Ok(ack) => Ok(Sent::Sent(Some(ack.updates))),
+            Ok(ack) => Ok(Sent::Accepted(Some(ack.updates))),
             Err(ClientError::StaleLineage { message, .. }) | Err(ClientError::NotInBarrier(message)) => {
                 Ok(Sent::Refused(message))
             }
+            Err(e) if e.is_unreachable() => Ok(Sent::Lost(e.to_string())),
             Err(e) => Err(e.into()),
         }
     }

@@ -1,4 +1,5 @@
 //! `accrete evaluator` and `accrete model plot`: quality across versions.
+use crate::conn::ServerConn;
 use crate::worker_cmd::DataArgs;
 use accrete_client::Client;
 use accrete_core::scoring::primary_metric;
@@ -36,8 +37,8 @@ pub struct EvaluatorArgs {
     /// Score on the most recent N labelled rows of the holdout (0 = all).
     #[arg(long, default_value_t = 0)]
     window: usize,
-    #[arg(long, env = "ACCRETE_SERVER", default_value = "http://127.0.0.1:50051")]
-    server: String,
+    #[command(flatten)]
+    server: ServerConn,
 }
 
 pub async fn evaluator(a: EvaluatorArgs) -> Result<()> {
@@ -53,7 +54,7 @@ pub async fn evaluator(a: EvaluatorArgs) -> Result<()> {
         holdout_follow: a.holdout_follow,
         window: a.window,
     };
-    let client = Client::connect(&a.server).await?;
+    let client = a.server.connect().await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -83,8 +84,8 @@ pub struct PlotArgs {
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Draws a metric over versions, marking rollbacks.
-pub async fn plot(a: PlotArgs, server: &str) -> Result<()> {
-    let mut c = Client::connect(server).await?;
+pub async fn plot(a: PlotArgs, server: &ServerConn) -> Result<()> {
+    let mut c = server.connect().await?;
     plot_to(&mut c, &a.name, a.metric.clone(), &a.out).await
 }
 

@@ -1,4 +1,5 @@
 //! `accrete model …`: the admin commands, one function each, over the typed client.
+use crate::conn::ServerConn;
 use crate::output::{self, table};
 use accrete_client::{safetensors, Client};
 use accrete_core::scoring::{best_by, primary_metric};
@@ -22,9 +23,8 @@ pub struct ModelArgs {
 /// How to reach the server and how to print.
 #[derive(Args, Clone)]
 pub struct Conn {
-    /// Server URL.
-    #[arg(long, global = true, env = "ACCRETE_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    #[command(flatten)]
+    pub to: ServerConn,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -239,7 +239,7 @@ fn spec(a: &CreateArgs) -> Result<ModelSpec> {
 }
 
 pub async fn run(a: ModelArgs) -> Result<()> {
-    let (server, json) = (a.conn.server.as_str(), a.conn.json);
+    let (server, json) = (&a.conn.to, a.conn.json);
     match a.cmd {
         ModelCmd::Predict(p) => crate::worker_cmd::predict(p, server).await,
         ModelCmd::Plot(p) => crate::eval_cmd::plot(p, server).await,
@@ -261,8 +261,8 @@ pub async fn run(a: ModelArgs) -> Result<()> {
     }
 }
 
-async fn connect(server: &str) -> Result<Client> {
-    Ok(Client::connect(server).await?)
+async fn connect(server: &ServerConn) -> Result<Client> {
+    server.connect().await
 }
 
 async fn create(c: &mut Client, a: &CreateArgs, json: bool) -> Result<()> {

@@ -1,5 +1,5 @@
 //! `accrete worker`, `accrete split` and `accrete model predict`: the data-facing commands.
-use accrete_client::Client;
+use crate::conn::ServerConn;
 use accrete_core::features::Batch;
 use accrete_ingest::{ColumnSpec, Format, LabelSpec, OnBadRow, RowSource, Target};
 use accrete_worker::WorkerConfig;
@@ -92,8 +92,8 @@ pub struct WorkerArgs {
     /// What to do with a bad row: skip it (counted, first ones logged) or stop.
     #[arg(long, value_enum, default_value = "skip")]
     on_bad_row: BadRowArg,
-    #[arg(long, env = "ACCRETE_SERVER", default_value = "http://127.0.0.1:50051")]
-    server: String,
+    #[command(flatten)]
+    server: ServerConn,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -126,13 +126,13 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
         follow: a.follow,
         worker_id: worker_id.clone(),
         progressive_out: a.progressive_out.clone(),
-        heartbeat_server: Some(a.server.clone()),
+        heartbeat_server: Some(a.server.server.clone()),
         on_bad_row: match a.on_bad_row {
             BadRowArg::Skip => OnBadRow::Skip,
             BadRowArg::Fail => OnBadRow::Fail,
         },
     };
-    let client = Client::connect(&a.server).await?;
+    let client = a.server.connect().await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -257,8 +257,8 @@ pub struct PredictArgs {
 
 /// Prints one prediction per input row: a probability (binary), a class (multi-class) or
 /// a value (regression).
-pub async fn predict(a: PredictArgs, server: &str) -> Result<()> {
-    let mut c = Client::connect(server).await?;
+pub async fn predict(a: PredictArgs, server: &ServerConn) -> Result<()> {
+    let mut c = server.connect().await?;
     let target = Target::of(&c.model_view(&a.name).await?);
     let mut rows = RowSource::open(&a.input, a.data.format(), &a.data.columns()?, target, OnBadRow::Fail, false)?;
     let mut batch = Batch::new(target.features);

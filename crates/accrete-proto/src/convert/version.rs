@@ -60,7 +60,8 @@ impl From<(&str, &VersionRecord)> for pb::VersionInfo {
 }
 
 /// The record of a version (its model's name is the caller's; the optimizer's step count
-/// does not travel and reads 0). The reason is read only for a version without a kind.
+/// and the request id that made it do not travel: they read 0 and empty). The reason is
+/// read only for a version without a kind.
 impl From<pb::VersionInfo> for VersionRecord {
     fn from(v: pb::VersionInfo) -> Self {
         VersionRecord {
@@ -79,6 +80,7 @@ impl From<pb::VersionInfo> for VersionRecord {
             metrics: v.metrics.into_iter().collect(),
             chunks_written: v.chunks_written,
             steps: 0,
+            request: String::new(),
         }
     }
 }

@@ -122,6 +122,7 @@ impl Engine {
             steps: self.params.steps,
             kind,
             reason: reason.to_string(),
+            request: String::new(),
         };
         self.params.clear_dirty();
         self.since_commit = 0;

@@ -53,6 +53,8 @@ pub struct Snapshot {
     pub steps: u64,
     pub kind: VersionKind,
     pub reason: String,
+    /// The request id of the commit that asked for it (empty: the policy's).
+    pub request: String,
 }
 
 /// What an accepted push returns.
@@ -464,6 +466,11 @@ impl Engine {
             self.dropped.extend(dropped);
         }
         gone
+    }
+
+    /// Is `worker` in the barrier (joined, and its lease not lapsed)?
+    pub fn is_member(&self, worker: &str) -> bool {
+        self.sync.is_member(worker)
     }
 
     /// May a worker that has pushed `clock` batches pull at `now`? (Renews its lease.)

@@ -8,6 +8,7 @@
 //! `engine`. Pushes, pulls and the barrier take only `engine`.
 //! The time is read here (`Instant::now()`) and passed to the engine.
 
+mod requests;
 mod versions;
 
 use crate::engine::{Content, Engine, Grad, Membership, Shape, Status};
@@ -18,6 +19,7 @@ use accrete_core::push::{PushAck, PushMeta};
 use accrete_core::{ConsistencyMode, EventKind, ModelSpec, Params, VersionEvent, VersionKind};
 use accrete_store::{now_unix_ms, ChunkBatch, Manifest, ModelRecord, Store, VersionRecord};
 use parking_lot::FairMutex;
+use requests::Requests;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -40,10 +42,11 @@ pub struct Context {
     pub lease: Duration,
 }
 
-/// The head version: the newest record and its manifest.
+/// The head version: the newest record and its manifest, and the request ids acted on.
 struct Head {
     record: VersionRecord,
     manifest: Manifest,
+    requests: Requests,
 }
 
 pub struct ModelHandle {
@@ -90,8 +93,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ModelHandle {
-    /// Creates a new model: initial parameters committed as version 1. Blocking.
-    pub fn create(ctx: &Context, spec: ModelSpec) -> Result<ModelHandle> {
+    /// Creates a new model: initial parameters committed as version 1, made by `request`.
+    /// Blocking.
+    pub fn create(ctx: &Context, spec: ModelSpec, request: &str) -> Result<ModelHandle> {
         spec.validate()?;
         // (before anything is stored: a refused create leaves nothing behind)
         let params = Params::init(&spec);
@@ -105,11 +109,18 @@ impl ModelHandle {
         let store = &ctx.store;
         // Past every epoch of a deleted model of this name: its pushes are stale here.
         let first_epoch = store.epoch_floor(&spec.name)? + 1;
-        let record = ModelRecord { id: store.new_model_id()?, spec, created_unix_ms: now_unix_ms(), first_epoch };
+        let record = ModelRecord {
+            id: store.new_model_id()?,
+            spec,
+            created_unix_ms: now_unix_ms(),
+            first_epoch,
+            request: request.to_string(),
+        };
         let version = VersionRecord {
             created_unix_ms: now_unix_ms(),
             reason: "create".into(),
             lineage_epoch: first_epoch,
+            request: request.to_string(),
             ..VersionRecord::new(1, VersionKind::Created)
         };
         let written = versions::write_all_chunks(store, record.id, 1, &params)?;
@@ -117,7 +128,7 @@ impl ModelHandle {
         let version = VersionRecord { chunks_written: written, ..version };
         store.write_version(record.id, &version, &manifest, &ChunkBatch::default())?;
         store.put_model(&record)?;
-        let head = Head { record: version.clone(), manifest };
+        let head = Head { requests: Requests::of(std::slice::from_ref(&version)), record: version.clone(), manifest };
         let handle = ModelHandle::assemble(ctx, record, head, params, vec![]);
         handle.emit(EventKind::Created, version);
         Ok(handle)
@@ -126,10 +137,9 @@ impl ModelHandle {
     /// Loads a model's head version from the store (server start). Blocking.
     pub fn load(ctx: &Context, record: ModelRecord) -> Result<ModelHandle> {
         let (store, name) = (&ctx.store, record.spec.name.clone());
-        let head = store
-            .versions(record.id)?
-            .pop()
-            .ok_or_else(|| ServiceError::Internal(format!("model {name:?} has no versions")))?;
+        let mut records = store.versions(record.id)?;
+        let requests = Requests::of(&records);
+        let head = records.pop().ok_or_else(|| ServiceError::Internal(format!("model {name:?} has no versions")))?;
         let manifest = store.manifest(record.id, head.version, &name)?.ok_or_else(|| {
             ServiceError::Internal(format!("model {name:?}: manifest of version {} is missing", head.version))
         })?;
@@ -137,7 +147,7 @@ impl ModelHandle {
         store.load_params(record.id, &name, &manifest, &mut params)?;
         params.steps = head.steps;
         let incarnations = store.incarnations(record.id)?;
-        Ok(ModelHandle::assemble(ctx, record, Head { record: head, manifest }, params, incarnations))
+        Ok(ModelHandle::assemble(ctx, record, Head { record: head, manifest, requests }, params, incarnations))
     }
 
     fn assemble(
@@ -278,17 +288,25 @@ impl ModelHandle {
     }
 
     /// Waits until a worker that has pushed `clock` batches may pull (SSP/BSP); a no-op
-    /// under ASP or for callers that are not joined workers.
-    pub async fn wait_to_pull(&self, worker: &str, clock: u64) {
+    /// under ASP or for callers that name no worker. A worker that is not in the barrier
+    /// (it never joined, its lease lapsed, or the server restarted since it joined) is
+    /// told to join again instead of waiting for rounds that no longer count it.
+    pub async fn wait_to_pull(&self, worker: &str, clock: u64) -> Result<()> {
         if worker.is_empty() || self.shape.consistency == ConsistencyMode::Asp {
-            return;
+            return Ok(());
         }
         loop {
             let notified = self.barrier.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if lock(&self.engine).may_pull(worker, clock, Instant::now()) {
-                return;
+            {
+                let mut engine = lock(&self.engine);
+                if !engine.is_member(worker) {
+                    return Err(ServiceError::NotInBarrier { model: self.name().into(), worker: worker.into() });
+                }
+                if engine.may_pull(worker, clock, Instant::now()) {
+                    return Ok(());
+                }
             }
             let _ = tokio::time::timeout(BARRIER_RECHECK, notified).await;
         }

@@ -24,6 +24,7 @@ use std::time::Instant;
 struct NewHead {
     kind: VersionKind,
     reason: String,
+    request: String,
     content_of: u64,
     chunks_written: u64,
     manifest: Manifest,
@@ -34,17 +35,35 @@ impl ModelHandle {
     /// Commits the live state, if anything changed since the last version, as one version
     /// that also holds the policy snapshots still waiting (they are coalesced into it, so
     /// a commit writes one version however many wait). Returns the newest version and
-    /// whether one was made.
-    pub fn commit(&self, kind: VersionKind, reason: &str) -> Result<(VersionRecord, bool)> {
+    /// whether one was made. A retry of a commit (the same non-empty `request` id) is
+    /// answered with what the first did.
+    pub fn commit(&self, kind: VersionKind, reason: &str, request: &str) -> Result<(VersionRecord, bool)> {
         let mut head = self.head.lock();
+        if let Some(done) = self.answered(&head, request)? {
+            return Ok(done);
+        }
         let live = {
             let mut engine = lock(&self.engine);
             engine.fold_pending();
             engine.snapshot(kind, reason, Instant::now())
         };
+        let live = live.map(|snap| Snapshot { request: request.to_string(), ..snap });
         let created = live.is_some();
         self.write_in_order(&mut head, live.into_iter())?;
+        if !created {
+            let version = head.record.version;
+            head.requests.note(request, version, false);
+        }
         Ok((head.record.clone(), created))
+    }
+
+    /// What an earlier call with this request id did: the version it made (as it is now)
+    /// or answered with, and whether it made it.
+    fn answered(&self, head: &Head, request: &str) -> Result<Option<(VersionRecord, bool)>> {
+        let Some((v, made)) = head.requests.find(request) else { return Ok(None) };
+        tracing::info!(model = %self.name(), request, version = v, "a retried request: answered as before");
+        let rec = if v == head.record.version { head.record.clone() } else { self.version(v)? };
+        Ok(Some((rec, made)))
     }
 
     /// The commit policy's commit (run by the policy task, at most one per model at a
@@ -107,6 +126,7 @@ impl ModelHandle {
             workers: snap.workers,
             chunks_written: snap.chunks.len() as u64,
             steps: snap.steps,
+            request: snap.request,
             ..VersionRecord::new(version, snap.kind)
         };
         if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &snap.chunks) {
@@ -116,7 +136,8 @@ impl ModelHandle {
             return Err(e.into());
         }
         lock(&self.engine).committed(rec.version, Instant::now());
-        *head = Head { record: rec.clone(), manifest };
+        head.requests.note(&rec.request, rec.version, true);
+        (head.record, head.manifest) = (rec.clone(), manifest);
         self.meters.commits.fetch_add(1, Ordering::Relaxed);
         self.meters.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.retain(head)?;
@@ -125,28 +146,46 @@ impl ModelHandle {
     }
 
     /// Makes a new head version holding `to`'s content, reloads the live state from it and
-    /// starts a new lineage epoch. Writes a manifest and a record, no parameters.
-    pub fn rollback(&self, to: u64, why: &str) -> Result<VersionRecord> {
+    /// starts a new lineage epoch. Writes a manifest and a record, no parameters. A retry
+    /// (the same non-empty `request` id) is answered with the version the first made.
+    pub fn rollback(&self, to: u64, why: &str, request: &str) -> Result<VersionRecord> {
         let mut head = self.head.lock();
+        if let Some((rec, _)) = self.answered(&head, request)? {
+            return Ok(rec);
+        }
         self.write_pending(&mut head)?;
         let target = self.version(to)?;
         let manifest = self.manifest_of(to)?;
         let params = self.load_content(&manifest, target.steps)?;
         let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
         let content_of = if target.content_of != 0 { target.content_of } else { to };
-        let new = NewHead { kind: VersionKind::Rollback, reason, content_of, chunks_written: 0, manifest, params };
+        let new = NewHead {
+            kind: VersionKind::Rollback,
+            reason,
+            request: request.to_string(),
+            content_of,
+            chunks_written: 0,
+            manifest,
+            params,
+        };
         self.install_head(&mut head, new)
     }
 
     /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
-    pub fn import(&self, params: Params, source: &str) -> Result<VersionRecord> {
+    /// A retry (the same non-empty `request` id) is answered with the version the first made.
+    pub fn import(&self, params: Params, source: &str, request: &str) -> Result<VersionRecord> {
         let mut head = self.head.lock();
+        if let Some((rec, _)) = self.answered(&head, request)? {
+            return Ok(rec);
+        }
         self.write_pending(&mut head)?;
         let version = head.record.version + 1;
         let chunks_written = write_all_chunks(&self.store, self.record.id, version, &params)?;
         let manifest = Manifest::full(&params, version);
         let reason = if source.is_empty() { "import".into() } else { format!("import from {source}") };
-        let new = NewHead { kind: VersionKind::Import, reason, content_of: 0, chunks_written, manifest, params };
+        let request = request.to_string();
+        let new =
+            NewHead { kind: VersionKind::Import, reason, request, content_of: 0, chunks_written, manifest, params };
         self.install_head(&mut head, new)
     }
 
@@ -171,12 +210,14 @@ impl ModelHandle {
             workers: engine.progress(),
             chunks_written: new.chunks_written,
             steps: new.params.steps,
+            request: new.request,
             ..VersionRecord::new(head.record.version + 1, new.kind)
         };
         self.store.write_version(self.record.id, &rec, &new.manifest, &ChunkBatch::default())?;
         engine.install(new.params, rec.lineage_epoch, rec.version, Instant::now());
         drop(engine);
-        *head = Head { record: rec.clone(), manifest: new.manifest };
+        head.requests.note(&rec.request, rec.version, true);
+        (head.record, head.manifest) = (rec.clone(), new.manifest);
         self.retain(head)?;
         self.emit(EventKind::of_new_version(rec.kind), rec.clone());
         Ok(rec)

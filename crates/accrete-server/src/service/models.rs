@@ -14,14 +14,14 @@ use tracing::Instrument;
 #[tonic::async_trait]
 impl Models for Service {
     async fn create_model(&self, req: Request<pb::CreateModelRequest>) -> Reply<pb::ModelInfo> {
-        let spec = req.into_inner().spec;
+        let pb::CreateModelRequest { spec, request_id } = req.into_inner();
         let span = rpc_span("create_model", spec.as_ref().map_or("", |s| &s.name));
         async move {
             let spec = spec.ok_or_else(|| ServiceError::Invalid("spec is required".into()))?;
             let spec = ModelSpec::try_from(spec).map_err(ServiceError::from)?;
             let reg = self.reg.clone();
             let (h, info) = blocking(move || {
-                let h = reg.create(spec)?;
+                let h = reg.create(spec, &request_id)?;
                 let info = info_of(&h)?;
                 Ok((h, info))
             })
@@ -73,7 +73,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let reason = if req.reason.is_empty() { "commit".to_string() } else { format!("commit: {}", req.reason) };
-            let (rec, created) = on_model(&h, move |h| h.commit(VersionKind::Manual, &reason)).await?;
+            let (rec, created) = on_model(&h, move |h| h.commit(VersionKind::Manual, &reason, &req.request_id)).await?;
             Ok(Response::new(pb::CommitResponse { version: Some(version_info(&h, &rec)), created }))
         }
         .instrument(span)
@@ -109,8 +109,8 @@ impl Models for Service {
         let span = rpc_span("rollback", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
-            let (to, reason) = (req.to_version, req.reason);
-            let rec = on_model(&h, move |h| h.rollback(to, &reason)).await?;
+            let (to, reason, request) = (req.to_version, req.reason, req.request_id);
+            let rec = on_model(&h, move |h| h.rollback(to, &reason, &request)).await?;
             tracing::info!(model = %h.name(), version = rec.version, to, epoch = rec.lineage_epoch, "rolled back");
             Ok(Response::new(version_info(&h, &rec)))
         }
@@ -171,7 +171,7 @@ impl Models for Service {
                 }
             }
             let params = filler.finish()?;
-            let rec = on_model(&h, move |h| h.import(params, &header.source)).await?;
+            let rec = on_model(&h, move |h| h.import(params, &header.source, &header.request_id)).await?;
             tracing::info!(model = %h.name(), version = rec.version, "imported");
             Ok(Response::new(version_info(&h, &rec)))
         }

@@ -58,7 +58,7 @@ impl Parameters for Service {
             let h = self.reg.get(&req.model)?;
             let resp = match req.version {
                 None => {
-                    h.wait_to_pull(&req.worker_id, req.clock).await;
+                    h.wait_to_pull(&req.worker_id, req.clock).await?;
                     h.with_live(|live| pull::answer(live, h.name(), &req, self.limit))?
                 }
                 Some(v) => {
