@@ -8,14 +8,25 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const POISON: [&str; 6] = [
-    "--label",
-    "arr_delay<=15",
-    "--categorical",
-    "carrier,origin,dest,month,day,hour,tailnum,flight",
-    "--cross",
-    "carrier:hour,origin:dest",
-];
+/// A copy of a shard whose labels are flipped at the source (a broken upstream job): every
+/// delayed flight is written as on time and the other way round.
+fn poisoned(shard: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(shard).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let delay = header.split(',').position(|c| c == "arr_delay").unwrap();
+    let rows: Vec<String> = lines
+        .map(|l| {
+            let mut f: Vec<String> = l.split(',').map(str::to_string).collect();
+            let late = f[delay].parse::<f64>().unwrap() > 15.0;
+            f[delay] = if late { "0" } else { "100" }.into();
+            f.join(",")
+        })
+        .collect();
+    let out = shard.with_extension("poisoned.csv");
+    write_csv(&out, header, &rows);
+    out
+}
 
 /// Shuffled labelled flights: (three training shards, a 20,000-row holdout).
 fn data(dir: &Path) -> (Vec<PathBuf>, PathBuf) {
@@ -134,7 +145,7 @@ async fn the_gate_rolls_back_a_poisoned_model() {
     let before = settle(&s.url, "p");
     let poison_from = before.last().unwrap()["version"].as_u64().unwrap() + 1;
     let t0 = Instant::now();
-    train(&s.url, "p", &shards[1], &POISON);
+    train(&s.url, "p", &poisoned(&shards[1]), &COLS);
     let mut after = settle(&s.url, "p");
     let rollback = after.iter().find(|v| v["reason"].as_str().unwrap().contains("quality gate")).cloned();
     let rollback = rollback.unwrap_or_else(|| panic!("no gate rollback in {after:?}"));

@@ -191,7 +191,8 @@ async fn retried_requests_act_once_across_a_kill_9() {
     let addr = addr_of(&p);
     let mut c = common::connect(&p.url).await.unwrap();
     let spec = linear("m", 4, pb::OptimizerKind::Sgd, 0.1);
-    let create = |id: &str| pb::CreateModelRequest { spec: Some(spec.clone()), request_id: id.into() };
+    let create =
+        |id: &str| pb::CreateModelRequest { spec: Some(spec.clone()), request_id: id.into(), ..Default::default() };
     let first = c.models.create_model(create("c1")).await.unwrap().into_inner();
     let again = c.models.create_model(create("c1")).await.expect("a retried create is answered").into_inner();
     assert_eq!((first.head_version, again.head_version), (1, 1));

@@ -820,7 +820,12 @@ async fn a_newer_incarnation_fences_the_older_one_across_restarts() {
     let join = |c: &mut common::Conn| {
         let mut c = c.clone();
         async move {
-            let req = pb::JoinRequest { model: "inc".into(), worker_id: "w".into(), shard: String::new() };
+            let req = pb::JoinRequest {
+                model: "inc".into(),
+                worker_id: "w".into(),
+                shard: String::new(),
+                ..Default::default()
+            };
             c.params.join(req).await.unwrap().into_inner().incarnation
         }
     };
@@ -829,7 +834,8 @@ async fn a_newer_incarnation_fences_the_older_one_across_restarts() {
         req.meta = Some(pb::PushMeta { worker_id: "w".into(), incarnation, seq, ..Default::default() });
         req
     };
-    let long = pb::JoinRequest { model: "inc".into(), worker_id: "x".repeat(300), shard: String::new() };
+    let long =
+        pb::JoinRequest { model: "inc".into(), worker_id: "x".repeat(300), shard: String::new(), ..Default::default() };
     let e = c.params.join(long).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
     assert!(e.message().contains("1 to 256 bytes"), "{}", e.message());
@@ -865,7 +871,8 @@ async fn bsp_model(workers: &[&str]) -> (tempfile::TempDir, TestServer, common::
     spec.consistency = Some(pb::Consistency { mode: pb::ConsistencyMode::Bsp as i32, staleness: 0 });
     create(&mut c, spec).await;
     for w in workers {
-        let join = pb::JoinRequest { model: "b".into(), worker_id: w.to_string(), shard: w.to_string() };
+        let join =
+            pb::JoinRequest { model: "b".into(), worker_id: w.to_string(), shard: w.to_string(), ..Default::default() };
         assert_eq!(c.params.join(join).await.unwrap().into_inner().clock, 0);
     }
     (tmp, s, c)

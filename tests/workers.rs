@@ -390,10 +390,12 @@ async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
 async fn a_worker_trains_on_its_standard_input() {
     let tmp = tempfile::tempdir().unwrap();
     let s = spawn_server(&tmp.path().join("data")).await;
-    ok(&s.url, &["model", "create", "p", "--kind", "logistic", "--hash-bits", "10"]);
-    let run = |kinds: &[&str]| {
+    for m in ["p", "q"] {
+        ok(&s.url, &["model", "create", m, "--kind", "logistic", "--hash-bits", "10"]);
+    }
+    let run = |model: &str, kinds: &[&str]| {
         let mut child = std::process::Command::new(common::procs::BIN)
-            .args(["worker", "--model", "p", "--shard", "/dev/stdin", "--label", "y", "--server", &s.url])
+            .args(["worker", "--model", model, "--shard", "/dev/stdin", "--label", "y", "--server", &s.url])
             .args(kinds)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -405,7 +407,7 @@ async fn a_worker_trains_on_its_standard_input() {
         child.wait_with_output().unwrap()
     };
     for _ in 0..2 {
-        let out = run(&["--categorical", "c"]);
+        let out = run("p", &["--categorical", "c"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains(": 3 rows"),
@@ -413,7 +415,8 @@ async fn a_worker_trains_on_its_standard_input() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = run(&[]);
+    // (a model with no recorded columns yet: p's are `--label y --categorical c` now)
+    let out = run("q", &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("/dev/stdin:1: cannot tell numeric from categorical"), "{stderr}");
 }
@@ -463,4 +466,51 @@ async fn a_rollback_under_load_trains_the_refused_rows_exactly_once() {
         "rows in the model after the rollback: {counted}; the shard has {}, {applied_before} were applied before it",
         rows.len()
     );
+}
+
+/// A model keeps the columns its first worker read: predict and the evaluator need no
+/// column flags, other columns are refused with both sets shown (by the server for a
+/// worker, by the command for predict), and a worker that trained no row fails.
+#[tokio::test]
+async fn a_model_keeps_its_input_signature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    let rows: String = (0..400).map(|i| format!("{},{},c{},{}\n", i % 7, i % 3, i % 5, (i % 7 > 3) as u8)).collect();
+    let (train, test) = (tmp.path().join("train.csv"), tmp.path().join("test.csv"));
+    std::fs::write(&train, format!("a,b,c,y\n{rows}")).unwrap();
+    // predict data in another column order, without the label
+    let unlabelled: String = (0..50).map(|i| format!("c{},{},{}\n", i % 5, i % 3, i % 7)).collect();
+    std::fs::write(&test, format!("c,b,a\n{unlabelled}")).unwrap();
+    ok(&s.url, &["model", "create", "m", "--kind", "logistic", "--hash-bits", "10"]);
+    let shard = train.to_str().unwrap();
+    ok(&s.url, &["worker", "--model", "m", "--shard", shard, "--label", "y>0"]);
+    let show: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "show", "m", "--json"])).unwrap();
+    let sig = &show["signature"];
+    assert_eq!((sig["label"].as_str(), sig["numeric"].clone()), (Some("y>0"), serde_json::json!(["a", "b"])), "{show}");
+    assert_eq!(sig["categorical"], serde_json::json!(["c"]));
+    // The same columns by name, or none: the same predictions.
+    let test = test.to_str().unwrap();
+    let named = ok(&s.url, &["model", "predict", "m", "--input", test, "--numeric", "a,b", "--categorical", "c"]);
+    assert_eq!(named, ok(&s.url, &["model", "predict", "m", "--input", test]));
+    assert_eq!(named.lines().count(), 50);
+    // Other columns: refused, both shown.
+    let out = cli(&s.url, &["model", "predict", "m", "--input", test, "--categorical", "c"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--numeric a,b --categorical c") && err.contains("`csv --categorical c`"),
+        "{err}"
+    );
+    let out = cli(&s.url, &["worker", "--model", "m", "--shard", shard, "--label", "y>3", "--worker-id", "other"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("reads its data as") && err.contains("y>3"), "{err}");
+    // The evaluator scores with the model's columns.
+    ok(&s.url, &["evaluator", "--model", "m", "--holdout", shard, "--once"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "versions", "m", "--json"])).unwrap();
+    assert!(v.as_array().unwrap().last().unwrap()["metrics"]["auc"].as_f64().is_some(), "{v}");
+    // A worker that trained nothing fails, saying why.
+    let bad = tmp.path().join("bad.csv");
+    std::fs::write(&bad, "a,b,c,y\nx,y,c1,z\n").unwrap();
+    let out = cli(&s.url, &["worker", "--model", "m", "--shard", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no rows trained (1 bad rows skipped"), "{err}");
 }

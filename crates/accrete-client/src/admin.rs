@@ -5,7 +5,7 @@
 use crate::retry::{request_id, retried};
 use crate::{Client, ClientError, Result};
 use accrete_core::view::ModelView;
-use accrete_core::{EventKind, ModelInfo, ModelSpec, VersionEvent, VersionRecord};
+use accrete_core::{EventKind, InputSignature, ModelInfo, ModelSpec, VersionEvent, VersionRecord};
 use accrete_proto::v1 as pb;
 use std::collections::BTreeMap;
 
@@ -20,9 +20,16 @@ fn version_of(v: Option<pb::VersionInfo>) -> Result<VersionRecord> {
 
 impl Client {
     /// Creates a model; its initial parameters become version 1.
-    pub async fn create_model(&mut self, spec: &ModelSpec) -> Result<ModelInfo> {
+    /// With a `signature`, the columns its workers must read are fixed from the start
+    /// (else the first worker's are recorded).
+    pub async fn create_model(&mut self, spec: &ModelSpec, signature: Option<&InputSignature>) -> Result<ModelInfo> {
         let (spec, request_id) = (pb::ModelSpec::from(spec), request_id());
-        let req = || pb::CreateModelRequest { spec: Some(spec.clone()), request_id: request_id.clone() };
+        let signature = signature.map(pb::InputSignature::from);
+        let req = || pb::CreateModelRequest {
+            spec: Some(spec.clone()),
+            request_id: request_id.clone(),
+            signature: signature.clone(),
+        };
         Ok(retried!(self, models, create_model, req())?.try_into()?)
     }
 

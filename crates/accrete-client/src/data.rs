@@ -9,6 +9,7 @@ use accrete_core::features::Batch;
 use accrete_core::pull::{Joined, Predictions, PullRequest, Pulled};
 use accrete_core::push::{Push, PushAck};
 use accrete_core::view::{BatchParams, ModelView};
+use accrete_core::InputSignature;
 use accrete_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,10 +67,23 @@ impl Client {
         Ok(PushStream { tx, acks })
     }
 
-    /// Joins a model's barrier as `worker`; the answer says where it left off and gives it
-    /// a new incarnation.
-    pub async fn join(&mut self, model: &str, worker: &str, shard: &str) -> Result<Joined> {
-        let req = || pb::JoinRequest { model: model.into(), worker_id: worker.into(), shard: shard.into() };
+    /// Joins a model's barrier as `worker`, reading `shard` with the columns `signature`
+    /// (recorded by the model's first worker; another worker's must match); the answer
+    /// says where it left off and gives it a new incarnation.
+    pub async fn join(
+        &mut self,
+        model: &str,
+        worker: &str,
+        shard: &str,
+        signature: Option<&InputSignature>,
+    ) -> Result<Joined> {
+        let signature = signature.map(pb::InputSignature::from);
+        let req = || pb::JoinRequest {
+            model: model.into(),
+            worker_id: worker.into(),
+            shard: shard.into(),
+            signature: signature.clone(),
+        };
         Ok(retried!(self, params, join, req())?.into())
     }
 

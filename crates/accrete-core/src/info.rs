@@ -51,4 +51,6 @@ pub struct ModelInfo {
     /// Retained versions.
     pub versions: u64,
     pub created_unix_ms: i64,
+    /// The columns its workers read (`None`: no worker has joined and none was given).
+    pub signature: Option<crate::InputSignature>,
 }

@@ -17,6 +17,7 @@ pub mod pull;
 pub mod push;
 pub mod rng;
 pub mod scoring;
+pub mod signature;
 pub mod spec;
 mod undo;
 pub mod version;
@@ -26,6 +27,7 @@ pub use info::{ModelInfo, TensorInfo};
 pub use layout::{layout, TensorSpec};
 pub use optim::Optimizer;
 pub use params::{Params, TensorState, CHUNK_FLOATS};
+pub use signature::InputSignature;
 pub use spec::{
     CommitPolicy, ConsistencyMode, InitSpec, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec, SpecError,
 };

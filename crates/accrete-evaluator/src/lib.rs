@@ -171,7 +171,21 @@ pub async fn run(
     mut client: Client,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Report, EvalError> {
-    let view = client.model_view(&config.model).await?;
+    let info = client.model_info(&config.model).await?;
+    let view = ModelView::of(&info.spec);
+    // Scored as it was trained: the model's recorded columns, unless named (and then
+    // they must be the same, or the stored metrics would be of other inputs).
+    let target = accrete_ingest::Target::of(&view);
+    let named = (config.model.as_str(), true);
+    let cols = accrete_ingest::columns_for(
+        &config.holdout,
+        config.format,
+        &config.columns,
+        info.signature.as_ref(),
+        target,
+        named,
+    )?;
+    let config = EvaluatorConfig { format: cols.format, columns: cols.spec, ..config };
     let primary = primary_metric(&view.dims);
     if let Some(g) = &config.gate {
         if !scoring::METRICS.contains(&g.metric.as_str()) {

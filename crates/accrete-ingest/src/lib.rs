@@ -5,10 +5,12 @@
 
 pub mod parse;
 pub mod rows;
+pub mod signature;
 pub mod source;
 
 pub use parse::{ColumnSpec, LabelSpec, Target};
 pub use rows::{Format, OnBadRow, RowSource};
+pub use signature::{columns_for, Columns};
 
 use accrete_core::view::ModelView;
 use accrete_core::ModelKind;

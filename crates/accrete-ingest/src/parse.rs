@@ -42,6 +42,21 @@ impl std::str::FromStr for LabelSpec {
     }
 }
 
+/// The spec as it is written: `y`, `arr_delay>15`.
+impl std::fmt::Display for LabelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Some((cmp, t)) = self.test else { return write!(f, "{}", self.column) };
+        let op = match cmp {
+            Cmp::Gt => ">",
+            Cmp::Ge => ">=",
+            Cmp::Lt => "<",
+            Cmp::Le => "<=",
+            Cmp::Eq => "=",
+        };
+        write!(f, "{}{op}{t}", self.column)
+    }
+}
+
 impl LabelSpec {
     fn apply(&self, v: f64) -> f32 {
         match self.test {
@@ -67,6 +82,36 @@ pub struct ColumnSpec {
     pub numeric: Vec<String>,
     pub categorical: Vec<String>,
     pub cross: Vec<(String, String)>,
+}
+
+impl ColumnSpec {
+    /// No column named: the model's recorded columns are used.
+    pub fn is_empty(&self) -> bool {
+        self.label.is_none() && self.numeric.is_empty() && self.categorical.is_empty() && self.cross.is_empty()
+    }
+
+    /// The columns as named, unresolved (a CSV read from a pipe cannot be sampled ahead).
+    pub fn signature_as_named(&self) -> accrete_core::InputSignature {
+        accrete_core::InputSignature {
+            format: "csv".into(),
+            label: self.label.as_ref().map(|l| l.to_string()).unwrap_or_default(),
+            numeric: self.numeric.clone(),
+            categorical: self.categorical.clone(),
+            cross: self.cross.iter().map(|(a, b)| format!("{a}:{b}")).collect(),
+        }
+    }
+
+    /// The columns a model recorded, to read new data the same way.
+    pub fn of_signature(s: &accrete_core::InputSignature) -> Result<ColumnSpec, String> {
+        let label = if s.label.is_empty() { None } else { Some(s.label.parse()?) };
+        let cross = s
+            .cross
+            .iter()
+            .map(|c| c.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())))
+            .collect::<Option<_>>()
+            .ok_or_else(|| format!("recorded crosses {:?} are not all a:b", s.cross))?;
+        Ok(ColumnSpec { label, numeric: s.numeric.clone(), categorical: s.categorical.clone(), cross })
+    }
 }
 
 /// What the model wants: dense inputs (`features`, 0 = none) and a hashed table.
@@ -140,6 +185,13 @@ pub struct CsvParser {
     fields: Vec<(usize, usize)>,
 }
 
+/// The column names of a CSV header line.
+pub(crate) fn header_names(header: &[u8]) -> Vec<String> {
+    let mut f = Vec::new();
+    split_fields(header, &mut f);
+    f.iter().map(|(a, b)| String::from_utf8_lossy(&header[*a..*b]).trim().to_string()).collect()
+}
+
 /// Splits a CSV line into field byte ranges (quotes honoured; `""` inside quotes kept).
 fn split_fields(line: &[u8], out: &mut Vec<(usize, usize)>) {
     out.clear();
@@ -178,10 +230,7 @@ impl CsvParser {
     /// kinds are guessed from `sample` rows: a column whose values all parse as numbers is
     /// numeric, any other is categorical.
     pub fn new(header: &[u8], spec: &ColumnSpec, target: Target, sample: &[Vec<u8>]) -> Result<CsvParser, String> {
-        let mut f = Vec::new();
-        split_fields(header, &mut f);
-        let names: Vec<String> =
-            f.iter().map(|(a, b)| String::from_utf8_lossy(&header[*a..*b]).trim().to_string()).collect();
+        let names = header_names(header);
         if let Some((i, n)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
             return Err(format!(
                 "column {n:?} appears twice in the header (columns {} and {})",
@@ -247,6 +296,23 @@ impl CsvParser {
             target,
             fields: Vec::new(),
         })
+    }
+
+    /// The columns this parser reads, by name: what a model trained through it records.
+    pub fn signature(&self) -> accrete_core::InputSignature {
+        let name = |c: &usize| self.header[*c].clone();
+        let numeric = if self.dense.is_empty() {
+            self.hashed_numeric.iter().map(|(c, _)| name(c)).collect()
+        } else {
+            self.dense.iter().map(name).collect()
+        };
+        accrete_core::InputSignature {
+            format: "csv".into(),
+            label: self.label.as_ref().map(|(_, l)| l.to_string()).unwrap_or_default(),
+            numeric,
+            categorical: self.categorical.iter().map(|(c, _)| name(c)).collect(),
+            cross: self.cross.iter().map(|(a, b, ..)| format!("{}:{}", name(a), name(b))).collect(),
+        }
     }
 
     /// Parses one line into `batch`; `require_label` skips rows without one.

@@ -1,10 +1,12 @@
 //! Rows of a shard as batches: the format of a file, what to do with a bad row, and
 //! [`RowSource`], which reads lines and parses them with the right parser (a CSV part file
 //! gets the parser of its own header), counting the rows it skips.
-use crate::parse::{self, ColumnSpec, CsvParser, RowError, Target};
-use crate::source::ShardReader;
+use crate::parse::{self, header_names, ColumnSpec, CsvParser, RowError, Target};
+use crate::source::{Position, ShardReader};
 use crate::IngestError;
 use accrete_core::features::Batch;
+use accrete_core::InputSignature;
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -92,12 +94,39 @@ impl RowSource {
         if self.format == Format::Csv && self.csv.is_none() {
             let mut probe = ShardReader::open(&self.reader.pos.file)
                 .map_err(|source| IngestError::Io { path: self.reader.pos.file.clone(), source })?;
+            let mut header = Vec::new();
             probe
-                .next_line(&mut self.line)
+                .next_line(&mut header)
                 .map_err(|source| IngestError::Io { path: self.reader.pos.file.clone(), source })?;
-            self.csv_header()?;
+            let pos = Position { file: self.reader.pos.file.clone(), line: 1 };
+            self.csv_header(&header, &pos)?;
         }
         Ok(())
+    }
+
+    /// The columns this source reads, resolved against its data (for a CSV file, its
+    /// header and sample rows; a pipe is not read ahead: its named columns are taken as
+    /// they are). Call before reading rows.
+    pub fn signature(&mut self) -> Result<InputSignature, IngestError> {
+        if self.format == Format::Libsvm {
+            return Ok(InputSignature { format: "libsvm".into(), ..Default::default() });
+        }
+        if self.csv.is_none() {
+            let Some(first) = self.reader.first_part().map(Path::to_path_buf) else {
+                return Ok(self.spec.signature_as_named());
+            };
+            if !std::fs::metadata(&first).is_ok_and(|m| m.is_file()) {
+                return Ok(self.spec.signature_as_named());
+            }
+            let mut probe =
+                ShardReader::open(&first).map_err(|source| IngestError::Io { path: first.clone(), source })?;
+            let mut header = Vec::new();
+            if !probe.next_line(&mut header).map_err(|source| IngestError::Io { path: first.clone(), source })? {
+                return Ok(self.spec.signature_as_named());
+            }
+            self.csv_header(&header, &Position { file: first, line: 1 })?;
+        }
+        Ok(self.csv.as_ref().map_or_else(|| self.spec.signature_as_named(), |p| p.signature()))
     }
 
     pub fn poll_new_parts(&mut self) -> Result<(), IngestError> {
@@ -122,7 +151,10 @@ impl RowSource {
                 Format::Csv if self.reader.is_header => {
                     // each part file has its header: a part whose columns differ gets its own parser
                     if self.csv.as_ref().is_none_or(|p| !split_eq(&self.line, &p.header)) {
-                        self.csv_header()?;
+                        let (header, pos) = (std::mem::take(&mut self.line), self.reader.pos.clone());
+                        let built = self.csv_header(&header, &pos);
+                        self.line = header;
+                        built?;
                     }
                     continue;
                 }
@@ -154,22 +186,21 @@ impl RowSource {
         Ok(batch.rows() - start)
     }
 
-    /// Builds the CSV parser from the header line just read, sampling rows to guess kinds.
-    fn csv_header(&mut self) -> Result<(), IngestError> {
-        let header = self.line.clone();
+    /// Builds the CSV parser from a header line read at `pos`, sampling rows to guess kinds.
+    fn csv_header(&mut self, header: &[u8], pos: &Position) -> Result<(), IngestError> {
         let mut sample = Vec::new();
         if self.spec.numeric.is_empty() && self.spec.categorical.is_empty() {
             let name = |why: &str| {
                 IngestError::Config(format!(
                     "{}: cannot tell numeric from categorical columns ({why}); name them with --numeric / --categorical",
-                    self.reader.pos
+                    pos
                 ))
             };
-            if !std::fs::metadata(&self.reader.pos.file).is_ok_and(|m| m.is_file()) {
+            if !std::fs::metadata(&pos.file).is_ok_and(|m| m.is_file()) {
                 return Err(name("a pipe cannot be sampled"));
             }
-            let mut probe = ShardReader::open(&self.reader.pos.file)
-                .map_err(|source| IngestError::Io { path: self.reader.pos.file.clone(), source })?;
+            let mut probe =
+                ShardReader::open(&pos.file).map_err(|source| IngestError::Io { path: pos.file.clone(), source })?;
             let mut buf = Vec::new();
             let _ = probe.next_line(&mut buf);
             while sample.len() < 1000 && probe.next_line(&mut buf).unwrap_or(false) {
@@ -179,8 +210,13 @@ impl RowSource {
                 return Err(name("the file has no rows yet"));
             }
         }
-        let p = CsvParser::new(&header, &self.spec, self.target, &sample)
-            .map_err(|m| IngestError::Config(format!("{}: {m}", self.reader.pos)))?;
+        // Data to score may come without the label the model was trained with.
+        let mut spec = self.spec.clone();
+        if !self.require_label && spec.label.as_ref().is_some_and(|l| !header_names(header).contains(&l.column)) {
+            spec.label = None;
+        }
+        let p = CsvParser::new(header, &spec, self.target, &sample)
+            .map_err(|m| IngestError::Config(format!("{}: {m}", pos)))?;
         self.csv = Some(p);
         Ok(())
     }

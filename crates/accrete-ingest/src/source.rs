@@ -87,6 +87,11 @@ impl ShardReader {
         })
     }
 
+    /// The first file the shard is read from (a pipe's path, for a pipe).
+    pub fn first_part(&self) -> Option<&Path> {
+        self.parts.first().map(PathBuf::as_path)
+    }
+
     /// Reads the next line into `buf` (without the line end). `Ok(false)` at the end of
     /// the data available now.
     pub fn next_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<bool> {

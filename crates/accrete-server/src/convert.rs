@@ -15,5 +15,6 @@ pub fn model_info(h: &ModelHandle, versions: u64) -> ModelInfo {
         uncommitted_updates: st.since_commit,
         versions,
         created_unix_ms: h.record.created_unix_ms,
+        signature: h.signature(),
     }
 }

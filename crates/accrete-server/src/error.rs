@@ -33,6 +33,8 @@ pub enum ServiceError {
     NotInBarrier { model: String, worker: String },
     #[error("model {model:?}: push from incarnation {pushed} of worker {worker:?}, but incarnation {current} has joined since; this process is stale")]
     StaleIncarnation { model: String, worker: String, pushed: u64, current: u64 },
+    #[error("model {model:?} reads its data as `{recorded}`, but this worker reads `{given}`; use the model's columns (or create another model for these)")]
+    SignatureMismatch { model: String, recorded: String, given: String },
     #[error("{0}")]
     Unavailable(String),
     #[error("watch fell behind by {0} events; watch again with after_version to catch up")]
@@ -59,7 +61,9 @@ impl ServiceError {
             ServiceError::StaleLineage { .. } | ServiceError::StaleModel { .. } | ServiceError::WatchLagged(_) => {
                 Code::Aborted
             }
-            ServiceError::NotInBarrier { .. } | ServiceError::StaleIncarnation { .. } => Code::FailedPrecondition,
+            ServiceError::NotInBarrier { .. }
+            | ServiceError::StaleIncarnation { .. }
+            | ServiceError::SignatureMismatch { .. } => Code::FailedPrecondition,
             ServiceError::TooLarge { .. } | ServiceError::Uncommittable { .. } => Code::ResourceExhausted,
             ServiceError::Store(e) if e.is_disk_full() => Code::ResourceExhausted,
             ServiceError::Unavailable(_) => Code::Unavailable,
@@ -79,6 +83,7 @@ impl ServiceError {
             ServiceError::StaleLineage { .. } | ServiceError::StaleModel { .. } => "stale-lineage",
             ServiceError::NotInBarrier { .. } => "not-in-barrier",
             ServiceError::StaleIncarnation { .. } => "stale-incarnation",
+            ServiceError::SignatureMismatch { .. } => "signature-mismatch",
             ServiceError::TooLarge { .. } => "too-large",
             ServiceError::Uncommittable { .. } => "commits-failing",
             ServiceError::Store(e) if e.is_disk_full() => "disk-full",

@@ -84,7 +84,7 @@ mod tests {
         let reg = Arc::new(Registry::open(store, crate::model::DEFAULT_LEASE).unwrap());
         let mut spec = ModelSpec { features: 2, ..ModelSpec::new("m", ModelKind::Linear) };
         spec.commit.every_updates = 2;
-        let h = reg.create(spec, "").unwrap();
+        let h = reg.create(spec, "", None).unwrap();
         let task = tokio::spawn(run(reg.clone()));
         let g = 1.0f32.to_le_bytes();
         let grads = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &g }];
@@ -117,7 +117,7 @@ mod tests {
         let reg = Arc::new(Registry::open(store, crate::model::DEFAULT_LEASE).unwrap());
         let mut spec = ModelSpec { hash_bits: 16, ..ModelSpec::new("m", ModelKind::Logistic) };
         spec.commit.every_updates = 1;
-        let h = reg.create(spec, "").unwrap();
+        let h = reg.create(spec, "", None).unwrap();
         let task = tokio::spawn(run(reg.clone()));
         let (stop, flooding, pushes) =
             (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(true)), Arc::new(AtomicU64::new(0)));

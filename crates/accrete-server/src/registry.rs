@@ -1,8 +1,8 @@
 //! The models a server holds, by name, and the event bus of their version history.
 use crate::error::{Result, ServiceError};
 use crate::model::{Context, ModelHandle};
-use accrete_core::ModelSpec;
 use accrete_core::VersionEvent;
+use accrete_core::{InputSignature, ModelSpec};
 use accrete_store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -57,7 +57,12 @@ impl Registry {
 
     /// Creates a model and commits its initial parameters. Blocking. A retry of the call
     /// that created it (the same non-empty `request` id) is answered with the model.
-    pub fn create(&self, spec: ModelSpec, request: &str) -> Result<Arc<ModelHandle>> {
+    pub fn create(
+        &self,
+        spec: ModelSpec,
+        request: &str,
+        signature: Option<InputSignature>,
+    ) -> Result<Arc<ModelHandle>> {
         let _admin = self.admin.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(h) = self.get(&spec.name) {
             if !request.is_empty() && h.record.request == request {
@@ -67,7 +72,7 @@ impl Registry {
             return Err(ServiceError::ModelExists(spec.name));
         }
         let name = spec.name.clone();
-        let handle = Arc::new(ModelHandle::create(&self.ctx, spec, request)?);
+        let handle = Arc::new(ModelHandle::create(&self.ctx, spec, request, signature)?);
         self.models.write().unwrap_or_else(|e| e.into_inner()).insert(name, handle.clone());
         Ok(handle)
     }

@@ -310,6 +310,24 @@ impl Store {
         })
     }
 
+    /// Rewrites a model's record (to add its input signature), only while that very model
+    /// exists: one deleted meanwhile is not brought back. Returns whether it was written.
+    pub fn update_model(&self, rec: &ModelRecord) -> Result<bool> {
+        self.writing(|| {
+            let g = self.inner()?;
+            let new = records::encode(rec);
+            let mut written = false;
+            g.models.fetch_and_update(rec.spec.name.as_bytes(), |old| {
+                let old = old?;
+                let same = records::decode::<ModelRecord>(old, "model record").is_ok_and(|o| o.id == rec.id);
+                written = same;
+                Some(if same { new.clone() } else { old.to_vec() })
+            })?;
+            self.sync()?;
+            Ok(written)
+        })
+    }
+
     /// The last lineage epoch of any deleted model named `name` (0 when none was).
     pub fn epoch_floor(&self, name: &str) -> Result<u64> {
         let g = self.inner()?;

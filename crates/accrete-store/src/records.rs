@@ -15,6 +15,9 @@ pub struct ModelRecord {
     /// The request id of the call that created it: a retry is answered with the model.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub request: String,
+    /// The columns its workers read, once known (at create, or from the first worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<accrete_core::InputSignature>,
 }
 
 fn first_epoch() -> u64 {

@@ -199,12 +199,24 @@ pub async fn run(
             stopped.notify_one();
         })
     };
-    let view = client.model_view(&config.model).await?;
+    let info = client.model_info(&config.model).await?;
+    let view = ModelView::of(&info.spec);
+    // The columns named, checked against the model's recorded ones, or those.
+    let columns = accrete_ingest::columns_for(
+        &config.shard,
+        config.format,
+        &config.columns,
+        info.signature.as_ref(),
+        Target::of(&view),
+        (&config.model, true),
+    )?;
+    let config = WorkerConfig { format: columns.format, columns: columns.spec, ..config };
+    let signature = Some(&columns.signature);
     let started = Instant::now();
     let mut report = Report::default();
     let mut pusher = Pusher::open(&mut client).await?;
     let shard_name = config.shard.to_string_lossy().to_string();
-    let joined = client.join(&config.model, &config.worker_id, &shard_name).await?;
+    let joined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
     let mut me = Identity { worker_id: config.worker_id.clone(), shard: shard_name.clone(), incarnation: 0, seq: 0 };
     me.joined(joined.incarnation);
     let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
@@ -219,7 +231,8 @@ pub async fn run(
         }
     };
     let mut from = recorded(&joined);
-    if from != (0, 0) {
+    let fresh = from == (0, 0);
+    if !fresh {
         tracing::info!(worker = %config.worker_id, pass = from.0, offset = from.1, "resuming where this worker's applied rows end");
     }
     let mut grads = Tensors::default();
@@ -327,7 +340,7 @@ pub async fn run(
             last_sent = None;
             break;
         }
-        let rejoined = client.join(&config.model, &config.worker_id, &shard_name).await?;
+        let rejoined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
         me.joined(rejoined.incarnation);
         clock = rejoined.clock;
         if !seekable {
@@ -366,6 +379,14 @@ pub async fn run(
     }
     report.committed_version = await_committed(&mut client, &config, last_sent).await?;
     report.seconds = started.elapsed().as_secs_f64();
+    // A shard read from its start that gave nothing to train on is a mistake to report
+    // (wrong columns, a bad file), not a success; a resumed one may have nothing left.
+    if report.rows == 0 && fresh && !stop.load(Ordering::Acquire) {
+        return Err(WorkerError::Config(format!(
+            "{}: no rows trained ({} bad rows skipped, {} rows without a label; the first bad rows are logged above)",
+            shard_name, report.bad_rows, report.unlabelled_rows
+        )));
+    }
     Ok(report)
 }
 

@@ -95,11 +95,18 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `accrete model predict … | head`: the reader has what it wanted.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", output::printable(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The output was closed by its reader (a pipe into `head`).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 async fn serve(a: ServerArgs) -> anyhow::Result<()> {

@@ -266,7 +266,7 @@ async fn connect(server: &ServerConn) -> Result<Client> {
 }
 
 async fn create(c: &mut Client, a: &CreateArgs, json: bool) -> Result<()> {
-    let info = c.create_model(&spec(a)?).await?;
+    let info = c.create_model(&spec(a)?, None).await?;
     print_model(&info, json);
     Ok(())
 }
@@ -414,6 +414,10 @@ fn print_model(m: &ModelInfo, json: bool) {
         "head version {}  lineage epoch {}  updates {} ({} uncommitted)  versions {}",
         m.head_version, m.lineage_epoch, m.updates, m.uncommitted_updates, m.versions
     );
+    match &m.signature {
+        Some(s) => println!("columns {s}"),
+        None => println!("columns not recorded yet (the first worker records them)"),
+    }
     let rows: Vec<Vec<String>> = m
         .tensors
         .iter()

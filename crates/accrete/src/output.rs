@@ -45,6 +45,8 @@ pub fn model_json(m: &ModelInfo) -> Value {
         "uncommitted_updates": m.uncommitted_updates,
         "versions": m.versions,
         "created_unix_ms": m.created_unix_ms,
+        "signature": m.signature.as_ref().map(|s| json!({"format": s.format, "label": s.label, "numeric": s.numeric,
+                     "categorical": s.categorical, "cross": s.cross})),
     })
 }
 

@@ -117,7 +117,7 @@ async fn create_model(c: &mut Client) -> Result<()> {
     spec.hash_bits = 20;
     spec.optimizer = OptimizerSpec::new(OptimizerKind::Adagrad, 0.1);
     spec.commit = CommitPolicy { every_updates: 25, every_secs: 0.0, keep_last: 0 };
-    c.create_model(&spec).await?;
+    c.create_model(&spec, None).await?;
     println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; AdaGrad; a version every 25 pushes\n");
     Ok(())
 }

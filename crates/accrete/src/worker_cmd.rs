@@ -1,7 +1,8 @@
 //! `accrete worker`, `accrete split` and `accrete model predict`: the data-facing commands.
 use crate::conn::ServerConn;
 use accrete_core::features::Batch;
-use accrete_ingest::{ColumnSpec, Format, LabelSpec, OnBadRow, RowSource, Target};
+use accrete_core::view::ModelView;
+use accrete_ingest::{columns_for, ColumnSpec, Format, LabelSpec, OnBadRow, RowSource, Target};
 use accrete_worker::WorkerConfig;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -259,8 +260,12 @@ pub struct PredictArgs {
 /// a value (regression).
 pub async fn predict(a: PredictArgs, server: &ServerConn) -> Result<()> {
     let mut c = server.connect().await?;
-    let target = Target::of(&c.model_view(&a.name).await?);
-    let mut rows = RowSource::open(&a.input, a.data.format(), &a.data.columns()?, target, OnBadRow::Fail, false)?;
+    let info = c.model_info(&a.name).await?;
+    let target = Target::of(&ModelView::of(&info.spec));
+    // The model's recorded columns, unless named (and then they must be the same).
+    let named = a.data.columns()?;
+    let cols = columns_for(&a.input, a.data.format(), &named, info.signature.as_ref(), target, (&a.name, false))?;
+    let mut rows = RowSource::open(&a.input, cols.format, &cols.spec, target, OnBadRow::Fail, false)?;
     let mut batch = Batch::new(target.features);
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());

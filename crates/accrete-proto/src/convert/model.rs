@@ -1,7 +1,7 @@
 //! Model specs and model info, both ways.
 use super::{bad, consistency_mode, model_kind, optimizer_kind, ConvertError};
 use crate::v1 as pb;
-use accrete_core::{CommitPolicy, InitSpec, ModelInfo, ModelSpec, OptimizerSpec, TensorInfo};
+use accrete_core::{CommitPolicy, InitSpec, InputSignature, ModelInfo, ModelSpec, OptimizerSpec, TensorInfo};
 
 impl From<&ModelSpec> for pb::ModelSpec {
     fn from(s: &ModelSpec) -> Self {
@@ -121,6 +121,7 @@ impl From<&ModelInfo> for pb::ModelInfo {
             uncommitted_updates: m.uncommitted_updates,
             versions: m.versions,
             created_unix_ms: m.created_unix_ms,
+            signature: m.signature.as_ref().map(Into::into),
         }
     }
 }
@@ -139,6 +140,31 @@ impl TryFrom<pb::ModelInfo> for ModelInfo {
             uncommitted_updates: m.uncommitted_updates,
             versions: m.versions,
             created_unix_ms: m.created_unix_ms,
+            signature: m.signature.map(Into::into).filter(|s: &InputSignature| !s.is_empty()),
         })
+    }
+}
+
+impl From<&InputSignature> for pb::InputSignature {
+    fn from(s: &InputSignature) -> Self {
+        pb::InputSignature {
+            format: s.format.clone(),
+            label: s.label.clone(),
+            numeric: s.numeric.clone(),
+            categorical: s.categorical.clone(),
+            cross: s.cross.clone(),
+        }
+    }
+}
+
+impl From<pb::InputSignature> for InputSignature {
+    fn from(s: pb::InputSignature) -> Self {
+        InputSignature {
+            format: s.format,
+            label: s.label,
+            numeric: s.numeric,
+            categorical: s.categorical,
+            cross: s.cross,
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::{Result, ServiceError};
 use accrete_core::layout::TensorSpec;
 use accrete_core::pull::Joined;
 use accrete_core::push::{PushAck, PushMeta};
-use accrete_core::{ConsistencyMode, EventKind, ModelSpec, Params, VersionEvent, VersionKind};
+use accrete_core::{ConsistencyMode, EventKind, InputSignature, ModelSpec, Params, VersionEvent, VersionKind};
 use accrete_store::{now_unix_ms, ChunkBatch, Manifest, ModelRecord, Store, VersionRecord};
 use parking_lot::FairMutex;
 use requests::Requests;
@@ -50,7 +50,10 @@ struct Head {
 }
 
 pub struct ModelHandle {
+    /// As stored at create or at load (its signature, once recorded, is in `signature`).
     pub record: ModelRecord,
+    /// The columns its workers read, once known; held while it is stored.
+    signature: Mutex<Option<InputSignature>>,
     shape: Arc<Shape>,
     store: Store,
     events: broadcast::Sender<VersionEvent>,
@@ -95,7 +98,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl ModelHandle {
     /// Creates a new model: initial parameters committed as version 1, made by `request`.
     /// Blocking.
-    pub fn create(ctx: &Context, spec: ModelSpec, request: &str) -> Result<ModelHandle> {
+    pub fn create(
+        ctx: &Context,
+        spec: ModelSpec,
+        request: &str,
+        signature: Option<InputSignature>,
+    ) -> Result<ModelHandle> {
         spec.validate()?;
         // (before anything is stored: a refused create leaves nothing behind)
         let params = Params::init(&spec);
@@ -115,6 +123,7 @@ impl ModelHandle {
             created_unix_ms: now_unix_ms(),
             first_epoch,
             request: request.to_string(),
+            signature,
         };
         let version = VersionRecord {
             created_unix_ms: now_unix_ms(),
@@ -160,6 +169,7 @@ impl ModelHandle {
         let shape = Arc::new(Shape { first_epoch: record.first_epoch, ..Shape::of(&record.spec) });
         let engine = Engine::new(shape.clone(), params, &head.record, incarnations, ctx.lease, Instant::now());
         ModelHandle {
+            signature: Mutex::new(record.signature.clone()),
             record,
             shape,
             store: ctx.store.clone(),
@@ -243,6 +253,34 @@ impl ModelHandle {
         let joined = lock(&self.engine).join(worker, incarnation, Instant::now());
         self.barrier.notify_waiters();
         Ok(joined)
+    }
+
+    /// The columns its workers read, once known.
+    pub fn signature(&self) -> Option<InputSignature> {
+        lock(&self.signature).clone()
+    }
+
+    /// Checks a worker's columns against the model's, recording them if the model has
+    /// none yet (durable before this returns). Blocking (a store write).
+    pub fn sign(&self, given: &InputSignature) -> Result<()> {
+        let mut signature = lock(&self.signature);
+        match signature.as_ref() {
+            Some(recorded) if recorded.same_inputs(given) => Ok(()),
+            Some(recorded) => Err(ServiceError::SignatureMismatch {
+                model: self.name().to_string(),
+                recorded: recorded.to_string(),
+                given: given.to_string(),
+            }),
+            None => {
+                let rec = ModelRecord { signature: Some(given.clone()), ..self.record.clone() };
+                if !self.store.update_model(&rec)? {
+                    return Err(ServiceError::ModelNotFound(self.name().to_string()));
+                }
+                tracing::info!(model = %self.name(), signature = %given, "input signature recorded");
+                *signature = Some(given.clone());
+                Ok(())
+            }
+        }
     }
 
     /// Renews a worker's lease (`member` false: it is not, or no longer, in the barrier).

@@ -3,7 +3,7 @@
 use super::import::ImportFiller;
 use super::{blocking, export, info_of, on_model, rpc_span, version_info, watch, BoxStream, Reply, Service};
 use crate::error::{from_transport, ServiceError};
-use accrete_core::{ModelSpec, VersionKind};
+use accrete_core::{InputSignature, ModelSpec, VersionKind};
 use accrete_proto::v1 as pb;
 use accrete_proto::v1::models_server::Models;
 use prost::Message;
@@ -14,14 +14,15 @@ use tracing::Instrument;
 #[tonic::async_trait]
 impl Models for Service {
     async fn create_model(&self, req: Request<pb::CreateModelRequest>) -> Reply<pb::ModelInfo> {
-        let pb::CreateModelRequest { spec, request_id } = req.into_inner();
+        let pb::CreateModelRequest { spec, request_id, signature } = req.into_inner();
         let span = rpc_span("create_model", spec.as_ref().map_or("", |s| &s.name));
         async move {
             let spec = spec.ok_or_else(|| ServiceError::Invalid("spec is required".into()))?;
             let spec = ModelSpec::try_from(spec).map_err(ServiceError::from)?;
             let reg = self.reg.clone();
             let (h, info) = blocking(move || {
-                let h = reg.create(spec, &request_id)?;
+                let signature = signature.map(InputSignature::from).filter(|s| !s.is_empty());
+                let h = reg.create(spec, &request_id, signature)?;
                 let info = info_of(&h)?;
                 Ok((h, info))
             })

@@ -9,7 +9,7 @@ use crate::model::ModelHandle;
 use accrete_core::optim::LeKeys;
 use accrete_core::pull::Predictions;
 use accrete_core::push::PushMeta;
-use accrete_core::{Params, VersionRecord};
+use accrete_core::{InputSignature, Params, VersionRecord};
 use accrete_proto::v1 as pb;
 use accrete_proto::v1::parameters_server::Parameters;
 use prost::Message;
@@ -80,8 +80,14 @@ impl Parameters for Service {
                 return Err(ServiceError::Invalid("join needs a worker_id".into()).into());
             }
             let h = self.reg.get(&req.model)?;
-            let worker = req.worker_id.clone();
-            let joined = on_model(&h, move |h| h.join(&worker)).await?;
+            let (worker, signature) = (req.worker_id.clone(), req.signature.map(InputSignature::from));
+            let joined = on_model(&h, move |h| {
+                if let Some(s) = signature.filter(|s| !s.is_empty()) {
+                    h.sign(&s)?;
+                }
+                h.join(&worker)
+            })
+            .await?;
             tracing::info!(
                 model = %h.name(),
                 worker = %req.worker_id,
