@@ -253,6 +253,28 @@ async fn retried_requests_act_once_across_a_kill_9() {
     let i2 = c.models.import(import()).await.unwrap().into_inner();
     assert_eq!((i1.version, i2.version), (5, 5));
     assert_eq!(versions(&mut c, "m").await.len(), 5);
+    // Retention drops the version a rollback made, then a kill -9: its retry is still
+    // answered with it, not acted on again.
+    let mut kept = linear("k", 4, pb::OptimizerKind::Sgd, 0.1);
+    kept.commit = Some(pb::CommitPolicy { keep_last: 2, ..Default::default() });
+    common::create(&mut c, kept).await;
+    let rollback =
+        || pb::RollbackRequest { model: "k".into(), to_version: 1, request_id: "rk".into(), ..Default::default() };
+    let rb = c.models.rollback(rollback()).await.unwrap().into_inner();
+    for _ in 0..3 {
+        c.params.push(push_req("k", rb.lineage_epoch, vec![dense("w", 0, &[0.5; 4])])).await.unwrap();
+        common::commit(&mut c, "k").await;
+    }
+    assert!(versions(&mut c, "k").await.iter().all(|v| v.version != rb.version), "retention dropped it");
+    let mut p = p;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let _p = spawn_server_at(&dir, &addr, &[]).await;
+    let mut c = common::connect(&_p.url).await.unwrap();
+    let before = versions(&mut c, "k").await;
+    let again = c.models.rollback(rollback()).await.expect("answered from the stored request").into_inner();
+    assert_eq!((again.version, again.lineage_epoch), (rb.version, rb.lineage_epoch));
+    assert_eq!(versions(&mut c, "k").await, before, "the retry made no version");
 }
 
 /// The CLI waits out a server that is not up yet (logging it once), and with
@@ -336,4 +358,41 @@ async fn a_watch_rides_out_a_kill_9_without_losing_or_repeating_versions() {
     for version in [v, a, b] {
         assert_eq!(printed(version), 1, "version {version} printed once: {err}");
     }
+}
+
+/// A kill -9 after a worker's last push was acknowledged but before a version held it
+/// (under BSP its last round waits for a second worker, which never pushes): the worker
+/// sees the restarted server, reads its rows again, and exits 0 with them committed once.
+#[tokio::test]
+async fn a_restart_between_the_last_ack_and_its_commit_reads_the_rows_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut p = spawn_server(&dir).await;
+    let addr = addr_of(&p);
+    ok(&p.url, &["model", "create", "m", "--kind", "linear", "--features", "1", "--consistency", "bsp"]);
+    // A second member of the barrier that joins and never pushes: round 1 stays open.
+    let mut c = common::connect(&p.url).await.unwrap();
+    let join = pb::JoinRequest { model: "m".into(), worker_id: "idle".into(), ..Default::default() };
+    c.params.join(join).await.unwrap();
+    let shard = tmp.path().join("one-batch.csv");
+    let rows: String = (0..50).map(|i| format!("{i},{}\n", 2 * i)).collect();
+    std::fs::write(&shard, format!("x,y\n{rows}")).unwrap();
+    let args = ["worker", "--model", "m", "--shard", shard.to_str().unwrap(), "--label", "y", "--batch", "100"];
+    let mut worker = spawn_logged(&p.url, tmp.path(), "w", &args);
+    // Its one push is acknowledged into round 1, and it waits for a version to hold it.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(worker.try_wait().unwrap().is_none(), "the worker did not wait: {}", log_of(tmp.path(), "w", "err"));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let p = spawn_server_at(&dir, &addr, &[]).await;
+    let status = exit_of(&mut worker, "the worker", 120).await;
+    let err = log_of(tmp.path(), "w", "err");
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(err.contains("the server restarted before a version held them"), "{err}");
+    let mut c = common::connect(&p.url).await.unwrap();
+    let head = versions(&mut c, "m").await.pop().unwrap();
+    let w = head.workers.iter().find(|w| w.shard.ends_with("one-batch.csv")).expect("the worker's progress");
+    assert_eq!(w.rows, 50, "{head:?}");
+    let norm = pull_all(&mut c, "m", Some(head.version)).await.1.into_iter().find(|(n, _)| n == "norm").unwrap().1;
+    assert_eq!(norm[0], 50.0, "rows counted by the model's statistics");
 }

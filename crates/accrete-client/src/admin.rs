@@ -107,23 +107,26 @@ impl Client {
     /// restarts and a lag on its side: it watches again from the last version it delivered
     /// of each model (tags and scores made meanwhile are not replayed).
     pub async fn watch(&mut self, model: Option<&str>, after: Option<u64>) -> Result<Watch> {
-        // Where each model's delivered versions end: from `after`, or from the heads now
-        // (so a version made before the stream opens is not missed either).
+        // Where each model's delivered versions end: `after`, or the heads now. A single
+        // model's stream opens at its head, so a version made meanwhile is not missed.
         let mut floors = BTreeMap::new();
-        let unknown = match (model, after) {
-            (_, Some(a)) => a,
-            (Some(m), None) => {
-                let head = self.model_info(m).await?.head_version;
-                floors.insert(m.to_string(), head);
-                head
+        let first = match model {
+            Some(m) => {
+                let floor = match after {
+                    Some(a) => a,
+                    None => self.model_info(m).await?.head_version,
+                };
+                floors.insert(m.to_string(), floor);
+                Some(floor)
             }
-            (None, None) => {
-                floors.extend(self.list_models().await?.into_iter().map(|m| (m.spec.name, m.head_version)));
-                0
+            None => {
+                let models = self.list_models().await?;
+                floors.extend(models.into_iter().map(|m| (m.spec.name, after.unwrap_or(m.head_version))));
+                after
             }
         };
-        let mut w = Watch { client: self.clone(), model: model.map(str::to_string), floors, unknown, events: None };
-        w.open().await?;
+        let mut w = Watch { client: self.clone(), model: model.map(str::to_string), floors, events: None };
+        w.open(first).await?;
         Ok(w)
     }
 }
@@ -132,17 +135,16 @@ impl Client {
 pub struct Watch {
     client: Client,
     model: Option<String>,
-    /// Per model, the newest version delivered (or known when the watch began).
+    /// Per model, the newest version delivered (or known when the watch began); a model
+    /// created since the watch began has none (its versions are all new).
     floors: BTreeMap<String, u64>,
-    /// The floor of a model not in `floors` (one created since the watch began: 0).
-    unknown: u64,
     events: Option<tonic::Streaming<pb::VersionEvent>>,
 }
 
 impl Watch {
-    /// Opens the stream again from the lowest floor (retried while the server is down).
-    async fn open(&mut self) -> Result<()> {
-        let after = self.floors.values().copied().chain(std::iter::once(self.unknown)).min();
+    /// Opens the stream with the server's backlog after `after` (retried while the
+    /// server is down).
+    async fn open(&mut self, after: Option<u64>) -> Result<()> {
         let model = self.model.clone().unwrap_or_default();
         let req = || pb::WatchRequest { model: model.clone(), after_version: after };
         let c = &self.client;
@@ -156,6 +158,30 @@ impl Watch {
             .await?;
         self.events = Some(events);
         Ok(())
+    }
+
+    /// Opens the stream again after a break: from the lowest floor, or from the start for
+    /// an every-model watch (models may have been created meanwhile). A model whose head
+    /// is now below its floor was deleted and created again: its versions are all new.
+    async fn reopen(&mut self) -> Result<()> {
+        let heads: Vec<(String, u64)> = match &self.model {
+            Some(m) => match self.client.model_info(m).await {
+                Ok(i) => vec![(m.clone(), i.head_version)],
+                Err(ClientError::NotFound(_)) => vec![],
+                Err(e) => return Err(e),
+            },
+            None => self.client.list_models().await?.into_iter().map(|m| (m.spec.name, m.head_version)).collect(),
+        };
+        for (name, head) in heads {
+            if self.floors.get(&name).is_some_and(|f| head < *f) {
+                self.floors.remove(&name);
+            }
+        }
+        let after = match &self.model {
+            Some(m) => self.floors.get(m).copied().unwrap_or(0),
+            None => 0,
+        };
+        self.open(Some(after)).await
     }
 
     /// The next event; `None` when the server ended the stream.
@@ -174,7 +200,7 @@ impl Watch {
                     }
                     tracing::info!(server = %self.client.url, "watch: {e}; watching again after the last version seen");
                     self.events = None;
-                    if let Err(e) = self.open().await {
+                    if let Err(e) = self.reopen().await {
                         return Some(Err(e));
                     }
                     continue;
@@ -184,7 +210,7 @@ impl Watch {
                 Ok(ev) => ev,
                 Err(e) => return Some(Err(e.into())),
             };
-            let floor = self.floors.get(&ev.model).copied().unwrap_or(self.unknown);
+            let floor = self.floors.get(&ev.model).copied().unwrap_or(0);
             if ev.kind.is_new_version() {
                 if ev.version.version <= floor {
                     continue; // delivered before the stream was opened again
@@ -192,7 +218,7 @@ impl Watch {
                 self.floors.insert(ev.model.clone(), ev.version.version);
             } else if ev.kind == EventKind::Deleted {
                 // A model created again under this name counts its versions from 1.
-                self.floors.insert(ev.model.clone(), 0);
+                self.floors.remove(&ev.model);
             }
             return Some(Ok(ev));
         }

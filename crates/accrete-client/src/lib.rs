@@ -44,7 +44,16 @@ pub struct Client {
 fn endpoint(url: &str) -> Result<Endpoint> {
     let e = Endpoint::from_shared(url.to_string())
         .map_err(|source| ClientError::BadUrl { url: url.to_string(), source })?;
-    Ok(e.tcp_nodelay(true).initial_stream_window_size(Some(8 << 20)).initial_connection_window_size(Some(16 << 20)))
+    // Keepalive pings find a server that vanished without closing its connections (a
+    // rescheduled pod, a partition): calls waiting on it fail, and are retried, instead
+    // of hanging. The connect timeout bounds each try at a host that does not answer.
+    Ok(e.tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(20))
+        .keep_alive_while_idle(true))
 }
 
 /// An HTTP/2 channel to `url`, connected once. (A channel that has been connected

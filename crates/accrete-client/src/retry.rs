@@ -4,11 +4,15 @@
 //! outage is logged once when it starts and once when it ends, however many calls and
 //! retries see it (clones of a client share it).
 //!
-//! Safe to repeat: reads, joins, leaves, heartbeats, opening a stream, and the mutating
+//! Safe to repeat: reads, joins, leaves, predictions, opening a stream, and the mutating
 //! calls that carry a request id ([`request_id`]; create, commit, rollback, import), which
 //! the server acts on once. A tag is idempotent as it is (a label names one version).
-//! Pushes are never retried here: a worker that loses its push stream joins again and
-//! reads its rows again from where the server says its applied rows end.
+//! Pushes, heartbeats and deletes are not retried here: a worker that loses its push stream
+//! joins again and reads its rows again from where the server says its applied rows end;
+//! a heartbeat is sent again on its own schedule; a retried delete would answer NOT_FOUND.
+//!
+//! The patience is one budget per outage, shared by a client's clones: a call that starts
+//! late in an outage another clone saw begin gets what is left of it.
 use crate::{ClientError, Result};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -73,10 +77,9 @@ impl Retry {
                     tokio::time::sleep(jitter(wait).min(left)).await;
                     wait = (wait * 2).min(MAX_BACKOFF);
                 }
+                // An answer, even a refusal, means the server is reachable.
                 done => {
-                    if done.is_ok() {
-                        self.reached();
-                    }
+                    self.reached();
                     return done;
                 }
             }

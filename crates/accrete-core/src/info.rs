@@ -53,4 +53,6 @@ pub struct ModelInfo {
     pub created_unix_ms: i64,
     /// The columns its workers read (`None`: no worker has joined and none was given).
     pub signature: Option<crate::InputSignature>,
+    /// The server process's instance: another one means a restart lost what was not committed.
+    pub server_instance: u64,
 }

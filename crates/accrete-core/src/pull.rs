@@ -73,6 +73,8 @@ pub struct Joined {
     pub live_workers: u32,
     /// This worker's new incarnation: its pushes carry it; older ones are refused.
     pub incarnation: u64,
+    /// The server process's instance: another one means a restart lost what was not committed.
+    pub server_instance: u64,
 }
 
 /// Scores of feature rows: `outputs` values per row.

@@ -16,5 +16,6 @@ pub fn model_info(h: &ModelHandle, versions: u64) -> ModelInfo {
         versions,
         created_unix_ms: h.record.created_unix_ms,
         signature: h.signature(),
+        server_instance: h.instance,
     }
 }

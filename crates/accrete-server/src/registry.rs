@@ -21,7 +21,16 @@ impl Registry {
     /// Loads every model's head version. Blocking.
     pub fn open(store: Store, lease: std::time::Duration) -> Result<Registry> {
         let (events, _) = broadcast::channel(4096);
-        let ctx = Context { store, events, policy: Arc::new(Notify::new()), lease };
+        let instance = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        let ctx = Context { store, events, policy: Arc::new(Notify::new()), lease, instance };
         let mut models = HashMap::new();
         for rec in ctx.store.models()? {
             let name = rec.spec.name.clone();

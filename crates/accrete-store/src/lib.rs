@@ -338,11 +338,12 @@ impl Store {
     /// `last_epoch` (its live lineage epoch) becomes the name's epoch floor first.
     ///
     /// sled reuses the space it frees but never gives it back; when the deleted model held
-    /// at least half of the disk the database takes, the store is compacted at once
-    /// ([`Store::compact`]), so deleting models gives the disk back.
+    /// at least half of the live data (measured in records, not in sled's files, whose
+    /// size depends on how lazily sled has reclaimed its segments), the store is compacted
+    /// at once ([`Store::compact`]), so deleting models gives the disk back.
     pub fn delete_model(&self, rec: &ModelRecord, last_epoch: u64) -> Result<u64> {
         self.writing(|| {
-            let (n, freed) = {
+            let (n, freed, rest) = {
                 let g = self.inner()?;
                 let n = g.tree(rec.id, 'v')?.len() as u64;
                 let floor = last_epoch.max(self.epoch_floor(&rec.spec.name)?);
@@ -350,16 +351,25 @@ impl Store {
                 g.models.remove(rec.spec.name.as_bytes())?;
                 g.db.flush()?;
                 let mut freed = 0u64;
-                for kind in ['v', 'f', 'c', 'i'] {
+                for kind in ['v', 'f', 'c', 'i', 'q'] {
                     let tree = g.tree(rec.id, kind)?;
                     freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
                     g.db.drop_tree(format!("{kind}.{}", rec.id))?;
                 }
                 self.sync()?;
-                (n, freed)
+                // The data that stays, counted only as far as `freed` (a bounded scan).
+                let mut rest = 0u64;
+                'count: for name in g.db.tree_names() {
+                    for kv in g.db.open_tree(&name)?.iter() {
+                        rest += kv.map_or(0, |(k, v)| k.len() + v.len()) as u64;
+                        if rest > freed {
+                            break 'count;
+                        }
+                    }
+                }
+                (n, freed, rest)
             };
-            let on_disk = self.disk_bytes();
-            if freed >= COMPACT_AT_BYTES && freed * 2 >= on_disk {
+            if freed >= COMPACT_AT_BYTES && freed >= rest {
                 let (before, after) = self.compact()?;
                 tracing::info!(model = %rec.spec.name, before, after, "compacted the database after a delete");
             }
@@ -407,8 +417,21 @@ impl Store {
             let g = self.inner()?;
             g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
             g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
+            if !rec.request.is_empty() {
+                // Outlives retention: a retried call is answered even after its version is dropped.
+                g.tree(id, 'q')?.insert(rec.request.as_bytes(), records::encode(rec))?;
+            }
             self.sync()
         })
+    }
+
+    /// The record of the version a call with this request id made, if one did.
+    pub fn request_answer(&self, id: u64, request: &str) -> Result<Option<VersionRecord>> {
+        let g = self.inner()?;
+        match g.tree(id, 'q')?.get(request.as_bytes())? {
+            Some(b) => Ok(Some(records::decode(&b, "request answer")?)),
+            None => Ok(None),
+        }
     }
 
     /// Rewrites a version's record (tags, metrics); its content never changes.

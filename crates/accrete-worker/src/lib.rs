@@ -219,6 +219,8 @@ pub async fn run(
     let joined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
     let mut me = Identity { worker_id: config.worker_id.clone(), shard: shard_name.clone(), incarnation: 0, seq: 0 };
     me.joined(joined.incarnation);
+    // The server process that acknowledges this session's pushes.
+    let mut instance = joined.server_instance;
     let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
     // A pipe's bytes are new on every run: there is nothing to resume or read again.
     let seekable = std::fs::metadata(&config.shard).is_ok_and(|m| m.is_file() || m.is_dir());
@@ -254,7 +256,7 @@ pub async fn run(
     // where the rows the server holds end, so every row is applied once.
     loop {
         let (mut reader, mut filled) = Reader::start(&config, Target::of(&view), from, stop.clone());
-        let mut refused = None;
+        let (mut refused, mut undrained) = (None, false);
         loop {
             let next = tokio::select! {
                 next = filled.recv() => next,
@@ -296,7 +298,10 @@ pub async fn run(
             let (loss, sent) = match trained {
                 Ok(trained) => trained,
                 Err(why) => {
+                    // Pushes may still be out on the stream: drained below, before the
+                    // new incarnation joins (applied or refused, the offsets will say).
                     refused = Some(Sent::Refused(why));
+                    undrained = true;
                     break;
                 }
             };
@@ -321,10 +326,31 @@ pub async fn run(
             match pusher.drain(&mut client).await? {
                 Sent::Accepted(updates) => {
                     report.last_updates = updates.unwrap_or(report.last_updates);
-                    break;
+                    // Exit 0 means committed; a restart before a version holds the rows
+                    // lost them: they are read again (unless stopping).
+                    match finish(&mut client, &config, last_sent, instance).await? {
+                        Some(version) => {
+                            report.committed_version = version;
+                            break;
+                        }
+                        None if stop.load(Ordering::Acquire) => {
+                            return Err(WorkerError::Config(format!(
+                                "stopped, but the server restarted before a version held this worker's last rows; \
+                                 a new run of worker {:?} reads them again",
+                                config.worker_id
+                            )));
+                        }
+                        None => {
+                            refused = Some(Sent::Lost("the server restarted before a version held them".into()));
+                        }
+                    }
                 }
                 ended => refused = Some(ended),
             }
+        } else if undrained {
+            // Whatever becomes of them, the server's offsets after the join account for it.
+            let drained = pusher.drain(&mut client).await?;
+            tracing::debug!(?drained, "pushes out when the pull was refused");
         }
         let (why, lost) = match refused {
             Some(Sent::Lost(why)) => (format!("the connection to the server broke ({why})"), true),
@@ -337,11 +363,12 @@ pub async fn run(
                 worker = %config.worker_id,
                 "{why}; stopping: rows the server did not apply were not trained (a new run reads them)"
             );
-            last_sent = None;
+            report.committed_version = finish(&mut client, &config, None, instance).await?.unwrap_or_default();
             break;
         }
         let rejoined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
         me.joined(rejoined.incarnation);
+        instance = rejoined.server_instance;
         clock = rejoined.clock;
         if !seekable {
             return Err(WorkerError::Config(format!(
@@ -372,12 +399,6 @@ pub async fn run(
         out.flush().map_err(progressive_err)?;
     }
     drop(heartbeat);
-    match client.leave(&config.model, &config.worker_id).await {
-        // Its lease lapsed at the very end (a long last batch): it has left already.
-        Err(ClientError::NotInBarrier(m)) => tracing::debug!("leave: {m}"),
-        left => left?,
-    }
-    report.committed_version = await_committed(&mut client, &config, last_sent).await?;
     report.seconds = started.elapsed().as_secs_f64();
     // A shard read from its start that gave nothing to train on is a mistake to report
     // (wrong columns, a bad file), not a success; a resumed one may have nothing left.
@@ -394,15 +415,33 @@ pub async fn run(
 /// BSP its last round is applied once the other workers' pushes of that clock are in).
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Leaves the barrier, then waits until a committed version holds this worker's rows up
+/// to `last`: that version, or `None` if the server restarted since `instance` acknowledged
+/// them (what it had not committed is gone, and the rows must be read again).
+async fn finish(
+    client: &mut Client,
+    config: &WorkerConfig,
+    last: Option<(u64, u64)>,
+    instance: u64,
+) -> Result<Option<u64>, WorkerError> {
+    match client.leave(&config.model, &config.worker_id).await {
+        // Its lease lapsed at the very end (a long last batch), or the server restarted.
+        Err(ClientError::NotInBarrier(m)) => tracing::debug!("leave: {m}"),
+        left => left?,
+    }
+    await_committed(client, config, last, instance).await
+}
+
 /// Exit 0 means committed: asks for a commit (a no-op when nothing changed since the last
 /// version) until the committed head holds this worker's progress up to `last` (a pass
 /// and an offset), waiting with backoff while it does not (bounded by [`COMMIT_WAIT`]).
-/// Returns that version.
+/// Returns that version, or `None` when the server is no longer `instance`.
 async fn await_committed(
     client: &mut Client,
     config: &WorkerConfig,
     last: Option<(u64, u64)>,
-) -> Result<u64, WorkerError> {
+    instance: u64,
+) -> Result<Option<u64>, WorkerError> {
     let reason = format!("worker {} finished", config.worker_id);
     let deadline = Instant::now() + COMMIT_WAIT;
     let mut wait = std::time::Duration::from_millis(20);
@@ -410,7 +449,10 @@ async fn await_committed(
         let (head, _) = client.commit(&config.model, &reason).await?;
         let held = head.workers.iter().find(|w| w.worker_id == config.worker_id).map(|w| (w.pass, w.offset));
         if last.is_none_or(|l| held.is_some_and(|h| h >= l)) {
-            return Ok(head.version);
+            return Ok(Some(head.version));
+        }
+        if client.model_info(&config.model).await?.server_instance != instance {
+            return Ok(None);
         }
         if Instant::now() >= deadline {
             let (pass, offset) = last.unwrap_or_default();

@@ -168,6 +168,7 @@ impl From<pb::JoinResponse> for Joined {
             shard: j.shard,
             live_workers: j.live_workers,
             incarnation: j.incarnation,
+            server_instance: j.server_instance,
         }
     }
 }
@@ -183,6 +184,7 @@ impl From<&Joined> for pb::JoinResponse {
             shard: j.shard.clone(),
             live_workers: j.live_workers,
             incarnation: j.incarnation,
+            server_instance: j.server_instance,
         }
     }
 }

@@ -122,6 +122,7 @@ impl From<&ModelInfo> for pb::ModelInfo {
             versions: m.versions,
             created_unix_ms: m.created_unix_ms,
             signature: m.signature.as_ref().map(Into::into),
+            server_instance: m.server_instance,
         }
     }
 }
@@ -141,6 +142,7 @@ impl TryFrom<pb::ModelInfo> for ModelInfo {
             versions: m.versions,
             created_unix_ms: m.created_unix_ms,
             signature: m.signature.map(Into::into).filter(|s: &InputSignature| !s.is_empty()),
+            server_instance: m.server_instance,
         })
     }
 }

@@ -437,6 +437,7 @@ impl Engine {
             shard,
             live_workers: self.sync.live() as u32,
             incarnation,
+            server_instance: 0, // the runtime's to say
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Context {
     /// Wakes the commit-policy task (`policy.rs`) when a push makes a commit due.
     pub policy: Arc<Notify>,
     pub lease: Duration,
+    /// This server process, told apart from the one before a restart (random at start).
+    pub instance: u64,
 }
 
 /// The head version: the newest record and its manifest, and the request ids acted on.
@@ -70,6 +72,8 @@ pub struct ModelHandle {
     barrier: Notify,
     policy: Arc<Notify>,
     meters: Meters,
+    /// The server process's instance (see [`Context::instance`]).
+    pub instance: u64,
 }
 
 #[derive(Default)]
@@ -179,6 +183,7 @@ impl ModelHandle {
             engine: Mutex::new(engine),
             barrier: Notify::new(),
             policy: ctx.policy.clone(),
+            instance: ctx.instance,
             meters: Meters::default(),
         }
     }
@@ -250,7 +255,8 @@ impl ModelHandle {
     pub fn join(&self, worker: &str) -> Result<Joined> {
         lock(&self.engine).check_join(worker)?;
         let incarnation = self.store.bump_incarnation(self.record.id, worker)?;
-        let joined = lock(&self.engine).join(worker, incarnation, Instant::now());
+        let mut joined = lock(&self.engine).join(worker, incarnation, Instant::now());
+        joined.server_instance = self.instance;
         self.barrier.notify_waiters();
         Ok(joined)
     }

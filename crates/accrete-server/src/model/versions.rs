@@ -59,11 +59,21 @@ impl ModelHandle {
 
     /// What an earlier call with this request id did: the version it made (as it is now)
     /// or answered with, and whether it made it.
+    /// Recent ids are indexed in memory; a version's id is also stored apart from its
+    /// record, so the answer outlives retention and restarts.
     fn answered(&self, head: &Head, request: &str) -> Result<Option<(VersionRecord, bool)>> {
-        let Some((v, made)) = head.requests.find(request) else { return Ok(None) };
-        tracing::info!(model = %self.name(), request, version = v, "a retried request: answered as before");
-        let rec = if v == head.record.version { head.record.clone() } else { self.version(v)? };
-        Ok(Some((rec, made)))
+        if request.is_empty() {
+            return Ok(None);
+        }
+        let found = match head.requests.find(request) {
+            Some((v, made)) if v == head.record.version => Some((head.record.clone(), made)),
+            Some((v, false)) => Some((self.version(v).unwrap_or_else(|_| head.record.clone()), false)),
+            _ => self.store.request_answer(self.record.id, request)?.map(|rec| (rec, true)),
+        };
+        if let Some((rec, _)) = &found {
+            tracing::info!(model = %self.name(), request, version = rec.version, "a retried request: answered as before");
+        }
+        Ok(found)
     }
 
     /// The commit policy's commit (run by the policy task, at most one per model at a
