@@ -61,11 +61,13 @@ struct ServerArgs {
 
 fn main() -> std::process::ExitCode {
     use std::io::IsTerminal;
-    // Colour codes only for a terminal: redirected logs stay plain text.
+    // Colour codes only for a terminal, and never with NO_COLOR set (https://no-color.org):
+    // redirected logs stay plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .init();
     let cli = Cli::parse();
     // A worker's loop (parse, pull, compute, push) runs on one thread: no CPU spent waking
