@@ -31,6 +31,8 @@ async fn dashboard_and_metrics_show_versions_and_quality() {
     }
     std::fs::write(&data, rows).unwrap();
     let d = data.to_str().unwrap();
+    // first by name, never trained: the page must still open on the model that is active
+    ok(&s.url, &["model", "create", "aaa-idle", "--kind", "linear", "--features", "1"]);
     ok(
         &s.url,
         &[
@@ -97,6 +99,37 @@ async fn dashboard_and_metrics_show_versions_and_quality() {
     assert!(metrics.contains("accrete_version_metric{model=\"dash\",metric=\"auc\""), "{metrics}");
     let api = get(&http, "/api/models/dash/versions");
     assert!(api.contains("\"reason\":\"rollback to 3\""), "{api}");
+    let models = get(&http, "/api/models");
+    assert!(models.contains("\"workers\":0") && models.contains("\"pushes_per_sec\""), "{models}");
+
+    // The page as served, before any script runs: the most recently active model, its
+    // chart with the head and the best version marked, the rollback labelled with its
+    // target and drawn as a new branch from it, the baseline, the legend naming only
+    // what is drawn, and AUC ticks within [0, 1].
+    let page = get(&http, "/");
+    let body = page.split("<script>").next().unwrap();
+    assert!(body.contains("dash — quality: auc by version"), "{body}");
+    assert_eq!(body.matches("<circle class=\"point\"").count(), n, "one point per scored version: {body}");
+    assert!(body.contains("class=\"mark head\"") && body.contains("class=\"mark best\""), "{body}");
+    assert!(body.contains("<text class=\"rblabel\"") && body.contains("↩ 3</text>"), "{body}");
+    assert_eq!(body.matches("class=\"lineage jump\"").count(), 1, "the rollback's line starts at version 3");
+    assert!(body.contains("<polyline class=\"baseline\""), "the baseline is drawn");
+    let ticks: Vec<f64> = body
+        .split("text-anchor=\"end\">")
+        .skip(1)
+        .filter_map(|t| t.split('<').next().and_then(|v| v.parse().ok()))
+        .collect();
+    assert!(!ticks.is_empty() && ticks.iter().all(|t| (0.0..=1.0).contains(t)), "AUC ticks {ticks:?}");
+    // another metric (lower is better, with its stored baseline) and the time axis
+    let ll = get(&http, "/?model=dash&metric=logloss&x=time");
+    assert!(ll.contains("logloss by time") && ll.contains("lower is better"), "{ll}");
+    assert!(ll.contains("<polyline class=\"baseline\"") && ll.contains("time (UTC)"), "{ll}");
+    // a model with no score says how to get one, and its table has no chart legend
+    let idle = get(&http, "/?model=aaa-idle");
+    assert!(idle.contains("No version of aaa-idle is scored yet") && !idle.contains("<svg"), "{idle}");
+    // the fragment the script refreshes is the same body
+    let frag = get(&http, "/fragment?model=dash");
+    assert!(frag.contains("dash — quality") && !frag.contains("<script>"), "{frag}");
 
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
@@ -128,8 +161,10 @@ async fn dashboard_and_metrics_show_versions_and_quality() {
     let dom = String::from_utf8_lossy(&dom.stdout);
     // the rendered document, without the script that renders it
     let dom = dom.split("<script>").next().unwrap_or_default();
+    // after the scripts ran (and refreshed it) the page shows the same
     assert_eq!(dom.matches("<circle class=\"point\"").count(), n, "one chart point per scored version: {dom}");
     assert_eq!(dom.matches("<line class=\"rollback\"").count(), 1, "the rollback is marked");
+    assert!(dom.contains("<span class=\"badge head\">head</span>"), "{dom}");
     let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
     std::fs::create_dir_all(&shots).unwrap();
     let png = shots.join("dashboard.png");

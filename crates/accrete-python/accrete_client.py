@@ -71,12 +71,20 @@ class Client:
         self.models = pb_grpc.ModelsStub(self.channel)
         self.params = pb_grpc.ParametersStub(self.channel)
 
-    def create_model(self, name, kind="linear", features=0, hash_bits=0, classes=0, hidden=0, factors=0, optimizer="sgd", lr=0.01, init_seed=0, commit_every_updates=0):
+    def create_model(self, name, kind="linear", features=0, hash_bits=0, classes=0, hidden=0, factors=0, optimizer="sgd", lr=0.01, init_seed=0, commit_every_updates=None, commit_every_secs=None, keep_last=None):
+        """Creates a model. Without any commit argument the server's default policy applies
+        (a version every 10 s while updates arrive, the newest 100 kept); given ones are
+        used as they are (0 = off; keep_last 0 keeps all), the others at those defaults."""
         spec = pb.ModelSpec(
             name=name, kind=KINDS[kind], features=features, hash_bits=hash_bits, classes=classes, hidden=hidden, factors=factors,
             optimizer=pb.OptimizerSpec(kind=OPTIMIZERS[optimizer], lr=lr), init=pb.InitSpec(seed=init_seed, scale=0.01),
-            commit=pb.CommitPolicy(every_updates=commit_every_updates),
         )
+        if (commit_every_updates, commit_every_secs, keep_last) != (None, None, None):
+            spec.commit.CopyFrom(pb.CommitPolicy(
+                every_updates=commit_every_updates or 0,
+                every_secs=10.0 if commit_every_secs is None else commit_every_secs,
+                keep_last=100 if keep_last is None else keep_last,
+            ))
         return self.models.CreateModel(pb.CreateModelRequest(spec=spec))
 
     def info(self, name):

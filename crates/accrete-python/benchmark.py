@@ -111,8 +111,10 @@ def prepare(d, synthetic_rows):
     random.Random(0).shuffle(shuffled)
     n = int(len(shuffled) * 0.8)
     sets["a"] = (shuffled[:n], shuffled[n:])
-    # (b) time order, all rows
-    sets["b"] = (rows, None)
+    # (b) time order, all rows. The file is not in time order (months run 1, 10, 11, 12, 2,
+    # ...), so sort by (time_hour, sched_dep_time) as the shared data's flights_vw.py does
+    # (stable: ties keep file order); every system then reads the same sorted b_train files.
+    sets["b"] = (sorted(rows, key=lambda r: (r["time_hour"], int(r["sched_dep_time"] or 0))), None)
     out = {}
     for k, (train, test) in sets.items():
         paths = {}

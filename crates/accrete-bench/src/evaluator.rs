@@ -72,6 +72,8 @@ pub(crate) async fn evaluator_bench(versions: u64) -> Result<()> {
         gate_window: 10,
         holdout_follow: false,
         window: 0,
+        rescore: false,
+        progress: Default::default(),
     };
     // loading the holdout is part of a start, not of scoring: time a run with nothing
     // to score first, then the real one

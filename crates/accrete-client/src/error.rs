@@ -11,10 +11,12 @@ pub const EPOCH_KEY: &str = "accrete-lineage-epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {url}: {source}")]
-    Connect { url: String, source: tonic::transport::Error },
-    #[error("{url:?} is not a server URL (e.g. http://127.0.0.1:50051): {source}")]
-    BadUrl { url: String, source: tonic::transport::Error },
+    /// `cause` is the transport's chain of errors in one line, each message once
+    /// (`tcp connect error: Connection refused (os error 111)`).
+    #[error("cannot connect to {url}: {cause}")]
+    Connect { url: String, cause: String },
+    #[error("{url:?} is not a server URL (e.g. http://127.0.0.1:50051): {cause}")]
+    BadUrl { url: String, cause: String },
     /// An unknown model or version.
     #[error("NOT_FOUND: {0}")]
     NotFound(String),
@@ -98,12 +100,26 @@ impl From<tonic::Status> for ClientError {
 /// says little without them).
 fn transport_message(s: &tonic::Status) -> String {
     use std::error::Error;
-    let mut out = s.message().to_string();
-    let mut cause = s.source();
+    causes(s.message().to_string(), s.source())
+}
+
+/// An error and its causes in one line, each message once: transport errors nest
+/// wrappers that repeat each other ("transport error: transport error: tcp connect error:
+/// tcp connect error: …"). The generic "transport error" is dropped when a cause follows.
+pub fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let first = e.to_string();
+    let text = causes(first.clone(), e.source());
+    match text.strip_prefix("transport error: ") {
+        Some(rest) if first == "transport error" => rest.to_string(),
+        _ => text,
+    }
+}
+
+fn causes(mut out: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(c) = cause {
         let text = c.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
+        if !text.is_empty() && !out.contains(&text) {
+            out = if out.is_empty() { text } else { format!("{out}: {text}") };
         }
         cause = c.source();
     }

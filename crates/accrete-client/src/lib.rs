@@ -43,7 +43,7 @@ pub struct Client {
 /// flow-control windows for bulk floats.
 fn endpoint(url: &str) -> Result<Endpoint> {
     let e = Endpoint::from_shared(url.to_string())
-        .map_err(|source| ClientError::BadUrl { url: url.to_string(), source })?;
+        .map_err(|e| ClientError::BadUrl { url: url.to_string(), cause: error::chain_text(&e) })?;
     // Keepalive pings find a server that vanished without closing its connections (a
     // rescheduled pod, a partition): calls waiting on it fail, and are retried, instead
     // of hanging. The connect timeout bounds each try at a host that does not answer.
@@ -59,7 +59,10 @@ fn endpoint(url: &str) -> Result<Endpoint> {
 /// An HTTP/2 channel to `url`, connected once. (A channel that has been connected
 /// connects again by itself on its next call after a broken connection.)
 pub(crate) async fn channel(url: &str) -> Result<Channel> {
-    endpoint(url)?.connect().await.map_err(|source| ClientError::Connect { url: url.to_string(), source })
+    endpoint(url)?
+        .connect()
+        .await
+        .map_err(|e| ClientError::Connect { url: url.to_string(), cause: error::chain_text(&e) })
 }
 
 impl Client {

@@ -4,6 +4,7 @@
 //! and the plain types of the API (model info, versions, pushes, pulls). No IO, no async:
 //! everything here is tested without sockets.
 
+pub mod chart;
 pub mod features;
 pub mod glm;
 pub mod info;

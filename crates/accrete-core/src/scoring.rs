@@ -58,6 +58,34 @@ pub fn score(d: &Dims, y: &[f32], p: &[f32]) -> BTreeMap<String, f64> {
     m
 }
 
+/// The metrics of the constant predictor of `y`'s base rate (the mean for regression, the
+/// class frequencies otherwise), under the names `baseline_<metric>`: what a version must
+/// beat to have learnt anything from the inputs. AUC's is 0.5 and is not stored.
+pub fn baseline(d: &Dims, y: &[f32]) -> BTreeMap<String, f64> {
+    let k = d.outputs.max(1);
+    let constant: Vec<f32> = match primary_metric(d) {
+        "accuracy" => {
+            let mut freq = vec![0f32; k];
+            for label in y {
+                if let Some(f) = freq.get_mut(*label as usize) {
+                    *f += 1.0;
+                }
+            }
+            freq.iter_mut().for_each(|f| *f /= y.len().max(1) as f32);
+            freq.iter().copied().cycle().take(k * y.len()).collect()
+        }
+        _ => {
+            let mean = (y.iter().map(|v| *v as f64).sum::<f64>() / y.len().max(1) as f64) as f32;
+            vec![mean; y.len()]
+        }
+    };
+    score(d, y, &constant)
+        .into_iter()
+        .filter(|(m, _)| m != "auc" && m != "r2" && m != DIVERGED)
+        .map(|(m, x)| (format!("{}{m}", crate::chart::BASELINE_PREFIX), x))
+        .collect()
+}
+
 /// The best of `(version, metrics)` by `metric` (finite values only).
 pub fn best_by<'a>(
     metric: &str,
@@ -93,6 +121,20 @@ mod tests {
         assert_eq!(m.get(DIVERGED), Some(&1.0));
         let m = score(&dims(ModelKind::Logistic, 1), &[0.0, 1.0], &[0.2, 0.9]);
         assert_eq!((m.get(DIVERGED), m.get("auc")), (None, Some(&1.0)));
+    }
+
+    #[test]
+    fn the_baseline_predicts_the_base_rate() {
+        let b = baseline(&dims(ModelKind::Logistic, 1), &[0.0, 0.0, 0.0, 1.0]);
+        // p = 0.25: logloss is the entropy of the base rate, accuracy that of "always 0"
+        let entropy = -(0.25f64.ln() * 0.25 + 0.75f64.ln() * 0.75);
+        assert!((b["baseline_logloss"] - entropy).abs() < 1e-6, "{b:?}");
+        assert_eq!(b["baseline_accuracy"], 0.75);
+        assert!(!b.contains_key("baseline_auc"));
+        let b = baseline(&dims(ModelKind::Linear, 1), &[1.0, 3.0]);
+        assert_eq!(b["baseline_rmse"], 1.0);
+        let b = baseline(&dims(ModelKind::Softmax, 3), &[0.0, 1.0, 1.0, 2.0]);
+        assert_eq!(b["baseline_accuracy"], 0.5);
     }
 
     #[test]

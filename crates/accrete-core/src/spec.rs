@@ -145,11 +145,23 @@ pub struct InitSpec {
     pub scale: f32,
 }
 
+/// When the live parameters become a version, and how many versions are kept. A field
+/// of 0 turns that rule off (`keep_last` 0 keeps every version). Whatever the policy, a
+/// worker that finishes asks for a commit, and a server that stops gracefully commits
+/// what is left.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct CommitPolicy {
     pub every_updates: u64,
     pub every_secs: f64,
     pub keep_last: u32,
+}
+
+impl CommitPolicy {
+    /// The policy of a model created without one: a version every 10 s while updates
+    /// arrive, the newest 100 kept (plus tagged ones). Ten seconds bounds what a crash can
+    /// lose without writing versions faster than anyone looks at them; 100 versions
+    /// cover the evaluator's window for rollbacks by a wide margin.
+    pub const DEFAULT: CommitPolicy = CommitPolicy { every_updates: 0, every_secs: 10.0, keep_last: 100 };
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

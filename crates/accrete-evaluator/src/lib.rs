@@ -53,6 +53,58 @@ pub struct EvaluatorConfig {
     pub holdout_follow: bool,
     /// Score on the most recent N labelled rows only (0 = all).
     pub window: usize,
+    /// Score every retained version again, replacing its stored metrics (after a holdout
+    /// or scoring change); the gate judges only versions made after that pass.
+    pub rescore: bool,
+    /// Told of every score and rollback as it happens (the CLI prints them).
+    pub progress: Progress,
+}
+
+/// What the evaluator did, as it does it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Scored {
+        version: u64,
+        metrics: BTreeMap<String, f64>,
+        rescored: bool,
+    },
+    /// The gate rolled the model back after `after` to `to`'s content, as version `head`.
+    RolledBack {
+        after: u64,
+        to: u64,
+        head: u64,
+        why: String,
+    },
+    /// `--dry-run`: what the gate would have done.
+    WouldRollBack {
+        after: u64,
+        to: u64,
+        why: String,
+    },
+}
+
+type OnEvent = std::sync::Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// A callback for [`Event`]s; the default ignores them.
+#[derive(Clone, Default)]
+pub struct Progress(Option<OnEvent>);
+
+impl Progress {
+    pub fn new(f: impl Fn(&Event) + Send + Sync + 'static) -> Progress {
+        Progress(Some(std::sync::Arc::new(f)))
+    }
+
+    fn tell(&self, e: Event) {
+        if let Some(f) = &self.0 {
+            f(&e);
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(callback)" } else { "Progress(none)" })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +182,9 @@ pub async fn score_version(
     glm::prepare_dense(&mut h.batch.dense, h.batch.features, &p.norm);
     let mut out = Vec::new();
     kinds::predict(&view.dims, &p.tensors.views(), &h.batch, &h.batch.local, &mut out);
-    Ok(scoring::score(&view.dims, &h.batch.labels, &out))
+    let mut m = scoring::score(&view.dims, &h.batch.labels, &out);
+    m.extend(scoring::baseline(&view.dims, &h.batch.labels));
+    Ok(m)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -201,19 +255,23 @@ pub async fn run(
     let mut history: Vec<(u64, f64)> = Vec::new();
     let versions = client.versions(&config.model).await?;
     let gate_metric = config.gate.as_ref().map_or(primary.to_string(), |g| g.metric.clone());
-    for v in &versions {
-        if let Some(x) = gate_value(&gate_metric, v.metrics.contains_key(DIVERGED), v.metrics.get(&gate_metric)) {
-            history.push((v.version, x));
+    if !config.rescore {
+        for v in &versions {
+            if let Some(x) = gate_value(&gate_metric, v.metrics.contains_key(DIVERGED), v.metrics.get(&gate_metric)) {
+                history.push((v.version, x));
+            }
         }
     }
     // A diverged version has no primary metric stored, but it is scored.
     let todo: Vec<VersionRecord> = versions
         .into_iter()
-        .filter(|v| !v.metrics.contains_key(primary) && !v.metrics.contains_key(DIVERGED))
+        .filter(|v| config.rescore || (!v.metrics.contains_key(primary) && !v.metrics.contains_key(DIVERGED)))
         .collect();
+    let pass = Pass { config: &config, gate_metric: &gate_metric, judge: !config.rescore };
     for v in todo {
-        evaluate(&config, &mut client, &view, &mut holdout, &v, &gate_metric, &mut history, &mut report).await?;
+        pass.evaluate(&mut client, &view, &mut holdout, &v, &mut history, &mut report).await?;
     }
+    let pass = Pass { judge: true, ..pass };
     if config.once {
         return Ok(report);
     }
@@ -229,65 +287,86 @@ pub async fn run(
         let ev = ev?;
         if ev.kind.is_new_version() {
             let v = ev.version;
-            evaluate(&config, &mut client, &view, &mut holdout, &v, &gate_metric, &mut history, &mut report).await?;
+            pass.evaluate(&mut client, &view, &mut holdout, &v, &mut history, &mut report).await?;
         }
     }
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn evaluate(
-    config: &EvaluatorConfig,
-    client: &mut Client,
-    view: &ModelView,
-    holdout: &mut Holdout,
-    v: &VersionRecord,
-    gate_metric: &str,
-    history: &mut Vec<(u64, f64)>,
-    report: &mut Report,
-) -> Result<(), EvalError> {
-    let m = match score_version(client, view, holdout, v.version).await {
-        Ok(m) => m,
-        // dropped by retention between listing and scoring
-        Err(EvalError::Client(ClientError::NotFound(_))) => return Ok(()),
-        Err(EvalError::EmptyHoldout) => {
-            tracing::warn!(model = %config.model, version = v.version, "not scored: the holdout has no labelled rows yet");
-            return Ok(());
+/// One pass over versions: the settings, the metric the gate compares, and whether the
+/// gate judges the versions of this pass (not while rescoring old ones).
+#[derive(Clone, Copy)]
+struct Pass<'a> {
+    config: &'a EvaluatorConfig,
+    gate_metric: &'a str,
+    judge: bool,
+}
+
+impl Pass<'_> {
+    async fn evaluate(
+        &self,
+        client: &mut Client,
+        view: &ModelView,
+        holdout: &mut Holdout,
+        v: &VersionRecord,
+        history: &mut Vec<(u64, f64)>,
+        report: &mut Report,
+    ) -> Result<(), EvalError> {
+        let config = self.config;
+        let m = match score_version(client, view, holdout, v.version).await {
+            Ok(m) => m,
+            // dropped by retention between listing and scoring
+            Err(EvalError::Client(ClientError::NotFound(_))) => return Ok(()),
+            Err(EvalError::EmptyHoldout) => {
+                tracing::warn!(model = %config.model, version = v.version, "not scored: the holdout has no labelled rows yet");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let diverged = m.contains_key(DIVERGED);
+        let (finite, not): (BTreeMap<String, f64>, BTreeMap<String, f64>) =
+            m.clone().into_iter().partition(|(_, x)| x.is_finite());
+        if !not.is_empty() {
+            let names: Vec<&str> = not.keys().map(|k| k.as_str()).collect();
+            let why = if diverged { "its predictions are not finite" } else { "e.g. a holdout with one class" };
+            tracing::warn!(model = %config.model, version = v.version, "{} not finite ({why}); not stored", names.join(", "));
         }
-        Err(e) => return Err(e),
-    };
-    let diverged = m.contains_key(DIVERGED);
-    let (finite, not): (BTreeMap<String, f64>, BTreeMap<String, f64>) =
-        m.clone().into_iter().partition(|(_, x)| x.is_finite());
-    if !not.is_empty() {
-        let names: Vec<&str> = not.keys().map(|k| k.as_str()).collect();
-        let why = if diverged { "its predictions are not finite" } else { "e.g. a holdout with one class" };
-        tracing::warn!(model = %config.model, version = v.version, "{} not finite ({why}); not stored", names.join(", "));
-    }
-    client.report_metrics(&config.model, v.version, &finite).await?;
-    let line: Vec<String> = m.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
-    tracing::info!(model = %config.model, version = v.version, "scored {}", line.join(" "));
-    report.scored.push((v.version, m.clone()));
-    let value = gate_value(gate_metric, diverged, m.get(gate_metric)).unwrap_or(f64::NAN);
-    let is_rollback = v.kind == VersionKind::Rollback;
-    if let (Some(gate), false) = (&config.gate, is_rollback) {
-        let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
-        if let Some((best_v, best)) = gate_decision(gate, &window, v.version, value) {
-            let why = format!(
-                "quality gate: {} {value:.4} of version {} is worse than the best recent {best:.4} (version {best_v}) by more than {}",
-                gate.metric, v.version, gate.margin
-            );
-            if config.dry_run {
-                tracing::warn!(model = %config.model, "dry run, would roll back to {best_v}: {why}");
-            } else {
-                let rb = client.rollback(&config.model, best_v, &why).await?;
-                tracing::warn!(model = %config.model, to = best_v, new_head = rb.version, "{why}");
-                report.rollbacks.push((v.version, best_v, why));
+        client.report_metrics(&config.model, v.version, &finite).await?;
+        tracing::debug!(model = %config.model, version = v.version, ?m, "scored");
+        config.progress.tell(Event::Scored {
+            version: v.version,
+            metrics: m.clone(),
+            rescored: config.rescore && !self.judge,
+        });
+        report.scored.push((v.version, m.clone()));
+        let value = gate_value(self.gate_metric, diverged, m.get(self.gate_metric)).unwrap_or(f64::NAN);
+        let is_rollback = v.kind == VersionKind::Rollback;
+        if let (Some(gate), false, true) = (&config.gate, is_rollback, self.judge) {
+            let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
+            if let Some((best_v, best)) = gate_decision(gate, &window, v.version, value) {
+                let why = format!(
+                    "quality gate: {} {value:.4} of version {} is worse than the best recent {best:.4} (version {best_v}) by more than {}",
+                    gate.metric, v.version, gate.margin
+                );
+                if config.dry_run {
+                    tracing::debug!(model = %config.model, "dry run, would roll back to {best_v}: {why}");
+                    config.progress.tell(Event::WouldRollBack { after: v.version, to: best_v, why });
+                } else {
+                    let rb = client.rollback(&config.model, best_v, &why).await?;
+                    tracing::debug!(model = %config.model, to = best_v, new_head = rb.version, "{why}");
+                    config.progress.tell(Event::RolledBack {
+                        after: v.version,
+                        to: best_v,
+                        head: rb.version,
+                        why: why.clone(),
+                    });
+                    report.rollbacks.push((v.version, best_v, why));
+                }
             }
         }
+        history.push((v.version, value));
+        Ok(())
     }
-    history.push((v.version, value));
-    Ok(())
 }
 
 #[cfg(test)]

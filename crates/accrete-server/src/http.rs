@@ -1,9 +1,8 @@
-//! The HTTP side of a server (`--http ADDR`): a small dashboard page (models, versions,
-//! lineage and the quality chart, refreshed every 2 s), its JSON API, and `/metrics` in
-//! the Prometheus text format. Handlers that read version records (sled) run them on a
-//! blocking thread.
+//! The HTTP side of a server (`--http ADDR`): the dashboard page (`dashboard.rs`) and the
+//! fragment its script refreshes, a JSON API, and `/metrics` in the Prometheus text
+//! format. Handlers that read version records (sled) run them on a blocking thread.
 use crate::registry::Registry;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -11,11 +10,10 @@ use axum::Router;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-const PAGE: &str = include_str!("../assets/dashboard.html");
-
 pub fn router(reg: Arc<Registry>) -> Router {
     Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
+        .route("/", get(page))
+        .route("/fragment", get(fragment))
         .route("/api/models", get(models))
         .route("/api/models/{name}/versions", get(versions))
         .route("/metrics", get(metrics))
@@ -34,6 +32,14 @@ async fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Response {
     }
 }
 
+async fn page(State(reg): State<Arc<Registry>>, Query(q): Query<crate::dashboard::Query>) -> Response {
+    blocking(move || Html(crate::dashboard::page(&reg, &q, accrete_store::now_unix_ms())).into_response()).await
+}
+
+async fn fragment(State(reg): State<Arc<Registry>>, Query(q): Query<crate::dashboard::Query>) -> Response {
+    blocking(move || Html(crate::dashboard::body(&reg, &q, accrete_store::now_unix_ms())).into_response()).await
+}
+
 async fn models(State(reg): State<Arc<Registry>>) -> Response {
     blocking(move || models_json(&reg)).await
 }
@@ -44,6 +50,7 @@ fn models_json(reg: &Registry) -> Response {
         .iter()
         .map(|h| {
             let st = h.status();
+            let (rate, last_push) = h.push_rate();
             serde_json::json!({
                 "name": h.name(),
                 "kind": h.spec().kind.as_str(),
@@ -53,6 +60,9 @@ fn models_json(reg: &Registry) -> Response {
                 "updates": st.updates,
                 "uncommitted_updates": st.since_commit,
                 "versions": h.versions().map(|v| v.len()).unwrap_or(0),
+                "workers": st.workers,
+                "pushes_per_sec": rate,
+                "last_push_unix_ms": last_push,
             })
         })
         .collect();
@@ -90,6 +100,7 @@ fn metrics_text(reg: &Registry) -> Response {
         ("accrete_head_version", "gauge", "The newest version."),
         ("accrete_versions", "gauge", "Retained versions."),
         ("accrete_updates_uncommitted", "gauge", "Applied updates not in a version yet."),
+        ("accrete_workers", "gauge", "Workers holding a lease in the model's barrier."),
         ("accrete_version_metric", "gauge", "Metrics of the newest scored version."),
     ];
     let models = reg.list();
@@ -107,6 +118,7 @@ fn metrics_text(reg: &Registry) -> Response {
                 "accrete_head_version" => line(&mut out, name, m, st.head as f64),
                 "accrete_versions" => line(&mut out, name, m, h.versions().map(|v| v.len()).unwrap_or(0) as f64),
                 "accrete_updates_uncommitted" => line(&mut out, name, m, st.since_commit as f64),
+                "accrete_workers" => line(&mut out, name, m, st.workers as f64),
                 _ => {
                     let vs = h.versions().unwrap_or_default();
                     if let Some(v) = vs.iter().rev().find(|v| !v.metrics.is_empty()) {

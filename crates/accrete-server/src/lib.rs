@@ -11,12 +11,14 @@
 //! commit policy runs in one task per server (`policy`).
 
 pub mod convert;
+pub mod dashboard;
 pub mod engine;
 pub mod error;
 pub mod http;
 pub mod model;
 pub mod policy;
 pub mod predict;
+pub mod rate;
 pub mod registry;
 pub mod service;
 pub mod sync;
@@ -83,7 +85,7 @@ pub enum ServerError {
 }
 
 /// Serves until `shutdown` resolves: then stops accepting, lets in-flight calls finish,
-/// and flushes the store.
+/// commits what each model applied since its last version, and flushes the store.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
@@ -193,6 +195,10 @@ pub async fn serve_then(
         reg.begin_shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
+    let last = reg.clone();
+    tokio::task::spawn_blocking(move || last.commit_at_stop())
+        .await
+        .map_err(|e| ServerError::Config(format!("commit task: {e}")))?;
     let store = reg.store().clone();
     tokio::task::spawn_blocking(move || store.flush())
         .await

@@ -35,7 +35,9 @@ pub async fn run(reg: Arc<Registry>) {
             }
         }
         let now = Instant::now();
+        let unix_ms = accrete_store::now_unix_ms();
         for h in reg.list() {
+            h.sample_rate(now, unix_ms);
             h.expire_leases(now);
             if !running.contains(&h.record.id) && h.commit_due(now) {
                 running.insert(h.record.id);

@@ -104,6 +104,29 @@ impl Registry {
         self.stopping.send_replace(true);
     }
 
+    /// A graceful stop's last commit: every model whose live state moved past its head
+    /// gets a version holding it, so a stop loses nothing that was applied. Says so for
+    /// each; a model whose commit fails is logged with what it loses. Blocking.
+    pub fn commit_at_stop(&self) {
+        for h in self.list() {
+            match h.commit(accrete_core::VersionKind::Policy, "graceful stop", "") {
+                Ok((rec, true)) => tracing::info!(
+                    model = %h.name(),
+                    version = rec.version,
+                    updates = rec.updates_since_parent,
+                    "stopping: committed the uncommitted updates"
+                ),
+                Ok((_, false)) => {}
+                Err(e) => tracing::error!(
+                    model = %h.name(),
+                    uncommitted = h.status().since_commit,
+                    error = %e,
+                    "stopping: the uncommitted updates could not be committed and are lost"
+                ),
+            }
+        }
+    }
+
     /// Resolves when the server begins to stop.
     pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stopping.subscribe();

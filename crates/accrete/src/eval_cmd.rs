@@ -2,15 +2,16 @@
 use crate::conn::ServerConn;
 use crate::worker_cmd::DataArgs;
 use accrete_client::Client;
+use accrete_core::chart::{Chart, XAxis};
 use accrete_core::scoring::primary_metric;
-use accrete_core::VersionKind;
-use accrete_evaluator::{EvaluatorConfig, Gate};
+use accrete_evaluator::{EvaluatorConfig, Event, Gate, Progress};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct EvaluatorArgs {
+    /// The model whose versions to score.
     #[arg(long, env = "ACCRETE_MODEL")]
     model: String,
     /// Holdout rows (CSV or LIBSVM, plain or .gz) with labels.
@@ -37,11 +38,20 @@ pub struct EvaluatorArgs {
     /// Score on the most recent N labelled rows of the holdout (0 = all).
     #[arg(long, default_value_t = 0)]
     window: usize,
+    /// Score every retained version again and replace its stored metrics (after scoring
+    /// with the wrong holdout or columns); the gate judges only later versions.
+    #[arg(long)]
+    rescore: bool,
+    /// One JSON object per line: each score and rollback as it happens, then a summary.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     server: ServerConn,
 }
 
 pub async fn evaluator(a: EvaluatorArgs) -> Result<()> {
+    let (model, json) = (a.model.clone(), a.json);
+    let progress = Progress::new(move |e| print_event(&model, e, json));
     let config = EvaluatorConfig {
         model: a.model.clone(),
         holdout: a.holdout.clone(),
@@ -53,25 +63,57 @@ pub async fn evaluator(a: EvaluatorArgs) -> Result<()> {
         gate_window: a.gate_window,
         holdout_follow: a.holdout_follow,
         window: a.window,
+        rescore: a.rescore,
+        progress,
     };
     let client = a.server.connect().await?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let r = accrete_evaluator::run(config, client, shutdown).await?;
-    for (v, m) in &r.scored {
-        let line: Vec<String> = m.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
-        println!("{} version {v}: {}", a.model, line.join(" "));
+    if json {
+        println!("{}", serde_json::json!({"model": a.model, "scored": r.scored.len(), "rollbacks": r.rollbacks.len()}));
+    } else {
+        println!("scored {} versions, {} rollbacks", r.scored.len(), r.rollbacks.len());
     }
-    for (bad, to, why) in &r.rollbacks {
-        println!("rolled back after version {bad} to version {to}: {why}");
-    }
-    println!("scored {} versions", r.scored.len());
     Ok(())
+}
+
+/// One line per event, as it happens (stdout: the evaluator's results; logs: stderr).
+fn print_event(model: &str, e: &Event, json: bool) {
+    use serde_json::json;
+    match (e, json) {
+        (Event::Scored { version, metrics, rescored }, true) => {
+            let m: serde_json::Map<String, serde_json::Value> =
+                metrics.iter().map(|(k, x)| (k.clone(), if x.is_finite() { json!(x) } else { json!(null) })).collect();
+            println!(
+                "{}",
+                json!({"event": "scored", "model": model, "version": version, "metrics": m, "rescored": rescored})
+            );
+        }
+        (Event::Scored { version, metrics, rescored }, false) => {
+            let again = if *rescored { " (rescored)" } else { "" };
+            println!("{model} version {version}{again}: {}", crate::output::metrics_cell(metrics));
+        }
+        (Event::RolledBack { after, to, head, why }, true) => println!(
+            "{}",
+            json!({"event": "rolled_back", "model": model, "after": after, "to": to, "head": head, "reason": why})
+        ),
+        (Event::RolledBack { after, to, head, why }, false) => {
+            println!("{model}: rolled back after version {after} to version {to}'s content, as version {head}: {why}")
+        }
+        (Event::WouldRollBack { after, to, why }, true) => {
+            println!("{}", json!({"event": "would_roll_back", "model": model, "after": after, "to": to, "reason": why}))
+        }
+        (Event::WouldRollBack { after, to, why }, false) => {
+            println!("{model}: dry run: would roll back after version {after} to version {to}: {why}")
+        }
+    }
 }
 
 #[derive(Args)]
 pub struct PlotArgs {
+    /// The model's name.
     name: String,
     /// Output file: .png or .svg.
     #[arg(long)]
@@ -89,99 +131,128 @@ pub async fn plot(a: PlotArgs, server: &ServerConn) -> Result<()> {
     plot_to(&mut c, &a.name, a.metric.clone(), &a.out).await
 }
 
-/// Writes the plot of `name`'s versions to `out` (.png or .svg).
+/// Writes the plot of `name`'s versions to `out` (.png or .svg): the chart the dashboard
+/// draws ([`Chart`]): lineage lines, head and best marked, rollbacks labelled with their
+/// targets, the baseline.
 pub async fn plot_to(c: &mut Client, name: &str, metric: Option<String>, out: &std::path::Path) -> Result<()> {
     use plotters::prelude::IntoDrawingArea;
-    let a = PlotArgs { name: name.to_string(), out: out.to_path_buf(), metric };
-    let view = c.model_view(&a.name).await?;
-    let metric = a.metric.clone().unwrap_or_else(|| primary_metric(&view.dims).to_string());
-    let versions = c.versions(&a.name).await?;
-    let points: Vec<(f64, f64)> =
-        versions.iter().filter_map(|v| v.metrics.get(&metric).map(|x| (v.version as f64, *x))).collect();
-    if points.is_empty() {
-        anyhow::bail!("model {:?} has no version scored with {metric:?} yet (run accrete evaluator)", a.name);
-    }
-    let rollbacks: Vec<f64> =
-        versions.iter().filter(|v| v.kind == VersionKind::Rollback).map(|v| v.version as f64).collect();
-    let ext = a.out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-    let title = format!("{}: {metric} by version", a.name);
+    let view = c.model_view(name).await?;
+    let metric = metric.unwrap_or_else(|| primary_metric(&view.dims).to_string());
+    let versions = c.versions(name).await?;
+    let Some(chart) = Chart::of(&versions, &metric, XAxis::Version) else {
+        anyhow::bail!("model {name:?} has no version scored with {metric:?} yet (run accrete evaluator)");
+    };
+    let ext = out.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let title = format!("{name}: {metric} by version");
     match ext.as_str() {
-        "svg" => {
-            let root = plotters::prelude::SVGBackend::new(&a.out, (1000, 560)).into_drawing_area();
-            draw(root, &title, &metric, &points, &rollbacks)?;
-        }
-        "png" => {
-            let root = plotters::prelude::BitMapBackend::new(&a.out, (1000, 560)).into_drawing_area();
-            draw(root, &title, &metric, &points, &rollbacks)?;
-        }
-        _ => anyhow::bail!("--out {}: use a .png or .svg file name", a.out.display()),
+        "svg" => draw(plotters::prelude::SVGBackend::new(out, (1000, 560)).into_drawing_area(), &title, &chart)?,
+        "png" => draw(plotters::prelude::BitMapBackend::new(out, (1000, 560)).into_drawing_area(), &title, &chart)?,
+        _ => anyhow::bail!("--out {}: use a .png or .svg file name", out.display()),
     }
-    println!("wrote {} ({} versions, {} rollbacks marked)", a.out.display(), points.len(), rollbacks.len());
+    println!(
+        "wrote {} ({} scored versions, {} rollbacks marked)",
+        out.display(),
+        chart.points.len(),
+        chart.rollbacks.len()
+    );
     Ok(())
 }
 
 fn draw<B: plotters::prelude::DrawingBackend>(
     root: plotters::prelude::DrawingArea<B, plotters::coord::Shift>,
     title: &str,
-    metric: &str,
-    points: &[(f64, f64)],
-    rollbacks: &[f64],
+    c: &Chart,
 ) -> Result<()>
 where
     B::ErrorType: 'static,
 {
     use plotters::prelude::*;
+    let err = |e: DrawingAreaErrorKind<B::ErrorType>| anyhow::anyhow!("{e:?}");
     // A bundled font: no fontconfig or system fonts needed.
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    // every scored version and every rollback in view
-    let xs = || points.iter().map(|p| p.0).chain(rollbacks.iter().copied());
-    let (x0, x1) = (xs().fold(f64::MAX, f64::min), xs().fold(f64::MIN, f64::max));
-    let (y0, y1) =
-        (points.iter().map(|p| p.1).fold(f64::MAX, f64::min), points.iter().map(|p| p.1).fold(f64::MIN, f64::max));
-    let pad = ((y1 - y0) * 0.1).max(1e-3);
-    // room above the data for the legend (top right), so it never hides a point
-    let top = y1 + 3.0 * pad;
+    root.fill(&WHITE).map_err(err)?;
+    let (x_ticks, y_ticks) = (c.x.ticks.len().max(2), c.y.ticks.len().max(2));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 26))
         .margin(20)
         .x_label_area_size(45)
         .y_label_area_size(70)
-        .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), (y0 - pad)..top)
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .build_cartesian_2d(c.x.min..c.x.max, c.y.min..c.y.max)
+        .map_err(err)?;
+    let better = if c.lower_is_better() { "lower is better" } else { "higher is better" };
     chart
         .configure_mesh()
         .x_desc("version")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_desc(metric)
+        .x_labels(x_ticks)
+        .y_labels(y_ticks)
+        .x_label_formatter(&|x| if x.fract().abs() < 1e-9 { format!("{x:.0}") } else { String::new() })
+        .y_desc(format!("{} ({better})", c.metric))
         .label_style(("sans-serif", 15))
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let blue = RGBColor(31, 119, 180);
+        .map_err(err)?;
+    let (blue, red, grey, green) =
+        (RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(136, 136, 136), RGBColor(44, 160, 44));
+    if !c.baseline.is_empty() {
+        chart
+            .draw_series(LineSeries::new(c.baseline.iter().copied(), grey.stroke_width(2)))
+            .map_err(err)?
+            .label("baseline (base rate)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+    }
+    // the lineage: each scored version from its predecessor; a rollback from its target
+    for s in &c.segments {
+        let colour = if s.rollback { red } else { blue };
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(s.from.x, s.from.y), (s.to.x, s.to.y)],
+                colour.stroke_width(2),
+            )))
+            .map_err(err)?;
+    }
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), blue.stroke_width(2)))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        .label(metric)
+        .draw_series(c.points.iter().map(|p| Circle::new((p.x, p.y), 4, blue.filled())))
+        .map_err(err)?
+        .label(c.metric.as_str())
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
-    chart
-        .draw_series(points.iter().map(|p| Circle::new(*p, 4, blue.filled())))
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let red = RGBColor(214, 39, 40);
-    chart
-        .draw_series(
-            rollbacks.iter().map(|x| PathElement::new(vec![(*x, y0 - pad), (*x, y1 + pad)], red.stroke_width(2))),
-        )
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?
-        .label("rollback")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+    if !c.rollbacks.is_empty() {
+        let top = c.y.max;
+        chart
+            .draw_series(
+                c.rollbacks.iter().map(|r| PathElement::new(vec![(r.x, c.y.min), (r.x, top)], red.stroke_width(1))),
+            )
+            .map_err(err)?
+            .label("rollback (to the labelled version)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red.stroke_width(2)));
+        let dy = (c.y.max - c.y.min) * 0.04;
+        chart
+            .draw_series(c.rollbacks.iter().map(|r| {
+                Text::new(format!("to v{}", r.to), (r.x, top - dy), ("sans-serif", 14).into_font().color(&red))
+            }))
+            .map_err(err)?;
+    }
+    for (p, label, colour) in [(c.best, "best", green), (c.head, "head", BLACK)] {
+        if let Some(p) = p {
+            chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 8, colour.stroke_width(2)))).map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("{label} v{}", p.version),
+                    (p.x, p.y),
+                    ("sans-serif", 14).into_font().color(&colour),
+                )))
+                .map_err(err)?;
+        }
+    }
+    // the legend goes where the recent points are not
+    let recent = &c.points[c.points.len() * 2 / 3..];
+    let high = recent.iter().map(|p| p.y).sum::<f64>() / recent.len().max(1) as f64 > (c.y.min + c.y.max) / 2.0;
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(if high { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight })
         .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.8))
+        .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .map_err(err)?;
     root.present().with_context(|| "writing the plot".to_string())?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The `accrete` binary: one program, a subcommand per role. Flags are parsed here (clap,
 //! with `env` for what a container sets); library crates get plain config structs.
 mod conn;
+mod datasets;
 mod eval_cmd;
 mod model_cmd;
 mod output;
@@ -32,6 +33,9 @@ enum Command {
     Evaluator(eval_cmd::EvaluatorArgs),
     /// Cut a dataset into N shards (rows dealt round-robin; CSV header kept in each).
     Split(worker_cmd::SplitArgs),
+    /// Write a dataset shipped inside the binary (flights, california) as CSV files,
+    /// split for training and testing.
+    Data(datasets::DataArgs),
     /// Benchmarks with ratios measured in one run.
     Bench(accrete_bench::BenchArgs),
 }
@@ -69,6 +73,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     // A worker's loop (parse, pull, compute, push) runs on one thread: no CPU spent waking
     // runtime threads, and no cross-thread hand-off on each pull's round trip (~25 % of the
@@ -92,6 +97,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(a) => accrete_bench::run(a).await,
             Command::Worker(a) => worker_cmd::worker(a).await,
             Command::Split(a) => worker_cmd::split(a),
+            Command::Data(a) => datasets::run(a),
             Command::Evaluator(a) => eval_cmd::evaluator(a).await,
         }
     });
@@ -104,6 +110,25 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `println!` panics when its reader closed the pipe (`accrete model versions x | head`):
+/// that panic ends the command quietly, as a closed pipe ends any Unix tool. Every other
+/// panic is reported as before.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info)
+    }));
 }
 
 /// The output was closed by its reader (a pipe into `head`).

@@ -37,34 +37,56 @@ enum ModelCmd {
     /// List models.
     List,
     /// Show one model: layout, optimizer, policy, head version.
-    Show { name: String },
+    Show {
+        /// The model's name.
+        name: String,
+    },
     /// Delete a model and all its versions.
-    Delete { name: String },
+    Delete {
+        /// The model's name.
+        name: String,
+    },
     /// Commit the live parameters as a new version (no-op when nothing changed).
     Commit {
+        /// The model's name.
         name: String,
         /// Why, recorded with the version.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// List retained versions with parents, reasons and metrics.
-    Versions { name: String },
+    Versions {
+        /// The model's name.
+        name: String,
+    },
     /// Tag a version; tagged versions are never dropped by retention.
-    Tag { name: String, version: u64, label: String },
+    Tag {
+        /// The model's name.
+        name: String,
+        /// The version to tag.
+        version: u64,
+        /// The tag (several may be given to one version, one per call).
+        label: String,
+    },
     /// Make a new head version with an earlier version's content (history is kept).
     Rollback {
+        /// The model's name.
         name: String,
+        /// The version whose content becomes the new head.
         #[arg(long)]
         to: u64,
+        /// Why, recorded with the new version.
         #[arg(long, default_value = "")]
         reason: String,
     },
     /// Write a version's parameters to a safetensors file.
     Export {
+        /// The model's name.
         name: String,
         /// Version to export (default: the head).
         #[arg(long)]
         version: Option<u64>,
+        /// The safetensors file to write.
         #[arg(long)]
         out: PathBuf,
         /// Also write optimizer slots as `{tensor}.{slot}`.
@@ -73,7 +95,9 @@ enum ModelCmd {
     },
     /// Load parameters from a safetensors file as a new version (warm start).
     Import {
+        /// The model's name.
         name: String,
+        /// A safetensors file with the model's tensors (as `model export` writes them).
         #[arg(long)]
         from: PathBuf,
     },
@@ -111,7 +135,10 @@ enum Opt {
 
 #[derive(Args)]
 struct CreateArgs {
+    /// The new model's name (letters, digits, `_`, `-`, `.`).
     name: String,
+    /// What the model computes: linear regression, logistic (binary), softmax
+    /// (multi-class), a factorization machine (binary), or a one-hidden-layer MLP.
     #[arg(long, value_enum)]
     kind: Kind,
     /// Dense input features.
@@ -129,40 +156,49 @@ struct CreateArgs {
     /// Latent factors (fm).
     #[arg(long, default_value_t = 0)]
     factors: u32,
+    /// The server-side optimizer that applies pushed gradients.
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: Opt,
-    /// Learning rate (FTRL: alpha). Default 0.01 (FTRL 0.1).
-    #[arg(long, default_value_t = 0.0)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f32,
-    #[arg(long, default_value_t = 0.0)]
-    beta1: f32,
-    /// Adam beta2; FTRL beta.
-    #[arg(long, default_value_t = 0.0)]
-    beta2: f32,
-    #[arg(long, default_value_t = 0.0)]
-    eps: f32,
-    #[arg(long, default_value_t = 0.0)]
-    l1: f32,
-    #[arg(long, default_value_t = 0.0)]
-    l2: f32,
+    /// Learning rate (FTRL: alpha) [default: 0.01, FTRL 0.1].
+    #[arg(long, value_name = "RATE")]
+    lr: Option<f32>,
+    /// Momentum: the velocity's decay [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Adam: decay of the first-moment average [default: 0.9].
+    #[arg(long)]
+    beta1: Option<f32>,
+    /// Adam: decay of the second-moment average [default: 0.999]; FTRL: beta [default: 1].
+    #[arg(long)]
+    beta2: Option<f32>,
+    /// Added to the denominator of AdaGrad [default: 1e-6] and Adam [default: 1e-8].
+    #[arg(long)]
+    eps: Option<f32>,
+    /// L1 penalty, FTRL only (it gives exact zeros) [default: 0].
+    #[arg(long)]
+    l1: Option<f32>,
+    /// L2 penalty (weight decay) [default: 0].
+    #[arg(long)]
+    l2: Option<f32>,
     /// Seeded N(0, scale²) initial weights (0 = zeros).
     #[arg(long, default_value_t = 0)]
     init_seed: u64,
+    /// The scale of seeded initial weights.
     #[arg(long, default_value_t = 0.01)]
     init_scale: f32,
-    /// Keep an exponential moving average of the weights with this decay.
+    /// Keep an exponential moving average of the weights with this decay (0 = none).
     #[arg(long, default_value_t = 0.0)]
     ema_decay: f32,
-    /// Commit after this many applied pushes.
-    #[arg(long, default_value_t = 0)]
+    /// Commit a version after this many applied pushes (0 = not by count).
+    #[arg(long, default_value_t = CommitPolicy::DEFAULT.every_updates)]
     commit_every_updates: u64,
-    /// Commit when this many seconds passed with updates.
-    #[arg(long, default_value_t = 0.0)]
+    /// Commit a version when this many seconds passed with updates (0 = not by time).
+    /// Whatever the policy, a finishing worker asks for a commit and a graceful stop
+    /// commits what is left.
+    #[arg(long, default_value_t = CommitPolicy::DEFAULT.every_secs)]
     commit_every_secs: f64,
-    /// Keep the newest K versions (plus tagged ones); 0 keeps all.
-    #[arg(long, default_value_t = 0)]
+    /// Retention: keep the newest K versions, plus tagged ones and the head (0 = keep all).
+    #[arg(long, default_value_t = CommitPolicy::DEFAULT.keep_last)]
     keep_last: u32,
     /// asp, bsp, or ssp:S (bounded staleness S).
     #[arg(long, default_value = "asp")]
@@ -218,13 +254,13 @@ fn spec(a: &CreateArgs) -> Result<ModelSpec> {
         factors: a.factors,
         optimizer: OptimizerSpec {
             kind: a.optimizer.into(),
-            lr: a.lr,
-            momentum: a.momentum,
-            beta1: a.beta1,
-            beta2: a.beta2,
-            eps: a.eps,
-            l1: a.l1,
-            l2: a.l2,
+            lr: a.lr.unwrap_or(0.0),
+            momentum: a.momentum.unwrap_or(0.0),
+            beta1: a.beta1.unwrap_or(0.0),
+            beta2: a.beta2.unwrap_or(0.0),
+            eps: a.eps.unwrap_or(0.0),
+            l1: a.l1.unwrap_or(0.0),
+            l2: a.l2.unwrap_or(0.0),
         },
         init: InitSpec { seed: a.init_seed, scale: a.init_scale },
         ema_decay: a.ema_decay,
@@ -365,10 +401,27 @@ async fn export(
     json: bool,
 ) -> Result<()> {
     let v = safetensors::export(c, name, version, optimizer_state, out).await?;
+    // A head export holds the newest version, not the live state: say when they differ.
+    let behind = match version {
+        None => {
+            c.model_info(name).await.ok().filter(|m| m.head_version == v.version).map_or(0, |m| m.uncommitted_updates)
+        }
+        Some(_) => 0,
+    };
     if json {
-        println!("{}", serde_json::json!({"model": name, "version": v.version, "out": out}));
+        println!(
+            "{}",
+            serde_json::json!({"model": name, "version": v.version, "out": out, "uncommitted_updates": behind})
+        );
     } else {
         println!("exported {name} version {} to {} (safetensors)", v.version, out.display());
+    }
+    if behind > 0 {
+        eprintln!(
+            "note: the live state of {name} is {behind} updates past version {}, which is what was exported; \
+             `accrete model commit {name}` makes them a version to export",
+            v.version
+        );
     }
     Ok(())
 }
@@ -406,10 +459,18 @@ fn print_model(m: &ModelInfo, json: bool) {
         println!("{}", output::model_json(m));
         return;
     }
-    let j = output::model_json(m);
     let s = &m.spec;
     println!("model {}  kind {}  parameters {}", s.name, s.kind.as_str(), m.parameters);
-    println!("optimizer {}  consistency {}", j["optimizer"], output::consistency_name(s));
+    let c = &s.commit;
+    let every = match (c.every_updates, c.every_secs) {
+        (0, t) if t <= 0.0 => "on request only".to_string(),
+        (0, t) => format!("every {t} s with updates"),
+        (n, t) if t <= 0.0 => format!("every {n} updates"),
+        (n, t) => format!("every {n} updates or {t} s"),
+    };
+    let keep = if c.keep_last == 0 { "keep all".to_string() } else { format!("keep the newest {}", c.keep_last) };
+    println!("optimizer {}  consistency {}", output::optimizer_line(&s.optimizer), output::consistency_name(s));
+    println!("commits {every}, {keep}");
     println!(
         "head version {}  lineage epoch {}  updates {} ({} uncommitted)  versions {}",
         m.head_version, m.lineage_epoch, m.updates, m.uncommitted_updates, m.versions
@@ -463,7 +524,8 @@ fn print_versions(model: &str, vs: &[VersionRecord], json: bool) {
                 v.kind.as_str().into(),
                 v.updates.to_string(),
                 v.lineage_epoch.to_string(),
-                v.reason.clone(),
+                // a gate's reason runs long: the table keeps its start (--json has it all)
+                output::shorten(&v.reason, 48),
                 v.tags.join(","),
                 output::metrics_cell(&v.metrics),
             ]

@@ -75,13 +75,36 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn cell(c: &str) -> String {
-    let c = printable(c).replace(['\n', '\t'], " ");
-    if c.chars().count() <= MAX_CELL_CHARS {
-        return c;
+    shorten(&printable(c).replace(['\n', '\t'], " "), MAX_CELL_CHARS)
+}
+
+/// `s` cut to at most `max` characters, the last an ellipsis when it was cut.
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
     }
-    let mut cut: String = c.chars().take(MAX_CELL_CHARS - 1).collect();
+    let mut cut: String = s.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
+}
+
+/// An optimizer as a line of text: its kind and the hyper-parameters it uses, in the
+/// shortest decimal that reads back as the stored f32 (`adagrad lr 0.1 eps 1e-6`).
+pub fn optimizer_line(o: &accrete_core::OptimizerSpec) -> String {
+    use accrete_core::OptimizerKind as K;
+    let mut s = format!("{} lr {}", o.kind.as_str(), o.lr);
+    let mut add = |name: &str, v: f32, used: bool| {
+        if used {
+            s.push_str(&format!(" {name} {v}"));
+        }
+    };
+    add("momentum", o.momentum, o.kind == K::Momentum);
+    add("beta1", o.beta1, o.kind == K::Adam);
+    add("beta2", o.beta2, matches!(o.kind, K::Adam | K::Ftrl));
+    add("eps", o.eps, matches!(o.kind, K::Adam | K::Adagrad));
+    add("l1", o.l1, o.l1 != 0.0);
+    add("l2", o.l2, o.l2 != 0.0);
+    s
 }
 
 /// Prints rows as aligned columns under a header.
@@ -123,13 +146,29 @@ pub fn time(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
 }
 
+/// A version's metrics, without the baselines (`--json` has them).
 pub fn metrics_cell(m: &std::collections::BTreeMap<String, f64>) -> String {
-    m.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
+    m.iter()
+        .filter(|(k, _)| !k.starts_with(accrete_core::chart::BASELINE_PREFIX))
+        .map(|(k, v)| format!("{k}={v:.4}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_optimizer_reads_as_typed() {
+        let o = accrete_core::OptimizerSpec::new(accrete_core::OptimizerKind::Adagrad, 0.1);
+        assert_eq!(optimizer_line(&o), "adagrad lr 0.1 eps 0.000001");
+        let o = accrete_core::OptimizerSpec {
+            l2: 0.001,
+            ..accrete_core::OptimizerSpec::new(accrete_core::OptimizerKind::Sgd, 0.01)
+        };
+        assert_eq!(optimizer_line(&o), "sgd lr 0.01 l2 0.001");
+    }
 
     #[test]
     fn long_cells_are_cut_and_short_ones_kept() {

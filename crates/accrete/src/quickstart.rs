@@ -15,14 +15,13 @@ use accrete_ingest::{ColumnSpec, OnBadRow};
 use accrete_worker::{Progress, WorkerConfig, WorkerError};
 use anyhow::{Context, Result};
 use clap::Args;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-const FLIGHTS: &[u8] = include_bytes!("../data/flights.csv.gz");
 const MODEL: &str = "flights";
 const WORKERS: usize = 2;
 
@@ -50,19 +49,11 @@ fn columns() -> Result<ColumnSpec> {
 
 /// The labelled flights rows in time order, grouped by month.
 fn months() -> Result<(String, Vec<Vec<String>>)> {
-    let mut lines = std::io::BufReader::new(flate2::read::GzDecoder::new(FLIGHTS)).lines();
-    let header = lines.next().context("empty flights data")??;
-    let cols: Vec<&str> = header.split(',').collect();
-    let (delay, month) = (cols.iter().position(|c| *c == "arr_delay"), cols.iter().position(|c| *c == "month"));
-    let (delay, month) = (delay.context("no arr_delay column")?, month.context("no month column")?);
+    let crate::datasets::Rows { header, rows } = crate::datasets::flights()?;
+    let month = header.split(',').position(|c| c == "month").context("no month column")?;
     let mut by_month: Vec<Vec<String>> = vec![Vec::new(); 12];
-    for line in lines {
-        let line = line?;
-        let f: Vec<&str> = line.split(',').collect();
-        if f.get(delay).is_none_or(|v| v.is_empty() || *v == "NA") {
-            continue;
-        }
-        let m: usize = f.get(month).and_then(|m| m.parse().ok()).unwrap_or(1);
+    for line in rows {
+        let m: usize = line.split(',').nth(month).and_then(|m| m.parse().ok()).unwrap_or(1);
         by_month[m.clamp(1, 12) - 1].push(line);
     }
     Ok((header, by_month))
@@ -117,8 +108,12 @@ async fn create_model(c: &mut Client) -> Result<()> {
     spec.hash_bits = 20;
     spec.optimizer = OptimizerSpec::new(OptimizerKind::Adagrad, 0.1);
     spec.commit = CommitPolicy { every_updates: 25, every_secs: 0.0, keep_last: 0 };
+    // Both workers read the same months: ssp:0 keeps them at the same point in time, so
+    // neither trains on the future of the other's rows.
+    spec.consistency = accrete_core::ConsistencyMode::Ssp;
+    spec.staleness = 0;
     c.create_model(&spec, None).await?;
-    println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; AdaGrad; a version every 25 pushes\n");
+    println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; AdaGrad; ssp:0; a version every 25 pushes\n");
     Ok(())
 }
 
@@ -187,6 +182,8 @@ async fn start_evaluator(
         gate_window: 10,
         holdout_follow: true,
         window: 5000,
+        rescore: false,
+        progress: Default::default(),
     };
     Ok(tokio::spawn(accrete_evaluator::run(config, connect(url).await?, stop(stop_rx))))
 }
@@ -263,8 +260,9 @@ fn summary(
     }
     println!("quality plot     {}", png.display());
     println!("data dir         {}", dir.display());
-    println!("\nto query the model it left behind:");
-    println!("  accrete server --data-dir {} &", dir.join("server").display());
+    println!("\nthe server stopped with the quickstart; to look at the model it left behind:");
+    println!("  accrete server --data-dir {} --http 127.0.0.1:8080 &", dir.join("server").display());
+    println!("  # dashboard: http://127.0.0.1:8080/");
     println!("  accrete model versions {MODEL}");
     println!("  accrete model show {MODEL}");
     println!("  accrete model predict {MODEL} --input {} --label 'arr_delay>15' \\", holdout.display());
@@ -281,6 +279,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     println!("server on {}; dashboard {}", server.url, server.dashboard);
     create_model(&mut c).await?;
 
+    println!("loading the flights and sorting them by time…");
     let (header, months) = months()?;
     let stream = prepare_stream(&dir.join("stream"), &header)?;
     let (stop_workers, workers_rx) = watch::channel(false);
@@ -291,6 +290,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     let train_rows = replay_months(&months, &stream, Duration::from_millis(a.month_ms), &progress).await?;
 
     // every row trained, the workers stop, a last commit, the evaluator catches up
+    println!("\nfinishing: the workers train the last rows, a last commit, the evaluator scores it…");
     while progress.iter().map(|p| p.rows()).sum::<u64>() < train_rows {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -323,14 +323,17 @@ async fn connect(url: &str) -> Result<Client> {
     Ok(Client::connect(url).await?)
 }
 
-/// Waits until every version has an AUC (the evaluator runs alongside).
+/// Waits until every trained version has an AUC (the evaluator runs alongside; version 1,
+/// made before any holdout row arrived, has none), at most 10 s, saying so if it gives up.
 async fn wait_scored(c: &mut Client) -> Result<()> {
     for _ in 0..200 {
-        if c.versions(MODEL).await?.iter().all(|v| v.metrics.contains_key("auc")) {
+        let versions = c.versions(MODEL).await?;
+        if versions.iter().filter(|v| v.updates > 0).all(|v| v.metrics.contains_key("auc")) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    println!("(the evaluator has not scored every version after 10 s; going on)");
     Ok(())
 }
 

@@ -74,6 +74,7 @@ pub struct WorkerArgs {
     /// Rows per mini-batch (one pull and one push each; the gradient is summed over rows).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Passes over the shard (ignored with --follow, which reads on as rows arrive).
     #[arg(long, default_value_t = 1)]
     epochs: u64,
     /// Write each row's label and its prediction before training on it (progressive
@@ -93,6 +94,9 @@ pub struct WorkerArgs {
     /// What to do with a bad row: skip it (counted, first ones logged) or stop.
     #[arg(long, value_enum, default_value = "skip")]
     on_bad_row: BadRowArg,
+    /// Print the closing summary as one JSON object.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     server: ServerConn,
 }
@@ -143,6 +147,15 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
     display.abort();
     let r = r?;
     let per_row = if r.rows > 0 { r.loss_sum / r.rows as f64 } else { f64::NAN };
+    if a.json {
+        let j = serde_json::json!({
+            "model": a.model, "worker": worker_id, "rows": r.rows, "seconds": r.seconds, "pushes": r.pushes,
+            "progressive_loss": if per_row.is_finite() { serde_json::json!(per_row) } else { serde_json::Value::Null },
+            "bad_rows": r.bad_rows, "unlabelled_rows": r.unlabelled_rows, "committed_version": r.committed_version,
+        });
+        println!("{j}");
+        return Ok(());
+    }
     println!(
         "worker {worker_id}: {} rows in {:.2} s ({:.0} rows/s), {} pushes, progressive loss {per_row:.4}, {} bad rows skipped, {} rows without a label; committed in version {}",
         r.rows,
@@ -188,13 +201,19 @@ pub struct SplitArgs {
     /// Data file (plain or .gz); a CSV header is kept in every shard.
     #[arg(long)]
     input: PathBuf,
+    /// How many shards to deal the rows into.
     #[arg(long)]
     shards: usize,
     /// Output directory (created); shards are part-00000.<ext>, …
     #[arg(long)]
     out: PathBuf,
+    /// Data format (default: from the file name, `.libsvm`/`.svm` or CSV): a CSV header
+    /// goes to every shard.
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Deals rows round-robin into N shards, so each shard spans the whole input.
@@ -239,12 +258,17 @@ pub fn split(a: SplitArgs) -> Result<()> {
     for o in &mut outs {
         o.flush()?;
     }
-    println!("split {n} rows of {} into {} shards in {}", a.input.display(), a.shards, a.out.display());
+    if a.json {
+        println!("{}", serde_json::json!({"input": a.input, "rows": n, "shards": a.shards, "out": a.out}));
+    } else {
+        println!("split {n} rows of {} into {} shards in {}", a.input.display(), a.shards, a.out.display());
+    }
     Ok(())
 }
 
 #[derive(Args)]
 pub struct PredictArgs {
+    /// The model to predict with.
     name: String,
     /// Rows to score (CSV or LIBSVM; the label column may be absent).
     #[arg(long)]

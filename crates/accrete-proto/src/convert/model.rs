@@ -58,7 +58,12 @@ impl TryFrom<pb::ModelSpec> for ModelSpec {
             l2: o.l2,
         }
         .with_defaults();
-        let c = s.commit.unwrap_or_default();
+        // no policy given: the default one (a given policy's zeros mean "off")
+        let commit = s.commit.map_or(CommitPolicy::DEFAULT, |c| CommitPolicy {
+            every_updates: c.every_updates,
+            every_secs: c.every_secs,
+            keep_last: c.keep_last,
+        });
         let cons = s.consistency.unwrap_or_default();
         let consistency = consistency_mode(cons.mode).map_err(named)?;
         Ok(ModelSpec {
@@ -72,7 +77,7 @@ impl TryFrom<pb::ModelSpec> for ModelSpec {
             optimizer,
             init: s.init.map(|i| InitSpec { seed: i.seed, scale: i.scale }).unwrap_or_default(),
             ema_decay: s.ema_decay,
-            commit: CommitPolicy { every_updates: c.every_updates, every_secs: c.every_secs, keep_last: c.keep_last },
+            commit,
             consistency,
             staleness: cons.staleness,
         })

@@ -72,6 +72,8 @@ pub struct Status {
     pub epoch: u64,
     pub updates: u64,
     pub since_commit: u64,
+    /// Workers holding a lease in the model's barrier now.
+    pub workers: usize,
 }
 
 /// A worker's standing in the barrier after a heartbeat or a leave.
@@ -158,7 +160,13 @@ impl Engine {
     }
 
     pub fn status(&self) -> Status {
-        Status { head: self.head, epoch: self.epoch, updates: self.updates, since_commit: self.since_commit }
+        Status {
+            head: self.head,
+            epoch: self.epoch,
+            updates: self.updates,
+            since_commit: self.since_commit,
+            workers: self.sync.live(),
+        }
     }
 
     /// Every worker's progress, as a version records it.

@@ -72,6 +72,8 @@ pub struct ModelHandle {
     barrier: Notify,
     policy: Arc<Notify>,
     meters: Meters,
+    /// Pushes per second and the last push's time, sampled by the policy task.
+    rate: Mutex<crate::rate::RateMeter>,
     /// The server process's instance (see [`Context::instance`]).
     pub instance: u64,
 }
@@ -185,6 +187,7 @@ impl ModelHandle {
             policy: ctx.policy.clone(),
             instance: ctx.instance,
             meters: Meters::default(),
+            rate: Mutex::new(Default::default()),
         }
     }
 
@@ -213,6 +216,18 @@ impl ModelHandle {
 
     pub fn status(&self) -> Status {
         lock(&self.engine).status()
+    }
+
+    /// Samples the push count for the push rate (the policy task's tick).
+    pub fn sample_rate(&self, now: Instant, unix_ms: i64) {
+        let pushes = self.meters.pushes.load(Ordering::Relaxed);
+        lock(&self.rate).sample(now, unix_ms, pushes);
+    }
+
+    /// Pushes per second over the last few seconds, and the last push's Unix ms.
+    pub fn push_rate(&self) -> (f64, Option<i64>) {
+        let r = lock(&self.rate);
+        (r.per_sec(), r.last_push_unix_ms())
     }
 
     /// The head version (from the engine: the `head` lock can be held by a long import or
