@@ -112,6 +112,25 @@ async fn once_scores_every_version_and_the_plot_is_a_png() {
     assert!(best > 0.68, "best AUC {best}");
     // nothing left to score
     assert!(ok(&s.url, &args).contains("scored 0 versions"));
+    // each score was stored with its baseline (always predicting the base rate), which
+    // a trained version beats
+    let last = &vs[vs.len() - 1]["metrics"];
+    assert!(last["logloss"].as_f64().unwrap() < last["baseline_logloss"].as_f64().unwrap(), "{last}");
+    // --rescore replaces what was stored (here: scored on the training shard instead),
+    // each version once, told as JSON events
+    let auc = |vs: &[serde_json::Value]| vs.iter().map(|v| v["metrics"]["auc"].as_f64().unwrap()).collect::<Vec<_>>();
+    let before = auc(&vs);
+    let mut re =
+        vec!["evaluator", "--model", "fl", "--holdout", shards[0].to_str().unwrap(), "--once", "--rescore", "--json"];
+    re.extend(COLS);
+    let out = ok(&s.url, &re);
+    let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rescored = events.iter().filter(|e| e["event"] == "scored" && e["rescored"] == true).count();
+    assert_eq!(rescored, n, "{out}");
+    assert_eq!(events.last().unwrap()["scored"], n, "{out}");
+    let after = auc(&versions(&s.url, "fl"));
+    let changed = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert!(changed >= n - 1, "only {changed} of {n} stored AUCs changed: {before:?} -> {after:?}");
     let png = tmp.path().join("q.png");
     ok(&s.url, &["model", "plot", "fl", "--out", png.to_str().unwrap()]);
     let bytes = std::fs::read(&png).unwrap();

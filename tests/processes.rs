@@ -83,6 +83,55 @@ async fn sigterm_shuts_down_cleanly_with_exit_0() {
     drop(watch);
 }
 
+/// Nothing applied is lost by a planned stop: SIGTERM commits what the policy had not,
+/// and says so. Until then `model show` and `export` of the head say it is not committed.
+#[tokio::test]
+async fn a_graceful_stop_commits_what_was_not_committed() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    let mut server = Command::new(BIN)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = format!("http://{}", line.trim().trim_start_matches("accrete server listening on "));
+    let mut c = common::connect(&url).await.unwrap();
+    create(&mut c, linear("g", 100, pb::OptimizerKind::Sgd, 0.1)).await;
+    for i in 0..3 {
+        c.params.push(push_req("g", 0, vec![dense("w", i * 10, &[1.0; 10])])).await.unwrap();
+    }
+    let live = pull_all(&mut c, "g", None).await.1;
+    drop(c);
+    let show = cli(&url, &["model", "show", "g"]);
+    assert!(String::from_utf8_lossy(&show.stdout).contains("updates 3 (3 uncommitted)"), "{show:?}");
+    let export = cli(&url, &["model", "export", "g", "--out", tmp.path().join("g.st").to_str().unwrap()]);
+    let note = String::from_utf8_lossy(&export.stderr);
+    assert!(export.status.success() && note.contains("3 updates past version 1"), "{note}");
+
+    // SIGTERM, as systemd or Kubernetes stops a server
+    assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
+    assert!(server.wait().unwrap().success());
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("stopping: committed the uncommitted updates") && said.contains("model=g"), "{said}");
+    let p = spawn_server(&dir).await;
+    let mut c = common::connect(&p.url).await.unwrap();
+    let vs = versions(&mut c, "g").await;
+    let head = vs.last().unwrap();
+    assert_eq!((vs.len(), head.reason.as_str(), head.updates_since_parent), (2, "graceful stop", 3), "{vs:?}");
+    assert_eq!(
+        pull_all(&mut c, "g", None).await.1,
+        live,
+        "the live state after the restart is the one before the stop"
+    );
+}
+
 #[tokio::test]
 async fn a_data_dir_that_is_not_ours_is_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();

@@ -335,7 +335,7 @@ async fn updates_of(url: &str, model: &str) -> u64 {
 #[tokio::test]
 async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = common::procs::spawn_server_with(&tmp.path().join("data"), &["--lease-ms", "5000"]).await;
+    let s = common::procs::spawn_server_with(&tmp.path().join("data"), &["--lease-ms", "10000"]).await;
     let create = ["model", "create", "p", "--kind", "logistic", "--hash-bits", "16", "--optimizer", "sgd"];
     ok(&s.url, &[&create[..], &["--lr", "0.05", "--consistency", "bsp"]].concat());
     let rows: Vec<String> = (0..20_000).map(|i| format!("{},v{}", i % 2, i % 7)).collect();
@@ -355,9 +355,10 @@ async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
     };
     let mut a = worker(&fifo, "a");
     let b = worker(&file, "b");
-    // Over two leases (long ones: under the whole suite's load on 2 cores, 3 s leases
-    // once expired): worker a has pushed its one batch and waits for rows.
-    tokio::time::sleep(Duration::from_millis(12000)).await;
+    // Over one and a half leases (long ones: under the whole suite's load on 2 cores, a
+    // heartbeat thread once stalled past 3 s, and once past 5 s): worker a has pushed its
+    // one batch and waits for rows.
+    tokio::time::sleep(Duration::from_millis(15000)).await;
     let held = updates_of(&s.url, "p").await;
     assert!(held <= 2, "worker b went on without a ({held} updates): a lost its lease while blocked on the pipe");
     assert!(a.try_wait().unwrap().is_none(), "worker a exited while its pipe was open");
@@ -513,4 +514,18 @@ async fn a_model_keeps_its_input_signature() {
     let out = cli(&s.url, &["worker", "--model", "m", "--shard", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no rows trained (1 bad rows skipped"), "{err}");
+    // Columns named at create are the signature from the start: a worker needs no flags,
+    // and one that names others is refused before it trains.
+    let cols = ["--label", "y>0", "--numeric", "a,b", "--categorical", "c"];
+    ok(&s.url, &[&["model", "create", "n", "--kind", "logistic", "--hash-bits", "10"][..], &cols].concat());
+    let show: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "show", "n", "--json"])).unwrap();
+    assert_eq!(show["signature"], sig.clone(), "{show}");
+    let out = cli(&s.url, &["worker", "--model", "n", "--shard", shard, "--categorical", "c,a", "--label", "y>0"]);
+    assert!(!out.status.success(), "a worker with other columns than the create's was accepted");
+    ok(&s.url, &["worker", "--model", "n", "--shard", shard]);
+    assert_eq!(ok(&s.url, &["model", "predict", "n", "--input", test]).lines().count(), 50);
+    // a label alone is not a signature
+    let out = cli(&s.url, &["model", "create", "o", "--kind", "logistic", "--hash-bits", "10", "--label", "y"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--numeric and/or --categorical"), "{err}");
 }

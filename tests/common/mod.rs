@@ -103,6 +103,9 @@ pub fn linear(name: &str, features: u32, optimizer: pb::OptimizerKind, lr: f32) 
         kind: pb::ModelKind::Linear as i32,
         features,
         optimizer: Some(pb::OptimizerSpec { kind: optimizer as i32, lr, ..Default::default() }),
+        // no commit policy (all rules off): the scenarios commit when they mean to; a
+        // model without `commit` gets the default policy (a version every 10 s)
+        commit: Some(pb::CommitPolicy::default()),
         ..Default::default()
     }
 }

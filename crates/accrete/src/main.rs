@@ -106,7 +106,7 @@ fn main() -> std::process::ExitCode {
         // `accrete model predict … | head`: the reader has what it wanted.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", output::printable(&format!("{e:#}")));
+            eprintln!("error: {}", output::printable(&causes(&e)));
             std::process::ExitCode::FAILURE
         }
     }
@@ -129,6 +129,20 @@ fn quiet_on_closed_stdout() {
         }
         report(info)
     }));
+}
+
+/// An error and its causes on one line, each said once: an error whose message already
+/// quotes its cause (`nofile.csv: No such file or directory (os error 2)`) does not get
+/// the cause appended again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+    }
+    out
 }
 
 /// The output was closed by its reader (a pipe into `head`).

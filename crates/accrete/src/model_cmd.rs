@@ -200,6 +200,10 @@ struct CreateArgs {
     /// Retention: keep the newest K versions, plus tagged ones and the head (0 = keep all).
     #[arg(long, default_value_t = CommitPolicy::DEFAULT.keep_last)]
     keep_last: u32,
+    /// The columns the model reads (its input signature), recorded now instead of by its
+    /// first worker: --label with --numeric and/or --categorical (and --cross).
+    #[command(flatten)]
+    columns: crate::worker_cmd::DataArgs,
     /// asp, bsp, or ssp:S (bounded staleness S).
     #[arg(long, default_value = "asp")]
     consistency: String,
@@ -302,7 +306,16 @@ async fn connect(server: &ServerConn) -> Result<Client> {
 }
 
 async fn create(c: &mut Client, a: &CreateArgs, json: bool) -> Result<()> {
-    let info = c.create_model(&spec(a)?, None).await?;
+    let cols = a.columns.columns()?;
+    let signature = if cols.is_empty() {
+        None
+    } else if cols.label.is_none() || (cols.numeric.is_empty() && cols.categorical.is_empty()) {
+        bail!("to record the model's columns at create, give --label and the --numeric and/or --categorical columns (or leave them all to the first worker)");
+    } else {
+        let format = if a.columns.format() == Some(accrete_ingest::Format::Libsvm) { "libsvm" } else { "csv" };
+        Some(accrete_core::InputSignature { format: format.into(), ..cols.signature_as_named() })
+    };
+    let info = c.create_model(&spec(a)?, signature.as_ref()).await?;
     print_model(&info, json);
     Ok(())
 }
