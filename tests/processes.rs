@@ -115,11 +115,43 @@ async fn a_graceful_stop_commits_what_was_not_committed() {
     let note = String::from_utf8_lossy(&export.stderr);
     assert!(export.status.success() && note.contains("3 updates past version 1"), "{note}");
 
+    // a worker that follows its shard keeps a push stream open: it must not hold the stop
+    let shard = tmp.path().join("f.csv");
+    let rows: String = (0..2000).map(|i| format!("{},c{}\n", i % 2, i % 9)).collect();
+    std::fs::write(&shard, format!("y,c\n{rows}")).unwrap();
+    let spec = ["model", "create", "f", "--kind", "logistic", "--hash-bits", "8", "--commit-every-secs", "0"];
+    assert!(cli(&url, &spec).status.success());
+    let follow = ["worker", "--model", "f", "--shard", shard.to_str().unwrap(), "--label", "y", "--categorical", "c"];
+    let mut worker = common::procs::spawn_cli(&url, &[&follow[..], &["--follow", "--batch", "100"]].concat());
+    let mut c = common::connect(&url).await.unwrap();
+    for _ in 0..200 {
+        let info = c.models.get_model_info(pb::ModelRef { name: "f".into() }).await.unwrap().into_inner();
+        if info.updates >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(c);
+
     // SIGTERM, as systemd or Kubernetes stops a server
+    let asked = std::time::Instant::now();
     assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
-    assert!(server.wait().unwrap().success());
+    // (waiting without blocking the runtime: this test's own idle connections must be able
+    // to answer the server's closing handshake, as any live client does)
+    let status = loop {
+        if let Some(s) = server.try_wait().unwrap() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let took = asked.elapsed();
+    let _ = worker.kill();
+    let _ = worker.wait();
     let said = std::fs::read_to_string(&log).unwrap();
+    assert!(took < Duration::from_secs(8), "the stop took {took:?}: an open push stream held it\n{said}");
     assert!(said.contains("stopping: committed the uncommitted updates") && said.contains("model=g"), "{said}");
+    assert!(!said.contains("calls still open after the grace period"), "{said}");
     let p = spawn_server(&dir).await;
     let mut c = common::connect(&p.url).await.unwrap();
     let vs = versions(&mut c, "g").await;

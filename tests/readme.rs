@@ -105,6 +105,11 @@ async fn the_readme_runs_as_written() {
     let fl = shell(&work, &server.url, "accrete model versions fl --json").output().unwrap();
     let fl: serde_json::Value = serde_json::from_slice(&fl.stdout).unwrap();
     assert!(fl.as_array().unwrap().iter().any(|v| v["metrics"]["auc"].as_f64().is_some_and(|a| a > 0.6)), "{fl}");
+    // the three workers of the `for … & done; wait` line (whose status `wait` hides)
+    // trained every row of flights/train.csv
+    let head = fl.as_array().unwrap().iter().max_by_key(|v| v["version"].as_u64()).unwrap();
+    let rows: u64 = head["workers"].as_array().unwrap().iter().map(|w| w["rows"].as_u64().unwrap()).sum();
+    assert_eq!(rows, 261_877, "{head}");
     assert!(work.join("quality.png").exists());
     drop(server);
     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -506,8 +506,12 @@ async fn refused_requests_name_the_problem_and_change_nothing() {
     assert!(e.message().contains("4294967295 rows"), "{}", e.message());
 
     for (name, value, needle) in [("auc\"} 1\nx{", 0.5, "letters, digits"), ("auc", f64::NAN, "finite")] {
-        let req =
-            pb::ReportMetricsRequest { model: "m".into(), version: 1, metrics: [(name.to_string(), value)].into() };
+        let req = pb::ReportMetricsRequest {
+            model: "m".into(),
+            version: 1,
+            metrics: [(name.to_string(), value)].into(),
+            replace: false,
+        };
         let e = c.models.report_metrics(req).await.unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
         assert!(e.message().contains(needle), "{}", e.message());

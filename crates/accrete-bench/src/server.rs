@@ -337,7 +337,12 @@ async fn admin(ctx: &mut Ctx) -> Result<()> {
                     1 => {
                         let metrics = [("auc".to_string(), 0.5 + i as f64 / 100.0)].into();
                         cc.models
-                            .report_metrics(pb::ReportMetricsRequest { model: model(), version: 1, metrics })
+                            .report_metrics(pb::ReportMetricsRequest {
+                                model: model(),
+                                version: 1,
+                                metrics,
+                                replace: false,
+                            })
                             .await
                             .map(|_| ())
                     }

@@ -86,18 +86,21 @@ impl Client {
         Ok(retried!(self, models, rollback, req())?.into())
     }
 
-    /// Stores metrics with a version (merged with earlier ones).
+    /// Stores metrics with a version: merged with earlier ones, or replacing them all
+    /// (`replace`: a rescore, whose stale marks must not stay).
     pub async fn report_metrics(
         &mut self,
         model: &str,
         version: u64,
         metrics: &BTreeMap<String, f64>,
+        replace: bool,
     ) -> Result<VersionRecord> {
-        // Idempotent: the same metrics merged again change nothing.
+        // Idempotent: the same metrics merged (or put in place) again change nothing.
         let req = || pb::ReportMetricsRequest {
             model: model.into(),
             version,
             metrics: metrics.iter().map(|(k, x)| (k.clone(), *x)).collect(),
+            replace,
         };
         Ok(retried!(self, models, report_metrics, req())?.into())
     }

@@ -202,22 +202,40 @@ fn version_axis(x0: f64, x1: f64) -> Axis {
     Axis { min, max, ticks: ticks(min, max, step, |t| format!("{t:.0}")) }
 }
 
-/// Wall-clock time (UTC), ticks on round seconds, minutes or hours.
+/// Wall-clock time (UTC), ticks on round seconds, minutes, hours or days (dates).
 fn time_axis(t0: f64, t1: f64) -> Axis {
+    const DAY: f64 = 86_400.0;
     let span = (t1 - t0).max(1.0);
     let steps = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0];
-    let step = steps.into_iter().find(|s| span / s <= 8.0).unwrap_or(86_400.0);
+    let days = [1.0, 2.0, 7.0, 14.0, 28.0, 91.0, 182.0, 364.0].map(|d| d * DAY);
+    let step = steps.into_iter().chain(days).find(|s| span / s <= 8.0).unwrap_or(span / 8.0);
     let pad = span * 0.03 + 0.5;
     let (min, max) = (t0 - pad, t1 + pad);
     let label = move |t: f64| {
         let s = (t as i64).rem_euclid(86_400);
-        if step < 60.0 {
+        if step >= DAY {
+            let (_, month, day) = civil((t as i64).div_euclid(86_400));
+            format!("{month:02}-{day:02}")
+        } else if step < 60.0 {
             format!("{:02}:{:02}:{:02}", s / 3600, s % 3600 / 60, s % 60)
         } else {
             format!("{:02}:{:02}", s / 3600, s % 3600 / 60)
         }
     };
     Axis { min, max, ticks: ticks(min, max, step, label) }
+}
+
+/// Days since 1970-01-01 as (year, month, day) (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + (month <= 2) as i64, month, day)
 }
 
 /// The data's range, padded, within what the metric can be (AUC and accuracy in [0, 1],
@@ -230,7 +248,8 @@ fn value_axis(metric: &str, y0: f64, y1: f64) -> Axis {
         "r2" => (f64::NEG_INFINITY, 1.0),
         _ => (0.0, f64::INFINITY),
     };
-    (min, max) = (min.max(lo), max.min(hi));
+    // within the metric's range, unless a reported value lies outside it
+    (min, max) = (min.max(lo.min(y0)), max.min(hi.max(y1)));
     let step = nice_step(max - min, 5.0);
     let decimals = (-step.log10().floor()).max(0.0) as usize
         + usize::from((step / 10f64.powf(step.log10().floor()) - 2.5).abs() < 1e-9);
@@ -299,6 +318,23 @@ mod tests {
         assert_eq!(ll.baseline.len(), 4);
         assert_eq!(ll.x_axis, XAxis::Time);
         assert!(ll.x.ticks.len() >= 2, "{:?}", ll.x.ticks);
+    }
+
+    #[test]
+    fn long_histories_get_dates_and_odd_values_stay_in_view() {
+        let mut h = history();
+        for (i, v) in h.iter_mut().enumerate() {
+            v.created_unix_ms = 1_764_633_600_000 + i as i64 * 5 * 86_400_000; // 2025-12-02, every 5 days
+        }
+        let c = Chart::of(&h, "auc", XAxis::Time).unwrap();
+        assert!(c.x.ticks.iter().all(|(_, l)| l.len() == 5 && l.as_bytes()[2] == b'-'), "{:?}", c.x.ticks);
+        assert!(c.x.ticks.len() >= 2 && c.x.ticks.len() <= 9, "{:?}", c.x.ticks);
+        assert_eq!(civil(20_424), (2025, 12, 2));
+        // an "accuracy" reported as a percentage: the axis still holds it
+        h[5].metrics.insert("accuracy".into(), 75.0);
+        h[4].metrics.insert("accuracy".into(), 0.7);
+        let c = Chart::of(&h, "accuracy", XAxis::Version).unwrap();
+        assert!(c.y.min < 0.7 && c.y.max >= 75.0 && !c.y.ticks.is_empty(), "{:?}", c.y);
     }
 
     #[test]

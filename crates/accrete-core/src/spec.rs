@@ -146,9 +146,10 @@ pub struct InitSpec {
 }
 
 /// When the live parameters become a version, and how many versions are kept. A field
-/// of 0 turns that rule off (`keep_last` 0 keeps every version). Whatever the policy, a
-/// worker that finishes asks for a commit, and a server that stops gracefully commits
-/// what is left.
+/// of 0 turns that rule off (`keep_last` 0 keeps every version), so `Default` is "on
+/// request only"; [`CommitPolicy::DEFAULT`] is what a model created without a policy
+/// gets. Whatever the policy, a worker that finishes asks for a commit, and a server that
+/// stops gracefully commits what is left.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct CommitPolicy {
     pub every_updates: u64,

@@ -331,7 +331,9 @@ impl Pass<'_> {
             let why = if diverged { "its predictions are not finite" } else { "e.g. a holdout with one class" };
             tracing::warn!(model = %config.model, version = v.version, "{} not finite ({why}); not stored", names.join(", "));
         }
-        client.report_metrics(&config.model, v.version, &finite).await?;
+        // a rescore puts its scores in place of the old ones (a stale divergence mark or
+        // a metric not finite this time must not stay)
+        client.report_metrics(&config.model, v.version, &finite, config.rescore && !self.judge).await?;
         tracing::debug!(model = %config.model, version = v.version, ?m, "scored");
         config.progress.tell(Event::Scored {
             version: v.version,

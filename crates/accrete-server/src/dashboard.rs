@@ -167,7 +167,9 @@ fn model_section(out: &mut String, h: &ModelHandle, q: &Query, x: XAxis, now_ms:
 }
 
 fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&str>, now_ms: i64) {
-    let best = metric.and_then(|m| accrete_core::scoring::best_by(m, versions.iter().map(|v| (v.version, &v.metrics))));
+    // as the chart: a diverged version is never the best
+    let fit = versions.iter().filter(|v| !v.metrics.contains_key(accrete_core::scoring::DIVERGED));
+    let best = metric.and_then(|m| accrete_core::scoring::best_by(m, fit.map(|v| (v.version, &v.metrics))));
     let head = versions.iter().map(|v| v.version).max();
     let _ = write!(
         out,
@@ -217,10 +219,11 @@ fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&
 
 /// The chart as inline SVG.
 fn svg(out: &mut String, c: &Chart) {
-    const W: f64 = 900.0;
+    const W: f64 = 1000.0;
     const H: f64 = 320.0;
     const L: f64 = 64.0;
-    const R: f64 = 24.0;
+    // the legend lives in the right margin, never over a point
+    const R: f64 = 150.0;
     const T: f64 = 28.0;
     const B: f64 = 42.0;
     let px = |x: f64| L + (x - c.x.min) / (c.x.max - c.x.min).max(1e-12) * (W - L - R);
@@ -320,7 +323,7 @@ fn svg(out: &mut String, c: &Chart) {
     }
     for (i, (class, text)) in items.iter().enumerate() {
         let y = T + 4.0 + i as f64 * 16.0;
-        let x = W - R - 130.0;
+        let x = W - R + 16.0;
         let _ = write!(
             out,
             "<line class=\"key {class}\" x1=\"{x}\" x2=\"{}\" y1=\"{y}\" y2=\"{y}\"/><text class=\"tick\" x=\"{}\" y=\"{}\">{}</text>",

@@ -15,6 +15,9 @@ pub struct Registry {
     /// Serialises creates and deletes (name checks and the store write happen together).
     admin: Mutex<()>,
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Set before the stop's last commit: pushes are refused from then on, so every
+    /// applied push is in that commit.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -39,7 +42,7 @@ impl Registry {
             models.insert(name, Arc::new(handle));
         }
         let (stopping, _) = tokio::sync::watch::channel(false);
-        Ok(Registry { ctx, models: RwLock::new(models), admin: Mutex::new(()), stopping })
+        Ok(Registry { ctx, models: RwLock::new(models), admin: Mutex::new(()), stopping, closed: Default::default() })
     }
 
     pub fn store(&self) -> &Store {
@@ -108,6 +111,7 @@ impl Registry {
     /// gets a version holding it, so a stop loses nothing that was applied. Says so for
     /// each; a model whose commit fails is logged with what it loses. Blocking.
     pub fn commit_at_stop(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         for h in self.list() {
             match h.commit(accrete_core::VersionKind::Policy, "graceful stop", "") {
                 Ok((rec, true)) => tracing::info!(
@@ -125,6 +129,11 @@ impl Registry {
                 ),
             }
         }
+    }
+
+    /// The stop's last commit has begun: no more pushes.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resolves when the server begins to stop.

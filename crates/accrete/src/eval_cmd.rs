@@ -126,15 +126,31 @@ pub struct PlotArgs {
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
 /// Draws a metric over versions, marking rollbacks.
-pub async fn plot(a: PlotArgs, server: &ServerConn) -> Result<()> {
+pub async fn plot(a: PlotArgs, server: &ServerConn, json: bool) -> Result<()> {
     let mut c = server.connect().await?;
-    plot_to(&mut c, &a.name, a.metric.clone(), &a.out).await
+    let chart = plot_to(&mut c, &a.name, a.metric.clone(), &a.out).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.name, "metric": chart.metric, "out": a.out, "points": chart.points.len(),
+                               "rollbacks": chart.rollbacks.len(), "best": chart.best.map(|p| p.version),
+                               "head": chart.head.map(|p| p.version)})
+        );
+    } else {
+        println!(
+            "wrote {} ({} scored versions, {} rollbacks marked)",
+            a.out.display(),
+            chart.points.len(),
+            chart.rollbacks.len()
+        );
+    }
+    Ok(())
 }
 
 /// Writes the plot of `name`'s versions to `out` (.png or .svg): the chart the dashboard
 /// draws ([`Chart`]): lineage lines, head and best marked, rollbacks labelled with their
 /// targets, the baseline.
-pub async fn plot_to(c: &mut Client, name: &str, metric: Option<String>, out: &std::path::Path) -> Result<()> {
+pub async fn plot_to(c: &mut Client, name: &str, metric: Option<String>, out: &std::path::Path) -> Result<Chart> {
     use plotters::prelude::IntoDrawingArea;
     let view = c.model_view(name).await?;
     let metric = metric.unwrap_or_else(|| primary_metric(&view.dims).to_string());
@@ -149,13 +165,7 @@ pub async fn plot_to(c: &mut Client, name: &str, metric: Option<String>, out: &s
         "png" => draw(plotters::prelude::BitMapBackend::new(out, (1000, 560)).into_drawing_area(), &title, &chart)?,
         _ => anyhow::bail!("--out {}: use a .png or .svg file name", out.display()),
     }
-    println!(
-        "wrote {} ({} scored versions, {} rollbacks marked)",
-        out.display(),
-        chart.points.len(),
-        chart.rollbacks.len()
-    );
-    Ok(())
+    Ok(chart)
 }
 
 fn draw<B: plotters::prelude::DrawingBackend>(

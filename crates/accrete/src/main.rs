@@ -73,8 +73,11 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
-    quiet_on_closed_stdout();
     let cli = Cli::parse();
+    // (not for the long-running roles: a server must reach its stop's commit)
+    if !matches!(cli.command, Command::Server(_) | Command::Quickstart(_)) {
+        quiet_on_closed_stdout();
+    }
     // A worker's loop (parse, pull, compute, push) runs on one thread: no CPU spent waking
     // runtime threads, and no cross-thread hand-off on each pull's round trip (~25 % of the
     // wall time with batches of 50). Its heartbeats have a thread of their own.

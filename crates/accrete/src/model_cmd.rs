@@ -282,7 +282,7 @@ pub async fn run(a: ModelArgs) -> Result<()> {
     let (server, json) = (&a.conn.to, a.conn.json);
     match a.cmd {
         ModelCmd::Predict(p) => crate::worker_cmd::predict(p, server).await,
-        ModelCmd::Plot(p) => crate::eval_cmd::plot(p, server).await,
+        ModelCmd::Plot(p) => crate::eval_cmd::plot(p, server, json).await,
         ModelCmd::Create(args) => create(&mut connect(server).await?, &args, json).await,
         ModelCmd::List => list(&mut connect(server).await?, json).await,
         ModelCmd::Show { name } => show(&mut connect(server).await?, &name, json).await,
@@ -538,7 +538,7 @@ fn print_versions(model: &str, vs: &[VersionRecord], json: bool) {
                 v.updates.to_string(),
                 v.lineage_epoch.to_string(),
                 // a gate's reason runs long: the table keeps its start (--json has it all)
-                output::shorten(&v.reason, 48),
+                output::shorten(&v.reason, 40),
                 v.tags.join(","),
                 output::metrics_cell(&v.metrics),
             ]

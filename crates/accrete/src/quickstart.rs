@@ -311,6 +311,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     }
     let png = dir.join("quality.png");
     eval_cmd::plot_to(&mut c, MODEL, None, &png).await?;
+    println!("wrote {}", png.display());
     let versions = c.versions(MODEL).await?;
     let trained: u64 = progress.iter().map(|p| p.rows()).sum();
     summary(started, &dir, &stream.holdout, trained, &versions, best.as_ref(), &png);

@@ -302,8 +302,9 @@ impl ModelHandle {
         Ok(rec)
     }
 
-    /// Stores evaluator metrics with a version (merged with earlier ones).
-    pub fn report_metrics(&self, v: u64, metrics: &BTreeMap<String, f64>) -> Result<VersionRecord> {
+    /// Stores evaluator metrics with a version: merged with earlier ones, or in place of
+    /// them (`replace`).
+    pub fn report_metrics(&self, v: u64, metrics: &BTreeMap<String, f64>, replace: bool) -> Result<VersionRecord> {
         if let Some((k, x)) = metrics.iter().find(|(k, x)| k.is_empty() || !x.is_finite()) {
             return Err(ServiceError::Invalid(format!("metric {k:?} = {x} is not a finite number with a name")));
         }
@@ -316,6 +317,9 @@ impl ModelHandle {
         }
         let _records = lock(&self.records);
         let mut rec = self.version(v)?;
+        if replace {
+            rec.metrics.clear();
+        }
         rec.metrics.extend(metrics.iter().map(|(k, x)| (k.clone(), *x)));
         self.store.update_version(self.record.id, &rec)?;
         self.emit(EventKind::Scored, rec.clone());

@@ -125,7 +125,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let metrics: BTreeMap<String, f64> = req.metrics.into_iter().collect();
-            let rec = on_model(&h, move |h| h.report_metrics(req.version, &metrics)).await?;
+            let rec = on_model(&h, move |h| h.report_metrics(req.version, &metrics, req.replace)).await?;
             Ok(Response::new(version_info(&h, &rec)))
         }
         .instrument(span)

@@ -22,6 +22,9 @@ use tracing::Instrument;
 impl Service {
     /// Decodes a push, applies it, encodes the ack.
     fn push_one(&self, mut req: pb::PushRequest) -> Result<pb::PushAck> {
+        if self.reg.is_closed() {
+            return Err(ServiceError::Unavailable("the server is stopping: push again once it is back".into()));
+        }
         self.check_size(|| format!("push to model {:?}", req.model), req.encoded_len())?;
         let h = self.reg.get(&req.model)?;
         let meta = PushMeta::from(req.meta.take().unwrap_or_default());
@@ -58,7 +61,13 @@ impl Parameters for Service {
             let h = self.reg.get(&req.model)?;
             let resp = match req.version {
                 None => {
-                    h.wait_to_pull(&req.worker_id, req.clock).await?;
+                    // a pull held at the barrier ends when the server stops
+                    tokio::select! {
+                        r = h.wait_to_pull(&req.worker_id, req.clock) => r?,
+                        _ = self.reg.stopping() => {
+                            return Err(ServiceError::Unavailable("the server is stopping: pull again once it is back".into()).into())
+                        }
+                    }
                     h.with_live(|live| pull::answer(live, h.name(), &req, self.limit))?
                 }
                 Some(v) => {
@@ -169,6 +178,7 @@ impl Parameters for Service {
         let span = data_span("push_stream", "");
         Ok(Response::new(Box::pin(PushAcks {
             input: req.into_inner(),
+            stopping: Box::pin(self.reg.stopping()),
             svc: self.clone(),
             span,
             named: false,
@@ -182,6 +192,10 @@ impl Parameters for Service {
 /// the first push's), and the stream ends after the first refusal, which it reports.
 struct PushAcks {
     input: Streaming<pb::PushRequest>,
+    /// Resolves when the server begins to stop: the stream then ends (UNAVAILABLE), so a
+    /// connected worker does not hold the stop for its grace period, and a push not yet
+    /// acknowledged is not applied (the worker sends it again after the restart).
+    stopping: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     svc: Service,
     span: tracing::Span,
     /// The span carries the model of the first push.
@@ -196,6 +210,11 @@ impl Stream for PushAcks {
         let this = self.get_mut();
         if this.done {
             return Poll::Ready(None);
+        }
+        if this.stopping.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            let stop = ServiceError::Unavailable("the server is stopping: push again once it is back".into());
+            return Poll::Ready(Some(Err(stop.into())));
         }
         let ack = match std::task::ready!(Pin::new(&mut this.input).poll_next(cx)) {
             None => return Poll::Ready(None),
