@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod partition;
 pub mod pull;
 pub mod push;
 pub mod rng;
