@@ -5,6 +5,7 @@
 //! everything here is tested without sockets.
 
 pub mod chart;
+pub mod cluster;
 pub mod features;
 pub mod glm;
 pub mod info;
