@@ -164,6 +164,27 @@ async fn a_graceful_stop_commits_what_was_not_committed() {
     );
 }
 
+/// A deploy job that creates its model may run again: `--if-absent` succeeds on the same
+/// spec and still refuses another one, naming what differs.
+#[tokio::test]
+async fn create_if_absent_is_idempotent_for_the_same_spec_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = spawn_server(&tmp.path().join("data")).await;
+    let spec =
+        ["model", "create", "m", "--kind", "logistic", "--hash-bits", "12", "--optimizer", "adagrad", "--lr", "0.1"];
+    for _ in 0..2 {
+        let out = cli(&p.url, &[&spec[..], &["--if-absent"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let again = cli(&p.url, &spec);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("ALREADY_EXISTS"));
+    let other = cli(&p.url, &["model", "create", "m", "--kind", "logistic", "--hash-bits", "14", "--if-absent"]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && err.contains("different spec (hash_bits, optimizer)"), "{err}");
+    let mut c = common::connect(&p.url).await.unwrap();
+    assert_eq!(versions(&mut c, "m").await.len(), 1, "nothing was created twice");
+}
+
 #[tokio::test]
 async fn a_data_dir_that_is_not_ours_is_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();

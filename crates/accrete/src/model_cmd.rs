@@ -204,6 +204,10 @@ struct CreateArgs {
     /// first worker: --label with --numeric and/or --categorical (and --cross).
     #[command(flatten)]
     columns: crate::worker_cmd::DataArgs,
+    /// Succeed without creating when a model of this name exists with the same spec (a
+    /// deploy job that may run again); a different spec is still refused, naming what differs.
+    #[arg(long)]
+    if_absent: bool,
     /// asp, bsp, or ssp:S (bounded staleness S).
     #[arg(long, default_value = "asp")]
     consistency: String,
@@ -315,9 +319,46 @@ async fn create(c: &mut Client, a: &CreateArgs, json: bool) -> Result<()> {
         let format = if a.columns.format() == Some(accrete_ingest::Format::Libsvm) { "libsvm" } else { "csv" };
         Some(accrete_core::InputSignature { format: format.into(), ..cols.signature_as_named() })
     };
-    let info = c.create_model(&spec(a)?, signature.as_ref()).await?;
+    let wanted = spec(a)?;
+    let info = match c.create_model(&wanted, signature.as_ref()).await {
+        Err(accrete_client::ClientError::AlreadyExists(_)) if a.if_absent => {
+            let info = c.model_info(&a.name).await?;
+            let differs = spec_differences(&wanted, &info.spec);
+            if !differs.is_empty() {
+                bail!(
+                    "model {:?} exists with a different spec ({}); --if-absent only accepts the same one",
+                    a.name,
+                    differs.join(", ")
+                );
+            }
+            if !json {
+                println!("model {} exists with this spec: nothing created (--if-absent)", a.name);
+            }
+            info
+        }
+        r => r?,
+    };
     print_model(&info, json);
     Ok(())
+}
+
+/// The fields in which an existing model's spec is not the one asked for (hyper-parameters
+/// compared with their defaults filled in; the initial weights are not compared).
+fn spec_differences(wanted: &ModelSpec, have: &ModelSpec) -> Vec<&'static str> {
+    let w = ModelSpec { optimizer: wanted.optimizer.with_defaults(), ..wanted.clone() };
+    let checks: [(&'static str, bool); 10] = [
+        ("kind", w.kind == have.kind),
+        ("features", w.features == have.features),
+        ("hash_bits", w.hash_bits == have.hash_bits),
+        ("classes", w.classes == have.classes),
+        ("hidden", w.hidden == have.hidden),
+        ("factors", w.factors == have.factors),
+        ("optimizer", w.optimizer == have.optimizer),
+        ("ema_decay", w.ema_decay == have.ema_decay),
+        ("commit", w.commit == have.commit),
+        ("consistency", (w.consistency, w.staleness) == (have.consistency, have.staleness)),
+    ];
+    checks.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
 }
 
 async fn list(c: &mut Client, json: bool) -> Result<()> {
