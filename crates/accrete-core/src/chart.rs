@@ -226,7 +226,7 @@ fn time_axis(t0: f64, t1: f64) -> Axis {
 }
 
 /// Days since 1970-01-01 as (year, month, day) (Howard Hinnant's algorithm).
-fn civil(days: i64) -> (i64, i64, i64) {
+pub fn civil(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -152,8 +152,9 @@ fn model_section(out: &mut String, h: &ModelHandle, q: &Query, x: XAxis, now_ms:
         let _ = write!(out, "<a{cls} href=\"{}\">{}</a> ", link(name, metric.as_deref(), a), a.as_str());
     }
     out.push_str("</p>");
-    match metric.as_deref().and_then(|m| Chart::of(&versions, m, x)) {
-        Some(c) => svg(out, &c),
+    let chart = metric.as_deref().and_then(|m| Chart::of(&versions, m, x));
+    match &chart {
+        Some(c) => svg(out, c),
         None => {
             let _ = write!(
                 out,
@@ -163,13 +164,12 @@ fn model_section(out: &mut String, h: &ModelHandle, q: &Query, x: XAxis, now_ms:
             );
         }
     }
-    versions_table(out, &versions, metric.as_deref(), now_ms);
+    let best = chart.as_ref().and_then(|c| c.best).map(|p| p.version);
+    versions_table(out, &versions, metric.as_deref(), best, now_ms);
 }
 
-fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&str>, now_ms: i64) {
-    // as the chart: a diverged version is never the best
-    let fit = versions.iter().filter(|v| !v.metrics.contains_key(accrete_core::scoring::DIVERGED));
-    let best = metric.and_then(|m| accrete_core::scoring::best_by(m, fit.map(|v| (v.version, &v.metrics))));
+/// The versions, newest first; `best` is the chart's (a diverged version never is).
+fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&str>, best: Option<u64>, now_ms: i64) {
     let head = versions.iter().map(|v| v.version).max();
     let _ = write!(
         out,
@@ -182,7 +182,7 @@ fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&
         if Some(v.version) == head {
             marks.push_str(" <span class=\"badge head\">head</span>");
         }
-        if best.is_some_and(|(b, _)| b == v.version) {
+        if best == Some(v.version) {
             marks.push_str(" <span class=\"badge best\">best</span>");
         }
         let content = if v.kind == VersionKind::Rollback && v.content_of != 0 {

@@ -9,6 +9,11 @@ fn spec() -> ModelSpec {
     s
 }
 
+/// The record of model `id` with [`spec`], as created.
+fn model_record(id: u64) -> ModelRecord {
+    ModelRecord { id, spec: spec(), created_unix_ms: 0, first_epoch: 1, request: String::new(), signature: None }
+}
+
 fn version(v: u64, parent: Option<u64>) -> VersionRecord {
     VersionRecord { version: v, parent, reason: "commit".into(), lineage_epoch: 1, ..Default::default() }
 }
@@ -29,15 +34,7 @@ fn versions_survive_reopen_bitwise() {
     let p = Params::init(&spec());
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.put_model(&ModelRecord {
-            id: 1,
-            spec: spec(),
-            created_unix_ms: 0,
-            first_epoch: 1,
-            request: String::new(),
-            signature: None,
-        })
-        .unwrap();
+        s.put_model(&model_record(1)).unwrap();
         s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -71,15 +68,7 @@ fn leftovers_of_a_crashed_commit_are_removed_at_open() {
     let p = Params::init(&spec());
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.put_model(&ModelRecord {
-            id: 1,
-            spec: spec(),
-            created_unix_ms: 0,
-            first_epoch: 1,
-            request: String::new(),
-            signature: None,
-        })
-        .unwrap();
+        s.put_model(&model_record(1)).unwrap();
         s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
         // chunks of version 2 written, but its record never landed
         let mut b = sled::Batch::default();
@@ -126,15 +115,7 @@ fn incarnations_only_grow_across_reopens() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        s.put_model(&ModelRecord {
-            id: 7,
-            spec: spec(),
-            created_unix_ms: 0,
-            first_epoch: 1,
-            request: String::new(),
-            signature: None,
-        })
-        .unwrap();
+        s.put_model(&model_record(7)).unwrap();
         assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 1);
         assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 2);
         assert_eq!(s.bump_incarnation(7, "w1").unwrap(), 1);
@@ -142,33 +123,14 @@ fn incarnations_only_grow_across_reopens() {
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(s.incarnations(7).unwrap(), vec![("w0".to_string(), 2), ("w1".to_string(), 1)]);
     assert_eq!(s.bump_incarnation(7, "w0").unwrap(), 3);
-    s.delete_model(
-        &ModelRecord {
-            id: 7,
-            spec: spec(),
-            created_unix_ms: 0,
-            first_epoch: 1,
-            request: String::new(),
-            signature: None,
-        },
-        5,
-    )
-    .unwrap();
+    s.delete_model(&model_record(7), 5).unwrap();
     assert_eq!(s.epoch_floor("m").unwrap(), 5, "the deleted model's last epoch is kept");
     assert_eq!(s.incarnations(7).unwrap(), vec![], "deleted with its model");
 }
 
 /// Versions 1 (full) and 2 (its own chunk 1 of tensor 0), as a commit writes them.
 fn two_versions(s: &Store, p: &Params) {
-    s.put_model(&ModelRecord {
-        id: 1,
-        spec: spec(),
-        created_unix_ms: 0,
-        first_epoch: 1,
-        request: String::new(),
-        signature: None,
-    })
-    .unwrap();
+    s.put_model(&model_record(1)).unwrap();
     s.write_version(1, &version(1, None), &Manifest::full(p, 1), &all_chunks(p)).unwrap();
     let mut m2 = Manifest::full(p, 1);
     m2.tensors[0][1] = 2;
