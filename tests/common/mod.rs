@@ -93,7 +93,7 @@ pub struct Conn {
 }
 
 pub async fn connect(url: &str) -> Result<Conn, accrete_client::ClientError> {
-    let RawClient { models, params } = RawClient::connect(url).await?;
+    let RawClient { models, params, .. } = RawClient::connect(url).await?;
     Ok(Conn { models, params, typed: Client::connect(url).await? })
 }
 

@@ -19,6 +19,12 @@ fn version_of(v: Option<pb::VersionInfo>) -> Result<VersionRecord> {
 }
 
 impl Client {
+    /// The client for calls about `model`: its home server's in a cluster (which
+    /// coordinates its versions), else this one.
+    pub fn at_home(&self, model: &str) -> Client {
+        self.home(model).unwrap_or_else(|| self.clone())
+    }
+
     /// Creates a model; its initial parameters become version 1.
     /// With a `signature`, the columns its workers must read are fixed from the start
     /// (else the first worker's are recorded).
@@ -30,16 +36,29 @@ impl Client {
             request_id: request_id.clone(),
             signature: signature.clone(),
         };
-        Ok(retried!(self, models, create_model, req())?.try_into()?)
+        let c = self.at_home(&spec.name);
+        Ok(retried!(c, models, create_model, req())?.try_into()?)
     }
 
+    /// Every model; in a cluster, every server's (each lists the models whose home it is).
     pub async fn list_models(&mut self) -> Result<Vec<ModelInfo>> {
-        let r = retried!(self, models, list_models, pb::ListModelsRequest {})?;
-        Ok(r.models.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?)
+        let servers = self.cluster().map_or(1, |c| c.servers.len());
+        let mut all: Vec<ModelInfo> = Vec::new();
+        for i in 0..servers {
+            let c = if servers == 1 { self.clone() } else { self.peer(i) };
+            let r = retried!(c, models, list_models, pb::ListModelsRequest {})?;
+            for m in r.models {
+                all.push(m.try_into()?);
+            }
+        }
+        all.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        all.dedup_by(|a, b| a.spec.name == b.spec.name);
+        Ok(all)
     }
 
     pub async fn model_info(&mut self, name: &str) -> Result<ModelInfo> {
-        Ok(retried!(self, models, get_model_info, model_ref(name))?.try_into()?)
+        let c = self.at_home(name);
+        Ok(retried!(c, models, get_model_info, model_ref(name))?.try_into()?)
     }
 
     /// What a worker, the evaluator or predict need to know of a model.
@@ -50,7 +69,7 @@ impl Client {
     /// Deletes a model and its history; returns how many versions were dropped. Not
     /// retried: a retry after a lost answer would find no model (NOT_FOUND).
     pub async fn delete_model(&mut self, name: &str) -> Result<u64> {
-        Ok(self.models.delete_model(model_ref(name)).await?.into_inner().versions_dropped)
+        Ok(self.at_home(name).models.delete_model(model_ref(name)).await?.into_inner().versions_dropped)
     }
 
     /// Commits the live parameters; returns the head and whether a version was made (an
@@ -58,20 +77,23 @@ impl Client {
     pub async fn commit(&mut self, model: &str, reason: &str) -> Result<(VersionRecord, bool)> {
         let request_id = request_id();
         let req = || pb::CommitRequest { model: model.into(), reason: reason.into(), request_id: request_id.clone() };
-        let r = retried!(self, models, commit, req())?;
+        let c = self.at_home(model);
+        let r = retried!(c, models, commit, req())?;
         Ok((version_of(r.version)?, r.created))
     }
 
     /// Retained versions, oldest first.
     pub async fn versions(&mut self, model: &str) -> Result<Vec<VersionRecord>> {
-        let r = retried!(self, models, list_versions, model_ref(model))?;
+        let c = self.at_home(model);
+        let r = retried!(c, models, list_versions, model_ref(model))?;
         Ok(r.versions.into_iter().map(Into::into).collect())
     }
 
     pub async fn tag(&mut self, model: &str, version: u64, label: &str) -> Result<VersionRecord> {
         // Idempotent without a request id: the label already on this version is an answer.
         let req = || pb::TagRequest { model: model.into(), version, label: label.into() };
-        Ok(retried!(self, models, tag, req())?.into())
+        let c = self.at_home(model);
+        Ok(retried!(c, models, tag, req())?.into())
     }
 
     /// Makes a new head holding `to`'s content, under a new lineage epoch.
@@ -83,7 +105,8 @@ impl Client {
             reason: reason.into(),
             request_id: request_id.clone(),
         };
-        Ok(retried!(self, models, rollback, req())?.into())
+        let c = self.at_home(model);
+        Ok(retried!(c, models, rollback, req())?.into())
     }
 
     /// Stores metrics with a version: merged with earlier ones, or replacing them all
@@ -102,7 +125,8 @@ impl Client {
             metrics: metrics.iter().map(|(k, x)| (k.clone(), *x)).collect(),
             replace,
         };
-        Ok(retried!(self, models, report_metrics, req())?.into())
+        let c = self.at_home(model);
+        Ok(retried!(c, models, report_metrics, req())?.into())
     }
 
     /// Version events of `model` (every model when `None`), as they happen; with `after`,
@@ -128,7 +152,8 @@ impl Client {
                 after
             }
         };
-        let mut w = Watch { client: self.clone(), model: model.map(str::to_string), floors, events: None };
+        let client = model.map_or_else(|| self.clone(), |m| self.at_home(m));
+        let mut w = Watch { client, model: model.map(str::to_string), floors, events: None };
         w.open(first).await?;
         Ok(w)
     }

@@ -32,6 +32,9 @@ impl Client {
         version: Option<u64>,
         worker: Option<(&str, u64)>,
     ) -> Result<BatchParams> {
+        if let Some(plan) = crate::split::Plan::of(&view.spec) {
+            return self.pull_split(&plan, view, keys, version, worker).await;
+        }
         let req = || accrete_proto::convert::batch_pull(view, keys, version, worker);
         let pulled: Pulled = retried!(self, params, pull, req())?.try_into()?;
         Ok(view.batch_params(pulled))
@@ -41,8 +44,45 @@ impl Client {
         Ok(self.params.push(pb::PushRequest::from(push)).await?.into_inner().into())
     }
 
-    /// Opens a stream of pushes applied in order, acknowledged in the background.
+    /// Opens a stream of pushes of a model of one partition, applied in order,
+    /// acknowledged in the background.
     pub async fn push_stream(&mut self) -> Result<PushStream> {
+        self.open_stream().await
+    }
+
+    /// Opens a stream of pushes of the model `spec`: for a partitioned model, one stream
+    /// to each partition's server, every push split over them.
+    pub async fn push_stream_for(&mut self, spec: &accrete_core::ModelSpec) -> Result<PushStream> {
+        let Some(plan) = crate::split::Plan::of(spec) else { return self.open_stream().await };
+        let (mut txs, mut acks) = (Vec::new(), Vec::new());
+        for p in 0..plan.parts {
+            let (server, mut c) = self.partition_server(&plan.base, p, plan.parts);
+            let name = self.server_name(server);
+            let s = c.open_stream().await.map_err(|e| crate::split::at_partition(e, p, &name))?;
+            txs.push(s.tx.into_iter().next().ok_or_else(|| ClientError::Protocol("no stream".into()))?);
+            acks.push((p, name, s.acks));
+        }
+        let acks = tokio::spawn(async move {
+            let mut first = None;
+            let mut failed = None;
+            for (p, name, a) in acks {
+                let r = a.await.map_err(|e| ClientError::Protocol(format!("push stream task failed: {e}")))?;
+                match r {
+                    Ok(ack) if first.is_none() => first = Some(ack),
+                    Ok(_) => {}
+                    Err(e) if failed.is_none() => failed = Some(crate::split::at_partition(e, p, &name)),
+                    Err(_) => {}
+                }
+            }
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(first.unwrap_or_default()),
+            }
+        });
+        Ok(PushStream { tx: txs, acks, plan: Some(plan) })
+    }
+
+    async fn open_stream(&mut self) -> Result<PushStream> {
         let c = &*self;
         let (tx, mut acks) = c
             .retry
@@ -64,7 +104,7 @@ impl Client {
                 }
             }
         });
-        Ok(PushStream { tx, acks })
+        Ok(PushStream { tx: vec![tx], acks, plan: None })
     }
 
     /// Joins a model's barrier as `worker`, reading `shard` with the columns `signature`
@@ -78,33 +118,92 @@ impl Client {
         signature: Option<&InputSignature>,
     ) -> Result<Joined> {
         let signature = signature.map(pb::InputSignature::from);
-        let req = || pb::JoinRequest {
+        let req = |model: &str, incarnation| pb::JoinRequest {
             model: model.into(),
             worker_id: worker.into(),
             shard: shard.into(),
             signature: signature.clone(),
+            incarnation,
         };
-        Ok(retried!(self, params, join, req())?.into())
+        let Some(plan) = self.plan_of(model).await? else {
+            return Ok(retried!(self, params, join, req(model, 0))?.into());
+        };
+        // The home gives the incarnation, every other partition takes it.
+        let home = self.at_home(model);
+        let joined: Joined = retried!(home, params, join, req(model, 0))?.into();
+        for p in 1..plan.parts {
+            let (server, c) = self.partition_server(model, p, plan.parts);
+            let name = self.server_name(server);
+            let local = plan.local(p);
+            retried!(c, params, join, req(&local, joined.incarnation))
+                .map_err(|e| crate::split::at_partition(e, p, &name))?;
+        }
+        Ok(joined)
     }
 
     /// Renews a worker's lease; returns the lease in milliseconds.
     pub async fn heartbeat(&mut self, model: &str, worker: &str) -> Result<u64> {
-        let req = pb::WorkerRef { model: model.into(), worker_id: worker.into() };
-        Ok(self.params.heartbeat(req).await?.into_inner().lease_ms)
+        let Some(plan) = self.plan_of(model).await? else {
+            let req = pb::WorkerRef { model: model.into(), worker_id: worker.into() };
+            return Ok(self.params.heartbeat(req).await?.into_inner().lease_ms);
+        };
+        let mut lease = u64::MAX;
+        for p in 0..plan.parts {
+            let (server, mut c) = self.partition_server(model, p, plan.parts);
+            let req = pb::WorkerRef { model: plan.local(p), worker_id: worker.into() };
+            let r = c
+                .params
+                .heartbeat(req)
+                .await
+                .map_err(|e| crate::split::at_partition(e.into(), p, &self.server_name(server)))?;
+            lease = lease.min(r.into_inner().lease_ms);
+        }
+        Ok(lease)
     }
 
     /// Leaves a model's barrier (a worker that finished its data).
     pub async fn leave(&mut self, model: &str, worker: &str) -> Result<()> {
-        let req = || pb::WorkerRef { model: model.into(), worker_id: worker.into() };
-        retried!(self, params, leave, req())?;
+        let Some(plan) = self.plan_of(model).await? else {
+            let req = || pb::WorkerRef { model: model.into(), worker_id: worker.into() };
+            retried!(self, params, leave, req())?;
+            return Ok(());
+        };
+        for p in 0..plan.parts {
+            let (server, c) = self.partition_server(model, p, plan.parts);
+            let req = || pb::WorkerRef { model: plan.local(p), worker_id: worker.into() };
+            retried!(c, params, leave, req())
+                .map_err(|e| crate::split::at_partition(e, p, &self.server_name(server)))?;
+        }
         Ok(())
     }
 
     /// Scores a batch's rows (raw dense inputs and hashed features; labels are not sent)
     /// with the live model or a version.
     pub async fn predict(&mut self, model: &str, version: Option<u64>, rows: &Batch) -> Result<Predictions> {
+        if let Some(plan) = self.plan_of(model).await? {
+            return self.predict_split(&plan, model, version, rows).await;
+        }
         let req = || pb::PredictRequest { model: model.into(), version, rows: Some(rows.into()) };
         Ok(retried!(self, params, predict, req())?.try_into()?)
+    }
+
+    /// Scores rows of a partitioned model here: the batch's rows pulled from each
+    /// partition, the model's math applied as a worker applies it.
+    async fn predict_split(
+        &mut self,
+        plan: &crate::split::Plan,
+        model: &str,
+        version: Option<u64>,
+        rows: &Batch,
+    ) -> Result<Predictions> {
+        let view = self.model_view(model).await?;
+        let mut batch = rows.clone();
+        batch.compact();
+        let p = self.pull_split(plan, &view, &batch.uniq, version, None).await?;
+        accrete_core::glm::prepare_dense(&mut batch.dense, batch.features, &p.norm);
+        let mut values = Vec::new();
+        accrete_core::kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut values);
+        Ok(Predictions { version: p.version, outputs: view.dims.outputs as u32, values })
     }
 }
 
@@ -113,8 +212,10 @@ impl Client {
 /// queued behind it were not. [`PushStream::finish`] (or a failed `send`) tells which
 /// refusal it was.
 pub struct PushStream {
-    tx: mpsc::Sender<pb::PushRequest>,
+    /// One stream per partition (one for a model of one partition).
+    tx: Vec<mpsc::Sender<pb::PushRequest>>,
     acks: tokio::task::JoinHandle<Result<PushAck>>,
+    plan: Option<crate::split::Plan>,
 }
 
 /// A push could not be queued: the stream has ended; [`PushStream::finish`] says why.
@@ -124,7 +225,13 @@ pub struct StreamEnded;
 impl PushStream {
     /// Queues a push (waits while [`STREAM_QUEUE`] are in flight).
     pub async fn send(&self, push: &Push<'_>) -> Result<(), StreamEnded> {
-        self.tx.send(pb::PushRequest::from(push)).await.map_err(|_| StreamEnded)
+        let Some(plan) = &self.plan else {
+            return self.tx[0].send(pb::PushRequest::from(push)).await.map_err(|_| StreamEnded);
+        };
+        for (p, tx) in self.tx.iter().enumerate() {
+            tx.send(crate::split::push_part(plan, push, p as u32)).await.map_err(|_| StreamEnded)?;
+        }
+        Ok(())
     }
 
     /// Closes the stream and waits for the last ack: the ack of the last push applied, or

@@ -1,25 +1,31 @@
 //! The typed gRPC client of accrete: the one API that workers, the evaluator, the CLI and
 //! the quickstart use to reach a server. Every call takes and returns core types
 //! (`accrete_core`), and every failure comes back as a typed [`ClientError`]; protobuf and
-//! gRPC codes stay inside this crate. Routing by key range will live here too.
+//! gRPC codes stay inside this crate, and so does routing over a cluster.
 //!
 //! - [`Client`]: connect, then model calls ([`admin`]) and the data plane ([`data`]);
+//! - [`cluster`]: the cluster's map, routing model calls to a model's home, the calls
+//!   between servers; `split`: a partitioned model's pulls and pushes, per partition;
 //! - [`retry`]: riding out a server's restart (backoff, request ids);
 //! - [`safetensors`]: whole models to and from files;
 //! - [`raw`]: the generated stubs, for wire-contract tests and benchmarks only.
 
 pub mod admin;
+pub mod cluster;
 pub mod data;
 pub mod error;
 pub mod raw;
 pub mod retry;
 pub mod safetensors;
+mod split;
 
 pub use admin::Watch;
+pub use cluster::ClusterView;
 pub use data::PushStream;
 pub use error::{code_name, ClientError, Result};
 pub use retry::{request_id, DEFAULT_PATIENCE};
 
+use accrete_proto::v1::cluster_client::ClusterClient;
 use accrete_proto::v1::models_client::ModelsClient;
 use accrete_proto::v1::parameters_client::ParametersClient;
 use tonic::transport::{Channel, Endpoint};
@@ -37,6 +43,9 @@ pub struct Client {
     retry: retry::Retry,
     models: ModelsClient<Channel>,
     params: ParametersClient<Channel>,
+    cluster: ClusterClient<Channel>,
+    /// The cluster's map and its servers' clients (`None`: a server of its own).
+    routes: Option<std::sync::Arc<cluster::Routes>>,
 }
 
 /// An endpoint for `url` with the settings every accrete client uses: Nagle off, large
@@ -77,7 +86,12 @@ impl Client {
     pub async fn connect_patiently(url: &str, patience: std::time::Duration) -> Result<Client> {
         let retry = retry::Retry::new(url, patience);
         let channel = retry.run(|| channel(url)).await?;
-        Ok(Client::of(url, retry, channel))
+        let mut c = Client::of(url, retry, channel);
+        let view = c.cluster_map().await?;
+        if view.servers.len() > 1 {
+            c.routes = Some(std::sync::Arc::new(cluster::Routes::new(view)));
+        }
+        Ok(c)
     }
 
     /// A client that connects on its first call (and never fails here but for a bad URL):
@@ -87,9 +101,22 @@ impl Client {
         Ok(Client::of(url, retry::Retry::new(url, std::time::Duration::ZERO), channel))
     }
 
+    /// [`Client::lazy`], riding out outages for up to `patience` (a cluster's peers).
+    pub fn lazy_patient(url: &str, patience: std::time::Duration) -> Result<Client> {
+        let channel = endpoint(url)?.connect_lazy();
+        Ok(Client::of(url, retry::Retry::new(url, patience), channel))
+    }
+
     fn of(url: &str, retry: retry::Retry, channel: Channel) -> Client {
         let raw = raw::RawClient::from_channel(channel);
-        Client { url: url.to_string(), retry, models: raw.models, params: raw.params }
+        Client {
+            url: url.to_string(),
+            retry,
+            models: raw.models,
+            params: raw.params,
+            cluster: raw.cluster,
+            routes: None,
+        }
     }
 
     /// The server's URL, for a second connection of the same caller (a heartbeat thread).

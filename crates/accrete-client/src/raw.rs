@@ -1,5 +1,6 @@
 //! The generated gRPC stubs with accrete's message limits: for tests of the wire contract
 //! itself and for benchmarks that measure the transport. Roles use [`crate::Client`].
+use accrete_proto::v1::cluster_client::ClusterClient;
 use accrete_proto::v1::models_client::ModelsClient;
 use accrete_proto::v1::parameters_client::ParametersClient;
 use tonic::transport::Channel;
@@ -8,6 +9,7 @@ use tonic::transport::Channel;
 pub struct RawClient {
     pub models: ModelsClient<Channel>,
     pub params: ParametersClient<Channel>,
+    pub cluster: ClusterClient<Channel>,
 }
 
 impl RawClient {
@@ -20,7 +22,10 @@ impl RawClient {
             models: ModelsClient::new(channel.clone())
                 .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
-            params: ParametersClient::new(channel)
+            params: ParametersClient::new(channel.clone())
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
+            cluster: ClusterClient::new(channel)
                 .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(crate::MAX_MESSAGE_BYTES),
         }

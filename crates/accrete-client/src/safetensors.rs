@@ -86,7 +86,7 @@ async fn export_once(
     out: &Path,
 ) -> Result<VersionRecord> {
     let req = pb::ExportRequest { model: model.to_string(), version, optimizer_state: with_slots };
-    let mut stream = client.models.export(req).await?.into_inner();
+    let mut stream = client.at_home(model).models.export(req).await?.into_inner();
     let header = match stream.next().await.transpose()?.and_then(|m| m.item) {
         Some(pb::export_message::Item::Header(h)) => h,
         _ => return Err(ClientError::Protocol("export did not start with a header".into())),
@@ -238,6 +238,7 @@ pub async fn import(client: &mut Client, model: &str, path: &Path) -> Result<Ver
 
 async fn import_once(client: &mut Client, model: &str, path: &Path, request_id: &str) -> Result<VersionRecord> {
     let (entries, data_start, _) = read_header(path)?;
+    let mut client = client.at_home(model);
     let info = client.models.get_model_info(pb::ModelRef { name: model.into() }).await?.into_inner();
     for e in &entries {
         let Some(t) = info.tensors.iter().find(|t| t.name == e.tensor) else { continue }; // the server names it

@@ -1,9 +1,56 @@
 //! Static membership (issue 13): the servers of a cluster as `--peers` lists them, which
 //! one this process is, and the map's epoch. Every server is given the same list (its own
 //! address included), so each sorts it the same way and every index means the same
-//! server everywhere; [`crate::partition::servers_of`] indexes into it. Not used by the
-//! servers yet.
+//! server everywhere; [`crate::partition::servers_of`] indexes into it. Also the
+//! messages of a global commit between a model's home and its partitions
+//! ([`HoldReport`], [`CutOrder`]).
 use crate::features::murmur3_32;
+use crate::VersionKind;
+use std::collections::BTreeMap;
+
+/// Per worker id, the (incarnation, seq) of its last batch: what a partition applied, or
+/// the cut a global commit takes.
+pub type Marks = BTreeMap<String, (u64, u64)>;
+
+/// A partition's answer to a hold: what it applied (its pushes now wait).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldReport {
+    pub applied: Marks,
+    /// The partition's newest version number.
+    pub last_version: u64,
+    pub server_instance: u64,
+    /// Applied pushes, all time.
+    pub updates: u64,
+    /// Applied pushes since the partition's last version.
+    pub since_commit: u64,
+}
+
+/// The second phase of a global commit, for one partition: apply exactly up to `cut`,
+/// then write the live state as version `version` and release the hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CutOrder {
+    /// The partition's local model.
+    pub model: String,
+    pub commit: u64,
+    pub version: u64,
+    pub cut: Marks,
+    pub reason: String,
+    pub kind: VersionKind,
+    /// How long to wait for the pushes up to the cut.
+    pub wait_ms: u64,
+}
+
+/// The cut of a global commit: per worker, the furthest any partition got.
+pub fn cut_of<'a>(reports: impl IntoIterator<Item = &'a HoldReport>) -> Marks {
+    let mut cut = Marks::new();
+    for r in reports {
+        for (w, m) in &r.applied {
+            let e = cut.entry(w.clone()).or_insert(*m);
+            *e = (*e).max(*m);
+        }
+    }
+    cut
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMap {

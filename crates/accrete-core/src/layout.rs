@@ -83,6 +83,20 @@ pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
     t
 }
 
+/// The tensors a server keeps for its partition of a model (`spec.partition` of
+/// `spec.partitions`): the rows [`crate::partition::Partitioning`] gives it, renumbered
+/// from 0, and no tensor of which it holds no rows. The whole layout for a model in one
+/// partition.
+pub fn local_layout(spec: &ModelSpec) -> Vec<TensorSpec> {
+    let full = layout(spec);
+    if spec.parts() == 1 {
+        return full;
+    }
+    let plan = crate::partition::Partitioning::plan(&full, spec.parts());
+    let rows = plan.rows_of(spec.partition, &full);
+    full.into_iter().zip(rows).filter(|(_, (_, n))| *n > 0).map(|(t, (_, n))| TensorSpec { rows: n, ..t }).collect()
+}
+
 /// Optimizer state kept per parameter, in storage order.
 pub fn optimizer_slots(kind: OptimizerKind) -> &'static [&'static str] {
     match kind {

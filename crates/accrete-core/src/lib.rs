@@ -6,6 +6,7 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod cut;
 pub mod features;
 pub mod glm;
 pub mod info;
@@ -26,7 +27,7 @@ mod undo;
 pub mod version;
 pub mod view;
 
-pub use info::{ModelInfo, TensorInfo};
+pub use info::{ModelInfo, PartitionInfo, TensorInfo};
 pub use layout::{layout, TensorSpec};
 pub use optim::Optimizer;
 pub use params::{Params, TensorState, CHUNK_FLOATS};

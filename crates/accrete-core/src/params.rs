@@ -3,7 +3,7 @@
 //!
 //! A chunk is [`CHUNK_FLOATS`] consecutive floats of one tensor; its stored form is the
 //! weights of that range followed by each slot's values of the same range, little-endian.
-use crate::layout::{layout, slots, TensorSpec};
+use crate::layout::{local_layout, slots, TensorSpec};
 use crate::optim::{Grad, Keys, LeKeys, Optimizer};
 use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
@@ -83,7 +83,7 @@ impl Params {
     /// Zero weights and slots in the layout of `spec`.
     pub fn zeros(spec: &ModelSpec) -> Self {
         let slot_names = slots(spec);
-        let tensors = layout(spec).into_iter().map(|t| TensorState::new(t, slot_names.len())).collect();
+        let tensors = local_layout(spec).into_iter().map(|t| TensorState::new(t, slot_names.len())).collect();
         Params {
             tensors,
             slot_names,
@@ -103,7 +103,8 @@ impl Params {
         let seed = if spec.init.seed == 0 && needs_random { DEFAULT_SEED } else { spec.init.seed };
         if seed != 0 {
             let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
-            let mut rng = SplitMix64::new(seed);
+            // each partition draws its own numbers (partition 0: the unpartitioned model's)
+            let mut rng = SplitMix64::new(seed ^ (spec.partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             for t in p
                 .tensors
                 .iter_mut()

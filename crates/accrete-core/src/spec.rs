@@ -180,6 +180,14 @@ pub struct ModelSpec {
     pub commit: CommitPolicy,
     pub consistency: ConsistencyMode,
     pub staleness: u32,
+    /// Partitions the model's large tensors are split over (0 and 1: one, the whole
+    /// model on one server); see [`crate::partition`].
+    #[serde(default)]
+    pub partitions: u32,
+    /// Which of them this spec's model holds (a server's local model of one partition;
+    /// 0 for the model as clients see it, and for the home partition).
+    #[serde(default)]
+    pub partition: u32,
 }
 
 /// The largest learning rate, regularisation, epsilon, FTRL beta or initial scale: far
@@ -187,6 +195,9 @@ pub struct ModelSpec {
 /// finite gradient is not infinite by construction. A push whose result would still not
 /// be finite is refused when it is applied.
 pub const MAX_HYPER: f32 = 1e6;
+
+/// The most partitions a model is split into.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 /// The largest hashed table: 2^28 rows.
 pub const MAX_HASH_BITS: u32 = 28;
@@ -225,12 +236,50 @@ impl ModelSpec {
             commit: CommitPolicy::default(),
             consistency: ConsistencyMode::Asp,
             staleness: 0,
+            partitions: 0,
+            partition: 0,
         }
+    }
+
+    /// The number of partitions, at least 1.
+    pub fn parts(&self) -> u32 {
+        self.partitions.max(1)
+    }
+
+    /// The model's name as users give it: the local model of partition i > 0 is called
+    /// `NAME#i` on its server ([`local_name`]).
+    pub fn base_name(&self) -> &str {
+        base_name(&self.name)
+    }
+
+    /// The spec of partition `part` of this (whole) model, as its server keeps it.
+    pub fn partition_spec(&self, part: u32) -> ModelSpec {
+        let mut s = self.clone();
+        s.name = local_name(self.base_name(), part);
+        s.partition = part;
+        s
+    }
+
+    /// The whole model's spec, from any partition's.
+    pub fn whole(&self) -> ModelSpec {
+        let mut s = self.clone();
+        s.name = self.base_name().to_string();
+        s.partition = 0;
+        s
     }
 
     /// Checks every field; the error names the first one that is wrong.
     pub fn validate(&self) -> Result<(), SpecError> {
-        validate_name(&self.name)?;
+        validate_name(self.base_name())?;
+        if self.partitions > MAX_PARTITIONS {
+            let message = format!("must be at most {MAX_PARTITIONS}, got {}", self.partitions);
+            return Err(SpecError::field("partitions", message));
+        }
+        if self.partition >= self.parts() || local_name(self.base_name(), self.partition) != self.name {
+            let message =
+                format!("partition {} of {} does not match the name {:?}", self.partition, self.parts(), self.name);
+            return Err(SpecError::field("partition", message));
+        }
         self.validate_shape()?;
         self.optimizer.validate()?;
         if !(0.0..1.0).contains(&self.ema_decay) {
@@ -330,6 +379,22 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
     }
 }
 
+/// The local model name of partition `part` of model `base`: `base` itself for the home
+/// partition 0, `base#part` for the others (`#` is not allowed in a model's name, so no
+/// user model is ever called that).
+pub fn local_name(base: &str, part: u32) -> String {
+    if part == 0 {
+        base.to_string()
+    } else {
+        format!("{base}#{part}")
+    }
+}
+
+/// The model a local name belongs to (`NAME#i` → `NAME`).
+pub fn base_name(name: &str) -> &str {
+    name.split_once('#').map_or(name, |(b, _)| b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +454,30 @@ mod tests {
         s.hash_bits = 0;
         s.name = "a/b".into();
         assert_eq!(s.validate().unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn a_partition_is_named_after_its_model_and_index() {
+        let mut s = ModelSpec::new("fl", ModelKind::Logistic);
+        s.hash_bits = 12;
+        s.partitions = 3;
+        s.validate().unwrap();
+        let p2 = s.partition_spec(2);
+        assert_eq!((p2.name.as_str(), p2.base_name(), p2.partition), ("fl#2", "fl", 2));
+        p2.validate().unwrap();
+        assert_eq!(p2.whole(), s);
+        assert_eq!(s.partition_spec(0).name, "fl");
+        let mut bad = p2.clone();
+        bad.partition = 1;
+        assert_eq!(bad.validate().unwrap_err().field, "partition");
+        bad.partition = 3;
+        assert_eq!(bad.validate().unwrap_err().field, "partition");
+        bad.name = "f#l".into();
+        bad.partition = 0;
+        assert_eq!(bad.validate().unwrap_err().field, "partition");
+        s.partitions = MAX_PARTITIONS + 1;
+        assert_eq!(s.validate().unwrap_err().field, "partitions");
+        assert!(validate_name("a#1").is_err(), "users cannot name a model like a partition");
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! A model's description as the service reports it (the wire conversions themselves are
 //! in `accrete_proto::convert`).
 use crate::model::ModelHandle;
-use accrete_core::{ModelInfo, TensorInfo};
+use accrete_core::{ModelInfo, PartitionInfo, TensorInfo};
 
 pub fn model_info(h: &ModelHandle, versions: u64) -> ModelInfo {
     let st = h.status();
+    // a partitioned model's home describes the whole model
+    let whole = h.spec().whole();
     ModelInfo {
-        spec: h.spec().clone(),
-        tensors: TensorInfo::of_spec(h.spec()),
-        parameters: h.layout().iter().map(|t| t.len()).sum(),
+        tensors: TensorInfo::of_spec(&whole),
+        parameters: accrete_core::layout(&whole).iter().map(|t| t.len()).sum(),
+        partitions: PartitionInfo::of_model(&whole, &h.servers),
+        spec: whole,
         head_version: st.head,
         lineage_epoch: st.epoch,
         updates: st.updates,

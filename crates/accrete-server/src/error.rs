@@ -37,6 +37,10 @@ pub enum ServiceError {
     SignatureMismatch { model: String, recorded: String, given: String },
     #[error("{0}")]
     Unavailable(String),
+    /// A global commit holds this partition's pushes for a moment: wait and push again
+    /// (the push handlers do; never sent to a client).
+    #[error("model {0:?}: pushes are held by a global commit")]
+    Held(String),
     #[error("watch fell behind by {0} events; watch again with after_version to catch up")]
     WatchLagged(u64),
     #[error("{what} is {bytes} bytes, over the server's message limit of {limit} bytes (--max-message-bytes)")]
@@ -66,7 +70,7 @@ impl ServiceError {
             | ServiceError::SignatureMismatch { .. } => Code::FailedPrecondition,
             ServiceError::TooLarge { .. } | ServiceError::Uncommittable { .. } => Code::ResourceExhausted,
             ServiceError::Store(e) if e.is_disk_full() => Code::ResourceExhausted,
-            ServiceError::Unavailable(_) => Code::Unavailable,
+            ServiceError::Unavailable(_) | ServiceError::Held(_) => Code::Unavailable,
             ServiceError::Store(_) | ServiceError::Internal(_) => Code::Internal,
         }
     }
@@ -87,7 +91,7 @@ impl ServiceError {
             ServiceError::TooLarge { .. } => "too-large",
             ServiceError::Uncommittable { .. } => "commits-failing",
             ServiceError::Store(e) if e.is_disk_full() => "disk-full",
-            ServiceError::Unavailable(_) => "unavailable",
+            ServiceError::Unavailable(_) | ServiceError::Held(_) => "unavailable",
             ServiceError::WatchLagged(_) => "watch-lagged",
             ServiceError::Store(_) | ServiceError::Internal(_) => "internal",
         }

@@ -10,6 +10,7 @@
 //! Versions are written by the runtime (`model::versions`), on blocking threads, and the
 //! commit policy runs in one task per server (`policy`).
 
+pub mod cluster;
 pub mod convert;
 pub mod dashboard;
 pub mod engine;
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod service;
 pub mod sync;
 
+use accrete_proto::v1::cluster_server::ClusterServer;
 use accrete_proto::v1::models_server::ModelsServer;
 use accrete_proto::v1::parameters_server::ParametersServer;
 use accrete_store::Store;
@@ -49,6 +51,12 @@ pub struct ServerConfig {
     /// How long a worker that sends nothing (no heartbeat, pull or push) stays in its
     /// model's SSP/BSP barrier.
     pub lease: std::time::Duration,
+    /// `--peers`: every server of the cluster, this one included (`None`: a server of
+    /// its own).
+    pub peers: Option<String>,
+    /// `--advertise`: this server's address as the peers list names it (default: the
+    /// listen address).
+    pub advertise: Option<String>,
 }
 
 impl ServerConfig {
@@ -58,6 +66,8 @@ impl ServerConfig {
             max_message_bytes: 64 << 20,
             cache_bytes: 16 << 20,
             lease: model::DEFAULT_LEASE,
+            peers: None,
+            advertise: None,
         }
     }
 
@@ -114,9 +124,23 @@ pub async fn serve_then(
     ready: impl FnOnce(),
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let cluster = match &config.peers {
+        Some(peers) => {
+            let me = match &config.advertise {
+                Some(a) => a.clone(),
+                None => {
+                    listener.local_addr().map_err(|e| ServerError::Config(format!("listen address: {e}")))?.to_string()
+                }
+            };
+            let map = accrete_core::cluster::ClusterMap::from_peers(peers, &me).map_err(ServerError::Config)?;
+            tracing::info!(servers = %map.servers.join(","), me = map.me, "cluster");
+            Some(Arc::new(cluster::Cluster::new(map).map_err(ServerError::Config)?))
+        }
+        None => None,
+    };
     let (dir, cache, lease) = (config.data_dir.clone(), config.cache_bytes, config.lease);
     let reg = tokio::task::spawn_blocking(move || -> Result<Registry, ServerError> {
-        Ok(Registry::open(Store::open(&dir, cache)?, lease)?)
+        Ok(Registry::open_in(Store::open(&dir, cache)?, lease, cluster)?)
     })
     .await
     .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
@@ -168,6 +192,11 @@ pub async fn serve_then(
         .add_service(reflection_v1alpha)
         .add_service(
             ModelsServer::new(svc.clone())
+                .max_decoding_message_size(transport_limit)
+                .max_encoding_message_size(transport_limit),
+        )
+        .add_service(
+            ClusterServer::new(svc.clone())
                 .max_decoding_message_size(transport_limit)
                 .max_encoding_message_size(transport_limit),
         )

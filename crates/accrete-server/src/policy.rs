@@ -39,9 +39,21 @@ pub async fn run(reg: Arc<Registry>) {
         for h in reg.list() {
             h.sample_rate(now, unix_ms);
             h.expire_leases(now);
-            if !running.contains(&h.record.id) && h.commit_due(now) {
-                running.insert(h.record.id);
-                spawn_commit(h, done_tx.clone());
+            h.expire_hold(now);
+            if running.contains(&h.record.id) {
+                continue;
+            }
+            match reg.cluster().filter(|c| h.spec().parts() > 1 && c.is_home(h.name())) {
+                Some(c) if c.policy_due(&h, now) => {
+                    running.insert(h.record.id);
+                    spawn_global_commit(reg.clone(), c.clone(), h, done_tx.clone());
+                }
+                Some(_) => {}
+                None if h.commit_due(now) => {
+                    running.insert(h.record.id);
+                    spawn_commit(h, done_tx.clone());
+                }
+                None => {}
             }
         }
     }
@@ -66,6 +78,22 @@ fn spawn_commit(h: Arc<ModelHandle>, tx: mpsc::UnboundedSender<u64>) {
         let _done = done;
         if let Err(e) = h.policy_commit() {
             tracing::error!(model = %h.name(), error = %e, "policy commit failed");
+        }
+    });
+}
+
+/// A partitioned model's policy commit: a global commit coordinated from its home.
+fn spawn_global_commit(
+    reg: Arc<Registry>,
+    c: Arc<crate::cluster::Cluster>,
+    h: Arc<ModelHandle>,
+    tx: mpsc::UnboundedSender<u64>,
+) {
+    let done = Done { model: h.record.id, tx };
+    tokio::spawn(async move {
+        let _done = done;
+        if let Err(e) = c.commit(&reg, &h, accrete_core::VersionKind::Policy, "policy").await {
+            tracing::warn!(model = %h.name(), error = %e, "global policy commit failed");
         }
     });
 }

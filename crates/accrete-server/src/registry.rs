@@ -18,11 +18,22 @@ pub struct Registry {
     /// Set before the stop's last commit: pushes are refused from then on, so every
     /// applied push is in that commit.
     closed: std::sync::atomic::AtomicBool,
+    /// The cluster this server is one of (`None`: started without `--peers`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Registry {
     /// Loads every model's head version. Blocking.
     pub fn open(store: Store, lease: std::time::Duration) -> Result<Registry> {
+        Registry::open_in(store, lease, None)
+    }
+
+    /// [`Registry::open`] for a server of a cluster.
+    pub fn open_in(
+        store: Store,
+        lease: std::time::Duration,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Result<Registry> {
         let (events, _) = broadcast::channel(4096);
         let instance = {
             use std::hash::{BuildHasher, Hasher};
@@ -33,7 +44,8 @@ impl Registry {
             h.write_u32(std::process::id());
             h.finish()
         };
-        let ctx = Context { store, events, policy: Arc::new(Notify::new()), lease, instance };
+        let servers = cluster.as_ref().map(|c| c.map.servers.clone()).unwrap_or_default().into();
+        let ctx = Context { store, events, policy: Arc::new(Notify::new()), lease, instance, servers };
         let mut models = HashMap::new();
         for rec in ctx.store.models()? {
             let name = rec.spec.name.clone();
@@ -42,7 +54,19 @@ impl Registry {
             models.insert(name, Arc::new(handle));
         }
         let (stopping, _) = tokio::sync::watch::channel(false);
-        Ok(Registry { ctx, models: RwLock::new(models), admin: Mutex::new(()), stopping, closed: Default::default() })
+        Ok(Registry {
+            ctx,
+            models: RwLock::new(models),
+            admin: Mutex::new(()),
+            stopping,
+            closed: Default::default(),
+            cluster,
+        })
+    }
+
+    /// The cluster this server is one of, if it was started with `--peers`.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref()
     }
 
     pub fn store(&self) -> &Store {
@@ -59,7 +83,13 @@ impl Registry {
         models.get(name).cloned().ok_or_else(|| ServiceError::ModelNotFound(name.to_string()))
     }
 
-    /// All models, by name.
+    /// The models users see here: those whose home this server is (a partition of a
+    /// split model on another server is not listed), by name.
+    pub fn homes(&self) -> Vec<Arc<ModelHandle>> {
+        self.list().into_iter().filter(|h| h.spec().partition == 0).collect()
+    }
+
+    /// All models, by name (every partition held here).
     pub fn list(&self) -> Vec<Arc<ModelHandle>> {
         let models = self.models.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<_> = models.values().cloned().collect();

@@ -537,6 +537,20 @@ impl Store {
         })
     }
 
+    /// Records incarnation `n` of a worker given by its model's home (a partition of a
+    /// split model): the stored one becomes at least `n`. Returns the stored one, which
+    /// is above `n` when a newer incarnation joined already.
+    pub fn raise_incarnation(&self, id: u64, worker: &str, n: u64) -> Result<u64> {
+        self.writing(|| {
+            let g = self.inner()?;
+            let tree = g.tree(id, 'i')?;
+            let next =
+                tree.update_and_fetch(worker.as_bytes(), |old| Some(be(old.map_or(0, u64_key).max(n)).to_vec()))?;
+            self.sync()?;
+            Ok(next.map_or(n, |v| u64_key(&v)))
+        })
+    }
+
     /// Every worker's latest incarnation.
     pub fn incarnations(&self, id: u64) -> Result<Vec<(String, u64)>> {
         let g = self.inner()?;

@@ -214,7 +214,7 @@ pub async fn run(
     let signature = Some(&columns.signature);
     let started = Instant::now();
     let mut report = Report::default();
-    let mut pusher = Pusher::open(&mut client).await?;
+    let mut pusher = Pusher::open(&mut client, &info.spec).await?;
     let shard_name = config.shard.to_string_lossy().to_string();
     let joined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
     let mut me = Identity { worker_id: config.worker_id.clone(), shard: shard_name.clone(), incarnation: 0, seq: 0 };

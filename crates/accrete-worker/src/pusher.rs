@@ -8,6 +8,7 @@
 use crate::WorkerError;
 use accrete_client::{Client, ClientError, PushStream};
 use accrete_core::push::Push;
+use accrete_core::ModelSpec;
 
 /// What became of the pushes handed to the stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,11 +26,13 @@ pub(crate) enum Sent {
 
 pub(crate) struct Pusher {
     stream: PushStream,
+    /// The model's spec: a partitioned model's pushes are split over its partitions.
+    spec: ModelSpec,
 }
 
 impl Pusher {
-    pub(crate) async fn open(client: &mut Client) -> Result<Pusher, WorkerError> {
-        Ok(Pusher { stream: client.push_stream().await? })
+    pub(crate) async fn open(client: &mut Client, spec: &ModelSpec) -> Result<Pusher, WorkerError> {
+        Ok(Pusher { stream: client.push_stream_for(spec).await?, spec: spec.clone() })
     }
 
     pub(crate) async fn send(&mut self, client: &mut Client, push: &Push<'_>) -> Result<Sent, WorkerError> {
@@ -42,7 +45,7 @@ impl Pusher {
     /// Ends the stream (a fresh one takes its place) and says whether every push on it
     /// was applied.
     pub(crate) async fn drain(&mut self, client: &mut Client) -> Result<Sent, WorkerError> {
-        let fresh = Pusher::open(client).await?;
+        let fresh = Pusher::open(client, &self.spec).await?;
         let old = std::mem::replace(self, fresh);
         match old.stream.finish().await {
             Ok(ack) => Ok(Sent::Accepted(Some(ack.updates))),

@@ -61,6 +61,14 @@ struct ServerArgs {
     /// pushes) stays in its model's SSP/BSP barrier before the others go on without it.
     #[arg(long, env = "ACCRETE_LEASE_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..))]
     lease_ms: u64,
+    /// Every server of the cluster as host:port, comma-separated, this one included (the
+    /// same list on every server); without it the server is a cluster of its own.
+    #[arg(long, env = "ACCRETE_PEERS")]
+    peers: Option<String>,
+    /// This server's host:port as --peers names it, when that is not the listen address
+    /// (listening on 0.0.0.0, behind a DNS name).
+    #[arg(long, env = "ACCRETE_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -162,6 +170,8 @@ async fn serve(a: ServerArgs) -> anyhow::Result<()> {
         max_message_bytes: a.max_message_bytes,
         cache_bytes: a.cache_bytes,
         lease: std::time::Duration::from_millis(a.lease_ms),
+        peers: a.peers,
+        advertise: a.advertise,
     };
     let http = match a.http {
         Some(addr) => Some(

@@ -211,6 +211,10 @@ struct CreateArgs {
     /// asp, bsp, or ssp:S (bounded staleness S).
     #[arg(long, default_value = "asp")]
     consistency: String,
+    /// Split the large tensors (the hashed table) into this many row ranges over the
+    /// cluster's servers (default: one per server; 1 on a server started without --peers).
+    #[arg(long)]
+    partitions: Option<u32>,
 }
 
 impl From<Kind> for ModelKind {
@@ -279,6 +283,8 @@ fn spec(a: &CreateArgs) -> Result<ModelSpec> {
         },
         consistency,
         staleness,
+        partitions: a.partitions.unwrap_or(0),
+        partition: 0,
     })
 }
 

@@ -37,6 +37,7 @@ pub fn model_json(m: &ModelInfo) -> Value {
         "ema_decay": s.ema_decay,
         "commit": {"every_updates": c.every_updates, "every_secs": c.every_secs, "keep_last": c.keep_last},
         "consistency": consistency_name(s),
+        "partitions": m.partitions.iter().map(|p| json!({"index": p.index, "primary": p.primary, "rows": p.rows, "bytes": p.bytes})).collect::<Vec<_>>(),
         "tensors": m.tensors.iter().map(|t| json!({"name": t.name, "rows": t.rows, "cols": t.cols, "sparse": t.sparse, "slots": t.slots})).collect::<Vec<_>>(),
         "parameters": m.parameters,
         "head_version": m.head_version,

@@ -6,7 +6,9 @@
 //!   event kinds);
 //! - `model.rs`: model specs and model info;
 //! - `version.rs`: versions, worker progress and version events;
-//! - `data.rs`: pushes, pulls, joins, predictions and feature rows.
+//! - `data.rs`: pushes, pulls, joins, predictions and feature rows;
+//! - `cluster.rs`: the messages of a global commit.
+mod cluster;
 mod data;
 pub use data::batch_pull;
 mod model;

@@ -1,7 +1,9 @@
 //! Model specs and model info, both ways.
 use super::{bad, consistency_mode, model_kind, optimizer_kind, ConvertError};
 use crate::v1 as pb;
-use accrete_core::{CommitPolicy, InitSpec, InputSignature, ModelInfo, ModelSpec, OptimizerSpec, TensorInfo};
+use accrete_core::{
+    CommitPolicy, InitSpec, InputSignature, ModelInfo, ModelSpec, OptimizerSpec, PartitionInfo, TensorInfo,
+};
 
 impl From<&ModelSpec> for pb::ModelSpec {
     fn from(s: &ModelSpec) -> Self {
@@ -35,6 +37,8 @@ impl From<&ModelSpec> for pb::ModelSpec {
                 mode: pb::ConsistencyMode::from(s.consistency) as i32,
                 staleness: s.staleness,
             }),
+            partitions: s.partitions,
+            partition: s.partition,
         }
     }
 }
@@ -80,6 +84,8 @@ impl TryFrom<pb::ModelSpec> for ModelSpec {
             commit,
             consistency,
             staleness: cons.staleness,
+            partitions: s.partitions,
+            partition: s.partition,
         })
     }
 }
@@ -128,7 +134,20 @@ impl From<&ModelInfo> for pb::ModelInfo {
             created_unix_ms: m.created_unix_ms,
             signature: m.signature.as_ref().map(Into::into),
             server_instance: m.server_instance,
+            partitions: m.partitions.iter().map(Into::into).collect(),
         }
+    }
+}
+
+impl From<&PartitionInfo> for pb::PartitionInfo {
+    fn from(p: &PartitionInfo) -> Self {
+        pb::PartitionInfo { index: p.index, primary: p.primary.clone(), rows: p.rows, bytes: p.bytes }
+    }
+}
+
+impl From<pb::PartitionInfo> for PartitionInfo {
+    fn from(p: pb::PartitionInfo) -> Self {
+        PartitionInfo { index: p.index, primary: p.primary, rows: p.rows, bytes: p.bytes }
     }
 }
 
@@ -148,6 +167,7 @@ impl TryFrom<pb::ModelInfo> for ModelInfo {
             created_unix_ms: m.created_unix_ms,
             signature: m.signature.map(Into::into).filter(|s: &InputSignature| !s.is_empty()),
             server_instance: m.server_instance,
+            partitions: m.partitions.into_iter().map(Into::into).collect(),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! and the validation of a push against it, done before any lock: a [`Checked`] push is
 //! the only kind the engine applies.
 use crate::error::{Result, ServiceError};
-use accrete_core::layout::{layout, TensorSpec};
+use accrete_core::layout::{local_layout, TensorSpec};
 use accrete_core::optim::{Keys, LeBytes, LeKeys};
 use accrete_core::params::{check_dense, check_rows};
 use accrete_core::push::PushMeta;
@@ -69,10 +69,12 @@ impl Shape {
     pub fn of(spec: &ModelSpec) -> Shape {
         Shape {
             name: spec.name.clone(),
-            layout: layout(spec),
+            layout: local_layout(spec),
             consistency: spec.consistency,
             staleness: spec.staleness,
-            commit: spec.commit,
+            // A partitioned model's commits are global: its home's coordinator runs the
+            // policy (`cluster.rs`), never a partition's engine.
+            commit: if spec.parts() > 1 { accrete_core::CommitPolicy::default() } else { spec.commit },
             first_epoch: 1,
         }
     }

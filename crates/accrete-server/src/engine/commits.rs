@@ -103,6 +103,11 @@ impl Engine {
         (self.since_commit > 0).then(|| self.take_snapshot(kind, reason, now))
     }
 
+    /// A snapshot even when nothing changed (a global version every partition must have).
+    pub fn forced_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
+        self.take_snapshot(kind, reason, now)
+    }
+
     /// Copies the changed chunks (one buffer) and the counters, and clears the marks.
     fn take_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
         let p = &self.params;

@@ -8,8 +8,11 @@
 //! `engine`. Pushes, pulls and the barrier take only `engine`.
 //! The time is read here (`Instant::now()`) and passed to the engine.
 
+mod cut;
 mod requests;
 mod versions;
+
+pub use cut::HoldMeters;
 
 use crate::engine::{Content, Engine, Grad, Membership, Shape, Status};
 use crate::error::{Result, ServiceError};
@@ -42,6 +45,8 @@ pub struct Context {
     pub lease: Duration,
     /// This server process, told apart from the one before a restart (random at start).
     pub instance: u64,
+    /// The cluster's servers, sorted (empty: a server of its own).
+    pub servers: Arc<[String]>,
 }
 
 /// The head version: the newest record and its manifest, and the request ids acted on.
@@ -76,6 +81,13 @@ pub struct ModelHandle {
     rate: Mutex<crate::rate::RateMeter>,
     /// The server process's instance (see [`Context::instance`]).
     pub instance: u64,
+    /// The cluster's servers (see [`Context::servers`]).
+    pub servers: Arc<[String]>,
+    /// A global commit's hold on this partition (`cut.rs`); taken inside `engine`.
+    gate: Mutex<Option<cut::Hold>>,
+    gate_gen: AtomicU64,
+    gate_changed: Notify,
+    pub hold_meters: HoldMeters,
 }
 
 #[derive(Default)]
@@ -186,8 +198,13 @@ impl ModelHandle {
             barrier: Notify::new(),
             policy: ctx.policy.clone(),
             instance: ctx.instance,
+            servers: ctx.servers.clone(),
             meters: Meters::default(),
             rate: Mutex::new(Default::default()),
+            gate: Mutex::new(None),
+            gate_gen: AtomicU64::new(0),
+            gate_changed: Notify::new(),
+            hold_meters: HoldMeters::default(),
         }
     }
 
@@ -248,12 +265,24 @@ impl ModelHandle {
 
     /// Validates a push against the layout (before any lock), applies it through the
     /// engine, and wakes the commit-policy task when it reached the update-count policy.
-    /// A refused push changes nothing.
+    /// A refused push changes nothing. While a global commit holds this partition, a
+    /// push beyond its cut is refused with [`ServiceError::Held`], and the caller waits
+    /// ([`ModelHandle::gate_wait`]) and pushes again.
     pub fn push(&self, epoch: u64, grads: &[Grad<'_>], meta: &PushMeta) -> Result<PushAck> {
         let push = self.shape.check(grads, meta)?;
+        let (pushed, gated) = {
+            let mut engine = lock(&self.engine);
+            if self.must_wait(meta) {
+                return Err(ServiceError::Held(self.name().to_string()));
+            }
+            (engine.push(&push, epoch, Instant::now()), lock(&self.gate).is_some())
+        };
+        if gated {
+            // a cut may be waiting for this one
+            self.gate_moved();
+        }
         self.meters.pushes.fetch_add(1, Ordering::Relaxed);
         self.meters.values.fetch_add(push.values(), Ordering::Relaxed);
-        let pushed = lock(&self.engine).push(&push, epoch, Instant::now());
         if push.from_worker() && self.shape.consistency != ConsistencyMode::Asp {
             // A clock moved (even a refused BSP push counts in its round).
             self.barrier.notify_waiters();
@@ -267,9 +296,23 @@ impl ModelHandle {
 
     /// Joins a worker to the barrier with a new incarnation (durable before this returns;
     /// pushes of older ones are refused from now on). Blocking (a store write).
-    pub fn join(&self, worker: &str) -> Result<Joined> {
+    /// `given` > 0: the incarnation the model's home gave (this is one of its partitions).
+    pub fn join(&self, worker: &str, given: u64) -> Result<Joined> {
         lock(&self.engine).check_join(worker)?;
-        let incarnation = self.store.bump_incarnation(self.record.id, worker)?;
+        let incarnation = if given == 0 {
+            self.store.bump_incarnation(self.record.id, worker)?
+        } else {
+            let stored = self.store.raise_incarnation(self.record.id, worker, given)?;
+            if stored > given {
+                return Err(ServiceError::StaleIncarnation {
+                    model: self.name().to_string(),
+                    worker: worker.to_string(),
+                    pushed: given,
+                    current: stored,
+                });
+            }
+            given
+        };
         let mut joined = lock(&self.engine).join(worker, incarnation, Instant::now());
         joined.server_instance = self.instance;
         self.barrier.notify_waiters();

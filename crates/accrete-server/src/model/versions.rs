@@ -86,14 +86,34 @@ impl ModelHandle {
         for _ in 0..waiting {
             let mut head = self.head.lock();
             let Some(snap) = lock(&self.engine).next_pending() else { break };
-            self.write_snapshot(&mut head, snap)?;
+            self.write_snapshot(&mut head, snap, None)?;
         }
         let mut head = self.head.lock();
         let snap = lock(&self.engine).policy_snapshot(Instant::now());
         if let Some(snap) = snap {
-            self.write_snapshot(&mut head, snap)?;
+            self.write_snapshot(&mut head, snap, None)?;
         }
         Ok(())
+    }
+
+    /// A global commit's version on this partition: the live state, changed or not (every
+    /// partition has every global version), as version number `version`.
+    pub fn commit_at(&self, version: u64, kind: VersionKind, reason: &str) -> Result<VersionRecord> {
+        let mut head = self.head.lock();
+        if version <= head.record.version {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: global version {version} is not after this partition's version {}",
+                self.name(),
+                head.record.version
+            )));
+        }
+        let snap = {
+            let mut engine = lock(&self.engine);
+            engine.fold_pending();
+            engine.forced_snapshot(kind, reason, Instant::now())
+        };
+        self.write_snapshot(&mut head, snap, Some(version))?;
+        Ok(head.record.clone())
     }
 
     /// Writes the update-count snapshots waiting now (not those taken while it writes),
@@ -108,7 +128,7 @@ impl ModelHandle {
     /// the one before, so none may be written without the ones before it).
     fn write_in_order(&self, head: &mut Head, mut snaps: impl Iterator<Item = Snapshot>) -> Result<()> {
         while let Some(snap) = snaps.next() {
-            if let Err(e) = self.write_snapshot(head, snap) {
+            if let Err(e) = self.write_snapshot(head, snap, None) {
                 let mut engine = lock(&self.engine);
                 snaps.for_each(|rest| engine.unwritten(&rest.chunks, rest.since_parent));
                 return Err(e);
@@ -119,9 +139,9 @@ impl ModelHandle {
 
     /// Makes a snapshot the next version: its chunks point at the new version in a copy of
     /// the head's manifest; written and flushed before it is announced.
-    fn write_snapshot(&self, head: &mut Head, snap: Snapshot) -> Result<()> {
+    fn write_snapshot(&self, head: &mut Head, snap: Snapshot, at: Option<u64>) -> Result<()> {
         let started = Instant::now();
-        let version = head.record.version + 1;
+        let version = at.unwrap_or(head.record.version + 1);
         let mut manifest = head.manifest.clone();
         for (t, c, _) in &snap.chunks.chunks {
             manifest.tensors[*t as usize][*c as usize] = version;

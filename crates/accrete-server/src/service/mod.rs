@@ -4,6 +4,7 @@
 //! (the runtime in `model`), and encodes the answer; blocking store work runs on blocking
 //! threads ([`blocking`]). Every refusal is a [`ServiceError`], turned into a status by the
 //! one mapping in `error.rs`. Each call runs in a span `rpc` with its method and model.
+mod cluster;
 mod export;
 mod import;
 mod models;

@@ -18,15 +18,35 @@ impl Models for Service {
         let span = rpc_span("create_model", spec.as_ref().map_or("", |s| &s.name));
         async move {
             let spec = spec.ok_or_else(|| ServiceError::Invalid("spec is required".into()))?;
-            let spec = ModelSpec::try_from(spec).map_err(ServiceError::from)?;
-            let reg = self.reg.clone();
-            let (h, info) = blocking(move || {
-                let signature = signature.map(InputSignature::from).filter(|s| !s.is_empty());
-                let h = reg.create(spec, &request_id, signature)?;
-                let info = info_of(&h)?;
-                Ok((h, info))
-            })
-            .await?;
+            let mut spec = ModelSpec::try_from(spec).map_err(ServiceError::from)?;
+            accrete_core::spec::validate_name(&spec.name).map_err(ServiceError::from)?;
+            if spec.partition != 0 {
+                return Err(ServiceError::Invalid(format!("model {:?}: spec.partition is set by servers, not at create", spec.name)).into());
+            }
+            let signature = signature.map(InputSignature::from).filter(|s| !s.is_empty());
+            let h = match self.reg.cluster() {
+                Some(c) => {
+                    if spec.partitions == 0 {
+                        // default: one partition per server
+                        spec.partitions = c.map.servers.len() as u32;
+                    }
+                    if !c.is_home(&spec.name) {
+                        let home = c.home_of(&spec.name);
+                        return Err(ServiceError::Unavailable(format!(
+                            "model {:?} lives on server {} (its home): create it there, or through a client that routes (accrete's CLI does)",
+                            spec.name,
+                            c.server(home)
+                        ))
+                        .into());
+                    }
+                    c.create(&self.reg, spec, &request_id, signature).await?
+                }
+                None => {
+                    let reg = self.reg.clone();
+                    blocking(move || reg.create(spec, &request_id, signature)).await?
+                }
+            };
+            let info = on_model(&h, info_of).await?;
             tracing::info!(model = %h.name(), kind = h.spec().kind.as_str(), "created");
             Ok(Response::new(info))
         }
@@ -37,7 +57,7 @@ impl Models for Service {
     async fn list_models(&self, _: Request<pb::ListModelsRequest>) -> Reply<pb::ListModelsResponse> {
         let reg = self.reg.clone();
         async move {
-            let models = blocking(move || reg.list().iter().map(|h| info_of(h)).collect()).await?;
+            let models = blocking(move || reg.homes().iter().map(|h| info_of(h)).collect()).await?;
             Ok(Response::new(pb::ListModelsResponse { models }))
         }
         .instrument(rpc_span("list_models", ""))
@@ -74,7 +94,10 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let reason = if req.reason.is_empty() { "commit".to_string() } else { format!("commit: {}", req.reason) };
-            let (rec, created) = on_model(&h, move |h| h.commit(VersionKind::Manual, &reason, &req.request_id)).await?;
+            let (rec, created) = match self.reg.cluster().filter(|_| h.spec().parts() > 1) {
+                Some(c) => c.commit(&self.reg, &h, VersionKind::Manual, &reason).await?,
+                None => on_model(&h, move |h| h.commit(VersionKind::Manual, &reason, &req.request_id)).await?,
+            };
             Ok(Response::new(pb::CommitResponse { version: Some(version_info(&h, &rec)), created }))
         }
         .instrument(span)
@@ -111,7 +134,10 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let (to, reason, request) = (req.to_version, req.reason, req.request_id);
-            let rec = on_model(&h, move |h| h.rollback(to, &reason, &request)).await?;
+            let rec = match self.reg.cluster().filter(|_| h.spec().parts() > 1) {
+                Some(c) => c.rollback(&self.reg, &h, to, &reason, &request).await?,
+                None => on_model(&h, move |h| h.rollback(to, &reason, &request)).await?,
+            };
             tracing::info!(model = %h.name(), version = rec.version, to, epoch = rec.lineage_epoch, "rolled back");
             Ok(Response::new(version_info(&h, &rec)))
         }

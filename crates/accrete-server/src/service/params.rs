@@ -20,18 +20,32 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 impl Service {
-    /// Decodes a push, applies it, encodes the ack.
-    fn push_one(&self, mut req: pb::PushRequest) -> Result<pb::PushAck> {
+    /// Decodes a push, applies it, encodes the ack. A push held by a global commit
+    /// ([`ServiceError::Held`]) is left as it came, to be pushed again.
+    fn push_one(&self, req: &mut pb::PushRequest) -> Result<pb::PushAck> {
         if self.reg.is_closed() {
             return Err(ServiceError::Unavailable("the server is stopping: push again once it is back".into()));
         }
         self.check_size(|| format!("push to model {:?}", req.model), req.encoded_len())?;
         let h = self.reg.get(&req.model)?;
         let meta = PushMeta::from(req.meta.take().unwrap_or_default());
-        let grads = decode_grads(&req)?;
-        Ok(h.push(req.lineage_epoch, &grads, &meta)?.into())
+        let pushed = decode_grads(req).and_then(|grads| h.push(req.lineage_epoch, &grads, &meta));
+        if matches!(pushed, Err(ServiceError::Held(_))) {
+            req.meta = Some((&meta).into());
+        }
+        Ok(pushed?.into())
+    }
+
+    /// A wait for the hold on `model` to move (a held push then goes again).
+    fn hold_wait(&self, model: &str) -> Result<HoldWait> {
+        let h = self.reg.get(model)?;
+        let seen = h.gate_generation();
+        Ok(Box::pin(async move { h.gate_wait(seen).await }))
     }
 }
+
+/// A held push's wait for its partition's hold to move.
+type HoldWait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The gradients of a push, borrowing its bytes (no copy of the values).
 fn decode_grads(req: &pb::PushRequest) -> Result<Vec<Grad<'_>>> {
@@ -89,12 +103,13 @@ impl Parameters for Service {
                 return Err(ServiceError::Invalid("join needs a worker_id".into()).into());
             }
             let h = self.reg.get(&req.model)?;
-            let (worker, signature) = (req.worker_id.clone(), req.signature.map(InputSignature::from));
+            let (worker, signature, given) =
+                (req.worker_id.clone(), req.signature.map(InputSignature::from), req.incarnation);
             let joined = on_model(&h, move |h| {
                 if let Some(s) = signature.filter(|s| !s.is_empty()) {
                     h.sign(&s)?;
                 }
-                h.join(&worker)
+                h.join(&worker, given)
             })
             .await?;
             tracing::info!(
@@ -169,7 +184,13 @@ impl Parameters for Service {
     async fn push(&self, req: Request<pb::PushRequest>) -> Reply<pb::PushAck> {
         let req = req.into_inner();
         let span = data_span("push", &req.model);
-        span.in_scope(|| Ok(Response::new(self.push_one(req)?)))
+        let mut req = req;
+        loop {
+            match span.in_scope(|| self.push_one(&mut req)) {
+                Err(ServiceError::Held(_)) => self.hold_wait(&req.model)?.await,
+                r => return Ok(Response::new(r?)),
+            }
+        }
     }
 
     type PushStreamStream = BoxStream<pb::PushAck>;
@@ -183,6 +204,7 @@ impl Parameters for Service {
             span,
             named: false,
             done: false,
+            held: None,
         })))
     }
 }
@@ -201,6 +223,8 @@ struct PushAcks {
     /// The span carries the model of the first push.
     named: bool,
     done: bool,
+    /// A push held by a global commit, and the wait for the hold to move.
+    held: Option<(pb::PushRequest, HoldWait)>,
 }
 
 impl Stream for PushAcks {
@@ -216,16 +240,37 @@ impl Stream for PushAcks {
             let stop = ServiceError::Unavailable("the server is stopping: push again once it is back".into());
             return Poll::Ready(Some(Err(stop.into())));
         }
-        let ack = match std::task::ready!(Pin::new(&mut this.input).poll_next(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(transport)) => Err(from_transport(transport, this.svc.limit)),
-            Some(Ok(m)) => {
-                if !this.named {
-                    this.span.record("model", m.model.as_str());
-                    this.named = true;
+        let mut m = match this.held.take() {
+            Some((m, mut wait)) => {
+                if wait.as_mut().poll(cx).is_pending() {
+                    this.held = Some((m, wait));
+                    return Poll::Pending;
                 }
-                this.span.in_scope(|| this.svc.push_one(m).map_err(Status::from))
+                m
             }
+            None => match std::task::ready!(Pin::new(&mut this.input).poll_next(cx)) {
+                None => return Poll::Ready(None),
+                Some(Err(transport)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(from_transport(transport, this.svc.limit))));
+                }
+                Some(Ok(m)) => m,
+            },
+        };
+        if !this.named {
+            this.span.record("model", m.model.as_str());
+            this.named = true;
+        }
+        let ack = match this.span.in_scope(|| this.svc.push_one(&mut m)) {
+            Err(ServiceError::Held(_)) => match this.svc.hold_wait(&m.model) {
+                Ok(wait) => {
+                    this.held = Some((m, wait));
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Err(e) => Err(Status::from(e)),
+            },
+            r => r.map_err(Status::from),
         };
         this.done = ack.is_err();
         Poll::Ready(Some(ack))

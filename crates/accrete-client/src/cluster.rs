@@ -1,0 +1,162 @@
+//! The cluster as a client sees it: the map of its servers, fetched once from the server
+//! the client connects to (as Kafka and Redis Cluster clients do), the client of each
+//! server, and the calls between servers of a global commit. Model calls go to the
+//! model's home (partition 0's server, [`accrete_core::partition::servers_of`]); pulls
+//! and pushes go to each partition's server (`split.rs`).
+use crate::retry::retried;
+use crate::split::Plan;
+use crate::{Client, ClientError, Result};
+use accrete_core::cluster::{CutOrder, HoldReport};
+use accrete_core::partition::servers_of;
+use accrete_core::spec::base_name;
+use accrete_core::{InputSignature, ModelInfo, ModelSpec, VersionRecord};
+use accrete_proto::v1 as pb;
+use std::sync::Mutex;
+
+/// The servers of a cluster, as one of them answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// `host:port`, sorted: every server and client index it the same way.
+    pub servers: Vec<String>,
+    /// The index of the server that answered.
+    pub me: usize,
+    pub epoch: u64,
+}
+
+/// The map and a client per server, connected on first use.
+#[derive(Debug)]
+pub(crate) struct Routes {
+    pub view: ClusterView,
+    peers: Mutex<Vec<Option<Client>>>,
+    /// Each model's partition plan, once looked up (`None`: one partition).
+    plans: Mutex<std::collections::HashMap<String, Option<Plan>>>,
+}
+
+impl Routes {
+    pub fn new(view: ClusterView) -> Routes {
+        let n = view.servers.len();
+        Routes { view, peers: Mutex::new(vec![None; n]), plans: Mutex::default() }
+    }
+}
+
+impl Client {
+    /// Asks the server for the cluster's map (a server that predates clusters, or one
+    /// started without `--peers`, is a cluster of itself).
+    pub async fn cluster_map(&mut self) -> Result<ClusterView> {
+        match retried!(self, cluster, get_cluster_map, pb::ClusterMapRequest {}) {
+            Ok(m) => Ok(ClusterView {
+                me: (m.me as usize).min(m.servers.len().saturating_sub(1)),
+                servers: m.servers,
+                epoch: m.epoch,
+            }),
+            Err(ClientError::Server { code: "UNIMPLEMENTED", .. }) => {
+                let me = self.url.trim_start_matches("http://").trim_start_matches("https://").to_string();
+                Ok(ClusterView { servers: vec![me], me: 0, epoch: 0 })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The cluster this client routes over (`None`: one server).
+    pub fn cluster(&self) -> Option<&ClusterView> {
+        self.routes.as_ref().map(|r| &r.view)
+    }
+
+    /// A client for the cluster `view` from one of its servers (a server reaching its
+    /// peers): it connects to each on first use and rides out outages for `patience`.
+    pub fn of_cluster(view: ClusterView, patience: std::time::Duration) -> Result<Client> {
+        let mut c = Client::lazy_patient(&format!("http://{}", view.servers[view.me]), patience)?;
+        c.routes = Some(std::sync::Arc::new(Routes::new(view)));
+        Ok(c)
+    }
+
+    /// The client of server `i` of the cluster (this client for its own server). Its calls
+    /// are not routed further.
+    pub fn peer(&self, i: usize) -> Client {
+        let Some(routes) = &self.routes else { return self.unrouted() };
+        if i == routes.view.me {
+            return self.unrouted();
+        }
+        let mut peers = routes.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = &peers[i] {
+            return c.clone();
+        }
+        let url = format!("http://{}", routes.view.servers[i]);
+        let c = Client::lazy_patient(&url, self.patience()).unwrap_or_else(|_| self.unrouted());
+        peers[i] = Some(c.clone());
+        c
+    }
+
+    /// This client without its routes: calls go to its own server.
+    pub(crate) fn unrouted(&self) -> Client {
+        Client { routes: None, ..self.clone() }
+    }
+
+    /// The client of the server that holds partition `part` of a model of `parts`.
+    pub fn partition_server(&self, model: &str, part: u32, parts: u32) -> (usize, Client) {
+        let n = self.cluster().map_or(1, |v| v.servers.len());
+        let i = servers_of(base_name(model), parts, n)[part as usize];
+        (i, self.peer(i))
+    }
+
+    /// The client of `model`'s home when that is another server than this client's.
+    pub(crate) fn home(&self, model: &str) -> Option<Client> {
+        let routes = self.routes.as_ref()?;
+        let i = servers_of(base_name(model), 1, routes.view.servers.len())[0];
+        (i != routes.view.me).then(|| self.peer(i))
+    }
+
+    /// How `model` is split (`None`: one partition), asked of its home once.
+    pub(crate) async fn plan_of(&mut self, model: &str) -> Result<Option<Plan>> {
+        let Some(routes) = self.routes.clone() else { return Ok(None) };
+        if let Some(p) = routes.plans.lock().unwrap_or_else(|e| e.into_inner()).get(model) {
+            return Ok(p.clone());
+        }
+        let plan = Plan::of(&self.model_info(model).await?.spec);
+        routes.plans.lock().unwrap_or_else(|e| e.into_inner()).insert(model.to_string(), plan.clone());
+        Ok(plan)
+    }
+
+    /// `host:port` of server `i` (for errors that name it).
+    pub fn server_name(&self, i: usize) -> String {
+        match &self.routes {
+            Some(r) => r.view.servers.get(i).cloned().unwrap_or_default(),
+            None => self.url.trim_start_matches("http://").to_string(),
+        }
+    }
+
+    // ------------------------------------------------------------ between servers
+
+    /// Creates one partition's local model (a call between servers).
+    pub async fn create_partition(
+        &mut self,
+        spec: &ModelSpec,
+        request: &str,
+        signature: Option<&InputSignature>,
+    ) -> Result<ModelInfo> {
+        let req = || pb::CreateModelRequest {
+            spec: Some(spec.into()),
+            request_id: request.to_string(),
+            signature: signature.map(Into::into),
+        };
+        Ok(retried!(self, cluster, create_partition, req())?.try_into()?)
+    }
+
+    /// The first phase of a global commit on one partition: hold pushes, report.
+    pub async fn hold(&mut self, model: &str, commit: u64) -> Result<HoldReport> {
+        let req = pb::HoldRequest { model: model.to_string(), commit };
+        Ok(self.cluster.hold(req).await?.into_inner().into())
+    }
+
+    /// The second phase: apply up to the cut, write the version, release.
+    pub async fn commit_cut(&mut self, order: &CutOrder) -> Result<VersionRecord> {
+        Ok(self.cluster.commit_cut(pb::CutRequest::from(order)).await?.into_inner().into())
+    }
+
+    /// Ends a hold without a version.
+    pub async fn release(&mut self, model: &str, commit: u64) -> Result<()> {
+        let req = pb::ReleaseRequest { model: model.to_string(), commit };
+        self.cluster.release(req).await?;
+        Ok(())
+    }
+}

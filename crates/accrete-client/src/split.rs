@@ -1,0 +1,263 @@
+//! A partitioned model's data plane: a batch's pull and push split per partition and sent
+//! straight to each partition's server, and the answers put back in the batch's order.
+//!
+//! The rule is [`accrete_core::partition::Partitioning`]'s: a split tensor's rows
+//! `starts[p]..starts[p + 1]` live on partition p (renumbered from 0 there), every other
+//! tensor whole on partition 0. Every push reaches every partition, with the gradient
+//! rows that partition holds, or none: a progress mark, so each partition sees every
+//! batch's (worker, incarnation, seq) (the cut of a global commit, the SSP clocks).
+use crate::{Client, ClientError, Result};
+use accrete_core::layout::layout;
+use accrete_core::partition::{Partitioning, Placement};
+use accrete_core::pull::{PullRequest, Pulled, Slice};
+use accrete_core::push::{Gradient, Push};
+use accrete_core::spec::local_name;
+use accrete_core::view::{BatchParams, ModelView};
+use accrete_core::ModelSpec;
+use accrete_proto::v1 as pb;
+
+/// Where each tensor of a model lives: the row starts of the split ones.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Plan {
+    pub base: String,
+    pub parts: u32,
+    /// (tensor, row starts (P + 1), cols) of every split tensor.
+    split: Vec<(String, Vec<u64>, u64)>,
+}
+
+impl Plan {
+    /// The plan of a model of more than one partition.
+    pub fn of(spec: &ModelSpec) -> Option<Plan> {
+        if spec.parts() <= 1 {
+            return None;
+        }
+        let whole = spec.whole();
+        let l = layout(&whole);
+        let plan = Partitioning::plan(&l, whole.parts());
+        let split = l
+            .iter()
+            .zip(plan.tensors)
+            .filter_map(|(t, p)| match p {
+                Placement::Rows { starts } => Some((t.name.to_string(), starts, t.cols as u64)),
+                Placement::Whole { .. } => None,
+            })
+            .collect();
+        Some(Plan { parts: whole.parts(), base: whole.name, split })
+    }
+
+    fn split_of(&self, tensor: &str) -> Option<(&[u64], u64)> {
+        self.split.iter().find(|(n, _, _)| n == tensor).map(|(_, s, c)| (&s[..], *c))
+    }
+
+    pub fn local(&self, part: u32) -> String {
+        local_name(&self.base, part)
+    }
+}
+
+/// The partition of row `row` of a tensor split at `starts`.
+fn part_of(starts: &[u64], row: u64) -> usize {
+    starts.partition_point(|s| *s <= row).saturating_sub(1).min(starts.len().saturating_sub(2))
+}
+
+impl Client {
+    /// [`Client::pull_batch`] of a partitioned model: one pull per partition, at once.
+    pub(crate) async fn pull_split(
+        &self,
+        plan: &Plan,
+        view: &ModelView,
+        keys: &[u32],
+        version: Option<u64>,
+        worker: Option<(&str, u64)>,
+    ) -> Result<BatchParams> {
+        let (worker_id, clock) = worker.map_or((String::new(), 0), |(w, c)| (w.to_string(), c));
+        let mut reqs: Vec<PullRequest> = (0..plan.parts)
+            .map(|p| PullRequest {
+                model: plan.local(p),
+                version,
+                worker_id: worker_id.clone(),
+                clock,
+                ..Default::default()
+            })
+            .collect();
+        for (tensor, hashed) in view.batch_tensors() {
+            match (plan.split_of(tensor), hashed) {
+                (None, false) => reqs[0].slices.push(Slice::Whole(tensor.into())),
+                (None, true) if !keys.is_empty() => {
+                    let keys = keys.iter().map(|k| *k as u64).collect();
+                    reqs[0].slices.push(Slice::Rows { tensor: tensor.into(), keys });
+                }
+                (None, true) => {}
+                (Some(_), false) => reqs.iter_mut().for_each(|r| r.slices.push(Slice::Whole(tensor.into()))),
+                (Some((starts, _)), true) => {
+                    let mut per: Vec<Vec<u64>> = vec![Vec::new(); plan.parts as usize];
+                    for k in keys {
+                        let p = part_of(starts, *k as u64);
+                        per[p].push(*k as u64 - starts[p]);
+                    }
+                    for (p, keys) in per.into_iter().enumerate().filter(|(_, k)| !k.is_empty()) {
+                        reqs[p].slices.push(Slice::Rows { tensor: tensor.into(), keys });
+                    }
+                }
+            }
+        }
+        let mut tasks = Vec::new();
+        for (p, req) in reqs.into_iter().enumerate() {
+            let (server, mut c) = self.partition_server(&plan.base, p as u32, plan.parts);
+            let name = self.server_name(server);
+            tasks.push(tokio::spawn(async move {
+                if req.slices.is_empty() && p > 0 && req.worker_id.is_empty() {
+                    return Ok(Pulled::default());
+                }
+                c.pull(&req).await.map_err(|e| at_partition(e, p as u32, &name))
+            }));
+        }
+        let mut pulled = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            pulled.push(t.await.map_err(|e| ClientError::Protocol(format!("pull task failed: {e}")))??);
+        }
+        let first = &pulled[0];
+        let mut out = Pulled {
+            version: first.version,
+            lineage_epoch: first.lineage_epoch,
+            updates: first.updates,
+            ..Default::default()
+        };
+        for (tensor, hashed) in view.batch_tensors() {
+            let values = match (plan.split_of(tensor), hashed) {
+                (None, true) if keys.is_empty() => continue,
+                (None, _) => pulled[0].get(tensor).map(<[f32]>::to_vec).unwrap_or_default(),
+                (Some(_), false) => {
+                    pulled.iter().flat_map(|p| p.get(tensor).unwrap_or_default().iter().copied()).collect()
+                }
+                (Some((starts, cols)), true) => {
+                    let cols = cols as usize;
+                    let mut values = vec![0f32; keys.len() * cols];
+                    let mut next = vec![0usize; plan.parts as usize];
+                    for (i, k) in keys.iter().enumerate() {
+                        let p = part_of(starts, *k as u64);
+                        let from = pulled[p].get(tensor).unwrap_or_default();
+                        let at = next[p] * cols;
+                        let Some(row) = from.get(at..at + cols) else {
+                            return Err(ClientError::Protocol(format!(
+                                "partition {p} of model {:?} answered {} values of {tensor:?} for more keys",
+                                plan.base,
+                                from.len()
+                            )));
+                        };
+                        values[i * cols..(i + 1) * cols].copy_from_slice(row);
+                        next[p] += 1;
+                    }
+                    values
+                }
+            };
+            out.tensors.push((tensor.to_string(), values));
+        }
+        Ok(view.batch_params(out))
+    }
+}
+
+/// One gradient's share of a partition, renumbered (owned: split from the batch's).
+struct Share {
+    tensor: String,
+    offset: u64,
+    keys: Vec<u32>,
+    values: Vec<f32>,
+}
+
+/// A push's share for partition `part`: the rows and ranges it holds, renumbered, and the
+/// push's progress either way.
+pub(crate) fn push_part(plan: &Plan, push: &Push<'_>, part: u32) -> pb::PushRequest {
+    let mut shares = Vec::new();
+    for g in &push.grads {
+        let share = |offset, keys, values| Share { tensor: g.tensor.to_string(), offset, keys, values };
+        match plan.split_of(g.tensor) {
+            None if part == 0 => shares.push(share(g.offset, g.keys.to_vec(), g.values.to_vec())),
+            None => {}
+            Some((starts, cols)) if !g.keys.is_empty() => {
+                let (lo, hi) = (starts[part as usize], starts[part as usize + 1]);
+                let cols = cols as usize;
+                let (mut keys, mut values) = (Vec::new(), Vec::new());
+                for (i, k) in g.keys.iter().enumerate() {
+                    if (lo..hi).contains(&(*k as u64)) {
+                        keys.push((*k as u64 - lo) as u32);
+                        values.extend_from_slice(g.values.get(i * cols..(i + 1) * cols).unwrap_or_default());
+                    }
+                }
+                if !keys.is_empty() {
+                    shares.push(share(0, keys, values));
+                }
+            }
+            Some((starts, cols)) => {
+                // a dense range: the part of it inside this partition's rows
+                let (lo, hi) = (starts[part as usize] * cols, starts[part as usize + 1] * cols);
+                let (a, b) = (g.offset.max(lo), (g.offset + g.values.len() as u64).min(hi));
+                if a < b {
+                    let values = g.values[(a - g.offset) as usize..(b - g.offset) as usize].to_vec();
+                    shares.push(share(a - lo, vec![], values));
+                }
+            }
+        }
+    }
+    let model = plan.local(part);
+    let grads = shares
+        .iter()
+        .map(|s| Gradient { tensor: &s.tensor, offset: s.offset, keys: &s.keys, values: &s.values })
+        .collect();
+    pb::PushRequest::from(&Push { model: &model, lineage_epoch: push.lineage_epoch, grads, meta: push.meta.clone() })
+}
+
+/// An error of one partition's call, naming the partition and its server when it could
+/// not be reached.
+pub(crate) fn at_partition(e: ClientError, part: u32, server: &str) -> ClientError {
+    match e {
+        ClientError::Unavailable(m) => ClientError::Unavailable(format!("partition {part} (server {server}): {m}")),
+        ClientError::Connect { url, cause } => {
+            ClientError::Unavailable(format!("partition {part} (server {server}): cannot connect to {url}: {cause}"))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use accrete_core::ModelKind;
+
+    fn plan() -> Plan {
+        let mut s = ModelSpec::new("fl", ModelKind::Logistic);
+        s.hash_bits = 12;
+        s.features = 2;
+        s.partitions = 2;
+        Plan::of(&s).unwrap()
+    }
+
+    #[test]
+    fn a_push_is_split_by_row_range_and_marks_reach_every_partition() {
+        let p = plan();
+        assert_eq!(p.split_of("h").map(|(s, c)| (s.to_vec(), c)), Some((vec![0, 2048, 4096], 1)));
+        let keys = [5u32, 3000, 2048];
+        let values = [1.0f32, 2.0, 3.0];
+        let push = Push {
+            model: "fl",
+            lineage_epoch: 7,
+            grads: vec![
+                Gradient { tensor: "h", keys: &keys, values: &values, ..Default::default() },
+                Gradient { tensor: "b", values: &[0.5], ..Default::default() },
+            ],
+            meta: None,
+        };
+        let p0 = push_part(&p, &push, 0);
+        let p1 = push_part(&p, &push, 1);
+        assert_eq!((p0.model.as_str(), p1.model.as_str()), ("fl", "fl#1"));
+        assert_eq!(p0.grads.len(), 2, "row 5 of h and the bias stay on partition 0");
+        assert_eq!(p0.grads[0].keys, 5u64.to_le_bytes().to_vec());
+        let k1: Vec<u64> = p1.grads[0].keys.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(k1, vec![952, 0], "rows renumbered from the partition's first");
+        let v1: Vec<f32> = p1.grads[0].values.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(v1, vec![2.0, 3.0]);
+        let empty = Push { model: "fl", lineage_epoch: 7, grads: vec![], meta: None };
+        assert!(push_part(&p, &empty, 1).grads.is_empty(), "a mark carries no gradient");
+        assert_eq!(part_of(&[0, 2048, 4096], 4095), 1);
+        assert_eq!(part_of(&[0, 2048, 4096], 0), 0);
+    }
+}
