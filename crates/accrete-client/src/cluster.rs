@@ -153,9 +153,67 @@ impl Client {
         Ok(self.cluster.commit_cut(pb::CutRequest::from(order)).await?.into_inner().into())
     }
 
-    /// Ends a hold without a version.
-    pub async fn release(&mut self, model: &str, commit: u64) -> Result<()> {
-        let req = pb::ReleaseRequest { model: model.to_string(), commit };
+    /// The exact parameters (weights and slots) of version `version` of the local model
+    /// `spec` on this client's server (a partition, gathered by its model's home).
+    pub async fn export_params(&mut self, spec: &ModelSpec, version: u64) -> Result<accrete_core::Params> {
+        let req = pb::ExportRequest { model: spec.name.clone(), version: Some(version), optimizer_state: true };
+        let mut stream = self.models.export(req).await?.into_inner();
+        let mut params = accrete_core::Params::zeros(spec);
+        let bad = |m: String| ClientError::Protocol(format!("export of {:?} version {version}: {m}", spec.name));
+        while let Some(msg) = stream.message().await? {
+            let Some(pb::export_message::Item::Chunk(c)) = msg.item else { continue };
+            let t = params.tensor_index(&c.tensor).ok_or_else(|| bad(format!("unknown tensor {:?}", c.tensor)))?;
+            let slot = if c.slot.is_empty() {
+                None
+            } else {
+                Some(
+                    params
+                        .slot_names
+                        .iter()
+                        .position(|s| *s == c.slot)
+                        .ok_or_else(|| bad(format!("unknown slot {:?}", c.slot)))?,
+                )
+            };
+            let ts = &mut params.tensors[t];
+            let dst = match slot {
+                None => &mut ts.w,
+                Some(k) => &mut ts.slots[k],
+            };
+            let n = c.values.len() / 4;
+            let at = c.offset as usize;
+            let out = dst
+                .get_mut(at..at + n)
+                .ok_or_else(|| bad(format!("{}.{} at {at} is out of range", c.tensor, c.slot)))?;
+            for (o, v) in out.iter_mut().zip(accrete_proto::iter_f32s(&c.values)) {
+                *o = v;
+            }
+        }
+        Ok(params)
+    }
+
+    /// Installs global version `to`'s content on one partition as version `at` (a
+    /// rollback; with `rewind`, a recovery).
+    pub async fn install(
+        &mut self,
+        model: &str,
+        to: u64,
+        at: u64,
+        reason: &str,
+        rewind: bool,
+    ) -> Result<VersionRecord> {
+        let req = || pb::InstallRequest {
+            model: model.to_string(),
+            to_version: to,
+            at_version: at,
+            reason: reason.to_string(),
+            rewind,
+        };
+        Ok(retried!(self, cluster, install, req())?.into())
+    }
+
+    /// Ends a hold: the commit `made`, or aborted.
+    pub async fn release(&mut self, model: &str, commit: u64, made: bool) -> Result<()> {
+        let req = pb::ReleaseRequest { model: model.to_string(), commit, made };
         self.cluster.release(req).await?;
         Ok(())
     }

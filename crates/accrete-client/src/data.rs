@@ -16,6 +16,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 /// Pushes queued on a stream before `send` waits for the server.
 const STREAM_QUEUE: usize = 4;
+/// Pushes of a partitioned model sent to a partition and not yet acknowledged, at most: a
+/// partition whose pushes a global commit holds must stop the worker soon, or it goes on
+/// computing gradients against parameters that no longer move (HTTP/2's window alone
+/// would let hundreds of pushes through).
+const SPLIT_WINDOW: usize = 4;
 
 impl Client {
     pub async fn pull(&mut self, req: &PullRequest) -> Result<Pulled> {
@@ -54,13 +59,16 @@ impl Client {
     /// to each partition's server, every push split over them.
     pub async fn push_stream_for(&mut self, spec: &accrete_core::ModelSpec) -> Result<PushStream> {
         let Some(plan) = crate::split::Plan::of(spec) else { return self.open_stream().await };
-        let (mut txs, mut acks) = (Vec::new(), Vec::new());
+        let (mut txs, mut acks, mut windows) = (Vec::new(), Vec::new(), Vec::new());
         for p in 0..plan.parts {
             let (server, mut c) = self.partition_server(&plan.base, p, plan.parts);
             let name = self.server_name(server);
-            let s = c.open_stream().await.map_err(|e| crate::split::at_partition(e, p, &name))?;
+            let window = std::sync::Arc::new(tokio::sync::Semaphore::new(SPLIT_WINDOW));
+            let s =
+                c.open_stream_with(Some(window.clone())).await.map_err(|e| crate::split::at_partition(e, p, &name))?;
             txs.push(s.tx.into_iter().next().ok_or_else(|| ClientError::Protocol("no stream".into()))?);
             acks.push((p, name, s.acks));
+            windows.push(window);
         }
         let acks = tokio::spawn(async move {
             let mut first = None;
@@ -79,10 +87,16 @@ impl Client {
                 None => Ok(first.unwrap_or_default()),
             }
         });
-        Ok(PushStream { tx: txs, acks, plan: Some(plan) })
+        Ok(PushStream { tx: txs, acks, plan: Some(plan), windows })
     }
 
     async fn open_stream(&mut self) -> Result<PushStream> {
+        self.open_stream_with(None).await
+    }
+
+    /// A push stream; with a `window`, each ack gives back one permit (and the stream's
+    /// end closes it, so a sender waiting for one is told).
+    async fn open_stream_with(&mut self, window: Option<std::sync::Arc<tokio::sync::Semaphore>>) -> Result<PushStream> {
         let c = &*self;
         let (tx, mut acks) = c
             .retry
@@ -96,15 +110,24 @@ impl Client {
             .await?;
         let acks = tokio::spawn(async move {
             let mut last = PushAck::default();
-            loop {
+            let r = loop {
                 match acks.message().await {
-                    Ok(Some(a)) => last = a.into(),
-                    Ok(None) => return Ok(last),
-                    Err(e) => return Err(ClientError::from(e)),
+                    Ok(Some(a)) => {
+                        last = a.into();
+                        if let Some(w) = &window {
+                            w.add_permits(1);
+                        }
+                    }
+                    Ok(None) => break Ok(last),
+                    Err(e) => break Err(ClientError::from(e)),
                 }
+            };
+            if let Some(w) = &window {
+                w.close();
             }
+            r
         });
-        Ok(PushStream { tx: vec![tx], acks, plan: None })
+        Ok(PushStream { tx: vec![tx], acks, plan: None, windows: vec![] })
     }
 
     /// Joins a model's barrier as `worker`, reading `shard` with the columns `signature`
@@ -216,6 +239,8 @@ pub struct PushStream {
     tx: Vec<mpsc::Sender<pb::PushRequest>>,
     acks: tokio::task::JoinHandle<Result<PushAck>>,
     plan: Option<crate::split::Plan>,
+    /// Per partition, the pushes it may still be sent before an ack ([`SPLIT_WINDOW`]).
+    windows: Vec<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 /// A push could not be queued: the stream has ended; [`PushStream::finish`] says why.
@@ -229,6 +254,7 @@ impl PushStream {
             return self.tx[0].send(pb::PushRequest::from(push)).await.map_err(|_| StreamEnded);
         };
         for (p, tx) in self.tx.iter().enumerate() {
+            self.windows[p].acquire().await.map_err(|_| StreamEnded)?.forget();
             tx.send(crate::split::push_part(plan, push, p as u32)).await.map_err(|_| StreamEnded)?;
         }
         Ok(())

@@ -34,6 +34,13 @@ pub struct Cluster {
     next_commit: AtomicU64,
     /// One global commit per model at a time.
     commits: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Instant>>>>,
+    /// Per model, each partition's server instance at the last commit made: another one
+    /// means that server restarted and lost what it had not committed.
+    instances: Mutex<HashMap<String, Vec<u64>>>,
+    /// Commits waiting for the model's commit lock.
+    queued: AtomicU64,
+    /// Models a commit is wanted for at once (a worker joined again).
+    wanted: Mutex<std::collections::HashSet<String>>,
     /// Hold times of global commits coordinated here (seconds), for `/metrics`.
     pub holds: HoldTimes,
 }
@@ -50,6 +57,9 @@ impl Cluster {
             next_commit: AtomicU64::new(first),
             commits: Mutex::default(),
             holds: HoldTimes::default(),
+            instances: Mutex::default(),
+            queued: AtomicU64::new(0),
+            wanted: Mutex::default(),
         })
     }
 
@@ -92,23 +102,56 @@ impl Cluster {
         signature: Option<InputSignature>,
     ) -> Result<Arc<ModelHandle>> {
         spec.validate()?;
+        // the model exists: this create's retry (its request id) is answered with it
+        if let Ok(h) = reg.get(&spec.name) {
+            if !request.is_empty() && h.record.request == request {
+                return Ok(h);
+            }
+            return Err(ServiceError::ModelExists(spec.name));
+        }
         let parts = spec.parts();
         for p in 1..parts {
             let ps = spec.partition_spec(p);
             let i = self.partition_server(&spec.name, p, parts);
-            let made = if i == self.map.me {
-                let (reg, ps, req, sig) = (reg.clone(), ps.clone(), request.to_string(), signature.clone());
-                blocking(move || reg.create(ps, &req, sig).map(|_| ())).await
+            // a partition left by an earlier create that did not finish is taken as it is
+            // if it is this model's; otherwise the create is refused, naming it
+            let existing = if i == self.map.me {
+                let (r, ps2, req, sig) = (reg.clone(), ps.clone(), request.to_string(), signature.clone());
+                match blocking(move || r.create(ps2, &req, sig).map(|_| ())).await {
+                    Ok(()) => None,
+                    Err(ServiceError::ModelExists(_)) => Some(reg.get(&ps.name)?.spec().whole()),
+                    Err(e) => return Err(e),
+                }
             } else {
                 match self.peer(i).create_partition(&ps, request, signature.as_ref()).await {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(self.named(e, &spec.name, p, i)),
+                    Ok(_) => None,
+                    Err(ClientError::AlreadyExists(_)) => {
+                        let info =
+                            self.peer(i).model_info(&ps.name).await.map_err(|e| self.named(e, &spec.name, p, i))?;
+                        Some(info.spec)
+                    }
+                    Err(e) => return Err(self.named(e, &spec.name, p, i)),
                 }
             };
-            made?;
+            if let Some(have) = existing.filter(|have| *have != spec) {
+                return Err(ServiceError::Invalid(format!(
+                    "model {:?}: partition {p} on server {} exists with another spec ({} {}) than this create's, left by a \
+                     create that did not finish; delete the model through its home and create it again",
+                    spec.name,
+                    self.server(i),
+                    have.kind.as_str(),
+                    have.hash_bits
+                )));
+            }
         }
         let (reg, req) = (reg.clone(), request.to_string());
         blocking(move || reg.create(spec, &req, signature)).await
+    }
+
+    /// Global commits, rollbacks and recoveries waiting for another on the same model
+    /// (the coordinator's queue).
+    pub fn waiting(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     fn commit_lock(&self, model: &str) -> Arc<tokio::sync::Mutex<Instant>> {
@@ -118,6 +161,9 @@ impl Cluster {
 
     /// Is a policy commit of the partitioned model `h` (whose home this is) due?
     pub fn policy_due(&self, h: &ModelHandle, now: Instant) -> bool {
+        if self.wanted.lock().unwrap_or_else(|e| e.into_inner()).remove(h.name()) {
+            return true;
+        }
         let st = h.status();
         if st.since_commit == 0 {
             return false;
@@ -142,7 +188,9 @@ impl Cluster {
         reason: &str,
     ) -> Result<(VersionRecord, bool)> {
         let lock = self.commit_lock(h.name());
+        self.queued.fetch_add(1, Ordering::Relaxed);
         let mut last = lock.lock().await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
         let parts = h.spec().parts();
         let id = self.next_commit.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -165,12 +213,24 @@ impl Cluster {
             }
         }
         if let Some(e) = failed {
-            self.release_all(reg, h.name(), parts, id).await;
+            self.release_all(reg, h.name(), parts, id, false).await;
             return Err(e);
+        }
+        let instances: Vec<u64> = reports.iter().map(|r| r.server_instance).collect();
+        let known = self.instances.lock().unwrap_or_else(|e| e.into_inner()).get(h.name()).cloned();
+        if let Some(p) = known.and_then(|k| k.iter().zip(&instances).position(|(a, b)| a != b)) {
+            self.release_all(reg, h.name(), parts, id, false).await;
+            let why = format!("partition {p}'s server restarted");
+            let rec = self.recover_locked(reg, h, &why).await?;
+            return Err(ServiceError::Unavailable(format!(
+                "model {:?}: {why} and lost what it had not committed; the model was recovered to version {} (workers rewind); commit again",
+                h.name(),
+                rec.content_of
+            )));
         }
         let changed = reports.iter().any(|r| r.since_commit > 0);
         if !changed {
-            self.release_all(reg, h.name(), parts, id).await;
+            self.release_all(reg, h.name(), parts, id, false).await;
             return Ok((h.version(h.head_version())?, false));
         }
         let cut = cut_of(&reports);
@@ -213,60 +273,212 @@ impl Cluster {
             }
         }
         if let Some(e) = failed {
-            self.release_all(reg, h.name(), parts, id).await;
+            self.release_all(reg, h.name(), parts, id, false).await;
+            // a cut that some partition cannot reach (a batch that reached only some
+            // partitions) would fail every commit from now on: recover
+            if let Err(r) = self.recover_locked(reg, h, &e.to_string()).await {
+                tracing::error!(model = %h.name(), error = %r, "recovery failed");
+            }
             return Err(e);
         }
-        let rec = h.commit_cut(order(0)).await?;
+        let rec = match h.commit_cut(order(0)).await {
+            Ok(rec) => rec,
+            Err(e) => {
+                self.release_all(reg, h.name(), parts, id, false).await;
+                return Err(e);
+            }
+        };
+        // the commit is made: every partition's hold ends with its cut committed
+        self.release_all(reg, h.name(), parts, id, true).await;
+        self.instances.lock().unwrap_or_else(|e| e.into_inner()).insert(h.name().to_string(), instances);
         self.holds.record(started.elapsed());
         *last = Instant::now();
         Ok((rec, true))
     }
 
-    async fn release_all(&self, reg: &Arc<Registry>, model: &str, parts: u32, id: u64) {
+    async fn release_all(&self, reg: &Arc<Registry>, model: &str, parts: u32, id: u64, made: bool) {
         for p in 0..parts {
             let i = self.partition_server(model, p, parts);
             let local = local_name(model, p);
             if i == self.map.me {
                 if let Ok(m) = reg.get(&local) {
-                    m.release(id);
+                    m.release(id, made);
                 }
-            } else if let Err(e) = self.peer(i).release(&local, id).await {
+            } else if let Err(e) = self.peer(i).release(&local, id, made).await {
                 tracing::warn!(model, partition = p, error = %e, "could not release a hold (it expires by itself)");
             }
         }
     }
 
-    /// Rolls a partitioned model back on every partition: the others first, the home
-    /// last; every partition must make the same version number.
+    /// The whole parameters of version `version` of the partitioned model `h` (this is its
+    /// home, and `home` its own partition's): every other partition's rows fetched from
+    /// its server and put in place. (One whole copy, plus one partition's at a time.)
+    pub async fn gather(
+        &self,
+        reg: &Arc<Registry>,
+        h: &Arc<ModelHandle>,
+        version: u64,
+        home: accrete_core::Params,
+    ) -> Result<accrete_core::Params> {
+        let whole = h.spec().whole();
+        let parts = whole.parts();
+        let full_layout = accrete_core::layout(&whole);
+        let plan = accrete_core::partition::Partitioning::plan(&full_layout, parts);
+        let mut full = accrete_core::Params::zeros(&ModelSpec { partitions: 1, ..whole.clone() });
+        full.steps = home.steps;
+        place(&mut full, &home, &plan, &full_layout, 0);
+        for p in 1..parts {
+            let i = self.partition_server(h.name(), p, parts);
+            let ps = whole.partition_spec(p);
+            let part = if i == self.map.me {
+                let m = reg.get(&ps.name)?;
+                blocking(move || m.load_version(version)).await?.1
+            } else {
+                self.peer(i).export_params(&ps, version).await.map_err(|e| self.named(e, h.name(), p, i))?
+            };
+            place(&mut full, &part, &plan, &full_layout, p);
+        }
+        Ok(full)
+    }
+
+    /// Rolls a partitioned model back on every partition to `to` (workers keep their
+    /// offsets). A retry makes another rollback version (no request ids across partitions yet).
     pub async fn rollback(
         &self,
         reg: &Arc<Registry>,
         h: &Arc<ModelHandle>,
         to: u64,
-        reason: &str,
-        request: &str,
+        why: &str,
+        _request: &str,
     ) -> Result<VersionRecord> {
         let lock = self.commit_lock(h.name());
         let _serial = lock.lock().await;
+        let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
+        self.install_all(reg, h, to, &reason, false).await
+    }
+
+    /// A recovery: a partition lost updates (its server restarted, or a batch reached only
+    /// some partitions), so the whole model goes back to its latest global version, and
+    /// the workers to the offsets that version recorded.
+    pub async fn recover(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>, why: &str) -> Result<VersionRecord> {
+        let lock = self.commit_lock(h.name());
+        let _serial = lock.lock().await;
+        self.recover_locked(reg, h, why).await
+    }
+
+    async fn recover_locked(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>, why: &str) -> Result<VersionRecord> {
+        let to = h.head_version();
+        tracing::warn!(model = %h.name(), to, why, "recovery: the model goes back to its latest global version");
+        let rec = self.install_all(reg, h, to, &format!("recovery to {to}: {why}"), true).await?;
+        self.instances.lock().unwrap_or_else(|e| e.into_inner()).remove(h.name());
+        Ok(rec)
+    }
+
+    /// Installs version `to`'s content on every partition as one new version number (after
+    /// every partition's newest), the others first and the home last (so the version is
+    /// listed only once every partition has it).
+    async fn install_all(
+        &self,
+        reg: &Arc<Registry>,
+        h: &Arc<ModelHandle>,
+        to: u64,
+        reason: &str,
+        rewind: bool,
+    ) -> Result<VersionRecord> {
         let parts = h.spec().parts();
-        let mut made = Vec::new();
+        let mut at = h.head_version();
         for p in 1..parts {
             let i = self.partition_server(h.name(), p, parts);
             let local = local_name(h.name(), p);
-            let rec = if i == self.map.me {
-                let (m, why) = (reg.get(&local)?, reason.to_string());
-                blocking(move || m.rollback(to, &why, "")).await?
+            let head = if i == self.map.me {
+                reg.get(&local)?.head_version()
             } else {
-                self.peer(i).rollback(&local, to, reason).await.map_err(|e| self.named(e, h.name(), p, i))?
+                self.peer(i).model_info(&local).await.map_err(|e| self.named(e, h.name(), p, i))?.head_version
             };
-            made.push(rec.version);
+            at = at.max(head);
         }
-        let (hh, reason, request) = (h.clone(), reason.to_string(), request.to_string());
-        let rec = blocking(move || hh.rollback(to, &reason, &request)).await?;
-        if let Some(v) = made.iter().find(|v| **v != rec.version) {
-            tracing::error!(model = %h.name(), home = rec.version, other = v, "partitions made different rollback versions");
+        let at = at + 1;
+        for p in 1..parts {
+            let i = self.partition_server(h.name(), p, parts);
+            let local = local_name(h.name(), p);
+            if i == self.map.me {
+                let (m, why) = (reg.get(&local)?, reason.to_string());
+                blocking(move || m.install_version(to, at, &why, rewind)).await?;
+            } else {
+                self.peer(i)
+                    .install(&local, to, at, reason, rewind)
+                    .await
+                    .map_err(|e| self.named(e, h.name(), p, i))?;
+            }
         }
-        Ok(rec)
+        let (hh, reason) = (h.clone(), reason.to_string());
+        blocking(move || hh.install_version(to, at, &reason, rewind)).await
+    }
+
+    /// A graceful stop's first step, while this server still answers: a global commit of
+    /// every partitioned model it holds a partition of, so the stop loses nothing.
+    pub async fn commit_before_stop(&self, reg: &Arc<Registry>) {
+        let mut models: Vec<String> =
+            reg.list().iter().filter(|h| h.spec().parts() > 1).map(|h| base_name(h.name()).to_string()).collect();
+        models.dedup();
+        for m in models {
+            let mut c = self.client.clone();
+            match tokio::time::timeout(Duration::from_secs(10), c.commit(&m, "graceful stop of a partition's server"))
+                .await
+            {
+                Ok(Ok((rec, made))) => {
+                    tracing::info!(model = %m, version = rec.version, made, "stopping: global commit")
+                }
+                Ok(Err(e)) => tracing::error!(model = %m, error = %e, "stopping: the global commit failed"),
+                Err(_) => tracing::error!(model = %m, "stopping: the global commit did not end within 10 s"),
+            }
+        }
+    }
+
+    /// After a start: every partitioned model whose home this is may have lost what its
+    /// home had not committed, so each goes back to its latest global version (retried
+    /// while its partitions' servers are not up yet).
+    pub async fn recover_at_start(self: Arc<Self>, reg: Arc<Registry>) {
+        for h in reg.homes().into_iter().filter(|h| h.spec().parts() > 1) {
+            for attempt in 0..120 {
+                match self.recover(&reg, &h, "its home server restarted").await {
+                    Ok(_) => break,
+                    Err(e) if attempt % 10 == 0 => {
+                        tracing::warn!(model = %h.name(), error = %e, "recovery at start: retrying")
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// A worker joined the home again (a new incarnation): its pushes may wait for the
+    /// next commit (the incarnation gate), so one is due.
+    pub fn want_commit(&self, model: &str) {
+        self.wanted.lock().unwrap_or_else(|e| e.into_inner()).insert(model.to_string());
+    }
+}
+
+/// Copies partition `part`'s tensors (weights and slots) into their rows of `full`.
+fn place(
+    full: &mut accrete_core::Params,
+    part_params: &accrete_core::Params,
+    plan: &accrete_core::partition::Partitioning,
+    layout: &[accrete_core::TensorSpec],
+    part: u32,
+) {
+    let rows = plan.rows_of(part, layout);
+    for t in &part_params.tensors {
+        let Some(ft) = full.tensor_index(t.spec.name) else { continue };
+        let at = (rows[ft].0 * layout[ft].cols as u64) as usize;
+        let dst = &mut full.tensors[ft];
+        let n = t.w.len().min(dst.w.len().saturating_sub(at));
+        dst.w[at..at + n].copy_from_slice(&t.w[..n]);
+        for (d, s) in dst.slots.iter_mut().zip(&t.slots) {
+            let n = s.len().min(d.len().saturating_sub(at));
+            d[at..at + n].copy_from_slice(&s[..n]);
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 pub fn router(reg: Arc<Registry>) -> Router {
@@ -102,6 +103,9 @@ fn metrics_text(reg: &Registry) -> Response {
         ("accrete_updates_uncommitted", "gauge", "Applied updates not in a version yet."),
         ("accrete_workers", "gauge", "Workers holding a lease in the model's barrier."),
         ("accrete_version_metric", "gauge", "Metrics of the newest scored version."),
+        ("accrete_cluster_holds_total", "counter", "Global commits that held this partition's pushes."),
+        ("accrete_cluster_pushes_held_total", "counter", "Pushes that waited for a global commit's hold."),
+        ("accrete_cluster_hold_seconds_total", "counter", "Seconds this partition's pushes were held."),
     ];
     let models = reg.list();
     for (name, kind, help) in families {
@@ -119,6 +123,13 @@ fn metrics_text(reg: &Registry) -> Response {
                 "accrete_versions" => line(&mut out, name, m, h.versions().map(|v| v.len()).unwrap_or(0) as f64),
                 "accrete_updates_uncommitted" => line(&mut out, name, m, st.since_commit as f64),
                 "accrete_workers" => line(&mut out, name, m, st.workers as f64),
+                "accrete_cluster_holds_total" => line(&mut out, name, m, h.hold_meters.holds.load(Relaxed) as f64),
+                "accrete_cluster_pushes_held_total" => {
+                    line(&mut out, name, m, h.hold_meters.held_pushes.load(Relaxed) as f64)
+                }
+                "accrete_cluster_hold_seconds_total" => {
+                    line(&mut out, name, m, h.hold_meters.hold_nanos.load(Relaxed) as f64 / 1e9)
+                }
                 _ => {
                     let vs = h.versions().unwrap_or_default();
                     if let Some(v) = vs.iter().rev().find(|v| !v.metrics.is_empty()) {
@@ -130,6 +141,25 @@ fn metrics_text(reg: &Registry) -> Response {
                 }
             }
         }
+    }
+    if let Some(c) = reg.cluster() {
+        let (n, sum, p50, p99) = c.holds.summary();
+        let _ = writeln!(
+            out,
+            "# HELP accrete_cluster_commit_seconds Global commits coordinated here, from the first hold to the last release.\n\
+             # TYPE accrete_cluster_commit_seconds summary\n\
+             accrete_cluster_commit_seconds{{quantile=\"0.5\"}} {p50}\n\
+             accrete_cluster_commit_seconds{{quantile=\"0.99\"}} {p99}\n\
+             accrete_cluster_commit_seconds_sum {sum}\n\
+             accrete_cluster_commit_seconds_count {n}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP accrete_cluster_commits_waiting Global commits waiting for the one running on the same model.\n\
+             # TYPE accrete_cluster_commits_waiting gauge\n\
+             accrete_cluster_commits_waiting {}",
+            c.waiting()
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

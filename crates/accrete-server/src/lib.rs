@@ -145,6 +145,9 @@ pub async fn serve_then(
     .await
     .map_err(|e| ServerError::Config(format!("startup task failed: {e}")))??;
     let reg = Arc::new(reg);
+    if let Some(c) = reg.cluster() {
+        tokio::spawn(c.clone().recover_at_start(reg.clone()));
+    }
     let policy = tokio::spawn(policy::run(reg.clone()));
     let http_task = http_listener.map(|l| {
         tracing::info!(addr = ?l.local_addr().ok(), "dashboard and /metrics");
@@ -178,6 +181,9 @@ pub async fn serve_then(
     let shutdown_reg = reg.clone();
     let signal = async move {
         shutdown.await;
+        if let Some(c) = shutdown_reg.cluster() {
+            c.commit_before_stop(&shutdown_reg).await;
+        }
         // Long-lived streams (watchers) end now; unary calls and pushes in flight finish.
         shutdown_reg.begin_shutdown();
         let _ = stopping_tx.send(());

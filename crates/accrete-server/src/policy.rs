@@ -43,7 +43,8 @@ pub async fn run(reg: Arc<Registry>) {
             if running.contains(&h.record.id) {
                 continue;
             }
-            match reg.cluster().filter(|c| h.spec().parts() > 1 && c.is_home(h.name())) {
+            let home_of_split = h.spec().parts() > 1 && h.spec().partition == 0;
+            match reg.cluster().filter(|c| home_of_split && c.is_home(h.name())) {
                 Some(c) if c.policy_due(&h, now) => {
                     running.insert(h.record.id);
                     spawn_global_commit(reg.clone(), c.clone(), h, done_tx.clone());

@@ -142,7 +142,9 @@ impl Registry {
     /// each; a model whose commit fails is logged with what it loses. Blocking.
     pub fn commit_at_stop(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
-        for h in self.list() {
+        // a partitioned model's versions are global: asked for before the stop
+        // (`Cluster::commit_before_stop`), never made by one partition alone
+        for h in self.list().into_iter().filter(|h| h.spec().parts() == 1) {
             match h.commit(accrete_core::VersionKind::Policy, "graceful stop", "") {
                 Ok((rec, true)) => tracing::info!(
                     model = %h.name(),

@@ -178,6 +178,16 @@ impl Engine {
         self.shape.name.clone()
     }
 
+    /// Takes the workers' progress back to `workers` (a recovery's version's).
+    pub fn rewind(&mut self, workers: &[WorkerProgress]) {
+        self.workers = workers.iter().map(|w| (w.worker_id.clone(), w.clone())).collect();
+    }
+
+    /// The ack of a push acknowledged without being applied again (a retry).
+    pub fn current_ack(&self) -> PushAck {
+        self.ack()
+    }
+
     fn ack(&self) -> PushAck {
         PushAck { lineage_epoch: self.epoch, head_version: self.head, updates: self.updates }
     }

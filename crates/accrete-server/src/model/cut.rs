@@ -1,19 +1,23 @@
-//! One partition's side of a global commit (a model split over servers): a *hold* makes
-//! new pushes wait and reports, per worker, the last batch applied; the *cut* (per
-//! worker, the furthest any partition got) lets the pushes up to it through, and once
-//! they are applied the live state becomes the global version's number here, and the
-//! hold ends. Pushes beyond the cut wait the whole time, so for every worker every
-//! partition's version holds the same batches.
+//! One partition's side of a global commit (a model split over servers), driven by the
+//! pure state machine `accrete_core::cut::PartitionCut`: a *hold* makes new pushes wait
+//! and reports, per worker, the last batch applied; the *cut* (per worker, the furthest
+//! any partition got) lets the pushes up to it through; once this partition's marks are
+//! exactly the cut, its live state becomes the global version's number here, still
+//! holding; the coordinator's *release* (every partition wrote it: the commit is made)
+//! or *abort* ends the hold. A worker's new incarnation starts only from its mark in the
+//! last commit made (the state machine's incarnation gate), so a batch a dead worker
+//! delivered to only some partitions never makes two partitions' versions differ.
 //!
-//! The gate is checked under the engine lock, so a push is either applied before the
+//! The machine is asked under the engine lock, so a push is either applied before a
 //! hold's report or waits: the report never misses one. A hold nobody ends (its
-//! coordinator died) is dropped after [`HOLD_LIMIT`].
+//! coordinator died) is aborted after [`HOLD_LIMIT`].
 use super::{lock, ModelHandle};
 use crate::error::{Result, ServiceError};
-use accrete_core::cluster::{CutOrder, HoldReport, Marks};
+use accrete_core::cluster::{CutOrder, HoldReport};
+use accrete_core::cut::{Admit, PartitionCut};
 use accrete_core::push::PushMeta;
 use accrete_core::VersionRecord;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest a hold may last without its commit ending it.
@@ -21,44 +25,97 @@ pub const HOLD_LIMIT: Duration = Duration::from_secs(30);
 /// How often a waiting push or cut looks again without a wake-up.
 const RECHECK: Duration = Duration::from_millis(20);
 
-/// A partition's hold for one global commit.
-#[derive(Debug)]
-pub struct Hold {
-    commit: u64,
-    /// Known after the second phase: pushes up to it may go on.
-    cut: Option<Marks>,
-    since: Instant,
+/// A partitioned model's cut state: the machine and when its hold began.
+#[derive(Debug, Default)]
+pub struct Gate {
+    cut: PartitionCut,
+    since: Option<Instant>,
 }
 
-impl Hold {
-    /// May this push be applied during the hold?
-    fn admits(&self, meta: &PushMeta) -> bool {
-        let Some(cut) = &self.cut else { return false };
-        cut.get(meta.worker_id.as_str()).is_some_and(|c| (meta.incarnation, meta.seq) <= *c)
+impl Gate {
+    /// A partition loaded from a version (a made commit's): its marks are committed.
+    pub fn restore(workers: &[accrete_core::WorkerProgress]) -> Gate {
+        let marks = workers.iter().map(|w| (w.worker_id.clone(), (w.incarnation, w.seq))).collect();
+        Gate { cut: PartitionCut::restore(marks), since: None }
     }
 }
 
-/// Pushes held, and how long holds lasted (for `/metrics`).
+/// Holds, pushes held, and how long holds lasted (for `/metrics`).
 #[derive(Debug, Default)]
 pub struct HoldMeters {
-    pub holds: std::sync::atomic::AtomicU64,
-    pub held_pushes: std::sync::atomic::AtomicU64,
-    pub hold_nanos: std::sync::atomic::AtomicU64,
+    pub holds: AtomicU64,
+    pub held_pushes: AtomicU64,
+    pub hold_nanos: AtomicU64,
+}
+
+/// What the gate says about a push, under the engine lock.
+pub(super) enum Gated {
+    Apply,
+    /// Already applied (a retry): acknowledge without applying.
+    Duplicate,
 }
 
 impl ModelHandle {
-    /// Under the engine lock: must this push wait for a hold to end? (Counts it.)
-    pub(super) fn must_wait(&self, meta: &PushMeta) -> bool {
-        let gate = lock(&self.gate);
-        let wait = gate.as_ref().is_some_and(|h| !h.admits(meta));
-        if wait {
-            self.hold_meters.held_pushes.fetch_add(1, Ordering::Relaxed);
+    /// Under the engine lock: may this push be applied now? `Held` when it must wait.
+    pub(super) fn gate_admits(&self, meta: &PushMeta) -> Result<Gated> {
+        let Some(gate) = &self.gate else { return Ok(Gated::Apply) };
+        let gate = lock(gate);
+        if meta.worker_id.is_empty() || meta.incarnation == 0 {
+            // not a joined worker's: no mark to cut at, so never during a hold
+            return if gate.cut.holding() { self.held() } else { Ok(Gated::Apply) };
         }
-        wait
+        match gate.cut.admit(&meta.worker_id, (meta.incarnation, meta.seq)) {
+            Admit::Apply => Ok(Gated::Apply),
+            Admit::Duplicate => Ok(Gated::Duplicate),
+            Admit::Wait | Admit::WaitCommit => self.held(),
+            Admit::Fenced => Err(ServiceError::StaleIncarnation {
+                model: self.name().to_string(),
+                worker: meta.worker_id.clone(),
+                pushed: meta.incarnation,
+                current: gate.cut.applied_marks().get(&meta.worker_id).map_or(0, |m| m.0),
+            }),
+            Admit::Gap { expected } => Err(ServiceError::Invalid(format!(
+                "model {:?}: push {} of incarnation {} of worker {:?} skips batches (expected {} of incarnation {})",
+                self.name(),
+                meta.seq,
+                meta.incarnation,
+                meta.worker_id,
+                expected.1,
+                expected.0
+            ))),
+        }
+    }
+
+    fn held(&self) -> Result<Gated> {
+        self.hold_meters.held_pushes.fetch_add(1, Ordering::Relaxed);
+        Err(ServiceError::Held(self.name().to_string()))
+    }
+
+    /// Under the engine lock: the cut state of a recovered partition (its marks are the
+    /// version's, committed).
+    pub(super) fn gate_restore(&self, workers: &[accrete_core::WorkerProgress]) {
+        if let Some(gate) = &self.gate {
+            *lock(gate) = Gate::restore(workers);
+        }
+        self.gate_moved();
+    }
+
+    /// Under the engine lock, after an admitted push was applied.
+    pub(super) fn gate_applied(&self, meta: &PushMeta) {
+        if let Some(gate) = &self.gate {
+            if !meta.worker_id.is_empty() && meta.incarnation != 0 {
+                lock(gate).cut.applied(&meta.worker_id, (meta.incarnation, meta.seq));
+            }
+        }
+    }
+
+    /// Is a hold on (a cut may be waiting for the push just applied)?
+    pub(super) fn gate_holding(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| lock(g).cut.holding())
     }
 
     /// The gate's generation: it moves whenever a hold begins, learns its cut or ends,
-    /// and while a cut is awaited, at every push.
+    /// and, during a hold, at every push.
     pub fn gate_generation(&self) -> u64 {
         self.gate_gen.load(Ordering::Acquire)
     }
@@ -79,24 +136,29 @@ impl ModelHandle {
         let _ = tokio::time::timeout(RECHECK, notified).await;
     }
 
+    fn gate(&self) -> Result<&std::sync::Mutex<Gate>> {
+        self.gate.as_ref().ok_or_else(|| ServiceError::Invalid(format!("model {:?} is not partitioned", self.name())))
+    }
+
     /// The first phase: hold new pushes and report what was applied.
     pub fn hold(&self, commit: u64) -> Result<HoldReport> {
+        let gate = self.gate()?;
         let engine = lock(&self.engine);
-        let mut gate = lock(&self.gate);
-        if let Some(h) = gate.as_ref() {
-            if h.commit > commit {
-                return Err(ServiceError::Unavailable(format!(
-                    "model {:?} is held for a newer commit ({} > {commit})",
-                    self.name(),
-                    h.commit
-                )));
-            }
+        let mut g = lock(gate);
+        let Some(applied) = g.cut.hold(commit) else {
+            return Err(ServiceError::Unavailable(format!(
+                "model {:?}: commit {commit} is stale here (commit {} came after it)",
+                self.name(),
+                g.cut.commit()
+            )));
+        };
+        if g.since.is_none() {
+            g.since = Some(Instant::now());
+            self.hold_meters.holds.fetch_add(1, Ordering::Relaxed);
         }
-        *gate = Some(Hold { commit, cut: None, since: Instant::now() });
-        self.hold_meters.holds.fetch_add(1, Ordering::Relaxed);
-        let applied = engine.progress().into_iter().map(|w| (w.worker_id, (w.incarnation, w.seq))).collect();
+        let progressed = applied != *g.cut.committed_marks();
         let st = engine.status();
-        drop(gate);
+        drop(g);
         drop(engine);
         self.gate_moved();
         Ok(HoldReport {
@@ -104,69 +166,70 @@ impl ModelHandle {
             last_version: st.head,
             server_instance: self.instance,
             updates: st.updates,
-            since_commit: st.since_commit,
+            since_commit: st.since_commit + progressed as u64,
         })
     }
 
-    /// Ends the hold of `commit` (if it is still this one's): held pushes go on.
-    pub fn release(&self, commit: u64) {
+    /// Ends the hold of `commit`: `made` (every partition wrote the version: its cut is
+    /// this partition's committed marks) or aborted (the version is not listed).
+    pub fn release(&self, commit: u64, made: bool) {
+        let Some(gate) = &self.gate else { return };
         let ended = {
-            let mut gate = lock(&self.gate);
-            match gate.as_ref() {
-                Some(h) if h.commit <= commit => gate.take(),
+            let _engine = lock(&self.engine);
+            let mut g = lock(gate);
+            let was = g.cut.holding();
+            if made {
+                g.cut.release(commit);
+            } else {
+                g.cut.abort(commit);
+            }
+            match (was, g.cut.holding()) {
+                (true, false) => g.since.take(),
                 _ => None,
             }
         };
-        if let Some(h) = ended {
-            self.hold_meters.hold_nanos.fetch_add(h.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.gate_moved();
+        if let Some(since) = ended {
+            self.hold_meters.hold_nanos.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
+        self.gate_moved();
     }
 
-    /// Drops a hold older than [`HOLD_LIMIT`] (its coordinator is gone).
+    /// Aborts a hold older than [`HOLD_LIMIT`] (its coordinator is gone).
     pub fn expire_hold(&self, now: Instant) {
-        let stale =
-            lock(&self.gate).as_ref().filter(|h| now.saturating_duration_since(h.since) > HOLD_LIMIT).map(|h| h.commit);
+        let Some(gate) = &self.gate else { return };
+        let stale = {
+            let g = lock(gate);
+            g.since.filter(|s| now.saturating_duration_since(*s) > HOLD_LIMIT).map(|_| g.cut.commit())
+        };
         if let Some(commit) = stale {
-            tracing::warn!(model = %self.name(), commit, "a commit's hold outlived its limit; released");
-            self.release(commit);
+            tracing::warn!(model = %self.name(), commit, "a commit's hold outlived its limit; aborted");
+            self.release(commit, false);
         }
     }
 
-    /// Has every worker of `cut` had its batches up to the cut applied here?
-    fn reached(&self, cut: &Marks) -> bool {
-        let engine = lock(&self.engine);
-        let applied: Marks = engine.progress().into_iter().map(|w| (w.worker_id, (w.incarnation, w.seq))).collect();
-        cut.iter().all(|(w, m)| applied.get(w).is_some_and(|a| a >= m))
-    }
-
-    /// The second phase: let the pushes up to the cut through, wait until they are
-    /// applied, write the live state as `order.version`, and end the hold.
+    /// The second phase: let the pushes up to the cut through, wait until this
+    /// partition's marks are exactly the cut, and write the live state as
+    /// `order.version`. The hold stays until [`ModelHandle::release`].
     pub async fn commit_cut(self: &std::sync::Arc<Self>, order: CutOrder) -> Result<VersionRecord> {
-        {
-            let mut gate = lock(&self.gate);
-            match gate.as_mut() {
-                Some(h) if h.commit == order.commit => h.cut = Some(order.cut.clone()),
-                _ => {
-                    return Err(ServiceError::Unavailable(format!(
-                        "model {:?}: commit {} is not held here (it ended, or this server restarted)",
-                        self.name(),
-                        order.commit
-                    )))
-                }
-            }
+        let gate = self.gate()?;
+        if !lock(gate).cut.set_cut(order.commit, order.cut.clone()) {
+            return Err(ServiceError::Unavailable(format!(
+                "model {:?}: commit {} is not held here (it ended, or this server restarted)",
+                self.name(),
+                order.commit
+            )));
         }
         self.gate_moved();
         let deadline = Instant::now() + Duration::from_millis(order.wait_ms);
         loop {
             let seen = self.gate_generation();
-            if self.reached(&order.cut) {
+            if lock(gate).cut.ready() {
                 break;
             }
             if Instant::now() > deadline {
-                self.release(order.commit);
                 return Err(ServiceError::Unavailable(format!(
-                    "model {:?}: the pushes up to commit {}'s cut did not arrive within {} ms",
+                    "model {:?}: the batches up to commit {}'s cut did not all arrive within {} ms (a worker that \
+                     died having sent a batch to only some partitions)",
                     self.name(),
                     order.commit,
                     order.wait_ms
@@ -175,11 +238,9 @@ impl ModelHandle {
             self.gate_wait(seen).await;
         }
         let h = self.clone();
-        let (commit, version, kind, reason) = (order.commit, order.version, order.kind, order.reason);
-        let written = tokio::task::spawn_blocking(move || h.commit_at(version, kind, &reason))
+        let (version, kind, reason) = (order.version, order.kind, order.reason);
+        tokio::task::spawn_blocking(move || h.commit_at(version, kind, &reason))
             .await
-            .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")));
-        self.release(commit);
-        written?
+            .map_err(|e| ServiceError::Internal(format!("commit task failed: {e}")))?
     }
 }

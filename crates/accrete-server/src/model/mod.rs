@@ -83,8 +83,9 @@ pub struct ModelHandle {
     pub instance: u64,
     /// The cluster's servers (see [`Context::servers`]).
     pub servers: Arc<[String]>,
-    /// A global commit's hold on this partition (`cut.rs`); taken inside `engine`.
-    gate: Mutex<Option<cut::Hold>>,
+    /// A partitioned model's cut state (`cut.rs`; `None`: one partition); taken inside
+    /// `engine`.
+    gate: Option<Mutex<cut::Gate>>,
     gate_gen: AtomicU64,
     gate_changed: Notify,
     pub hold_meters: HoldMeters,
@@ -186,6 +187,7 @@ impl ModelHandle {
     ) -> ModelHandle {
         let shape = Arc::new(Shape { first_epoch: record.first_epoch, ..Shape::of(&record.spec) });
         let engine = Engine::new(shape.clone(), params, &head.record, incarnations, ctx.lease, Instant::now());
+        let gate = (record.spec.parts() > 1).then(|| Mutex::new(cut::Gate::restore(&head.record.workers)));
         ModelHandle {
             signature: Mutex::new(record.signature.clone()),
             record,
@@ -201,7 +203,7 @@ impl ModelHandle {
             servers: ctx.servers.clone(),
             meters: Meters::default(),
             rate: Mutex::new(Default::default()),
-            gate: Mutex::new(None),
+            gate,
             gate_gen: AtomicU64::new(0),
             gate_changed: Notify::new(),
             hold_meters: HoldMeters::default(),
@@ -272,10 +274,14 @@ impl ModelHandle {
         let push = self.shape.check(grads, meta)?;
         let (pushed, gated) = {
             let mut engine = lock(&self.engine);
-            if self.must_wait(meta) {
-                return Err(ServiceError::Held(self.name().to_string()));
+            if let cut::Gated::Duplicate = self.gate_admits(meta)? {
+                return Ok(engine.current_ack());
             }
-            (engine.push(&push, epoch, Instant::now()), lock(&self.gate).is_some())
+            let pushed = engine.push(&push, epoch, Instant::now());
+            if pushed.is_ok() {
+                self.gate_applied(meta);
+            }
+            (pushed, self.gate_holding())
         };
         if gated {
             // a cut may be waiting for this one

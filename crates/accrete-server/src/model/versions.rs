@@ -201,6 +201,37 @@ impl ModelHandle {
         self.install_head(&mut head, new)
     }
 
+    /// One partition's share of a partitioned model's rollback or recovery: `to`'s
+    /// content as version `at` (the same number on every partition), a new lineage epoch.
+    /// A recovery (`rewind`: a partition lost updates) also takes the workers' progress
+    /// back to what `to` recorded, so they rewind to its offsets and train those rows
+    /// again, once; `reason` says which it is.
+    pub fn install_version(&self, to: u64, at: u64, reason: &str, rewind: bool) -> Result<VersionRecord> {
+        let mut head = self.head.lock();
+        if at <= head.record.version {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: version {at} is not after this partition's version {}",
+                self.name(),
+                head.record.version
+            )));
+        }
+        self.write_pending(&mut head)?;
+        let target = self.version(to)?;
+        let manifest = self.manifest_of(to)?;
+        let params = self.load_content(&manifest, target.steps)?;
+        let content_of = if target.content_of != 0 { target.content_of } else { to };
+        let new = NewHead {
+            kind: VersionKind::Rollback,
+            reason: reason.to_string(),
+            request: String::new(),
+            content_of,
+            chunks_written: 0,
+            manifest,
+            params,
+        };
+        self.install_head_with(&mut head, new, rewind.then_some(target.workers), Some(at))
+    }
+
     /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
     /// A retry (the same non-empty `request` id) is answered with the version the first made.
     pub fn import(&self, params: Params, source: &str, request: &str) -> Result<VersionRecord> {
@@ -224,6 +255,17 @@ impl ModelHandle {
     /// into the engine, applies retention and announces it. Pushes of the old epoch are
     /// refused from the swap on.
     fn install_head(&self, head: &mut Head, new: NewHead) -> Result<VersionRecord> {
+        self.install_head_with(head, new, None, None)
+    }
+
+    /// [`Self::install_head`]; `rewind`: the workers' progress to go back to (a recovery).
+    fn install_head_with(
+        &self,
+        head: &mut Head,
+        new: NewHead,
+        rewind: Option<Vec<accrete_core::WorkerProgress>>,
+        at: Option<u64>,
+    ) -> Result<VersionRecord> {
         // The engine stays locked until the swap: no push lands between the counters read
         // here and the new content.
         let mut engine = lock(&self.engine);
@@ -236,15 +278,20 @@ impl ModelHandle {
             lineage_epoch: status.epoch + 1,
             content_of: new.content_of,
             // Offsets say how much of each shard was consumed; replacing the parameters
-            // does not un-read the data, so workers keep their positions.
-            workers: engine.progress(),
+            // does not un-read the data, so workers keep their positions (but a recovery
+            // takes them back to the version's, whose rows it trains again).
+            workers: rewind.clone().unwrap_or_else(|| engine.progress()),
             chunks_written: new.chunks_written,
             steps: new.params.steps,
             request: new.request,
-            ..VersionRecord::new(head.record.version + 1, new.kind)
+            ..VersionRecord::new(at.unwrap_or(head.record.version + 1), new.kind)
         };
         self.store.write_version(self.record.id, &rec, &new.manifest, &ChunkBatch::default())?;
         engine.install(new.params, rec.lineage_epoch, rec.version, Instant::now());
+        if let Some(workers) = &rewind {
+            engine.rewind(workers);
+            self.gate_restore(workers);
+        }
         drop(engine);
         head.requests.note(&rec.request, rec.version, true);
         (head.record, head.manifest) = (rec.clone(), new.manifest);

@@ -59,9 +59,22 @@ impl Cluster for Service {
         .await
     }
 
+    async fn install(&self, req: Request<pb::InstallRequest>) -> Reply<pb::VersionInfo> {
+        let req = req.into_inner();
+        let span = rpc_span("install", &req.model);
+        async move {
+            let h = self.reg.get(&req.model)?;
+            let (to, at, reason, rewind) = (req.to_version, req.at_version, req.reason, req.rewind);
+            let rec = super::on_model(&h, move |h| h.install_version(to, at, &reason, rewind)).await?;
+            Ok(Response::new(version_info(&h, &rec)))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Reply<pb::ReleaseResponse> {
         let req = req.into_inner();
-        self.reg.get(&req.model)?.release(req.commit);
+        self.reg.get(&req.model)?.release(req.commit, req.made);
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 }

@@ -68,6 +68,12 @@ impl Service {
         self.heavy.clone().acquire_owned().await.map_err(|e| ServiceError::Internal(format!("{e}")))
     }
 
+    /// The cluster, when `h` is a partitioned model's home: its model calls are
+    /// coordinated over the partitions (a partition's own calls are not).
+    fn coordinator(&self, h: &ModelHandle) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.reg.cluster().filter(|_| h.spec().parts() > 1 && h.spec().partition == 0)
+    }
+
     fn check_size(&self, what: impl FnOnce() -> String, bytes: usize) -> Result<()> {
         if bytes > self.limit {
             return Err(ServiceError::TooLarge { what: what(), bytes, limit: self.limit });

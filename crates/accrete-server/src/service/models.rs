@@ -94,7 +94,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let reason = if req.reason.is_empty() { "commit".to_string() } else { format!("commit: {}", req.reason) };
-            let (rec, created) = match self.reg.cluster().filter(|_| h.spec().parts() > 1) {
+            let (rec, created) = match self.coordinator(&h) {
                 Some(c) => c.commit(&self.reg, &h, VersionKind::Manual, &reason).await?,
                 None => on_model(&h, move |h| h.commit(VersionKind::Manual, &reason, &req.request_id)).await?,
             };
@@ -134,7 +134,7 @@ impl Models for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let (to, reason, request) = (req.to_version, req.reason, req.request_id);
-            let rec = match self.reg.cluster().filter(|_| h.spec().parts() > 1) {
+            let rec = match self.coordinator(&h) {
                 Some(c) => c.rollback(&self.reg, &h, to, &reason, &request).await?,
                 None => on_model(&h, move |h| h.rollback(to, &reason, &request)).await?,
             };
@@ -167,6 +167,10 @@ impl Models for Service {
             let h = self.reg.get(&req.model)?;
             let version = req.version.unwrap_or_else(|| h.head_version());
             let (rec, params) = self.load_version(&h, version).await?;
+            let params = match self.coordinator(&h) {
+                Some(c) => c.gather(&self.reg, &h, version, params).await?,
+                None => params,
+            };
             let model = on_model(&h, info_of).await?;
             let header = pb::ExportHeader { model: Some(model), version: Some(version_info(&h, &rec)) };
             Ok(Response::new(export::stream(header, params, req.optimizer_state, self.limit)))

@@ -112,6 +112,9 @@ impl Parameters for Service {
                 h.join(&worker, given)
             })
             .await?;
+            if let Some(c) = self.coordinator(&h).filter(|_| given == 0 && joined.incarnation > 1) {
+                c.want_commit(h.name());
+            }
             tracing::info!(
                 model = %h.name(),
                 worker = %req.worker_id,
