@@ -1,8 +1,9 @@
-//! `accrete bench`: benchmarks of the parameter server, the worker and the evaluator, with
-//! ratios measured in the same run (these machines are shared and noisy, so absolute
-//! times are only context). Benchmarks may use the wire types directly: they measure the
-//! transport as well as the system.
+//! `accrete bench`: benchmarks of the parameter server (alone and as a cluster), the
+//! worker and the evaluator, with ratios measured in the same run (these machines are
+//! shared and noisy, so absolute times are only context). Benchmarks may use the wire
+//! types directly: they measure the transport as well as the system.
 
+mod cluster;
 mod evaluator;
 mod server;
 mod sink;
@@ -31,6 +32,20 @@ enum BenchCmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// A model split over 1, 2 and 3 server processes (issue 13): push and pull
+    /// throughput as ratios to one server, commits while pushers run, RSS per
+    /// server.
+    Cluster {
+        /// Concurrent pushers (each a joined worker with its own connections).
+        #[arg(long, default_value_t = 2)]
+        pushers: usize,
+        /// Commits in the commit scenario (on 1 server, then on 3).
+        #[arg(long, default_value_t = 30)]
+        commits: usize,
+        /// Print one JSON object with every figure.
+        #[arg(long)]
+        json: bool,
+    },
     /// Worker throughput without the network: parse, hash and compute gradients of a
     /// hashed logistic model over a CSV (the flights data by default).
     Worker {
@@ -57,6 +72,7 @@ enum BenchCmd {
 pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     match a.cmd {
         BenchCmd::Server { max_floats, json, only } => server::server_bench(max_floats, json, &only).await,
+        BenchCmd::Cluster { pushers, commits, json } => cluster::cluster_bench(pushers, commits, json).await,
         BenchCmd::Sink { listen } => sink::serve_sink(listen).await,
         BenchCmd::Worker { input, batch } => worker::worker_bench(input, batch),
         BenchCmd::Evaluator { versions } => evaluator::evaluator_bench(versions).await,

@@ -143,7 +143,7 @@ pub(crate) async fn create(c: &mut RawClient, s: pb::ModelSpec) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         s.lines()
