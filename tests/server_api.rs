@@ -800,6 +800,7 @@ async fn worker_progress_is_recorded_with_versions() {
             loss_sum: 6.9,
             incarnation: 0,
             seq: i,
+            update: false,
         });
         c.params.push(req).await.unwrap();
     }

@@ -7,8 +7,8 @@ use crate::retry::retried;
 use crate::split::Plan;
 use crate::{Client, ClientError, Result};
 use accrete_core::cluster::{CutOrder, HoldReport};
-use accrete_core::partition::servers_of;
-use accrete_core::spec::base_name;
+use accrete_core::partition::server_of;
+use accrete_core::spec::{base_name, partition_of_name};
 use accrete_core::{InputSignature, ModelInfo, ModelSpec, VersionRecord};
 use accrete_proto::v1 as pb;
 use std::sync::Mutex;
@@ -95,14 +95,16 @@ impl Client {
     /// The client of the server that holds partition `part` of a model of `parts`.
     pub fn partition_server(&self, model: &str, part: u32, parts: u32) -> (usize, Client) {
         let n = self.cluster().map_or(1, |v| v.servers.len());
-        let i = servers_of(base_name(model), parts, n)[part as usize];
+        let i = server_of(base_name(model), part.min(parts.saturating_sub(1)), n);
         (i, self.peer(i))
     }
 
-    /// The client of `model`'s home when that is another server than this client's.
+    /// The client of `model`'s home when that is another server than this client's: the
+    /// server of partition 0, or of partition i for a partition's local name `NAME#i`
+    /// (a call about one partition alone).
     pub(crate) fn home(&self, model: &str) -> Option<Client> {
         let routes = self.routes.as_ref()?;
-        let i = servers_of(base_name(model), 1, routes.view.servers.len())[0];
+        let i = server_of(base_name(model), partition_of_name(model), routes.view.servers.len());
         (i != routes.view.me).then(|| self.peer(i))
     }
 
@@ -209,6 +211,13 @@ impl Client {
             rewind,
         };
         Ok(retried!(self, cluster, install, req())?.into())
+    }
+
+    /// Makes a partition keep the versions its home keeps (`keep`, the home's version
+    /// log); returns how many it dropped.
+    pub async fn retain(&mut self, model: &str, keep: &[u64]) -> Result<u64> {
+        let req = pb::RetainRequest { model: model.to_string(), keep: keep.to_vec() };
+        Ok(self.cluster.retain(req).await?.into_inner().dropped)
     }
 
     /// Ends a hold: the commit `made`, or aborted.

@@ -203,7 +203,13 @@ pub(crate) fn push_part(plan: &Plan, push: &Push<'_>, part: u32) -> pb::PushRequ
         .iter()
         .map(|s| Gradient { tensor: &s.tensor, offset: s.offset, keys: &s.keys, values: &s.values })
         .collect();
-    pb::PushRequest::from(&Push { model: &model, lineage_epoch: push.lineage_epoch, grads, meta: push.meta.clone() })
+    // Every part of a push with values anywhere counts as one update and one optimizer
+    // step on its partition, whatever rows it holds (`PushMeta::update`).
+    let mut meta = push.meta.clone();
+    if push.grads.iter().any(|g| !g.values.is_empty()) {
+        meta.get_or_insert_with(Default::default).update = true;
+    }
+    pb::PushRequest::from(&Push { model: &model, lineage_epoch: push.lineage_epoch, grads, meta })
 }
 
 /// An error of one partition's call, naming the partition and its server when it could
@@ -255,8 +261,15 @@ mod tests {
         assert_eq!(k1, vec![952, 0], "rows renumbered from the partition's first");
         let v1: Vec<f32> = p1.grads[0].values.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(v1, vec![2.0, 3.0]);
+        assert!(p1.meta.as_ref().is_some_and(|m| m.update) && p0.meta.as_ref().is_some_and(|m| m.update));
+        let only_bias = Push { grads: vec![push.grads[1]], ..push.clone() };
+        let mark = push_part(&p, &only_bias, 1);
+        assert!(mark.grads.is_empty(), "partition 1 holds none of the rows");
+        assert!(mark.meta.is_some_and(|m| m.update), "but counts the update and its optimizer step");
         let empty = Push { model: "fl", lineage_epoch: 7, grads: vec![], meta: None };
-        assert!(push_part(&p, &empty, 1).grads.is_empty(), "a mark carries no gradient");
+        let mark = push_part(&p, &empty, 1);
+        assert!(mark.grads.is_empty(), "a mark carries no gradient");
+        assert!(!mark.meta.is_some_and(|m| m.update), "a push without values is no update anywhere");
         assert_eq!(part_of(&[0, 2048, 4096], 4095), 1);
         assert_eq!(part_of(&[0, 2048, 4096], 0), 0);
     }

@@ -87,9 +87,13 @@ impl Partitioning {
 /// The server (an index into the sorted peer list) of each of a model's `parts`
 /// partitions, out of `servers`.
 pub fn servers_of(model: &str, parts: u32, servers: usize) -> Vec<usize> {
-    let servers = servers.max(1);
-    let h = murmur3_32(model.as_bytes(), 0) as usize;
-    (0..parts as usize).map(|i| (h + i) % servers).collect()
+    (0..parts).map(|i| server_of(model, i, servers)).collect()
+}
+
+/// The server of partition `part` of `model` (see [`servers_of`]).
+pub fn server_of(model: &str, part: u32, servers: usize) -> usize {
+    let h = murmur3_32(model.as_bytes(), 0) as u64;
+    ((h + part as u64) % servers.max(1) as u64) as usize
 }
 
 #[cfg(test)]

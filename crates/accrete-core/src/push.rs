@@ -19,6 +19,11 @@ pub struct PushMeta {
     pub rows: u64,
     /// Progressive-validation loss of those rows, before training.
     pub loss_sum: f64,
+    /// The whole push carries values, even where this part carries none (a partitioned
+    /// model's progress mark): it counts as one update and one optimizer step on every
+    /// partition, so the policy's count and Adam's bias correction do not depend on how
+    /// the rows fell. A push without values anywhere only marks progress.
+    pub update: bool,
 }
 
 /// One gradient of a push, borrowed from the worker's buffers (the client encodes it

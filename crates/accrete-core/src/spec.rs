@@ -395,6 +395,12 @@ pub fn base_name(name: &str) -> &str {
     name.split_once('#').map_or(name, |(b, _)| b)
 }
 
+/// The partition a local name stands for (`NAME#i` → i, `NAME` → 0; a suffix that is no
+/// number → 0, and the name is then no model's).
+pub fn partition_of_name(name: &str) -> u32 {
+    name.split_once('#').and_then(|(_, i)| i.parse().ok()).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

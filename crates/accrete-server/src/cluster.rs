@@ -14,7 +14,7 @@ use crate::model::ModelHandle;
 use crate::registry::Registry;
 use accrete_client::{Client, ClientError, ClusterView};
 use accrete_core::cluster::{cut_of, ClusterMap, CutOrder, HoldReport};
-use accrete_core::partition::servers_of;
+use accrete_core::partition::server_of;
 use accrete_core::spec::{base_name, local_name};
 use accrete_core::{InputSignature, ModelSpec, VersionKind, VersionRecord};
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ impl Cluster {
 
     /// The server index of a model's home (its partition 0).
     pub fn home_of(&self, name: &str) -> usize {
-        servers_of(base_name(name), 1, self.map.servers.len())[0]
+        server_of(base_name(name), 0, self.map.servers.len())
     }
 
     pub fn is_home(&self, name: &str) -> bool {
@@ -78,7 +78,7 @@ impl Cluster {
     }
 
     fn partition_server(&self, name: &str, part: u32, parts: u32) -> usize {
-        servers_of(base_name(name), parts, self.map.servers.len())[part as usize]
+        server_of(base_name(name), part.min(parts.saturating_sub(1)), self.map.servers.len())
     }
 
     fn peer(&self, i: usize) -> Client {
@@ -293,7 +293,38 @@ impl Cluster {
         self.instances.lock().unwrap_or_else(|e| e.into_inner()).insert(h.name().to_string(), instances);
         self.holds.record(started.elapsed());
         *last = Instant::now();
+        self.retain_all(reg, h).await;
         Ok((rec, true))
+    }
+
+    /// Retention is global: after the home's (its own, in the version it just wrote),
+    /// every other partition keeps exactly the versions the home's log lists. A failure
+    /// is logged; the next commit's retention catches up.
+    async fn retain_all(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>) {
+        let hh = h.clone();
+        let keep: Vec<u64> = match blocking(move || hh.versions()).await {
+            Ok(vs) => vs.iter().map(|r| r.version).collect(),
+            Err(e) => return tracing::warn!(model = %h.name(), error = %e, "retention: cannot list the versions"),
+        };
+        let parts = h.spec().parts();
+        for p in 1..parts {
+            let i = self.partition_server(h.name(), p, parts);
+            let local = local_name(h.name(), p);
+            let r = if i == self.map.me {
+                match reg.get(&local) {
+                    Ok(m) => {
+                        let keep = keep.clone();
+                        blocking(move || m.retain_listed(&keep).map(|n| n as u64)).await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.peer(i).retain(&local, &keep).await.map_err(|e| self.named(e, h.name(), p, i))
+            };
+            if let Err(e) = r {
+                tracing::warn!(model = %h.name(), partition = p, error = %e, "retention on a partition failed (the next commit retries)");
+            }
+        }
     }
 
     async fn release_all(&self, reg: &Arc<Registry>, model: &str, parts: u32, id: u64, made: bool) {
@@ -412,7 +443,9 @@ impl Cluster {
             }
         }
         let (hh, reason) = (h.clone(), reason.to_string());
-        blocking(move || hh.install_version(to, at, &reason, rewind)).await
+        let rec = blocking(move || hh.install_version(to, at, &reason, rewind)).await?;
+        self.retain_all(reg, h).await;
+        Ok(rec)
     }
 
     /// A graceful stop's first step, while this server still answers: a global commit of

@@ -140,6 +140,7 @@ impl Identity {
             clock,
             rows,
             loss_sum,
+            update: false,
         }
     }
 }

@@ -18,6 +18,7 @@ impl From<&PushMeta> for pb::PushMeta {
             clock: m.clock,
             rows: m.rows,
             loss_sum: m.loss_sum,
+            update: m.update,
         }
     }
 }
@@ -34,6 +35,7 @@ impl From<pb::PushMeta> for PushMeta {
             clock: m.clock,
             rows: m.rows,
             loss_sum: m.loss_sum,
+            update: m.update,
         }
     }
 }

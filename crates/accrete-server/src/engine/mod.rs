@@ -194,7 +194,8 @@ impl Engine {
 
     /// Applies a checked push at `now`: a refused push changes nothing, and a push whose
     /// result would not be finite is refused. A push without values (progress only) is
-    /// not an update: it moves no counter and makes no version. Under BSP a worker's
+    /// not an update: it moves no counter and makes no version, unless it is a part of a
+    /// push that carries values elsewhere (`PushMeta::update`). Under BSP a worker's
     /// gradients join their clock's round instead, applied once every live worker's are in.
     pub fn push(&mut self, push: &Checked<'_>, epoch: u64, now: Instant) -> Result<Pushed> {
         if self.shape.consistency == ConsistencyMode::Bsp && push.from_worker() {
@@ -205,7 +206,8 @@ impl Engine {
         self.check_epoch(epoch)?;
         self.check_room(meta)?;
         self.check_committable(now)?;
-        let update = push.values() > 0;
+        // A part of an update that carries no values here still counts (`PushMeta::update`).
+        let update = push.values() > 0 || meta.update;
         if update {
             self.params.begin_update();
             for (t, g) in push.grads() {
@@ -380,7 +382,7 @@ impl Engine {
             self.sync.applied = c;
             // The rows of its pushes are consumed now (applied, or dropped as diverging).
             round.progress.iter().for_each(|m| record_progress(&mut self.workers, m));
-            if round.is_empty() {
+            if round.is_empty() && !round.progress.iter().any(|m| m.update) {
                 continue;
             }
             self.params.begin_update();

@@ -519,3 +519,25 @@ fn bsp_records_a_workers_offset_when_its_round_is_applied() {
     let offsets: Vec<u64> = e.progress().iter().map(|w| w.offset).collect();
     assert_eq!(offsets, [100, 400], "a's rows of the dropped round are not counted as applied");
 }
+
+#[test]
+fn a_part_of_an_update_without_values_here_counts_the_update_and_its_step() {
+    // A partition's share of a push whose rows all fell on other partitions: the same
+    // update and optimizer step count on every partition as on one server.
+    let t0 = Instant::now();
+    let mut e = asp();
+    let part = PushMeta { update: true, ..meta("w", 0, 1) };
+    let shape = e.shape.clone();
+    let pushed = e.push(&shape.check(&[], &part).unwrap(), 1, t0).unwrap();
+    assert_eq!((pushed.ack.updates, e.params.steps), (1, 1));
+    assert_eq!(bias(&e), 0.0, "no value moved");
+    assert!(e.params.dirty_chunks(0).next().is_none());
+    push(&mut e, 1, &meta("w", 0, 2), 1.0, t0).unwrap();
+    assert_eq!((e.status().updates, e.params.steps), (2, 2));
+    // Under BSP, a round whose only pushes are such parts is one update too.
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    let shape = e.shape.clone();
+    e.push(&shape.check(&[], &PushMeta { update: true, ..meta("a", 1, 1) }).unwrap(), 1, t0).unwrap();
+    assert_eq!((e.status().updates, e.params.steps), (1, 1));
+}

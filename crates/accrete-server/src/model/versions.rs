@@ -397,7 +397,10 @@ impl ModelHandle {
     /// head is always kept), and the chunks only they referenced.
     fn retain(&self, head: &Head) -> Result<()> {
         let keep_last = self.record.spec.commit.keep_last as usize;
-        if keep_last == 0 {
+        // A partition (i > 0) keeps what its home's global version log keeps
+        // (`retain_listed`): counting its own versions, it would drop a global version
+        // the home still lists when an aborted commit left it one more.
+        if keep_last == 0 || self.record.spec.partition > 0 {
             return Ok(());
         }
         // a tag that lands between the listing and the drops must not be dropped
@@ -416,6 +419,27 @@ impl ModelHandle {
         let freed = self.store.drop_versions(self.record.id, self.name(), &drop, &keep)?;
         tracing::debug!(model = %self.name(), dropped = drop.len(), freed, "retention");
         Ok(())
+    }
+
+    /// A partition's retention, decided by its home: drops every version older than the
+    /// newest of `keep` (the home's global version log) that `keep` does not list (the
+    /// home dropped it, or an aborted commit left it here alone), and the chunks only
+    /// they referenced. Versions newer than the log's newest stay: they may be this
+    /// partition's head. Returns how many versions were dropped.
+    pub fn retain_listed(&self, keep: &[u64]) -> Result<usize> {
+        let head = self.head.lock();
+        let _records = lock(&self.records);
+        let newest = keep.iter().copied().max().unwrap_or(0);
+        let (drop, kept): (Vec<u64>, Vec<u64>) = self
+            .versions()?
+            .iter()
+            .map(|r| r.version)
+            .partition(|v| *v < newest && !keep.contains(v) && *v != head.record.version);
+        if !drop.is_empty() {
+            let freed = self.store.drop_versions(self.record.id, self.name(), &drop, &kept)?;
+            tracing::debug!(model = %self.name(), dropped = drop.len(), freed, "retention (the home's)");
+        }
+        Ok(drop.len())
     }
 
     /// Deletes the model's history from the store and announces it. Blocking.

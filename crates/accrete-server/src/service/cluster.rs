@@ -72,6 +72,17 @@ impl Cluster for Service {
         .await
     }
 
+    async fn retain(&self, req: Request<pb::RetainRequest>) -> Reply<pb::RetainResponse> {
+        let req = req.into_inner();
+        let h = self.reg.get(&req.model)?;
+        if h.spec().partition == 0 {
+            let msg = format!("model {:?} keeps its own versions: it is not a partition i > 0", req.model);
+            return Err(crate::error::ServiceError::Invalid(msg).into());
+        }
+        let dropped = blocking(move || h.retain_listed(&req.keep)).await?;
+        Ok(Response::new(pb::RetainResponse { dropped: dropped as u64 }))
+    }
+
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Reply<pb::ReleaseResponse> {
         let req = req.into_inner();
         self.reg.get(&req.model)?.release(req.commit, req.made);

@@ -1,0 +1,160 @@
+//! A model over a cluster of in-process servers (real gRPC on ports bound at 0, a real
+//! sled database each): what must not depend on how a model is partitioned — the
+//! optimizer's step counts, the updates counted — and what is global: retention keeps
+//! the same versions on every partition as the home's log lists, tags included.
+mod common;
+
+use accrete_client::Client;
+use accrete_core::push::{Gradient, Push};
+use accrete_core::{CommitPolicy, ModelKind, ModelSpec, OptimizerKind, OptimizerSpec};
+use tokio::sync::oneshot;
+
+/// Servers of one cluster (`--peers` the same list on each), plus their stops.
+struct Cluster {
+    urls: Vec<String>,
+    _dirs: Vec<tempfile::TempDir>,
+    stops: Vec<oneshot::Sender<()>>,
+}
+
+impl Cluster {
+    /// `n` servers with `--peers` (n = 1 without: a server of its own).
+    async fn start(n: usize) -> Cluster {
+        let mut listeners = Vec::new();
+        for _ in 0..n {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+        let (mut dirs, mut stops) = (Vec::new(), Vec::new());
+        for l in listeners {
+            let dir = tempfile::tempdir().unwrap();
+            let config = accrete_server::ServerConfig {
+                peers: (n > 1).then(|| addrs.join(",")),
+                ..accrete_server::ServerConfig::new(dir.path().join("data"))
+            };
+            let (stop, rx) = oneshot::channel::<()>();
+            tokio::spawn(accrete_server::run(config, l, async {
+                let _ = rx.await;
+            }));
+            dirs.push(dir);
+            stops.push(stop);
+        }
+        Cluster { urls: addrs.iter().map(|a| format!("http://{a}")).collect(), _dirs: dirs, stops }
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        Client::connect_patiently(&self.urls[i], std::time::Duration::from_secs(10)).await.unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn adam_spec(name: &str, partitions: u32) -> ModelSpec {
+    ModelSpec {
+        hash_bits: 6,
+        optimizer: OptimizerSpec::new(OptimizerKind::Adam, 0.1),
+        commit: CommitPolicy { every_updates: 0, every_secs: 0.0, keep_last: 0 },
+        partitions,
+        ..ModelSpec::new(name, ModelKind::Logistic)
+    }
+}
+
+/// Pushes `n` gradients through the routed stream: every third only touches rows of the
+/// first partition (and the bias, which lives there), the others rows across the table.
+async fn push_pattern(c: &mut Client, spec: &ModelSpec, n: usize) {
+    let stream = c.push_stream_for(spec).await.unwrap();
+    for k in 0..n {
+        let keys: Vec<u32> = if k % 3 == 0 { vec![1, 2] } else { vec![1, 30 + (k % 5) as u32, 60] };
+        let values: Vec<f32> = keys.iter().enumerate().map(|(i, _)| 0.25 + 0.1 * i as f32 - 0.02 * k as f32).collect();
+        let bias = [0.3f32];
+        let push = Push {
+            model: &spec.name,
+            lineage_epoch: 0,
+            grads: vec![
+                Gradient { tensor: "h", keys: &keys, values: &values, ..Default::default() },
+                Gradient { tensor: "b", values: &bias, ..Default::default() },
+            ],
+            meta: None,
+        };
+        stream.send(&push).await.unwrap();
+    }
+    stream.finish().await.unwrap();
+}
+
+/// The live hashed table and bias, whole.
+async fn table(c: &mut Client, name: &str) -> (Vec<f32>, Vec<f32>) {
+    let view = c.model_view(name).await.unwrap();
+    let keys: Vec<u32> = (0..64).collect();
+    let p = c.pull_batch(&view, &keys, None, None).await.unwrap();
+    (p.tensors.h, p.tensors.b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adams_steps_and_the_update_count_do_not_depend_on_the_partitioning() {
+    let (cluster, one) = (Cluster::start(3).await, Cluster::start(1).await);
+    let (mut c, mut s) = (cluster.client(1).await, one.client(0).await);
+    let (split, whole) = (adam_spec("adam", 3), adam_spec("adam", 1));
+    c.create_model(&split, None).await.unwrap();
+    s.create_model(&whole, None).await.unwrap();
+    let info = c.model_info("adam").await.unwrap();
+    assert_eq!(info.partitions.len(), 3, "{:?}", info.partitions);
+    assert_eq!(table(&mut c, "adam").await, table(&mut s, "adam").await, "the same initial parameters");
+    push_pattern(&mut c, &split, 30).await;
+    push_pattern(&mut s, &whole, 30).await;
+    let (split_table, whole_table) = (table(&mut c, "adam").await, table(&mut s, "adam").await);
+    assert!(whole_table.0[60] != 0.0, "row 60 (the last partition's) was trained");
+    // Adam's bias correction counts every push, also on a partition that holds none of
+    // its rows: the same steps give the same parameters, float for float.
+    assert_eq!(split_table, whole_table);
+    // The update count (the commit policy's) is the whole model's on every partition.
+    for p in 0..3u32 {
+        let local = accrete_core::spec::local_name("adam", p);
+        assert_eq!(c.model_info(&local).await.unwrap().updates, 30, "partition {p}");
+    }
+    assert_eq!(s.model_info("adam").await.unwrap().updates, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_tags_are_global() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(2).await;
+    let spec =
+        ModelSpec { commit: CommitPolicy { every_updates: 0, every_secs: 0.0, keep_last: 3 }, ..adam_spec("kept", 3) };
+    c.create_model(&spec, None).await.unwrap();
+    let mut made = vec![1];
+    for round in 0..6 {
+        push_pattern(&mut c, &spec, 4).await;
+        let (v, created) = c.commit("kept", "test").await.unwrap();
+        assert!(created, "round {round}");
+        made.push(v.version);
+        if round == 0 {
+            c.tag("kept", v.version, "first").await.unwrap();
+        }
+    }
+    let listed = |vs: Vec<accrete_core::VersionRecord>| vs.iter().map(|v| v.version).collect::<Vec<u64>>();
+    let home = listed(c.versions("kept").await.unwrap());
+    let n = made.len();
+    assert_eq!(home, vec![made[1], made[n - 3], made[n - 2], made[n - 1]], "the tagged version and the newest 3");
+    for p in 1..3u32 {
+        let local = accrete_core::spec::local_name("kept", p);
+        assert_eq!(listed(c.versions(&local).await.unwrap()), home, "partition {p} keeps what the home lists");
+    }
+    // The tagged version loads whole: every partition still holds its rows.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("first.safetensors");
+    let rec = accrete_client::safetensors::export(&mut c, "kept", Some(made[1]), false, &out).await.unwrap();
+    assert_eq!(rec.version, made[1]);
+    // A rollback installs a version on every partition, and retention follows again.
+    let back = c.rollback("kept", made[1], "test").await.unwrap();
+    let home = listed(c.versions("kept").await.unwrap());
+    assert_eq!(home.last(), Some(&back.version));
+    for p in 1..3u32 {
+        let local = accrete_core::spec::local_name("kept", p);
+        assert_eq!(listed(c.versions(&local).await.unwrap()), home, "partition {p} after the rollback");
+    }
+}
