@@ -158,3 +158,45 @@ async fn retention_and_tags_are_global() {
         assert_eq!(listed(c.versions(&local).await.unwrap()), home, "partition {p} after the rollback");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_installs_the_whole_model_on_every_partition() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    let spec = adam_spec("imp", 3);
+    c.create_model(&spec, None).await.unwrap();
+    push_pattern(&mut c, &spec, 12).await;
+    let (v, _) = c.commit("imp", "test").await.unwrap();
+    let saved = table(&mut c, "imp").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imp.safetensors");
+    accrete_client::safetensors::export(&mut c, "imp", Some(v.version), true, &file).await.unwrap();
+    push_pattern(&mut c, &spec, 12).await;
+    assert_ne!(table(&mut c, "imp").await, saved, "trained on");
+    let before = c.model_info("imp").await.unwrap().lineage_epoch;
+    let rec = accrete_client::safetensors::import(&mut c, "imp", &file).await.unwrap();
+    assert_eq!(rec.kind, accrete_core::VersionKind::Import);
+    assert_eq!(table(&mut c, "imp").await, saved, "the exported parameters, on every partition");
+    for p in 0..3u32 {
+        let local = accrete_core::spec::local_name("imp", p);
+        let info = c.model_info(&local).await.unwrap();
+        assert_eq!((info.head_version, info.lineage_epoch), (rec.version, before + 1), "partition {p}");
+    }
+    // The version exported again holds the same weights and optimizer slots, byte for byte.
+    let again = dir.path().join("again.safetensors");
+    accrete_client::safetensors::export(&mut c, "imp", Some(rec.version), true, &again).await.unwrap();
+    assert_eq!(tensor_bytes(&again), tensor_bytes(&file));
+}
+
+/// Each tensor's (and slot's) name and bytes in a safetensors file.
+fn tensor_bytes(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let (entries, start, _) = accrete_client::safetensors::read_header(path).unwrap();
+    let body = std::fs::read(path).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = entries
+        .iter()
+        .map(|e| (e.name(), body[(start + e.begin) as usize..(start + e.end) as usize].to_vec()))
+        .collect();
+    out.sort();
+    assert!(out.len() >= 4, "weights and slots of h and b: {:?}", out.iter().map(|e| &e.0).collect::<Vec<_>>());
+    out
+}

@@ -213,6 +213,41 @@ impl Client {
         Ok(retried!(self, cluster, install, req())?.into())
     }
 
+    /// Imports one partition's share of a partitioned model's import (`params` in the
+    /// partition's layout, weights and slots) as version `at` of its local model.
+    pub async fn import_params(
+        &mut self,
+        model: &str,
+        params: &accrete_core::Params,
+        at: u64,
+        source: &str,
+    ) -> Result<VersionRecord> {
+        let header = pb::ImportHeader {
+            model: model.to_string(),
+            source: source.to_string(),
+            request_id: String::new(),
+            at_version: at,
+        };
+        let mut msgs = vec![pb::ImportMessage { item: Some(pb::import_message::Item::Header(header)) }];
+        let chunk = crate::safetensors::IMPORT_CHUNK_FLOATS;
+        for t in &params.tensors {
+            let slots = t.slots.iter().zip(&params.slot_names).map(|(s, n)| (&s[..], *n));
+            for (values, slot) in std::iter::once((&t.w[..], "")).chain(slots) {
+                for (k, piece) in values.chunks(chunk).enumerate() {
+                    let c = pb::TensorChunk {
+                        tensor: t.spec.name.to_string(),
+                        slot: slot.to_string(),
+                        offset: (k * chunk) as u64,
+                        values: piece.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+                        ..Default::default()
+                    };
+                    msgs.push(pb::ImportMessage { item: Some(pb::import_message::Item::Chunk(c)) });
+                }
+            }
+        }
+        Ok(self.models.import(tokio_stream::iter(msgs)).await?.into_inner().into())
+    }
+
     /// Makes a partition keep the versions its home keeps (`keep`, the home's version
     /// log); returns how many it dropped.
     pub async fn retain(&mut self, model: &str, keep: &[u64]) -> Result<u64> {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use tokio_stream::StreamExt;
 
 /// Floats per import chunk message (4 MiB).
-const IMPORT_CHUNK_FLOATS: usize = 1 << 20;
+pub(crate) const IMPORT_CHUNK_FLOATS: usize = 1 << 20;
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ClientError + '_ {
     move |source| ClientError::Io { path: path.to_path_buf(), source }
@@ -261,6 +261,7 @@ async fn import_once(client: &mut Client, model: &str, path: &Path, request_id: 
             model: model.into(),
             source,
             request_id: request_id.into(),
+            at_version: 0,
         })),
     };
     let path_buf: PathBuf = path.to_path_buf();

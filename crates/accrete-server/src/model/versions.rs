@@ -206,7 +206,14 @@ impl ModelHandle {
     /// A recovery (`rewind`: a partition lost updates) also takes the workers' progress
     /// back to what `to` recorded, so they rewind to its offsets and train those rows
     /// again, once; `reason` says which it is.
-    pub fn install_version(&self, to: u64, at: u64, reason: &str, rewind: bool) -> Result<VersionRecord> {
+    pub fn install_version(
+        &self,
+        to: u64,
+        at: u64,
+        reason: &str,
+        rewind: bool,
+        request: &str,
+    ) -> Result<VersionRecord> {
         let mut head = self.head.lock();
         if at <= head.record.version {
             return Err(ServiceError::Invalid(format!(
@@ -223,7 +230,7 @@ impl ModelHandle {
         let new = NewHead {
             kind: VersionKind::Rollback,
             reason: reason.to_string(),
-            request: String::new(),
+            request: request.to_string(),
             content_of,
             chunks_written: 0,
             manifest,
@@ -235,19 +242,39 @@ impl ModelHandle {
     /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
     /// A retry (the same non-empty `request` id) is answered with the version the first made.
     pub fn import(&self, params: Params, source: &str, request: &str) -> Result<VersionRecord> {
+        self.import_at(params, source, request, None)
+    }
+
+    /// [`Self::import`] as version `at` (a partitioned model's import: the same number on
+    /// every partition; `None`: the next).
+    pub fn import_at(&self, params: Params, source: &str, request: &str, at: Option<u64>) -> Result<VersionRecord> {
         let mut head = self.head.lock();
         if let Some((rec, _)) = self.answered(&head, request)? {
             return Ok(rec);
         }
+        if let Some(at) = at.filter(|at| *at <= head.record.version) {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: version {at} is not after this partition's version {}",
+                self.name(),
+                head.record.version
+            )));
+        }
         self.write_pending(&mut head)?;
-        let version = head.record.version + 1;
+        let version = at.unwrap_or(head.record.version + 1);
         let chunks_written = write_all_chunks(&self.store, self.record.id, version, &params)?;
         let manifest = Manifest::full(&params, version);
         let reason = if source.is_empty() { "import".into() } else { format!("import from {source}") };
         let request = request.to_string();
         let new =
             NewHead { kind: VersionKind::Import, reason, request, content_of: 0, chunks_written, manifest, params };
-        self.install_head(&mut head, new)
+        self.install_head_with(&mut head, new, None, Some(version))
+    }
+
+    /// The version a request made, if one with this id (non-empty) was answered: a retry
+    /// of a call coordinated over partitions is answered before anything is done again.
+    pub fn answer_of(&self, request: &str) -> Result<Option<VersionRecord>> {
+        let head = self.head.lock();
+        Ok(self.answered(&head, request)?.map(|(rec, _)| rec))
     }
 
     /// The one tail of rollback and import: writes the new head's record (the next

@@ -65,7 +65,7 @@ impl Cluster for Service {
         async move {
             let h = self.reg.get(&req.model)?;
             let (to, at, reason, rewind) = (req.to_version, req.at_version, req.reason, req.rewind);
-            let rec = super::on_model(&h, move |h| h.install_version(to, at, &reason, rewind)).await?;
+            let rec = super::on_model(&h, move |h| h.install_version(to, at, &reason, rewind, "")).await?;
             Ok(Response::new(version_info(&h, &rec)))
         }
         .instrument(span)

@@ -190,7 +190,21 @@ impl Models for Service {
             tracing::Span::current().record("model", header.model.as_str());
             let h = self.reg.get(&header.model)?;
             let _permit = self.heavy().await?;
-            let mut filler = ImportFiller::new(h.empty_params(), h.name());
+            let at = match header.at_version {
+                0 => None,
+                _ if h.spec().partition == 0 => {
+                    let msg = format!("import into model {:?}: at_version is only for a partition's share", h.name());
+                    return Err(ServiceError::Invalid(msg).into());
+                }
+                at => Some(at),
+            };
+            // A partitioned model's home takes the whole model's parameters and splits them.
+            let coordinator = self.coordinator(&h);
+            let empty = match coordinator {
+                Some(_) => accrete_core::Params::zeros(&crate::cluster::whole_spec(&h.spec().whole())),
+                None => h.empty_params(),
+            };
+            let mut filler = ImportFiller::new(empty, h.name());
             while let Some(msg) = stream.message().await.map_err(|t| from_transport(t, limit))? {
                 self.check_size(|| format!("import chunk for model {:?}", header.model), msg.encoded_len())?;
                 match msg.item {
@@ -202,7 +216,10 @@ impl Models for Service {
                 }
             }
             let params = filler.finish()?;
-            let rec = on_model(&h, move |h| h.import(params, &header.source, &header.request_id)).await?;
+            let rec = match coordinator {
+                Some(c) => c.import(&self.reg, &h, params, &header.source, &header.request_id).await?,
+                None => on_model(&h, move |h| h.import_at(params, &header.source, &header.request_id, at)).await?,
+            };
             tracing::info!(model = %h.name(), version = rec.version, "imported");
             Ok(Response::new(version_info(&h, &rec)))
         }

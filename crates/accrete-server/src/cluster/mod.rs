@@ -22,6 +22,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod content;
+
+pub use content::whole_spec;
+
 /// How long a partition waits for the pushes up to a cut: a worker's lease bounds it.
 const CUT_WAIT: Duration = Duration::from_secs(10);
 /// How long a call to another server rides out its outage.
@@ -341,51 +345,24 @@ impl Cluster {
         }
     }
 
-    /// The whole parameters of version `version` of the partitioned model `h` (this is its
-    /// home, and `home` its own partition's): every other partition's rows fetched from
-    /// its server and put in place. (One whole copy, plus one partition's at a time.)
-    pub async fn gather(
-        &self,
-        reg: &Arc<Registry>,
-        h: &Arc<ModelHandle>,
-        version: u64,
-        home: accrete_core::Params,
-    ) -> Result<accrete_core::Params> {
-        let whole = h.spec().whole();
-        let parts = whole.parts();
-        let full_layout = accrete_core::layout(&whole);
-        let plan = accrete_core::partition::Partitioning::plan(&full_layout, parts);
-        let mut full = accrete_core::Params::zeros(&ModelSpec { partitions: 1, ..whole.clone() });
-        full.steps = home.steps;
-        place(&mut full, &home, &plan, &full_layout, 0);
-        for p in 1..parts {
-            let i = self.partition_server(h.name(), p, parts);
-            let ps = whole.partition_spec(p);
-            let part = if i == self.map.me {
-                let m = reg.get(&ps.name)?;
-                blocking(move || m.load_version(version)).await?.1
-            } else {
-                self.peer(i).export_params(&ps, version).await.map_err(|e| self.named(e, h.name(), p, i))?
-            };
-            place(&mut full, &part, &plan, &full_layout, p);
-        }
-        Ok(full)
-    }
-
     /// Rolls a partitioned model back on every partition to `to` (workers keep their
-    /// offsets). A retry makes another rollback version (no request ids across partitions yet).
+    /// offsets). A retry of the same request (non-empty id) is answered with the version
+    /// the first made, as on one server.
     pub async fn rollback(
         &self,
         reg: &Arc<Registry>,
         h: &Arc<ModelHandle>,
         to: u64,
         why: &str,
-        _request: &str,
+        request: &str,
     ) -> Result<VersionRecord> {
         let lock = self.commit_lock(h.name());
         let _serial = lock.lock().await;
+        if let Some(rec) = h.answer_of(request)? {
+            return Ok(rec);
+        }
         let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
-        self.install_all(reg, h, to, &reason, false).await
+        self.install_all(reg, h, to, &reason, false, request).await
     }
 
     /// A recovery: a partition lost updates (its server restarted, or a batch reached only
@@ -400,7 +377,7 @@ impl Cluster {
     async fn recover_locked(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>, why: &str) -> Result<VersionRecord> {
         let to = h.head_version();
         tracing::warn!(model = %h.name(), to, why, "recovery: the model goes back to its latest global version");
-        let rec = self.install_all(reg, h, to, &format!("recovery to {to}: {why}"), true).await?;
+        let rec = self.install_all(reg, h, to, &format!("recovery to {to}: {why}"), true, "").await?;
         self.instances.lock().unwrap_or_else(|e| e.into_inner()).remove(h.name());
         Ok(rec)
     }
@@ -415,7 +392,32 @@ impl Cluster {
         to: u64,
         reason: &str,
         rewind: bool,
+        request: &str,
     ) -> Result<VersionRecord> {
+        let parts = h.spec().parts();
+        let at = self.next_version(reg, h).await?;
+        for p in 1..parts {
+            let i = self.partition_server(h.name(), p, parts);
+            let local = local_name(h.name(), p);
+            if i == self.map.me {
+                let (m, why) = (reg.get(&local)?, reason.to_string());
+                blocking(move || m.install_version(to, at, &why, rewind, "")).await?;
+            } else {
+                self.peer(i)
+                    .install(&local, to, at, reason, rewind)
+                    .await
+                    .map_err(|e| self.named(e, h.name(), p, i))?;
+            }
+        }
+        let (hh, reason, request) = (h.clone(), reason.to_string(), request.to_string());
+        let rec = blocking(move || hh.install_version(to, at, &reason, rewind, &request)).await?;
+        self.retain_all(reg, h).await;
+        Ok(rec)
+    }
+
+    /// The number of a version installed on every partition: the next after every
+    /// partition's newest (an aborted commit may have left one a version ahead).
+    async fn next_version(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>) -> Result<u64> {
         let parts = h.spec().parts();
         let mut at = h.head_version();
         for p in 1..parts {
@@ -428,24 +430,7 @@ impl Cluster {
             };
             at = at.max(head);
         }
-        let at = at + 1;
-        for p in 1..parts {
-            let i = self.partition_server(h.name(), p, parts);
-            let local = local_name(h.name(), p);
-            if i == self.map.me {
-                let (m, why) = (reg.get(&local)?, reason.to_string());
-                blocking(move || m.install_version(to, at, &why, rewind)).await?;
-            } else {
-                self.peer(i)
-                    .install(&local, to, at, reason, rewind)
-                    .await
-                    .map_err(|e| self.named(e, h.name(), p, i))?;
-            }
-        }
-        let (hh, reason) = (h.clone(), reason.to_string());
-        let rec = blocking(move || hh.install_version(to, at, &reason, rewind)).await?;
-        self.retain_all(reg, h).await;
-        Ok(rec)
+        Ok(at + 1)
     }
 
     /// A graceful stop's first step, while this server still answers: a global commit of
@@ -490,28 +475,6 @@ impl Cluster {
     /// next commit (the incarnation gate), so one is due.
     pub fn want_commit(&self, model: &str) {
         self.wanted.lock().unwrap_or_else(|e| e.into_inner()).insert(model.to_string());
-    }
-}
-
-/// Copies partition `part`'s tensors (weights and slots) into their rows of `full`.
-fn place(
-    full: &mut accrete_core::Params,
-    part_params: &accrete_core::Params,
-    plan: &accrete_core::partition::Partitioning,
-    layout: &[accrete_core::TensorSpec],
-    part: u32,
-) {
-    let rows = plan.rows_of(part, layout);
-    for t in &part_params.tensors {
-        let Some(ft) = full.tensor_index(t.spec.name) else { continue };
-        let at = (rows[ft].0 * layout[ft].cols as u64) as usize;
-        let dst = &mut full.tensors[ft];
-        let n = t.w.len().min(dst.w.len().saturating_sub(at));
-        dst.w[at..at + n].copy_from_slice(&t.w[..n]);
-        for (d, s) in dst.slots.iter_mut().zip(&t.slots) {
-            let n = s.len().min(d.len().saturating_sub(at));
-            d[at..at + n].copy_from_slice(&s[..n]);
-        }
     }
 }
 
