@@ -56,7 +56,7 @@ impl Drop for Cluster {
 
 fn adam_spec(name: &str, partitions: u32) -> ModelSpec {
     ModelSpec {
-        hash_bits: 6,
+        hash_bits: 12,
         optimizer: OptimizerSpec::new(OptimizerKind::Adam, 0.1),
         commit: CommitPolicy { every_updates: 0, every_secs: 0.0, keep_last: 0 },
         partitions,
@@ -65,11 +65,12 @@ fn adam_spec(name: &str, partitions: u32) -> ModelSpec {
 }
 
 /// Pushes `n` gradients through the routed stream: every third only touches rows of the
-/// first partition (and the bias, which lives there), the others rows across the table.
+/// first partition (and the bias, which lives there), the others rows across the table
+/// (4096 rows: partitions start at 0, 1365, 2730).
 async fn push_pattern(c: &mut Client, spec: &ModelSpec, n: usize) {
     let stream = c.push_stream_for(spec).await.unwrap();
     for k in 0..n {
-        let keys: Vec<u32> = if k % 3 == 0 { vec![1, 2] } else { vec![1, 30 + (k % 5) as u32, 60] };
+        let keys: Vec<u32> = if k % 3 == 0 { vec![1, 2] } else { vec![1, 1500 + (k % 5) as u32, 3000] };
         let values: Vec<f32> = keys.iter().enumerate().map(|(i, _)| 0.25 + 0.1 * i as f32 - 0.02 * k as f32).collect();
         let bias = [0.3f32];
         let push = Push {
@@ -89,7 +90,7 @@ async fn push_pattern(c: &mut Client, spec: &ModelSpec, n: usize) {
 /// The live hashed table and bias, whole.
 async fn table(c: &mut Client, name: &str) -> (Vec<f32>, Vec<f32>) {
     let view = c.model_view(name).await.unwrap();
-    let keys: Vec<u32> = (0..64).collect();
+    let keys: Vec<u32> = (0..4096).collect();
     let p = c.pull_batch(&view, &keys, None, None).await.unwrap();
     (p.tensors.h, p.tensors.b)
 }
@@ -103,14 +104,17 @@ async fn adams_steps_and_the_update_count_do_not_depend_on_the_partitioning() {
     s.create_model(&whole, None).await.unwrap();
     let info = c.model_info("adam").await.unwrap();
     assert_eq!(info.partitions.len(), 3, "{:?}", info.partitions);
+    assert!(info.partitions.iter().all(|p| p.rows >= 1365), "every partition holds rows: {:?}", info.partitions);
     assert_eq!(table(&mut c, "adam").await, table(&mut s, "adam").await, "the same initial parameters");
     push_pattern(&mut c, &split, 30).await;
     push_pattern(&mut s, &whole, 30).await;
     let (split_table, whole_table) = (table(&mut c, "adam").await, table(&mut s, "adam").await);
-    assert!(whole_table.0[60] != 0.0, "row 60 (the last partition's) was trained");
+    assert!(whole_table.0[3000] != 0.0, "row 3000 (the last partition's) was trained");
     // Adam's bias correction counts every push, also on a partition that holds none of
     // its rows: the same steps give the same parameters, float for float.
-    assert_eq!(split_table, whole_table);
+    let first_difference =
+        (split_table.0.iter().zip(&whole_table.0).position(|(a, b)| a != b), split_table.1 == whole_table.1);
+    assert_eq!(first_difference, (None, true), "h differs first at that row (or the bias differs)");
     // The update count (the commit policy's) is the whole model's on every partition.
     for p in 0..3u32 {
         let local = accrete_core::spec::local_name("adam", p);
@@ -199,4 +203,32 @@ fn tensor_bytes(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     out.sort();
     assert!(out.len() >= 4, "weights and slots of h and b: {:?}", out.iter().map(|e| &e.0).collect::<Vec<_>>());
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_asked_to_score_a_split_model_alone_says_why_and_partitions_describe_themselves() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    c.create_model(&adam_spec("sc", 3), None).await.unwrap();
+    let info = c.model_info("sc").await.unwrap();
+    let home = &info.partitions[0].primary;
+    // A hashed row beyond the home's own rows, sent to the home without routing.
+    let mut raw = accrete_client::raw::RawClient::connect(&format!("http://{home}")).await.unwrap();
+    let rows = accrete_proto::v1::FeatureRows {
+        rows: 1,
+        row_ptr: vec![0, 1],
+        indices: vec![3000],
+        values: 1f32.to_le_bytes().to_vec().into(),
+        ..Default::default()
+    };
+    let req = accrete_proto::v1::PredictRequest { model: "sc".into(), version: None, rows: Some(rows) };
+    let err = raw.params.predict(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("split into 3 partitions") && err.message().contains("\"sc\""), "{err:?}");
+    // Partition 2 describes itself: its name, and the rows of `h` it holds.
+    let p2 = c.model_info("sc#2").await.unwrap();
+    assert_eq!((p2.spec.name.as_str(), p2.spec.partition), ("sc#2", 2));
+    let h = p2.tensors.iter().find(|t| t.name == "h").unwrap_or_else(|| panic!("{p2:?}"));
+    assert_eq!((h.row_begin, h.row_end, h.rows), (2730, 4096, 4096), "{:?}", p2.tensors);
+    assert!(p2.tensors.iter().all(|t| t.name != "b"), "the bias is whole on partition 0: {:?}", p2.tensors);
 }

@@ -240,6 +240,7 @@ async fn retried_requests_act_once_across_a_kill_9() {
                 source: "t".into(),
                 request_id: "i1".into(),
                 at_version: 0,
+                lineage_epoch: 0,
             })),
         }];
         for (name, e) in header.as_object().unwrap().iter().filter(|(k, _)| *k != "__metadata__") {

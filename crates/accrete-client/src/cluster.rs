@@ -193,20 +193,21 @@ impl Client {
         Ok(params)
     }
 
-    /// Installs global version `to`'s content on one partition as version `at` (a
-    /// rollback; with `rewind`, a recovery).
+    /// Installs global version `to`'s content on one partition as version `at.0` under
+    /// lineage epoch `at.1` (a rollback; with `rewind`, a recovery).
     pub async fn install(
         &mut self,
         model: &str,
         to: u64,
-        at: u64,
+        at: (u64, u64),
         reason: &str,
         rewind: bool,
     ) -> Result<VersionRecord> {
         let req = || pb::InstallRequest {
             model: model.to_string(),
             to_version: to,
-            at_version: at,
+            at_version: at.0,
+            lineage_epoch: at.1,
             reason: reason.to_string(),
             rewind,
         };
@@ -214,19 +215,21 @@ impl Client {
     }
 
     /// Imports one partition's share of a partitioned model's import (`params` in the
-    /// partition's layout, weights and slots) as version `at` of its local model.
+    /// partition's layout, weights and slots) as version `at.0` of its local model, under
+    /// lineage epoch `at.1`.
     pub async fn import_params(
         &mut self,
         model: &str,
         params: &accrete_core::Params,
-        at: u64,
+        at: (u64, u64),
         source: &str,
     ) -> Result<VersionRecord> {
         let header = pb::ImportHeader {
             model: model.to_string(),
             source: source.to_string(),
             request_id: String::new(),
-            at_version: at,
+            at_version: at.0,
+            lineage_epoch: at.1,
         };
         let mut msgs = vec![pb::ImportMessage { item: Some(pb::import_message::Item::Header(header)) }];
         let chunk = crate::safetensors::IMPORT_CHUNK_FLOATS;

@@ -262,6 +262,7 @@ async fn import_once(client: &mut Client, model: &str, path: &Path, request_id: 
             source,
             request_id: request_id.into(),
             at_version: 0,
+            lineage_epoch: 0,
         })),
     };
     let path_buf: PathBuf = path.to_path_buf();

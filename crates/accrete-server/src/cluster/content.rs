@@ -64,24 +64,24 @@ impl Cluster {
         let parts = whole.parts();
         let full_layout = layout(&whole);
         let plan = Partitioning::plan(&full_layout, parts);
-        let at = self.next_version(reg, h).await?;
+        let at = self.next_install(reg, h).await?;
         for p in 1..parts {
             let i = self.partition_server(h.name(), p, parts);
             let ps = whole.partition_spec(p);
             let part = extract(&whole_params, &ps, &plan, &full_layout);
             if i == self.map.me {
                 let (m, source) = (reg.get(&ps.name)?, source.to_string());
-                blocking(move || m.import_at(part, &source, "", Some(at))).await?;
+                blocking(move || m.import_at(part, &source, "", at)).await?;
             } else {
                 self.peer(i)
-                    .import_params(&local_name(h.name(), p), &part, at, source)
+                    .import_params(&local_name(h.name(), p), &part, (at.version, at.epoch), source)
                     .await
                     .map_err(|e| self.named(e, h.name(), p, i))?;
             }
         }
         let part = extract(&whole_params, &whole.partition_spec(0), &plan, &full_layout);
         let (hh, source, request) = (h.clone(), source.to_string(), request.to_string());
-        let rec = blocking(move || hh.import_at(part, &source, &request, Some(at))).await?;
+        let rec = blocking(move || hh.import_at(part, &source, &request, at)).await?;
         self.retain_all(reg, h).await;
         Ok(rec)
     }

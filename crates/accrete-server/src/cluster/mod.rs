@@ -10,7 +10,7 @@
 //! (the home's version log is the model's) only once every partition has it. One global
 //! commit per model at a time.
 use crate::error::{Result, ServiceError};
-use crate::model::ModelHandle;
+use crate::model::{At, ModelHandle};
 use crate::registry::Registry;
 use accrete_client::{Client, ClientError, ClusterView};
 use accrete_core::cluster::{cut_of, ClusterMap, CutOrder, HoldReport};
@@ -395,7 +395,7 @@ impl Cluster {
         request: &str,
     ) -> Result<VersionRecord> {
         let parts = h.spec().parts();
-        let at = self.next_version(reg, h).await?;
+        let at = self.next_install(reg, h).await?;
         for p in 1..parts {
             let i = self.partition_server(h.name(), p, parts);
             let local = local_name(h.name(), p);
@@ -404,7 +404,7 @@ impl Cluster {
                 blocking(move || m.install_version(to, at, &why, rewind, "")).await?;
             } else {
                 self.peer(i)
-                    .install(&local, to, at, reason, rewind)
+                    .install(&local, to, (at.version, at.epoch), reason, rewind)
                     .await
                     .map_err(|e| self.named(e, h.name(), p, i))?;
             }
@@ -415,22 +415,27 @@ impl Cluster {
         Ok(rec)
     }
 
-    /// The number of a version installed on every partition: the next after every
-    /// partition's newest (an aborted commit may have left one a version ahead).
-    async fn next_version(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>) -> Result<u64> {
+    /// Where a version installed on every partition lands: the next number after every
+    /// partition's newest (an aborted commit may have left one a version ahead), and the
+    /// next lineage epoch after every partition's (an install that failed half-way may
+    /// have moved some on), so that after it every partition is at the same epoch.
+    async fn next_install(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>) -> Result<At> {
         let parts = h.spec().parts();
-        let mut at = h.head_version();
+        let s = h.status();
+        let (mut version, mut epoch) = (s.head, s.epoch);
         for p in 1..parts {
             let i = self.partition_server(h.name(), p, parts);
             let local = local_name(h.name(), p);
-            let head = if i == self.map.me {
-                reg.get(&local)?.head_version()
+            let (v, e) = if i == self.map.me {
+                let s = reg.get(&local)?.status();
+                (s.head, s.epoch)
             } else {
-                self.peer(i).model_info(&local).await.map_err(|e| self.named(e, h.name(), p, i))?.head_version
+                let info = self.peer(i).model_info(&local).await.map_err(|e| self.named(e, h.name(), p, i))?;
+                (info.head_version, info.lineage_epoch)
             };
-            at = at.max(head);
+            (version, epoch) = (version.max(v), epoch.max(e));
         }
-        Ok(at + 1)
+        Ok(At { version: version + 1, epoch: epoch + 1 })
     }
 
     /// A graceful stop's first step, while this server still answers: a global commit of

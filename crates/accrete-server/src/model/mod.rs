@@ -13,6 +13,7 @@ mod requests;
 mod versions;
 
 pub use cut::HoldMeters;
+pub use versions::At;
 
 use crate::engine::{Content, Engine, Grad, Membership, Shape, Status};
 use crate::error::{Result, ServiceError};

@@ -31,6 +31,14 @@ struct NewHead {
     params: Params,
 }
 
+/// Where an install lands: a partitioned model's rollback, recovery or import takes the
+/// same version number and lineage epoch on every partition (0: this model's next).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct At {
+    pub version: u64,
+    pub epoch: u64,
+}
+
 impl ModelHandle {
     /// Commits the live state, if anything changed since the last version, as one version
     /// that also holds the policy snapshots still waiting (they are coalesced into it, so
@@ -206,19 +214,13 @@ impl ModelHandle {
     /// A recovery (`rewind`: a partition lost updates) also takes the workers' progress
     /// back to what `to` recorded, so they rewind to its offsets and train those rows
     /// again, once; `reason` says which it is.
-    pub fn install_version(
-        &self,
-        to: u64,
-        at: u64,
-        reason: &str,
-        rewind: bool,
-        request: &str,
-    ) -> Result<VersionRecord> {
+    pub fn install_version(&self, to: u64, at: At, reason: &str, rewind: bool, request: &str) -> Result<VersionRecord> {
         let mut head = self.head.lock();
-        if at <= head.record.version {
+        if at.version <= head.record.version {
             return Err(ServiceError::Invalid(format!(
-                "model {:?}: version {at} is not after this partition's version {}",
+                "model {:?}: version {} is not after this partition's version {}",
                 self.name(),
+                at.version,
                 head.record.version
             )));
         }
@@ -236,38 +238,39 @@ impl ModelHandle {
             manifest,
             params,
         };
-        self.install_head_with(&mut head, new, rewind.then_some(target.workers), Some(at))
+        self.install_head_with(&mut head, new, rewind.then_some(target.workers), at)
     }
 
     /// Replaces the parameters with imported ones as a new version and a new lineage epoch.
     /// A retry (the same non-empty `request` id) is answered with the version the first made.
     pub fn import(&self, params: Params, source: &str, request: &str) -> Result<VersionRecord> {
-        self.import_at(params, source, request, None)
+        self.import_at(params, source, request, At::default())
     }
 
-    /// [`Self::import`] as version `at` (a partitioned model's import: the same number on
-    /// every partition; `None`: the next).
-    pub fn import_at(&self, params: Params, source: &str, request: &str, at: Option<u64>) -> Result<VersionRecord> {
+    /// [`Self::import`] at `at` (a partitioned model's import: the same version number
+    /// and lineage epoch on every partition).
+    pub fn import_at(&self, params: Params, source: &str, request: &str, at: At) -> Result<VersionRecord> {
         let mut head = self.head.lock();
         if let Some((rec, _)) = self.answered(&head, request)? {
             return Ok(rec);
         }
-        if let Some(at) = at.filter(|at| *at <= head.record.version) {
+        if at.version != 0 && at.version <= head.record.version {
             return Err(ServiceError::Invalid(format!(
-                "model {:?}: version {at} is not after this partition's version {}",
+                "model {:?}: version {} is not after this partition's version {}",
                 self.name(),
+                at.version,
                 head.record.version
             )));
         }
         self.write_pending(&mut head)?;
-        let version = at.unwrap_or(head.record.version + 1);
+        let version = if at.version != 0 { at.version } else { head.record.version + 1 };
         let chunks_written = write_all_chunks(&self.store, self.record.id, version, &params)?;
         let manifest = Manifest::full(&params, version);
         let reason = if source.is_empty() { "import".into() } else { format!("import from {source}") };
         let request = request.to_string();
         let new =
             NewHead { kind: VersionKind::Import, reason, request, content_of: 0, chunks_written, manifest, params };
-        self.install_head_with(&mut head, new, None, Some(version))
+        self.install_head_with(&mut head, new, None, At { version, ..at })
     }
 
     /// The version a request made, if one with this id (non-empty) was answered: a retry
@@ -282,7 +285,7 @@ impl ModelHandle {
     /// into the engine, applies retention and announces it. Pushes of the old epoch are
     /// refused from the swap on.
     fn install_head(&self, head: &mut Head, new: NewHead) -> Result<VersionRecord> {
-        self.install_head_with(head, new, None, None)
+        self.install_head_with(head, new, None, At::default())
     }
 
     /// [`Self::install_head`]; `rewind`: the workers' progress to go back to (a recovery).
@@ -291,18 +294,26 @@ impl ModelHandle {
         head: &mut Head,
         new: NewHead,
         rewind: Option<Vec<accrete_core::WorkerProgress>>,
-        at: Option<u64>,
+        at: At,
     ) -> Result<VersionRecord> {
         // The engine stays locked until the swap: no push lands between the counters read
         // here and the new content.
         let mut engine = lock(&self.engine);
         let status = engine.status();
+        if at.epoch != 0 && at.epoch <= status.epoch {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: lineage epoch {} is not after this partition's epoch {}",
+                self.name(),
+                at.epoch,
+                status.epoch
+            )));
+        }
         let rec = VersionRecord {
             parent: Some(head.record.version),
             created_unix_ms: now_unix_ms(),
             updates: status.updates,
             reason: new.reason,
-            lineage_epoch: status.epoch + 1,
+            lineage_epoch: if at.epoch != 0 { at.epoch } else { status.epoch + 1 },
             content_of: new.content_of,
             // Offsets say how much of each shard was consumed; replacing the parameters
             // does not un-read the data, so workers keep their positions (but a recovery
@@ -311,7 +322,7 @@ impl ModelHandle {
             chunks_written: new.chunks_written,
             steps: new.params.steps,
             request: new.request,
-            ..VersionRecord::new(at.unwrap_or(head.record.version + 1), new.kind)
+            ..VersionRecord::new(if at.version != 0 { at.version } else { head.record.version + 1 }, new.kind)
         };
         self.store.write_version(self.record.id, &rec, &new.manifest, &ChunkBatch::default())?;
         engine.install(new.params, rec.lineage_epoch, rec.version, Instant::now());

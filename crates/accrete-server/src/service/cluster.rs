@@ -2,6 +2,7 @@
 //! (creating a partition, the two phases of a global commit, ending a hold).
 use super::{blocking, info_of, rpc_span, version_info, Reply, Service};
 use crate::error::ServiceError;
+use crate::model::At;
 use accrete_core::cluster::CutOrder;
 use accrete_core::{InputSignature, ModelSpec};
 use accrete_proto::v1 as pb;
@@ -64,7 +65,8 @@ impl Cluster for Service {
         let span = rpc_span("install", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
-            let (to, at, reason, rewind) = (req.to_version, req.at_version, req.reason, req.rewind);
+            let at = At { version: req.at_version, epoch: req.lineage_epoch };
+            let (to, reason, rewind) = (req.to_version, req.reason, req.rewind);
             let rec = super::on_model(&h, move |h| h.install_version(to, at, &reason, rewind, "")).await?;
             Ok(Response::new(version_info(&h, &rec)))
         }

@@ -191,12 +191,12 @@ impl Models for Service {
             let h = self.reg.get(&header.model)?;
             let _permit = self.heavy().await?;
             let at = match header.at_version {
-                0 => None,
+                0 => crate::model::At::default(),
                 _ if h.spec().partition == 0 => {
                     let msg = format!("import into model {:?}: at_version is only for a partition's share", h.name());
                     return Err(ServiceError::Invalid(msg).into());
                 }
-                at => Some(at),
+                version => crate::model::At { version, epoch: header.lineage_epoch },
             };
             // A partitioned model's home takes the whole model's parameters and splits them.
             let coordinator = self.coordinator(&h);

@@ -169,6 +169,18 @@ impl Parameters for Service {
         async move {
             self.check_size(|| format!("predict request for model {:?}", req.model), req.encoded_len())?;
             let h = self.reg.get(&req.model)?;
+            if h.spec().parts() > 1 {
+                // Its rows are on several servers: a routing client pulls the rows a batch
+                // needs from each and scores them itself (`accrete model predict` does).
+                return Err(ServiceError::Invalid(format!(
+                    "predict with model {:?}: it is split into {} partitions over servers, so this server \
+                     cannot score it alone; use a routing client (accrete model predict, accrete-client, \
+                     the Python client), which scores it from the rows it pulls",
+                    req.model,
+                    h.spec().parts()
+                ))
+                .into());
+            }
             let rows = req.rows.unwrap_or_default();
             let score = |p: &Params| crate::predict::predict(h.spec(), p, &rows, self.limit);
             let (version, (outputs, values)) = match req.version {
