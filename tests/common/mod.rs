@@ -1,6 +1,7 @@
 //! Shared helpers of the cluster scenarios: a real server on `127.0.0.1:0` with a real
 //! sled database in a temp dir, and small wire helpers.
 #![allow(dead_code)]
+pub mod cluster;
 pub mod data;
 pub mod procs;
 

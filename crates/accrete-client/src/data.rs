@@ -141,63 +141,83 @@ impl Client {
         signature: Option<&InputSignature>,
     ) -> Result<Joined> {
         let signature = signature.map(pb::InputSignature::from);
-        let req = |model: &str, incarnation| pb::JoinRequest {
+        let req = |model: &str, incarnation, clock| pb::JoinRequest {
             model: model.into(),
             worker_id: worker.into(),
             shard: shard.into(),
             signature: signature.clone(),
             incarnation,
+            clock,
         };
         let Some(plan) = self.plan_of(model).await? else {
-            return Ok(retried!(self, params, join, req(model, 0))?.into());
+            return Ok(retried!(self, params, join, req(model, 0, 0))?.into());
         };
-        // The home gives the incarnation, every other partition takes it.
+        // The home gives the incarnation, every other partition takes it. Each joins the
+        // worker at the clock given so far or its own, if further (a BSP partition that
+        // applied a round the others have not yet): the furthest is joined everywhere
+        // again until every partition gives the same clock.
         let home = self.at_home(model);
-        let joined: Joined = retried!(home, params, join, req(model, 0))?.into();
-        for p in 1..plan.parts {
-            let (server, c) = self.partition_server(model, p, plan.parts);
-            let name = self.server_name(server);
-            let local = plan.local(p);
-            retried!(c, params, join, req(&local, joined.incarnation))
-                .map_err(|e| crate::split::at_partition(e, p, &name))?;
+        let mut joined: Joined = retried!(home, params, join, req(model, 0, 0))?.into();
+        for _ in 0..4 {
+            let mut clocks = vec![joined.clock];
+            for p in 1..plan.parts {
+                let (server, c) = self.partition_server(model, p, plan.parts);
+                let name = self.server_name(server);
+                let local = plan.local(p);
+                let j: Joined = retried!(c, params, join, req(&local, joined.incarnation, joined.clock))
+                    .map_err(|e| crate::split::at_partition(e, p, &name))?
+                    .into();
+                clocks.push(j.clock);
+            }
+            let furthest = clocks.iter().copied().max().unwrap_or(0);
+            if clocks.iter().all(|c| *c == furthest) {
+                return Ok(joined);
+            }
+            joined = retried!(home, params, join, req(model, joined.incarnation, furthest))?.into();
         }
-        Ok(joined)
+        Err(ClientError::Protocol(format!(
+            "worker {worker:?} could not join model {model:?} at the same clock on every partition"
+        )))
     }
 
-    /// Renews a worker's lease; returns the lease in milliseconds.
+    /// Renews a worker's lease; returns the lease in milliseconds. On a partitioned model
+    /// every partition is reached even when one refuses (the first error is returned).
     pub async fn heartbeat(&mut self, model: &str, worker: &str) -> Result<u64> {
         let Some(plan) = self.plan_of(model).await? else {
             let req = pb::WorkerRef { model: model.into(), worker_id: worker.into() };
             return Ok(self.params.heartbeat(req).await?.into_inner().lease_ms);
         };
-        let mut lease = u64::MAX;
+        let (mut lease, mut failed) = (u64::MAX, None);
         for p in 0..plan.parts {
             let (server, mut c) = self.partition_server(model, p, plan.parts);
             let req = pb::WorkerRef { model: plan.local(p), worker_id: worker.into() };
-            let r = c
-                .params
-                .heartbeat(req)
-                .await
-                .map_err(|e| crate::split::at_partition(e.into(), p, &self.server_name(server)))?;
-            lease = lease.min(r.into_inner().lease_ms);
+            match c.params.heartbeat(req).await {
+                Ok(r) => lease = lease.min(r.into_inner().lease_ms),
+                Err(e) => {
+                    failed.get_or_insert_with(|| crate::split::at_partition(e.into(), p, &self.server_name(server)));
+                }
+            }
         }
-        Ok(lease)
+        failed.map_or(Ok(lease), Err)
     }
 
-    /// Leaves a model's barrier (a worker that finished its data).
+    /// Leaves a model's barrier (a worker that finished its data); on a partitioned model,
+    /// every partition's, even when one refuses (the first error is returned).
     pub async fn leave(&mut self, model: &str, worker: &str) -> Result<()> {
         let Some(plan) = self.plan_of(model).await? else {
             let req = || pb::WorkerRef { model: model.into(), worker_id: worker.into() };
             retried!(self, params, leave, req())?;
             return Ok(());
         };
+        let mut failed = None;
         for p in 0..plan.parts {
             let (server, c) = self.partition_server(model, p, plan.parts);
             let req = || pb::WorkerRef { model: plan.local(p), worker_id: worker.into() };
-            retried!(c, params, leave, req())
-                .map_err(|e| crate::split::at_partition(e, p, &self.server_name(server)))?;
+            if let Err(e) = retried!(c, params, leave, req()) {
+                failed.get_or_insert_with(|| crate::split::at_partition(e, p, &self.server_name(server)));
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// Scores a batch's rows (raw dense inputs and hashed features; labels are not sent)

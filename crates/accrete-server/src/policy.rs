@@ -93,8 +93,12 @@ fn spawn_global_commit(
     let done = Done { model: h.record.id, tx };
     tokio::spawn(async move {
         let _done = done;
-        if let Err(e) = c.commit(&reg, &h, accrete_core::VersionKind::Policy, "policy").await {
-            tracing::warn!(model = %h.name(), error = %e, "global policy commit failed");
+        let r = c.commit(&reg, &h, accrete_core::VersionKind::Policy, "policy").await;
+        // a failure (a partition's server down) is retried after a growing pause, not
+        // at once: the next tick would find the policy due again
+        let pause = c.policy_result(h.name(), r.is_ok());
+        if let Err(e) = r {
+            tracing::warn!(model = %h.name(), error = %e, retry_in = ?pause, "global policy commit failed");
         }
     });
 }

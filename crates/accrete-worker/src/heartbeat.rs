@@ -30,10 +30,17 @@ impl Heartbeat {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let thread_who = who.clone();
+        // In a cluster, the thread's client routes as the worker's does (a partitioned
+        // model's lease is renewed on every partition), over connections of its own.
+        let view = client.cluster().cloned();
         let thread = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt.block_on(async move {
-                    match Client::lazy(&url) {
+                    let c = match view {
+                        Some(v) => Client::of_cluster(v, Duration::ZERO),
+                        None => Client::lazy(&url),
+                    };
+                    match c {
                         Ok(c) => beat(c, thread_who, every, Some(rx)).await,
                         Err(e) => tracing::warn!("heartbeat connection: {e}"),
                     }

@@ -222,6 +222,10 @@ pub async fn run(
     me.joined(joined.incarnation);
     // The server process that acknowledges this session's pushes.
     let mut instance = joined.server_instance;
+    // The lineage this session's offsets belong to: a pull of another one means the model
+    // was rolled back or recovered after the join answered (a recovery may have rewound
+    // this worker's progress then), so the session ends and the worker joins again.
+    let mut session_epoch = joined.lineage_epoch;
     let heartbeat = Heartbeat::start(&config, &client, joined.lease_ms);
     // A pipe's bytes are new on every run: there is nothing to resume or read again.
     let seekable = std::fs::metadata(&config.shard).is_ok_and(|m| m.is_file() || m.is_dir());
@@ -279,6 +283,12 @@ pub async fn run(
                     Err(ClientError::NotInBarrier(why)) => return Ok(Err(why)),
                     Err(e) => return Err(e.into()),
                 };
+                if session_epoch != 0 && p.lineage_epoch != session_epoch {
+                    return Ok(Err(format!(
+                        "model {:?}: its lineage changed from epoch {session_epoch} to {} since this worker joined",
+                        config.model, p.lineage_epoch
+                    )));
+                }
                 if view.has_norm {
                     standardise(&view, &p, &mut batch, &mut stats);
                 }
@@ -370,6 +380,7 @@ pub async fn run(
         let rejoined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
         me.joined(rejoined.incarnation);
         instance = rejoined.server_instance;
+        session_epoch = rejoined.lineage_epoch;
         clock = rejoined.clock;
         if !seekable {
             return Err(WorkerError::Config(format!(
@@ -436,7 +447,8 @@ async fn finish(
 /// Exit 0 means committed: asks for a commit (a no-op when nothing changed since the last
 /// version) until the committed head holds this worker's progress up to `last` (a pass
 /// and an offset), waiting with backoff while it does not (bounded by [`COMMIT_WAIT`]).
-/// Returns that version, or `None` when the server is no longer `instance`.
+/// Returns that version, or `None` when the server is no longer `instance` or a recovery
+/// took the rows back out (either way they are read again).
 async fn await_committed(
     client: &mut Client,
     config: &WorkerConfig,
@@ -455,6 +467,12 @@ async fn await_committed(
         if client.model_info(&config.model).await?.server_instance != instance {
             return Ok(None);
         }
+        if recovered(client, &config.model, head.lineage_epoch).await? {
+            // A partition's server restarted (a split model's, not the one that answers
+            // here): the model went back to a version without these rows, and this
+            // worker's progress with it. They are read again.
+            return Ok(None);
+        }
         if Instant::now() >= deadline {
             let (pass, offset) = last.unwrap_or_default();
             return Err(WorkerError::Config(format!(
@@ -469,6 +487,14 @@ async fn await_committed(
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(std::time::Duration::from_secs(1));
     }
+}
+
+/// Did lineage `epoch` of `model` begin with a recovery (the model taken back to its
+/// latest global version, the workers' progress rewound: reason `recovery to N: …`)?
+async fn recovered(client: &mut Client, model: &str, epoch: u64) -> Result<bool, WorkerError> {
+    let versions = client.versions(model).await?;
+    let first = versions.iter().find(|v| v.lineage_epoch == epoch);
+    Ok(first.is_some_and(|v| v.kind == accrete_core::VersionKind::Rollback && v.reason.starts_with("recovery to ")))
 }
 
 fn write_progressive(out: &mut impl std::io::Write, labels: &[f32], p: &[f32], k: usize) -> std::io::Result<()> {

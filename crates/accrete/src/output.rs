@@ -19,7 +19,8 @@ pub fn version_json(model: &str, v: &VersionRecord) -> Value {
         "chunks_written": v.chunks_written,
         "workers": v.workers.iter().map(|w| json!({
             "worker_id": w.worker_id, "incarnation": w.incarnation, "seq": w.seq, "shard": w.shard,
-            "offset": w.offset, "clock": w.clock, "rows": w.rows, "pushes": w.pushes, "loss_sum": w.loss_sum,
+            "pass": w.pass, "offset": w.offset, "clock": w.clock, "rows": w.rows, "pushes": w.pushes,
+            "loss_sum": w.loss_sum,
         })).collect::<Vec<_>>(),
     })
 }

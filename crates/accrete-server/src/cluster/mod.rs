@@ -45,6 +45,8 @@ pub struct Cluster {
     queued: AtomicU64,
     /// Models a commit is wanted for at once (a worker joined again).
     wanted: Mutex<std::collections::HashSet<String>>,
+    /// Per model after a failed policy commit: the pause, and when the policy may try again.
+    backoff: Mutex<HashMap<String, (Duration, Instant)>>,
     /// Hold times of global commits coordinated here (seconds), for `/metrics`.
     pub holds: HoldTimes,
 }
@@ -64,6 +66,7 @@ impl Cluster {
             instances: Mutex::default(),
             queued: AtomicU64::new(0),
             wanted: Mutex::default(),
+            backoff: Mutex::default(),
         })
     }
 
@@ -165,6 +168,10 @@ impl Cluster {
 
     /// Is a policy commit of the partitioned model `h` (whose home this is) due?
     pub fn policy_due(&self, h: &ModelHandle, now: Instant) -> bool {
+        let paused = self.backoff.lock().unwrap_or_else(|e| e.into_inner()).get(h.name()).is_some_and(|b| now < b.1);
+        if paused {
+            return false;
+        }
         if self.wanted.lock().unwrap_or_else(|e| e.into_inner()).remove(h.name()) {
             return true;
         }
@@ -180,6 +187,20 @@ impl Cluster {
         let last = lock.try_lock().map(|g| *g);
         policy.every_secs > 0.0
             && last.is_ok_and(|l| now.saturating_duration_since(l).as_secs_f64() >= policy.every_secs)
+    }
+
+    /// Notes how a policy commit of `model` ended: after a failure the policy waits a
+    /// pause that doubles with each failure in a row (0.2 s to 5 s); a success ends it.
+    /// Returns the pause.
+    pub fn policy_result(&self, model: &str, ok: bool) -> Duration {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            backoff.remove(model);
+            return Duration::ZERO;
+        }
+        let pause = backoff.get(model).map_or(Duration::from_millis(200), |b| (b.0 * 2).min(Duration::from_secs(5)));
+        backoff.insert(model.to_string(), (pause, Instant::now() + pause));
+        pause
     }
 
     /// A global commit of the partitioned model `h` (this is its home). Returns the new
@@ -198,21 +219,33 @@ impl Cluster {
         let parts = h.spec().parts();
         let id = self.next_commit.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let mut reports: Vec<HoldReport> = Vec::with_capacity(parts as usize);
-        let mut failed = None;
+        // every partition is held at once: the hold lasts one round trip, not P
+        let mut remote = Vec::new();
+        let mut results: Vec<Option<Result<HoldReport>>> = (0..parts).map(|_| None).collect();
         for p in 0..parts {
             let i = self.partition_server(h.name(), p, parts);
             let local = local_name(h.name(), p);
-            let r = if i == self.map.me {
-                reg.get(&local).and_then(|m| m.hold(id))
+            if i == self.map.me {
+                results[p as usize] = Some(reg.get(&local).and_then(|m| m.hold(id)));
             } else {
-                self.peer(i).hold(&local, id).await.map_err(|e| self.named(e, h.name(), p, i))
+                let mut c = self.peer(i);
+                remote.push((p, i, tokio::spawn(async move { c.hold(&local, id).await })));
+            }
+        }
+        for (p, i, t) in remote {
+            let r = match t.await {
+                Ok(r) => r.map_err(|e| self.named(e, h.name(), p, i)),
+                Err(e) => Err(ServiceError::Internal(format!("hold task: {e}"))),
             };
+            results[p as usize] = Some(r);
+        }
+        let mut reports: Vec<HoldReport> = Vec::with_capacity(parts as usize);
+        let mut failed = None;
+        for r in results.into_iter().flatten() {
             match r {
                 Ok(r) => reports.push(r),
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    failed.get_or_insert(e);
                 }
             }
         }
@@ -331,17 +364,33 @@ impl Cluster {
         }
     }
 
+    /// Ends every partition's hold at once (the home's own last).
     async fn release_all(&self, reg: &Arc<Registry>, model: &str, parts: u32, id: u64, made: bool) {
-        for p in 0..parts {
+        let mut remote = Vec::new();
+        for p in 1..parts {
             let i = self.partition_server(model, p, parts);
             let local = local_name(model, p);
             if i == self.map.me {
                 if let Ok(m) = reg.get(&local) {
                     m.release(id, made);
                 }
-            } else if let Err(e) = self.peer(i).release(&local, id, made).await {
+            } else {
+                let mut c = self.peer(i);
+                remote.push((p, tokio::spawn(async move { c.release(&local, id, made).await })));
+            }
+        }
+        for (p, t) in remote {
+            if let Ok(Err(e)) = t.await {
                 tracing::warn!(model, partition = p, error = %e, "could not release a hold (it expires by itself)");
             }
+        }
+        let i = self.partition_server(model, 0, parts);
+        if i == self.map.me {
+            if let Ok(m) = reg.get(model) {
+                m.release(id, made);
+            }
+        } else if let Err(e) = self.peer(i).release(model, id, made).await {
+            tracing::warn!(model, partition = 0, error = %e, "could not release a hold (it expires by itself)");
         }
     }
 

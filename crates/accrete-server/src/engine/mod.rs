@@ -242,6 +242,11 @@ impl Engine {
         Ok(())
     }
 
+    /// The refusal of a push computed on another lineage, if it is one.
+    pub fn stale_epoch(&self, epoch: u64) -> Option<ServiceError> {
+        self.check_epoch(epoch).err()
+    }
+
     /// Refuses a push computed on another lineage (0 = don't check).
     fn check_epoch(&self, epoch: u64) -> Result<()> {
         if epoch != 0 && epoch < self.shape.first_epoch {
@@ -439,14 +444,46 @@ impl Engine {
     /// Joins a worker with its new `incarnation` (pushes of older ones are refused from
     /// now on); under BSP it takes the barrier's clock.
     pub fn join(&mut self, worker: &str, incarnation: u64, now: Instant) -> Joined {
+        self.join_at(worker, incarnation, 0, now)
+    }
+
+    /// [`Engine::join`] at a clock of at least `clock` (a partitioned model's: the same
+    /// clock on every partition, the furthest any of them would give).
+    pub fn join_at(&mut self, worker: &str, incarnation: u64, clock: u64, now: Instant) -> Joined {
         // Two joins of one id may reach here in either order: the newer incarnation wins.
         let current = self.incarnations.entry(worker.to_string()).or_insert(0);
         *current = (*current).max(incarnation);
         let progress = self.workers.get(worker).cloned();
         let known = progress.as_ref().map_or(0, |p| p.clock);
-        let clock = if self.sync.mode == ConsistencyMode::Bsp { self.sync.applied } else { known };
+        // Under BSP: the applied round, or the last open round this worker is already
+        // counted in (a refused push counts as an empty contribution, and open rounds
+        // outlive a rollback or recovery), so its next push is of the round after.
+        let counted = self.sync.rounds.iter().rev().find(|(_, r)| r.from.iter().any(|w| w == worker)).map(|(c, _)| *c);
+        let own =
+            if self.sync.mode == ConsistencyMode::Bsp { self.sync.applied.max(counted.unwrap_or(0)) } else { known };
+        let bsp = self.sync.mode == ConsistencyMode::Bsp;
+        // a given clock (another partition's) beyond any this partition has seen: at most
+        // the rounds a push may be ahead (it comes from the network)
+        let clock = if bsp { own.max(clock.min(self.sync.applied + MAX_ROUNDS_AHEAD)) } else { own.max(clock) };
+        if bsp {
+            // Joined at a round this partition has not reached (it restarted, or the
+            // rounds' pushes are still on their way here): the worker counts in the
+            // rounds up to it as an empty contribution, as it does where it was counted,
+            // so they complete here too (with the others' values when they arrive).
+            for r in own + 1..=clock {
+                let round = self.sync.rounds.entry(r).or_default();
+                if !round.from.iter().any(|w| w == worker) {
+                    round.from.push(worker.to_string());
+                }
+            }
+        }
         self.sync.leave(worker);
         let clock = self.sync.touch(worker, Some(clock), now);
+        if bsp && clock > own {
+            if let Err(e) = self.apply_complete_rounds(now) {
+                self.dropped.push(e);
+            }
+        }
         let (offset, pass, shard) = progress.map(|p| (p.offset, p.pass, p.shard)).unwrap_or_default();
         Joined {
             lease_ms: self.sync.lease.as_millis() as u64,

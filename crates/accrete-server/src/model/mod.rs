@@ -275,7 +275,11 @@ impl ModelHandle {
         let push = self.shape.check(grads, meta)?;
         let (pushed, gated) = {
             let mut engine = lock(&self.engine);
-            if let cut::Gated::Duplicate = self.gate_admits(meta)? {
+            // A push of an older lineage (from before a rollback or recovery) is told so
+            // first: the cut's marks were reset by the install, so the gate would call it
+            // a gap, which a worker cannot recover from; a stale lineage it can (pull again).
+            let admitted = self.gate_admits(meta).map_err(|e| engine.stale_epoch(epoch).unwrap_or(e))?;
+            if let cut::Gated::Duplicate = admitted {
                 return Ok(engine.current_ack());
             }
             let pushed = engine.push(&push, epoch, Instant::now());
@@ -303,8 +307,9 @@ impl ModelHandle {
 
     /// Joins a worker to the barrier with a new incarnation (durable before this returns;
     /// pushes of older ones are refused from now on). Blocking (a store write).
-    /// `given` > 0: the incarnation the model's home gave (this is one of its partitions).
-    pub fn join(&self, worker: &str, given: u64) -> Result<Joined> {
+    /// `given` > 0: the incarnation the model's home gave (this is one of its partitions);
+    /// `clock`: the least clock to join at (the furthest another partition gave).
+    pub fn join(&self, worker: &str, given: u64, clock: u64) -> Result<Joined> {
         lock(&self.engine).check_join(worker)?;
         let incarnation = if given == 0 {
             self.store.bump_incarnation(self.record.id, worker)?
@@ -320,7 +325,7 @@ impl ModelHandle {
             }
             given
         };
-        let mut joined = lock(&self.engine).join(worker, incarnation, Instant::now());
+        let mut joined = lock(&self.engine).join_at(worker, incarnation, clock, Instant::now());
         joined.server_instance = self.instance;
         self.barrier.notify_waiters();
         Ok(joined)

@@ -103,13 +103,13 @@ impl Parameters for Service {
                 return Err(ServiceError::Invalid("join needs a worker_id".into()).into());
             }
             let h = self.reg.get(&req.model)?;
-            let (worker, signature, given) =
-                (req.worker_id.clone(), req.signature.map(InputSignature::from), req.incarnation);
+            let (worker, signature, given, clock) =
+                (req.worker_id.clone(), req.signature.map(InputSignature::from), req.incarnation, req.clock);
             let joined = on_model(&h, move |h| {
                 if let Some(s) = signature.filter(|s| !s.is_empty()) {
                     h.sign(&s)?;
                 }
-                h.join(&worker, given)
+                h.join(&worker, given, clock)
             })
             .await?;
             if let Some(c) = self.coordinator(&h).filter(|_| given == 0 && joined.incarnation > 1) {
