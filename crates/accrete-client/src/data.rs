@@ -20,7 +20,7 @@ const STREAM_QUEUE: usize = 4;
 /// partition whose pushes a global commit holds must stop the worker soon, or it goes on
 /// computing gradients against parameters that no longer move (HTTP/2's window alone
 /// would let hundreds of pushes through).
-const SPLIT_WINDOW: usize = 4;
+const SPLIT_WINDOW: usize = 16;
 
 impl Client {
     pub async fn pull(&mut self, req: &PullRequest) -> Result<Pulled> {
