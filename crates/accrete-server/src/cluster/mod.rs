@@ -135,7 +135,7 @@ impl Cluster {
                     Err(ClientError::AlreadyExists(_)) => {
                         let info =
                             self.peer(i).model_info(&ps.name).await.map_err(|e| self.named(e, &spec.name, p, i))?;
-                        Some(info.spec)
+                        Some(info.spec.whole())
                     }
                     Err(e) => return Err(self.named(e, &spec.name, p, i)),
                 }
@@ -410,6 +410,10 @@ impl Cluster {
         if let Some(rec) = h.answer_of(request)? {
             return Ok(rec);
         }
+        // only a version the home lists is the model's (a partition may hold one left by
+        // an aborted commit): refused here, before any partition moves
+        let hh = h.clone();
+        blocking(move || hh.version(to)).await?;
         let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
         self.install_all(reg, h, to, &reason, false, request).await
     }
@@ -484,7 +488,13 @@ impl Cluster {
             };
             (version, epoch) = (version.max(v), epoch.max(e));
         }
-        Ok(At { version: version + 1, epoch: epoch + 1 })
+        match (version.checked_add(1), epoch.checked_add(1)) {
+            (Some(version), Some(epoch)) => Ok(At { version, epoch }),
+            _ => Err(ServiceError::Invalid(format!(
+                "model {:?}: version or lineage epoch numbers are exhausted",
+                h.name()
+            ))),
+        }
     }
 
     /// A graceful stop's first step, while this server still answers: a global commit of

@@ -189,7 +189,7 @@ impl Models for Service {
             };
             tracing::Span::current().record("model", header.model.as_str());
             let h = self.reg.get(&header.model)?;
-            let _permit = self.heavy().await?;
+            let permit = self.heavy().await?;
             let at = match header.at_version {
                 0 => crate::model::At::default(),
                 _ if h.spec().partition == 0 => {
@@ -217,7 +217,13 @@ impl Models for Service {
             }
             let params = filler.finish()?;
             let rec = match coordinator {
-                Some(c) => c.import(&self.reg, &h, params, &header.source, &header.request_id).await?,
+                Some(c) => {
+                    // the partitions' shares take permits on their servers: holding one
+                    // here while waiting for them could deadlock two homes importing
+                    // into each other's partitions
+                    drop(permit);
+                    c.import(&self.reg, &h, params, &header.source, &header.request_id).await?
+                }
                 None => on_model(&h, move |h| h.import_at(params, &header.source, &header.request_id, at)).await?,
             };
             tracing::info!(model = %h.name(), version = rec.version, "imported");
