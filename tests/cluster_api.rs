@@ -232,3 +232,83 @@ async fn a_server_asked_to_score_a_split_model_alone_says_why_and_partitions_des
     assert_eq!((h.row_begin, h.row_end, h.rows), (2730, 4096, 4096), "{:?}", p2.tensors);
     assert!(p2.tensors.iter().all(|t| t.name != "b"), "the bias is whole on partition 0: {:?}", p2.tensors);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_alone_refuses_whole_model_calls_and_a_delete_drops_every_partition() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(1).await;
+    let spec = adam_spec("del", 3);
+    c.create_model(&spec, None).await.unwrap();
+    push_pattern(&mut c, &spec, 6).await;
+    let (v, _) = c.commit("del", "test").await.unwrap();
+    // Calls that change the whole model's versions, sent to partition 1 alone (routed to
+    // its server): refused, naming the partition and the model to call instead.
+    let whole_only = |e: accrete_client::ClientError| {
+        let m = e.to_string();
+        assert!(m.starts_with("INVALID_ARGUMENT"), "{m}");
+        assert!(m.contains("\"del#1\" is partition 1 of model \"del\""), "{m}");
+    };
+    whole_only(c.commit("del#1", "alone").await.unwrap_err());
+    whole_only(c.rollback("del#1", 1, "alone").await.unwrap_err());
+    whole_only(c.tag("del#1", v.version, "alone").await.unwrap_err());
+    whole_only(c.delete_model("del#1").await.unwrap_err());
+    let info = c.model_info("del#1").await.unwrap();
+    assert_eq!((info.head_version, info.lineage_epoch), (v.version, 1), "nothing changed");
+    // The delete drops every partition, so a create of the same name starts afresh.
+    let initial = {
+        let mut s = cluster.client(0).await;
+        s.create_model(&adam_spec("fresh", 3), None).await.unwrap();
+        table(&mut s, "fresh").await
+    };
+    c.delete_model("del").await.unwrap();
+    for p in 1..3u32 {
+        let local = accrete_core::spec::local_name("del", p);
+        let gone = c.model_info(&local).await.unwrap_err();
+        assert!(matches!(gone, accrete_client::ClientError::NotFound(_)), "partition {p}: {gone}");
+    }
+    c.create_model(&spec, None).await.unwrap();
+    assert_eq!(c.model_info("del").await.unwrap().head_version, 1);
+    let (h, b) = table(&mut c, "del").await;
+    assert_eq!((h.len(), h.iter().filter(|x| **x != 0.0).count(), b), (4096, 0, vec![0.0]), "no trained row is left");
+    assert_eq!(table(&mut c, "fresh").await, (h, vec![0.0]), "as a fresh model's");
+    assert_eq!(initial.0.len(), 4096);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_that_reached_one_partition_is_repaired_by_the_next_commit_and_a_retried_install_is_one() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    let spec = adam_spec("half", 3);
+    c.create_model(&spec, None).await.unwrap();
+    push_pattern(&mut c, &spec, 6).await;
+    let (v, _) = c.commit("half", "test").await.unwrap();
+    let committed = table(&mut c, "half").await;
+    // A coordinator's rollback to version 1 that reached partition 2 and no further (its
+    // server went down before the next): partition 2 is at a new lineage epoch alone.
+    let (_, mut p2) = c.partition_server("half", 2, 3);
+    let at = (v.version + 1, 2);
+    let first = p2.install("half#2", 1, at, "rollback to 1", false).await.unwrap();
+    let again = p2.install("half#2", 1, at, "rollback to 1", false).await.unwrap();
+    assert_eq!((first.version, first.lineage_epoch), at);
+    assert_eq!(again, first, "a retried install (its answer lost) is answered with the version it made");
+    // The next commit finds two lineages and takes every partition back to the latest
+    // global version, at one new epoch.
+    push_pattern(&mut c, &spec, 3).await;
+    // (the coordinator says UNAVAILABLE, "commit again"; the client's retry finds
+    // nothing new to commit after the recovery)
+    let (after, created) = c.commit("half", "after").await.unwrap();
+    assert!(!created && after.reason.contains("partition 2 is at lineage epoch 2 and the home at 1"), "{after:?}");
+    let epochs: Vec<(u64, u64)> = {
+        let mut out = Vec::new();
+        for p in 0..3u32 {
+            let i = c.model_info(&accrete_core::spec::local_name("half", p)).await.unwrap();
+            out.push((i.head_version, i.lineage_epoch));
+        }
+        out
+    };
+    assert_eq!(epochs, vec![(v.version + 2, 3); 3], "one version and one epoch on every partition");
+    assert_eq!(table(&mut c, "half").await, committed, "the latest global version's content, whole");
+    let head = c.versions("half").await.unwrap().pop().unwrap();
+    assert_eq!((head.version, head.content_of), (v.version + 2, v.version), "{head:?}");
+    assert!(head.reason.starts_with(&format!("recovery to {}", v.version)), "{}", head.reason);
+}

@@ -65,7 +65,11 @@ impl Client {
     /// A client for the cluster `view` from one of its servers (a server reaching its
     /// peers): it connects to each on first use and rides out outages for `patience`.
     pub fn of_cluster(view: ClusterView, patience: std::time::Duration) -> Result<Client> {
-        let mut c = Client::lazy_patient(&format!("http://{}", view.servers[view.me]), patience)?;
+        let Some(me) = view.servers.get(view.me) else {
+            let n = view.servers.len();
+            return Err(ClientError::Protocol(format!("a cluster map of {n} servers has no server {}", view.me)));
+        };
+        let mut c = Client::lazy_patient(&format!("http://{me}"), patience)?;
         c.routes = Some(std::sync::Arc::new(Routes::new(view)));
         Ok(c)
     }
@@ -256,6 +260,13 @@ impl Client {
     pub async fn retain(&mut self, model: &str, keep: &[u64]) -> Result<u64> {
         let req = pb::RetainRequest { model: model.to_string(), keep: keep.to_vec() };
         Ok(self.cluster.retain(req).await?.into_inner().dropped)
+    }
+
+    /// Drops partition i > 0 of a partitioned model (its local model `NAME#i`): the first
+    /// step of the model's delete. Returns how many versions it dropped.
+    pub async fn drop_partition(&mut self, model: &str) -> Result<u64> {
+        let req = pb::ModelRef { name: model.to_string() };
+        Ok(self.cluster.drop_partition(req).await?.into_inner().versions_dropped)
     }
 
     /// Ends a hold: the commit `made`, or aborted.

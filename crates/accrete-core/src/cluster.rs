@@ -23,6 +23,11 @@ pub struct HoldReport {
     pub updates: u64,
     /// Applied pushes since the partition's last version.
     pub since_commit: u64,
+    /// The partition's lineage epoch: the same on every partition, unless a rollback or
+    /// import reached only some of them.
+    pub lineage_epoch: u64,
+    /// BSP: the last round the partition applied (its rounds wait during the hold).
+    pub round: u64,
 }
 
 /// The second phase of a global commit, for one partition: apply exactly up to `cut`,
@@ -38,6 +43,8 @@ pub struct CutOrder {
     pub kind: VersionKind,
     /// How long to wait for the pushes up to the cut.
     pub wait_ms: u64,
+    /// BSP: apply every round up to this one (the furthest any partition applied).
+    pub round: u64,
 }
 
 /// The cut of a global commit: per worker, the furthest any partition got.

@@ -115,6 +115,9 @@ pub struct SyncState {
     pub rounds: BTreeMap<u64, Round>,
     /// BSP: the highest clock whose round was applied.
     pub applied: u64,
+    /// BSP, during a global commit's hold: no round after this one is applied (every
+    /// partition's version must hold the same rounds).
+    pub cap: Option<u64>,
 }
 
 impl SyncState {
@@ -126,6 +129,7 @@ impl SyncState {
             workers: HashMap::new(),
             rounds: BTreeMap::new(),
             applied: 0,
+            cap: None,
         }
     }
 
@@ -186,10 +190,19 @@ impl SyncState {
         }
     }
 
-    /// BSP: the lowest pending round once every live worker has contributed to it.
+    /// BSP: the lowest pending round once every live worker has contributed to it (and
+    /// a hold's cap allows it).
     pub fn complete_round(&self) -> Option<u64> {
         let (&c, round) = self.rounds.iter().next()?;
+        if self.cap.is_some_and(|cap| c > cap) {
+            return None;
+        }
         self.workers.keys().all(|w| round.from.contains(w)).then_some(c)
+    }
+
+    /// BSP: the lowest pending round if it is at most `through`, complete or not.
+    pub fn round_through(&self, through: u64) -> Option<u64> {
+        self.rounds.keys().next().copied().filter(|c| *c <= through)
     }
 }
 

@@ -339,7 +339,7 @@ pub async fn run(
                     report.last_updates = updates.unwrap_or(report.last_updates);
                     // Exit 0 means committed; a restart before a version holds the rows
                     // lost them: they are read again (unless stopping).
-                    match finish(&mut client, &config, last_sent, instance).await? {
+                    match finish(&mut client, &config, last_sent, (instance, session_epoch)).await? {
                         Some(version) => {
                             report.committed_version = version;
                             break;
@@ -374,7 +374,8 @@ pub async fn run(
                 worker = %config.worker_id,
                 "{why}; stopping: rows the server did not apply were not trained (a new run reads them)"
             );
-            report.committed_version = finish(&mut client, &config, None, instance).await?.unwrap_or_default();
+            report.committed_version =
+                finish(&mut client, &config, None, (instance, session_epoch)).await?.unwrap_or_default();
             break;
         }
         let rejoined = client.join(&config.model, &config.worker_id, &shard_name, signature).await?;
@@ -428,32 +429,33 @@ pub async fn run(
 const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Leaves the barrier, then waits until a committed version holds this worker's rows up
-/// to `last`: that version, or `None` if the server restarted since `instance` acknowledged
+/// to `last`: that version, or `None` if the server restarted since the session's instance acknowledged
 /// them (what it had not committed is gone, and the rows must be read again).
 async fn finish(
     client: &mut Client,
     config: &WorkerConfig,
     last: Option<(u64, u64)>,
-    instance: u64,
+    session: (u64, u64),
 ) -> Result<Option<u64>, WorkerError> {
     match client.leave(&config.model, &config.worker_id).await {
         // Its lease lapsed at the very end (a long last batch), or the server restarted.
         Err(ClientError::NotInBarrier(m)) => tracing::debug!("leave: {m}"),
         left => left?,
     }
-    await_committed(client, config, last, instance).await
+    await_committed(client, config, last, session).await
 }
 
 /// Exit 0 means committed: asks for a commit (a no-op when nothing changed since the last
 /// version) until the committed head holds this worker's progress up to `last` (a pass
 /// and an offset), waiting with backoff while it does not (bounded by [`COMMIT_WAIT`]).
-/// Returns that version, or `None` when the server is no longer `instance` or a recovery
-/// took the rows back out (either way they are read again).
+/// Returns that version, or `None` when the server is no longer the session's `instance`,
+/// or a recovery after the session's lineage `epoch` took the rows back out (either way
+/// they are read again).
 async fn await_committed(
     client: &mut Client,
     config: &WorkerConfig,
     last: Option<(u64, u64)>,
-    instance: u64,
+    (instance, epoch): (u64, u64),
 ) -> Result<Option<u64>, WorkerError> {
     let reason = format!("worker {} finished", config.worker_id);
     let deadline = Instant::now() + COMMIT_WAIT;
@@ -467,7 +469,9 @@ async fn await_committed(
         if client.model_info(&config.model).await?.server_instance != instance {
             return Ok(None);
         }
-        if recovered(client, &config.model, head.lineage_epoch).await? {
+        // (a recovery that began the session's own lineage came before its pushes: they
+        // are on their way into a version, not taken out)
+        if head.lineage_epoch != epoch && recovered(client, &config.model, head.lineage_epoch).await? {
             // A partition's server restarted (a split model's, not the one that answers
             // here): the model went back to a version without these rows, and this
             // worker's progress with it. They are read again.

@@ -21,6 +21,8 @@ impl From<&HoldReport> for pb::HoldReport {
             server_instance: r.server_instance,
             updates: r.updates,
             since_commit: r.since_commit,
+            lineage_epoch: r.lineage_epoch,
+            round: r.round,
         }
     }
 }
@@ -33,6 +35,8 @@ impl From<pb::HoldReport> for HoldReport {
             server_instance: r.server_instance,
             updates: r.updates,
             since_commit: r.since_commit,
+            lineage_epoch: r.lineage_epoch,
+            round: r.round,
         }
     }
 }
@@ -47,6 +51,7 @@ impl From<&CutOrder> for pb::CutRequest {
             reason: c.reason.clone(),
             wait_ms: c.wait_ms,
             kind: pb::VersionKind::from(c.kind) as i32,
+            round: c.round,
         }
     }
 }
@@ -62,6 +67,7 @@ impl TryFrom<pb::CutRequest> for CutOrder {
             cut: marks_of_wire(c.cut),
             reason: c.reason,
             wait_ms: c.wait_ms,
+            round: c.round,
         })
     }
 }

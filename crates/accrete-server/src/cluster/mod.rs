@@ -10,7 +10,7 @@
 //! (the home's version log is the model's) only once every partition has it. One global
 //! commit per model at a time.
 use crate::error::{Result, ServiceError};
-use crate::model::{At, ModelHandle};
+use crate::model::ModelHandle;
 use crate::registry::Registry;
 use accrete_client::{Client, ClientError, ClusterView};
 use accrete_core::cluster::{cut_of, ClusterMap, CutOrder, HoldReport};
@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod content;
+mod install;
 
 pub use content::whole_spec;
 
@@ -155,6 +156,32 @@ impl Cluster {
         blocking(move || reg.create(spec, &req, signature)).await
     }
 
+    /// A partitioned model's delete, before its home's: drops every other partition (one
+    /// already gone counts as dropped, so a delete that failed half-way can be retried).
+    pub async fn drop_partitions(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>) -> Result<()> {
+        let lock = self.commit_lock(h.name());
+        let _serial = lock.lock().await;
+        let parts = h.spec().parts();
+        for p in 1..parts {
+            let i = self.partition_server(h.name(), p, parts);
+            let local = local_name(h.name(), p);
+            let r = if i == self.map.me {
+                let r = reg.clone();
+                blocking(move || r.delete(&local).map(|_| ())).await
+            } else {
+                self.peer(i).drop_partition(&local).await.map(|_| ()).map_err(|e| match e {
+                    ClientError::NotFound(m) => ServiceError::ModelNotFound(m),
+                    e => self.named(e, h.name(), p, i),
+                })
+            };
+            match r {
+                Ok(()) | Err(ServiceError::ModelNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Global commits, rollbacks and recoveries waiting for another on the same model
     /// (the coordinator's queue).
     pub fn waiting(&self) -> u64 {
@@ -265,12 +292,28 @@ impl Cluster {
                 rec.content_of
             )));
         }
+        if let Some(p) = reports.iter().position(|r| r.lineage_epoch != reports[0].lineage_epoch) {
+            // a rollback or import that reached only some partitions: no version may mix
+            // two lineages, so the model goes back to its latest global version everywhere
+            self.release_all(reg, h.name(), parts, id, false).await;
+            let why = format!(
+                "partition {p} is at lineage epoch {} and the home at {} (a rollback or import did not finish)",
+                reports[p].lineage_epoch, reports[0].lineage_epoch
+            );
+            let rec = self.recover_locked(reg, h, &why).await?;
+            return Err(ServiceError::Unavailable(format!(
+                "model {:?}: {why}; the model was recovered to version {} (workers rewind); commit again",
+                h.name(),
+                rec.content_of
+            )));
+        }
         let changed = reports.iter().any(|r| r.since_commit > 0);
         if !changed {
             self.release_all(reg, h.name(), parts, id, false).await;
             return Ok((h.version(h.head_version())?, false));
         }
         let cut = cut_of(&reports);
+        let round = reports.iter().map(|r| r.round).max().unwrap_or(0);
         let version = reports.iter().map(|r| r.last_version).max().unwrap_or(0) + 1;
         let order = |p: u32| CutOrder {
             model: local_name(h.name(), p),
@@ -280,6 +323,7 @@ impl Cluster {
             reason: reason.to_string(),
             kind,
             wait_ms: CUT_WAIT.as_millis() as u64,
+            round,
         };
         // the other partitions first, at once; the home's version last
         let mut tasks = Vec::new();
@@ -391,109 +435,6 @@ impl Cluster {
             }
         } else if let Err(e) = self.peer(i).release(model, id, made).await {
             tracing::warn!(model, partition = 0, error = %e, "could not release a hold (it expires by itself)");
-        }
-    }
-
-    /// Rolls a partitioned model back on every partition to `to` (workers keep their
-    /// offsets). A retry of the same request (non-empty id) is answered with the version
-    /// the first made, as on one server.
-    pub async fn rollback(
-        &self,
-        reg: &Arc<Registry>,
-        h: &Arc<ModelHandle>,
-        to: u64,
-        why: &str,
-        request: &str,
-    ) -> Result<VersionRecord> {
-        let lock = self.commit_lock(h.name());
-        let _serial = lock.lock().await;
-        if let Some(rec) = h.answer_of(request)? {
-            return Ok(rec);
-        }
-        // only a version the home lists is the model's (a partition may hold one left by
-        // an aborted commit): refused here, before any partition moves
-        let hh = h.clone();
-        blocking(move || hh.version(to)).await?;
-        let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
-        self.install_all(reg, h, to, &reason, false, request).await
-    }
-
-    /// A recovery: a partition lost updates (its server restarted, or a batch reached only
-    /// some partitions), so the whole model goes back to its latest global version, and
-    /// the workers to the offsets that version recorded.
-    pub async fn recover(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>, why: &str) -> Result<VersionRecord> {
-        let lock = self.commit_lock(h.name());
-        let _serial = lock.lock().await;
-        self.recover_locked(reg, h, why).await
-    }
-
-    async fn recover_locked(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>, why: &str) -> Result<VersionRecord> {
-        let to = h.head_version();
-        tracing::warn!(model = %h.name(), to, why, "recovery: the model goes back to its latest global version");
-        let rec = self.install_all(reg, h, to, &format!("recovery to {to}: {why}"), true, "").await?;
-        self.instances.lock().unwrap_or_else(|e| e.into_inner()).remove(h.name());
-        Ok(rec)
-    }
-
-    /// Installs version `to`'s content on every partition as one new version number (after
-    /// every partition's newest), the others first and the home last (so the version is
-    /// listed only once every partition has it).
-    async fn install_all(
-        &self,
-        reg: &Arc<Registry>,
-        h: &Arc<ModelHandle>,
-        to: u64,
-        reason: &str,
-        rewind: bool,
-        request: &str,
-    ) -> Result<VersionRecord> {
-        let parts = h.spec().parts();
-        let at = self.next_install(reg, h).await?;
-        for p in 1..parts {
-            let i = self.partition_server(h.name(), p, parts);
-            let local = local_name(h.name(), p);
-            if i == self.map.me {
-                let (m, why) = (reg.get(&local)?, reason.to_string());
-                blocking(move || m.install_version(to, at, &why, rewind, "")).await?;
-            } else {
-                self.peer(i)
-                    .install(&local, to, (at.version, at.epoch), reason, rewind)
-                    .await
-                    .map_err(|e| self.named(e, h.name(), p, i))?;
-            }
-        }
-        let (hh, reason, request) = (h.clone(), reason.to_string(), request.to_string());
-        let rec = blocking(move || hh.install_version(to, at, &reason, rewind, &request)).await?;
-        self.retain_all(reg, h).await;
-        Ok(rec)
-    }
-
-    /// Where a version installed on every partition lands: the next number after every
-    /// partition's newest (an aborted commit may have left one a version ahead), and the
-    /// next lineage epoch after every partition's (an install that failed half-way may
-    /// have moved some on), so that after it every partition is at the same epoch.
-    async fn next_install(&self, reg: &Arc<Registry>, h: &Arc<ModelHandle>) -> Result<At> {
-        let parts = h.spec().parts();
-        let s = h.status();
-        let (mut version, mut epoch) = (s.head, s.epoch);
-        for p in 1..parts {
-            let i = self.partition_server(h.name(), p, parts);
-            let local = local_name(h.name(), p);
-            let (v, e) = if i == self.map.me {
-                let s = reg.get(&local)?.status();
-                (s.head, s.epoch)
-            } else {
-                let info = self.peer(i).model_info(&local).await.map_err(|e| self.named(e, h.name(), p, i))?;
-                (info.head_version, info.lineage_epoch)
-            };
-            (version, epoch) = (version.max(v), epoch.max(e));
-        }
-        match (version.checked_add(1), epoch.checked_add(1)) {
-            (Some(version), Some(epoch)) => Ok(At { version, epoch }),
-            _ => Err(ServiceError::Invalid(format!(
-                "model {:?}: version or lineage epoch numbers are exhausted",
-                h.name()
-            ))),
         }
     }
 

@@ -14,6 +14,7 @@
 
 mod check;
 mod commits;
+mod rounds;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +22,7 @@ pub use check::{Checked, Grad, Shape};
 
 use crate::error::{Result, ServiceError};
 use crate::sync::SyncState;
-use accrete_core::optim::{Keys, LeBytes};
+use accrete_core::optim::Keys;
 use accrete_core::pull::Joined;
 use accrete_core::push::{PushAck, PushMeta};
 use accrete_core::{ConsistencyMode, Params, VersionKind, VersionRecord, WorkerProgress};
@@ -36,6 +37,8 @@ const MAX_WORKERS: usize = 4096;
 const MAX_NAME_BYTES: usize = check::MAX_NAME_BYTES;
 /// BSP rounds a push may be ahead of the last applied one.
 const MAX_ROUNDS_AHEAD: u64 = 16;
+/// The furthest a BSP barrier jumps to a clock given by a join (far from overflowing).
+const MAX_CLOCK: u64 = 1 << 48;
 /// Policy snapshots allowed to wait for the writer; beyond that, commits coalesce.
 const MAX_PENDING: usize = 8;
 /// How long the policy waits after a failed write before it tries again.
@@ -74,6 +77,8 @@ pub struct Status {
     pub since_commit: u64,
     /// Workers holding a lease in the model's barrier now.
     pub workers: usize,
+    /// BSP: the last round applied.
+    pub round: u64,
 }
 
 /// A worker's standing in the barrier after a heartbeat or a leave.
@@ -166,6 +171,7 @@ impl Engine {
             updates: self.updates,
             since_commit: self.since_commit,
             workers: self.sync.live(),
+            round: self.sync.applied,
         }
     }
 
@@ -297,133 +303,6 @@ impl Engine {
         Pushed { ack: self.ack(), commit_due }
     }
 
-    /// BSP: adds a checked push to the round of its clock, then applies complete rounds.
-    fn push_to_round(&mut self, push: &Checked<'_>, epoch: u64, now: Instant) -> Result<Pushed> {
-        let meta = push.meta();
-        // A stale process is told so before anything else: told to join again, it would
-        // take a newer incarnation and fence the live one.
-        self.check_incarnation(meta)?;
-        if !self.sync.is_member(&meta.worker_id) {
-            // Its round has gone on without it: it must join again and take the current clock.
-            return Err(ServiceError::NotInBarrier { model: self.name(), worker: meta.worker_id.clone() });
-        }
-        self.check_room(meta)?;
-        self.check_committable(now)?;
-        let stale = self.check_epoch(epoch).err();
-        self.check_round(meta)?;
-        if let Some(refused) = stale {
-            // Computed on the lineage before a rollback or import: refused, but the worker's
-            // clock moves on with it, so it counts in its round as an empty contribution —
-            // the other workers are not left waiting for a gradient that will not come.
-            self.enter_round(meta, now);
-            let dropped = self.apply_complete_rounds(now).err();
-            self.dropped.extend(dropped);
-            return Err(refused);
-        }
-        self.add_to_round(push);
-        self.enter_round(meta, now);
-        // Its progress is recorded when its round is applied.
-        self.sync.rounds.entry(meta.clock).or_default().progress.push(meta.clone());
-        let pushed = Pushed { ack: self.ack(), commit_due: false };
-        Ok(self.apply_complete_rounds(now)?.unwrap_or(pushed))
-    }
-
-    /// A worker pushes clock c after pulling at c-1, which BSP allows once round c-1 is
-    /// applied: clocks from an old round, or far ahead, are not a worker's; nor is a clock
-    /// it already pushed.
-    fn check_round(&self, meta: &PushMeta) -> Result<()> {
-        let applied = self.sync.applied;
-        if meta.clock <= applied || meta.clock > applied + MAX_ROUNDS_AHEAD {
-            return Err(ServiceError::Invalid(format!(
-                "model {:?}: worker {:?} pushed clock {}, but BSP is at round {} (a push belongs to rounds {}..={})",
-                self.shape.name,
-                meta.worker_id,
-                meta.clock,
-                applied,
-                applied + 1,
-                applied + MAX_ROUNDS_AHEAD
-            )));
-        }
-        if self.sync.rounds.get(&meta.clock).is_some_and(|r| r.from.contains(&meta.worker_id)) {
-            let msg =
-                format!("model {:?}: worker {:?} already pushed clock {}", self.shape.name, meta.worker_id, meta.clock);
-            return Err(ServiceError::Invalid(msg));
-        }
-        Ok(())
-    }
-
-    /// Sums a push's gradients into the round of its clock.
-    fn add_to_round(&mut self, push: &Checked<'_>) {
-        let round = self.sync.rounds.entry(push.meta().clock).or_default();
-        for (t, g) in push.grads() {
-            let spec = &self.shape.layout[t];
-            let values = LeBytes(g.values).iter();
-            if spec.stats {
-                round.add_stats(t, spec.cols as usize, &values.collect::<Vec<_>>());
-            } else if g.keys.is_empty() {
-                round.add_dense(t, spec.len() as usize, g.offset as usize, values);
-            } else {
-                round.add_rows(t, spec.cols as usize, g.keys.iter(), values);
-            }
-        }
-    }
-
-    /// Counts a worker in the round of its clock and moves its clock on.
-    fn enter_round(&mut self, meta: &PushMeta, now: Instant) {
-        self.sync.rounds.entry(meta.clock).or_default().from.push(meta.worker_id.clone());
-        self.sync.touch(&meta.worker_id, Some(meta.clock), now);
-    }
-
-    /// BSP: applies every round that all live workers have contributed to, as one update
-    /// each (a round without values is none). Returns the state after the last one
-    /// applied. A round whose sum would leave a value non-finite is dropped whole (nothing
-    /// of it changes the model) and the next rounds go on; the first such round is the
-    /// error.
-    fn apply_complete_rounds(&mut self, now: Instant) -> Result<Option<Pushed>> {
-        let mut pushed = None;
-        let mut dropped = None;
-        while let Some(c) = self.sync.complete_round() {
-            let Some(round) = self.sync.rounds.remove(&c) else { break };
-            self.sync.applied = c;
-            // The rows of its pushes are consumed now (applied, or dropped as diverging).
-            round.progress.iter().for_each(|m| record_progress(&mut self.workers, m));
-            if round.is_empty() && !round.progress.iter().any(|m| m.update) {
-                continue;
-            }
-            self.params.begin_update();
-            for (t, d) in &round.dense {
-                if d.lo < d.hi {
-                    self.params.apply_dense(*t, d.lo, &d.values[d.lo..d.hi]);
-                }
-            }
-            for (t, r) in &round.rows {
-                self.params.apply_rows(*t, &r.keys, &r.values);
-            }
-            for (t, st) in &round.stats {
-                self.params.merge_stats(*t, st);
-            }
-            if let Err(source) = self.params.finish_update() {
-                let message = format!(
-                    "model {:?}: BSP round {c} (workers {:?}) was dropped: {source}",
-                    self.shape.name, round.from
-                );
-                dropped.get_or_insert(ServiceError::Invalid(message));
-                continue;
-            }
-            self.updates += 1;
-            self.since_commit += 1;
-            let commit_due = self.snapshot_if_due(now);
-            pushed = Some(Pushed { ack: self.ack(), commit_due });
-        }
-        dropped.map_or(Ok(pushed), Err)
-    }
-
-    /// BSP rounds dropped by a leave or a lease expiry (their sums would not be finite),
-    /// for the runtime to log; a push that completes such a round is told instead.
-    pub fn take_dropped(&mut self) -> Vec<ServiceError> {
-        std::mem::take(&mut self.dropped)
-    }
-
     /// May `worker` join? Its id must fit in the records, and a new id needs room: the
     /// model keeps every id's incarnation and progress. Asked before the store hands out
     /// an incarnation, so a refused join writes nothing.
@@ -459,9 +338,16 @@ impl Engine {
         // counted in (a refused push counts as an empty contribution, and open rounds
         // outlive a rollback or recovery), so its next push is of the round after.
         let counted = self.sync.rounds.iter().rev().find(|(_, r)| r.from.iter().any(|w| w == worker)).map(|(c, _)| *c);
-        let own =
-            if self.sync.mode == ConsistencyMode::Bsp { self.sync.applied.max(counted.unwrap_or(0)) } else { known };
         let bsp = self.sync.mode == ConsistencyMode::Bsp;
+        let clock = clock.min(MAX_CLOCK);
+        if bsp && self.sync.rounds.is_empty() && clock > self.sync.applied + MAX_ROUNDS_AHEAD {
+            // Further behind the other partitions than any push may run ahead, with no
+            // round open: this partition restarted without the rounds it had applied (the
+            // model recovers to its latest global version). The rounds it never saw hold
+            // nothing here, so its barrier goes straight to the workers' clock.
+            self.sync.applied = clock;
+        }
+        let own = if bsp { self.sync.applied.max(counted.unwrap_or(0)) } else { known };
         // a given clock (another partition's) beyond any this partition has seen: at most
         // the rounds a push may be ahead (it comes from the network)
         let clock = if bsp { own.max(clock.min(self.sync.applied + MAX_ROUNDS_AHEAD)) } else { own.max(clock) };

@@ -295,6 +295,50 @@ fn a_joining_worker_gets_its_recorded_progress_and_the_bsp_clock() {
 }
 
 #[test]
+fn a_restarted_partitions_barrier_joins_the_others_clock_and_an_open_one_is_held_to_its_rounds() {
+    let t0 = Instant::now();
+    // restarted: no round open, far behind the clock the other partitions gave
+    let mut e = bsp(t0);
+    let joined = e.join_at("a", 2, 1000, t0);
+    assert_eq!(joined.clock, 1000);
+    assert!(e.may_pull("a", 1000, t0));
+    assert_eq!(push(&mut e, 1, &meta("a", 2, 1001), 1.0, t0).unwrap().ack.updates, 1, "the next round applies");
+    assert_eq!(e.join_at("b", 1, u64::MAX, t0).clock, 1 << 48, "a clock from the network is bounded");
+    // an open round: the partition is live, so a given clock is held to the rounds a push may run ahead
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap();
+    assert_eq!(e.join_at("b", 2, 1000, t0).clock, 16);
+    assert_eq!(e.status().updates, 1, "b counted in rounds 1..=16 (empty), so a's round applied");
+}
+
+#[test]
+fn a_hold_keeps_rounds_from_completing_and_a_cut_applies_the_rounds_it_names() {
+    let t0 = Instant::now();
+    let mut e = bsp(t0);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    push(&mut e, 1, &meta("a", 1, 1), 1.0, t0).unwrap();
+    e.hold_rounds();
+    e.leave("b", t0);
+    assert_eq!((e.status().updates, e.status().round), (0, 0), "held: b's departure completes nothing yet");
+    // another partition had applied round 1 when held: the cut applies it here too
+    e.rounds_through(1, t0).unwrap();
+    assert_eq!((e.status().updates, e.status().round, bias(&e)), (1, 1, -LR));
+    e.release_rounds(t0);
+    // a cut that names no further round leaves a complete one to the hold's end
+    e.join("b", 2, t0);
+    push(&mut e, 1, &meta("a", 1, 2), 1.0, t0).unwrap();
+    e.hold_rounds();
+    e.leave("b", t0);
+    e.rounds_through(1, t0).unwrap();
+    assert_eq!(e.status().round, 1, "round 2 waits for the release");
+    e.release_rounds(t0);
+    assert_eq!((e.status().updates, e.status().round), (2, 2));
+}
+
+#[test]
 fn a_rollback_abandons_what_the_old_lineage_still_held() {
     let t0 = Instant::now();
     let policy = CommitPolicy { every_updates: 1, ..Default::default() };

@@ -143,7 +143,7 @@ impl ModelHandle {
     /// The first phase: hold new pushes and report what was applied.
     pub fn hold(&self, commit: u64) -> Result<HoldReport> {
         let gate = self.gate()?;
-        let engine = lock(&self.engine);
+        let mut engine = lock(&self.engine);
         let mut g = lock(gate);
         let Some(applied) = g.cut.hold(commit) else {
             return Err(ServiceError::Unavailable(format!(
@@ -157,6 +157,7 @@ impl ModelHandle {
             self.hold_meters.holds.fetch_add(1, Ordering::Relaxed);
         }
         let progressed = applied != *g.cut.committed_marks();
+        engine.hold_rounds();
         let st = engine.status();
         drop(g);
         drop(engine);
@@ -167,6 +168,8 @@ impl ModelHandle {
             server_instance: self.instance,
             updates: st.updates,
             since_commit: st.since_commit + progressed as u64,
+            lineage_epoch: st.epoch,
+            round: st.round,
         })
     }
 
@@ -175,13 +178,16 @@ impl ModelHandle {
     pub fn release(&self, commit: u64, made: bool) {
         let Some(gate) = &self.gate else { return };
         let ended = {
-            let _engine = lock(&self.engine);
+            let mut engine = lock(&self.engine);
             let mut g = lock(gate);
             let was = g.cut.holding();
             if made {
                 g.cut.release(commit);
             } else {
                 g.cut.abort(commit);
+            }
+            if !g.cut.holding() {
+                engine.release_rounds(Instant::now());
             }
             match (was, g.cut.holding()) {
                 (true, false) => g.since.take(),
@@ -236,6 +242,10 @@ impl ModelHandle {
                 )));
             }
             self.gate_wait(seen).await;
+        }
+        // BSP: the same rounds on every partition (see `Engine::rounds_through`)
+        if let Err(e) = lock(&self.engine).rounds_through(order.round, Instant::now()) {
+            tracing::warn!(model = %self.name(), error = %e, "a round up to the cut was dropped");
         }
         let h = self.clone();
         let (version, kind, reason) = (order.version, order.kind, order.reason);

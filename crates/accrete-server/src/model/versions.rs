@@ -216,6 +216,9 @@ impl ModelHandle {
     /// again, once; `reason` says which it is.
     pub fn install_version(&self, to: u64, at: At, reason: &str, rewind: bool, request: &str) -> Result<VersionRecord> {
         let mut head = self.head.lock();
+        if let Some(rec) = Self::installed_at(&head, at, VersionKind::Rollback) {
+            return Ok(rec);
+        }
         if at.version <= head.record.version {
             return Err(ServiceError::Invalid(format!(
                 "model {:?}: version {} is not after this partition's version {}",
@@ -254,6 +257,9 @@ impl ModelHandle {
         if let Some((rec, _)) = self.answered(&head, request)? {
             return Ok(rec);
         }
+        if let Some(rec) = Self::installed_at(&head, at, VersionKind::Import) {
+            return Ok(rec);
+        }
         if at.version != 0 && at.version <= head.record.version {
             return Err(ServiceError::Invalid(format!(
                 "model {:?}: version {} is not after this partition's version {}",
@@ -271,6 +277,15 @@ impl ModelHandle {
         let new =
             NewHead { kind: VersionKind::Import, reason, request, content_of: 0, chunks_written, manifest, params };
         self.install_head_with(&mut head, new, None, At { version, ..at })
+    }
+
+    /// A coordinator's retry of an install or import at `at` that this partition already
+    /// made (its answer was lost): the head it made. A coordinator never gives one `at`
+    /// to two installs (the next is after every partition's newest version).
+    fn installed_at(head: &Head, at: At, kind: VersionKind) -> Option<VersionRecord> {
+        let r = &head.record;
+        (at.version != 0 && at.epoch != 0 && r.version == at.version && r.lineage_epoch == at.epoch && r.kind == kind)
+            .then(|| r.clone())
     }
 
     /// The version a request made, if one with this id (non-empty) was answered: a retry

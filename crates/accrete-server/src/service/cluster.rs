@@ -85,6 +85,22 @@ impl Cluster for Service {
         Ok(Response::new(pb::RetainResponse { dropped: dropped as u64 }))
     }
 
+    async fn drop_partition(&self, req: Request<pb::ModelRef>) -> Reply<pb::DeleteModelResponse> {
+        let name = req.into_inner().name;
+        let span = rpc_span("drop_partition", &name);
+        async move {
+            if accrete_core::spec::partition_of_name(&name) == 0 {
+                return Err(ServiceError::Invalid(format!("{name:?} is not a partition i > 0 (NAME#i)")).into());
+            }
+            let (reg, model) = (self.reg.clone(), name.clone());
+            let n = blocking(move || reg.delete(&model)).await?;
+            tracing::info!(model = %name, versions = n, "partition dropped (its model is being deleted)");
+            Ok(Response::new(pb::DeleteModelResponse { name, versions_dropped: n }))
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Reply<pb::ReleaseResponse> {
         let req = req.into_inner();
         self.reg.get(&req.model)?.release(req.commit, req.made);

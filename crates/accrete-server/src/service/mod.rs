@@ -74,6 +74,23 @@ impl Service {
         self.reg.cluster().filter(|_| h.spec().parts() > 1 && h.spec().partition == 0)
     }
 
+    /// Refuses a call that changes a whole model's versions on partition i > 0 alone: its
+    /// home coordinates them over every partition.
+    fn whole_only(&self, h: &ModelHandle, what: &str) -> Result<()> {
+        let s = h.spec();
+        if s.partition == 0 {
+            return Ok(());
+        }
+        Err(ServiceError::Invalid(format!(
+            "model {:?} is partition {} of model {:?}: a {what} is the whole model's; call it on {:?} (its home \
+             coordinates it over every partition)",
+            h.name(),
+            s.partition,
+            s.base_name(),
+            s.base_name()
+        )))
+    }
+
     fn check_size(&self, what: impl FnOnce() -> String, bytes: usize) -> Result<()> {
         if bytes > self.limit {
             return Err(ServiceError::TooLarge { what: what(), bytes, limit: self.limit });

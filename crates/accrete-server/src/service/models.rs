@@ -79,6 +79,13 @@ impl Models for Service {
         let name = req.into_inner().name;
         let span = rpc_span("delete_model", &name);
         async move {
+            let h = self.reg.get(&name)?;
+            self.whole_only(&h, "delete")?;
+            if let Some(c) = self.coordinator(&h) {
+                // its partitions first: a partition left behind would be taken up by a
+                // later create of the same name, with this model's content
+                c.drop_partitions(&self.reg, &h).await?;
+            }
             let (reg, model) = (self.reg.clone(), name.clone());
             let n = blocking(move || reg.delete(&model)).await?;
             tracing::info!(model = %name, versions = n, "deleted");
@@ -93,6 +100,7 @@ impl Models for Service {
         let span = rpc_span("commit", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
+            self.whole_only(&h, "commit")?;
             let reason = if req.reason.is_empty() { "commit".to_string() } else { format!("commit: {}", req.reason) };
             let (rec, created) = match self.coordinator(&h) {
                 Some(c) => c.commit(&self.reg, &h, VersionKind::Manual, &reason).await?,
@@ -121,6 +129,7 @@ impl Models for Service {
         let span = rpc_span("tag", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
+            self.whole_only(&h, "tag")?;
             let rec = on_model(&h, move |h| h.tag(req.version, &req.label)).await?;
             Ok(Response::new(version_info(&h, &rec)))
         }
@@ -133,6 +142,7 @@ impl Models for Service {
         let span = rpc_span("rollback", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
+            self.whole_only(&h, "rollback")?;
             let (to, reason, request) = (req.to_version, req.reason, req.request_id);
             let rec = match self.coordinator(&h) {
                 Some(c) => c.rollback(&self.reg, &h, to, &reason, &request).await?,
@@ -150,6 +160,7 @@ impl Models for Service {
         let span = rpc_span("report_metrics", &req.model);
         async move {
             let h = self.reg.get(&req.model)?;
+            self.whole_only(&h, "metrics report")?;
             let metrics: BTreeMap<String, f64> = req.metrics.into_iter().collect();
             let rec = on_model(&h, move |h| h.report_metrics(req.version, &metrics, req.replace)).await?;
             Ok(Response::new(version_info(&h, &rec)))
@@ -191,7 +202,10 @@ impl Models for Service {
             let h = self.reg.get(&header.model)?;
             let permit = self.heavy().await?;
             let at = match header.at_version {
-                0 => crate::model::At::default(),
+                0 => {
+                    self.whole_only(&h, "import")?;
+                    crate::model::At::default()
+                }
                 _ if h.spec().partition == 0 => {
                     let msg = format!("import into model {:?}: at_version is only for a partition's share", h.name());
                     return Err(ServiceError::Invalid(msg).into());
