@@ -273,9 +273,10 @@ impl PushStream {
         let Some(plan) = &self.plan else {
             return self.tx[0].send(pb::PushRequest::from(push)).await.map_err(|_| StreamEnded);
         };
-        for (p, tx) in self.tx.iter().enumerate() {
+        let parts = crate::split::push_parts(plan, push);
+        for (p, (tx, part)) in self.tx.iter().zip(parts).enumerate() {
             self.windows[p].acquire().await.map_err(|_| StreamEnded)?.forget();
-            tx.send(crate::split::push_part(plan, push, p as u32)).await.map_err(|_| StreamEnded)?;
+            tx.send(part).await.map_err(|_| StreamEnded)?;
         }
         Ok(())
     }

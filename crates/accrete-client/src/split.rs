@@ -10,7 +10,7 @@ use crate::{Client, ClientError, Result};
 use accrete_core::layout::layout;
 use accrete_core::partition::{Partitioning, Placement};
 use accrete_core::pull::{PullRequest, Pulled, Slice};
-use accrete_core::push::{Gradient, Push};
+use accrete_core::push::Push;
 use accrete_core::spec::local_name;
 use accrete_core::view::{BatchParams, ModelView};
 use accrete_core::ModelSpec;
@@ -156,60 +156,72 @@ impl Client {
     }
 }
 
-/// One gradient's share of a partition, renumbered (owned: split from the batch's).
-struct Share {
-    tensor: String,
-    offset: u64,
-    keys: Vec<u32>,
-    values: Vec<f32>,
-}
-
-/// A push's share for partition `part`: the rows and ranges it holds, renumbered, and the
-/// push's progress either way.
-pub(crate) fn push_part(plan: &Plan, push: &Push<'_>, part: u32) -> pb::PushRequest {
-    let mut shares = Vec::new();
+/// A push's share for every partition, in one pass over its rows: each partition's
+/// rows and ranges, renumbered from its first row and encoded straight into its message,
+/// and the push's progress either way (a partition without rows gets a mark).
+pub(crate) fn push_parts(plan: &Plan, push: &Push<'_>) -> Vec<pb::PushRequest> {
+    let n = plan.parts as usize;
+    let mut meta = push.meta.as_ref().map(pb::PushMeta::from);
+    // Every part of a push with values anywhere counts as one update and one optimizer
+    // step on its partition, whatever rows it holds (`PushMeta::update`).
+    if push.grads.iter().any(|g| !g.values.is_empty()) {
+        meta.get_or_insert_with(Default::default).update = true;
+    }
+    let mut out: Vec<pb::PushRequest> = (0..n)
+        .map(|p| pb::PushRequest {
+            model: plan.local(p as u32),
+            lineage_epoch: push.lineage_epoch,
+            grads: Vec::new(),
+            meta: meta.clone(),
+        })
+        .collect();
     for g in &push.grads {
-        let share = |offset, keys, values| Share { tensor: g.tensor.to_string(), offset, keys, values };
         match plan.split_of(g.tensor) {
-            None if part == 0 => shares.push(share(g.offset, g.keys.to_vec(), g.values.to_vec())),
-            None => {}
+            None => out[0].grads.push(pb::TensorChunk::from(g)),
             Some((starts, cols)) if !g.keys.is_empty() => {
-                let (lo, hi) = (starts[part as usize], starts[part as usize + 1]);
                 let cols = cols as usize;
-                let (mut keys, mut values) = (Vec::new(), Vec::new());
+                let guess = g.keys.len() / n + 16;
+                let mut keys: Vec<Vec<u8>> = (0..n).map(|_| Vec::with_capacity(guess * 8)).collect();
+                let mut values: Vec<Vec<u8>> = (0..n).map(|_| Vec::with_capacity(guess * cols * 4)).collect();
                 for (i, k) in g.keys.iter().enumerate() {
-                    if (lo..hi).contains(&(*k as u64)) {
-                        keys.push((*k as u64 - lo) as u32);
-                        values.extend_from_slice(g.values.get(i * cols..(i + 1) * cols).unwrap_or_default());
+                    // a key past the table lands on the last partition, which refuses it by name
+                    let p = part_of(starts, *k as u64);
+                    keys[p].extend_from_slice(&(*k as u64 - starts[p]).to_le_bytes());
+                    for v in g.values.get(i * cols..(i + 1) * cols).unwrap_or_default() {
+                        values[p].extend_from_slice(&v.to_le_bytes());
                     }
                 }
-                if !keys.is_empty() {
-                    shares.push(share(0, keys, values));
+                for (p, (k, v)) in keys.into_iter().zip(values).enumerate() {
+                    if !k.is_empty() {
+                        let tensor = g.tensor.to_string();
+                        out[p].grads.push(pb::TensorChunk {
+                            tensor,
+                            keys: k.into(),
+                            values: v.into(),
+                            ..Default::default()
+                        });
+                    }
                 }
             }
             Some((starts, cols)) => {
-                // a dense range: the part of it inside this partition's rows
-                let (lo, hi) = (starts[part as usize] * cols, starts[part as usize + 1] * cols);
-                let (a, b) = (g.offset.max(lo), (g.offset + g.values.len() as u64).min(hi));
-                if a < b {
-                    let values = g.values[(a - g.offset) as usize..(b - g.offset) as usize].to_vec();
-                    shares.push(share(a - lo, vec![], values));
+                // a dense range: the part of it inside each partition's rows
+                for (p, req) in out.iter_mut().enumerate() {
+                    let (lo, hi) = (starts[p] * cols, starts[p + 1] * cols);
+                    let (a, b) = (g.offset.max(lo), (g.offset + g.values.len() as u64).min(hi));
+                    if a < b {
+                        let values = &g.values[(a - g.offset) as usize..(b - g.offset) as usize];
+                        req.grads.push(pb::TensorChunk {
+                            tensor: g.tensor.to_string(),
+                            offset: a - lo,
+                            values: accrete_proto::f32s_to_bytes(values),
+                            ..Default::default()
+                        });
+                    }
                 }
             }
         }
     }
-    let model = plan.local(part);
-    let grads = shares
-        .iter()
-        .map(|s| Gradient { tensor: &s.tensor, offset: s.offset, keys: &s.keys, values: &s.values })
-        .collect();
-    // Every part of a push with values anywhere counts as one update and one optimizer
-    // step on its partition, whatever rows it holds (`PushMeta::update`).
-    let mut meta = push.meta.clone();
-    if push.grads.iter().any(|g| !g.values.is_empty()) {
-        meta.get_or_insert_with(Default::default).update = true;
-    }
-    pb::PushRequest::from(&Push { model: &model, lineage_epoch: push.lineage_epoch, grads, meta })
+    out
 }
 
 /// An error of one partition's call, naming the partition and its server when it could
@@ -227,6 +239,7 @@ pub(crate) fn at_partition(e: ClientError, part: u32, server: &str) -> ClientErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use accrete_core::push::Gradient;
     use accrete_core::ModelKind;
 
     fn plan() -> Plan {
@@ -252,8 +265,7 @@ mod tests {
             ],
             meta: None,
         };
-        let p0 = push_part(&p, &push, 0);
-        let p1 = push_part(&p, &push, 1);
+        let [p0, p1]: [pb::PushRequest; 2] = push_parts(&p, &push).try_into().unwrap();
         assert_eq!((p0.model.as_str(), p1.model.as_str()), ("fl", "fl#1"));
         assert_eq!(p0.grads.len(), 2, "row 5 of h and the bias stay on partition 0");
         assert_eq!(p0.grads[0].keys, 5u64.to_le_bytes().to_vec());
@@ -263,11 +275,11 @@ mod tests {
         assert_eq!(v1, vec![2.0, 3.0]);
         assert!(p1.meta.as_ref().is_some_and(|m| m.update) && p0.meta.as_ref().is_some_and(|m| m.update));
         let only_bias = Push { grads: vec![push.grads[1]], ..push.clone() };
-        let mark = push_part(&p, &only_bias, 1);
+        let mark = push_parts(&p, &only_bias).remove(1);
         assert!(mark.grads.is_empty(), "partition 1 holds none of the rows");
         assert!(mark.meta.is_some_and(|m| m.update), "but counts the update and its optimizer step");
         let empty = Push { model: "fl", lineage_epoch: 7, grads: vec![], meta: None };
-        let mark = push_part(&p, &empty, 1);
+        let mark = push_parts(&p, &empty).remove(1);
         assert!(mark.grads.is_empty(), "a mark carries no gradient");
         assert!(!mark.meta.is_some_and(|m| m.update), "a push without values is no update anywhere");
         assert_eq!(part_of(&[0, 2048, 4096], 4095), 1);
