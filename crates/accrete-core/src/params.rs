@@ -67,6 +67,39 @@ pub fn chunks_of(n: usize) -> usize {
     n.div_ceil(CHUNK_FLOATS)
 }
 
+/// Where a model's initial weights come from: one seeded stream of normals over its
+/// random tensors in layout order, so any chunk is drawn alone ([`Params::fill_init`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitPlan {
+    seed: u64,
+    scale: f64,
+    /// Per tensor: where its floats start in the stream (`None`: zeros).
+    start: Vec<Option<u64>>,
+}
+
+impl InitPlan {
+    pub fn of(spec: &ModelSpec, p: &Params) -> InitPlan {
+        // Factors and hidden layers cannot learn from zeros: they default to a fixed seed.
+        let needs_random = matches!(spec.kind, crate::ModelKind::Fm | crate::ModelKind::Mlp);
+        let seed = if spec.init.seed == 0 && needs_random { DEFAULT_SEED } else { spec.init.seed };
+        let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
+        let mut next = 0u64;
+        let start = p
+            .tensors
+            .iter()
+            .map(|t| {
+                let random = seed != 0 && !t.spec.bias && !t.spec.stats && (spec.init.seed != 0 || t.spec.name != "h");
+                random.then(|| {
+                    next += t.w.len() as u64;
+                    next - t.w.len() as u64
+                })
+            })
+            .collect();
+        // each partition draws its own numbers (partition 0: the unpartitioned model's)
+        InitPlan { seed: seed ^ (spec.partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15), scale, start }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Params {
     pub tensors: Vec<TensorState>,
@@ -98,24 +131,26 @@ impl Params {
     /// The EMA starts equal to the weights. Everything starts dirty.
     pub fn init(spec: &ModelSpec) -> Self {
         let mut p = Params::zeros(spec);
-        // Factors and hidden layers cannot learn from zeros: they default to a fixed seed.
-        let needs_random = matches!(spec.kind, crate::ModelKind::Fm | crate::ModelKind::Mlp);
-        let seed = if spec.init.seed == 0 && needs_random { DEFAULT_SEED } else { spec.init.seed };
-        if seed != 0 {
-            let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
-            // each partition draws its own numbers (partition 0: the unpartitioned model's)
-            let mut rng = SplitMix64::new(seed ^ (spec.partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            for t in p
-                .tensors
-                .iter_mut()
-                .filter(|t| !t.spec.bias && !t.spec.stats && (spec.init.seed != 0 || t.spec.name != "h"))
-            {
-                t.w.iter_mut().for_each(|w| *w = (rng.next_normal() * scale) as f32);
+        let plan = InitPlan::of(spec, &p);
+        for t in 0..p.tensors.len() {
+            for c in 0..p.tensors[t].chunks() {
+                p.fill_init(&plan, t, c);
             }
         }
         p.reset_ema();
         p.tensors.iter_mut().for_each(|t| t.dirty.iter_mut().for_each(|d| *d = true));
         p
+    }
+
+    /// Writes chunk `c` of tensor `t`'s initial weights (`plan`: its model's), as
+    /// [`Params::init`] draws them, without drawing the chunks before it.
+    pub fn fill_init(&mut self, plan: &InitPlan, t: usize, c: usize) {
+        let ts = &mut self.tensors[t];
+        let range = ts.chunk_range(c);
+        let Some(start) = plan.start.get(t).copied().flatten() else { return };
+        // a normal takes two numbers of the stream
+        let mut rng = SplitMix64::at(plan.seed, 2 * (start + range.start as u64));
+        ts.w[range].iter_mut().for_each(|w| *w = (rng.next_normal() * plan.scale) as f32);
     }
 
     fn ema_slot(&self) -> Option<usize> {
@@ -433,6 +468,54 @@ mod tests {
     use super::*;
     use crate::layout::layout;
     use crate::spec::{ModelKind, OptimizerKind, OptimizerSpec};
+
+    /// The initial weights as they were drawn before chunks could be drawn alone: one
+    /// sequential stream over the random tensors.
+    fn sequential_init(spec: &ModelSpec) -> Vec<Vec<f32>> {
+        let mut p = Params::zeros(spec);
+        let needs_random = matches!(spec.kind, ModelKind::Fm | ModelKind::Mlp);
+        let seed = if spec.init.seed == 0 && needs_random { DEFAULT_SEED } else { spec.init.seed };
+        if seed != 0 {
+            let scale = if spec.init.scale > 0.0 { spec.init.scale } else { 0.01 } as f64;
+            let mut rng = SplitMix64::new(seed ^ (spec.partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            for t in p
+                .tensors
+                .iter_mut()
+                .filter(|t| !t.spec.bias && !t.spec.stats && (spec.init.seed != 0 || t.spec.name != "h"))
+            {
+                t.w.iter_mut().for_each(|w| *w = (rng.next_normal() * scale) as f32);
+            }
+        }
+        p.tensors.into_iter().map(|t| t.w).collect()
+    }
+
+    #[test]
+    fn chunks_drawn_alone_are_the_sequential_streams_numbers_bit_for_bit() {
+        let mut cases = Vec::new();
+        for kind in [ModelKind::Linear, ModelKind::Logistic, ModelKind::Softmax, ModelKind::Fm, ModelKind::Mlp] {
+            for seed in [0, 7] {
+                let mut s = ModelSpec { hash_bits: 15, ..ModelSpec::new("m", kind) };
+                s.init.seed = seed;
+                cases.push(s);
+            }
+        }
+        // a partition's own stream, and a scale
+        let mut part = ModelSpec { hash_bits: 15, partitions: 3, ..ModelSpec::new("m", ModelKind::Fm) };
+        part = part.partition_spec(2);
+        part.init.scale = 0.3;
+        cases.push(part);
+        let mut drawn = 0;
+        for s in &cases {
+            let want = sequential_init(s);
+            let got: Vec<Vec<f32>> = Params::init(s).tensors.into_iter().map(|t| t.w).collect();
+            let bits = |v: &[Vec<f32>]| {
+                v.iter().map(|t| t.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&got), bits(&want), "{:?} seed {}", s.kind, s.init.seed);
+            drawn += want.iter().flatten().filter(|x| **x != 0.0).count();
+        }
+        assert!(drawn > 4 * CHUNK_FLOATS, "the cases draw random tensors over several chunks ({drawn} values)");
+    }
 
     fn spec() -> ModelSpec {
         let mut s = ModelSpec::new("m", ModelKind::Logistic);
