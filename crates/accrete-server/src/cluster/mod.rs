@@ -283,29 +283,17 @@ impl Cluster {
         let instances: Vec<u64> = reports.iter().map(|r| r.server_instance).collect();
         let known = self.instances.lock().unwrap_or_else(|e| e.into_inner()).get(h.name()).cloned();
         if let Some(p) = known.and_then(|k| k.iter().zip(&instances).position(|(a, b)| a != b)) {
-            self.release_all(reg, h.name(), parts, id, false).await;
             let why = format!("partition {p}'s server restarted");
-            let rec = self.recover_locked(reg, h, &why).await?;
-            return Err(ServiceError::Unavailable(format!(
-                "model {:?}: {why} and lost what it had not committed; the model was recovered to version {} (workers rewind); commit again",
-                h.name(),
-                rec.content_of
-            )));
+            return Err(self.abort_and_recover(reg, h, id, &why, " and lost what it had not committed;").await);
         }
         if let Some(p) = reports.iter().position(|r| r.lineage_epoch != reports[0].lineage_epoch) {
             // a rollback or import that reached only some partitions: no version may mix
             // two lineages, so the model goes back to its latest global version everywhere
-            self.release_all(reg, h.name(), parts, id, false).await;
             let why = format!(
                 "partition {p} is at lineage epoch {} and the home at {} (a rollback or import did not finish)",
                 reports[p].lineage_epoch, reports[0].lineage_epoch
             );
-            let rec = self.recover_locked(reg, h, &why).await?;
-            return Err(ServiceError::Unavailable(format!(
-                "model {:?}: {why}; the model was recovered to version {} (workers rewind); commit again",
-                h.name(),
-                rec.content_of
-            )));
+            return Err(self.abort_and_recover(reg, h, id, &why, ";").await);
         }
         let changed = reports.iter().any(|r| r.since_commit > 0);
         if !changed {
@@ -376,6 +364,28 @@ impl Cluster {
         *last = Instant::now();
         self.retain_all(reg, h).await;
         Ok((rec, true))
+    }
+
+    /// A held commit that must not be made (`why`): every hold ends aborted, the model
+    /// recovers to its latest global version, and the caller is told to commit again
+    /// (`after` follows `why` in what it is told).
+    async fn abort_and_recover(
+        &self,
+        reg: &Arc<Registry>,
+        h: &Arc<ModelHandle>,
+        id: u64,
+        why: &str,
+        after: &str,
+    ) -> ServiceError {
+        self.release_all(reg, h.name(), h.spec().parts(), id, false).await;
+        match self.recover_locked(reg, h, why).await {
+            Ok(rec) => ServiceError::Unavailable(format!(
+                "model {:?}: {why}{after} the model was recovered to version {} (workers rewind); commit again",
+                h.name(),
+                rec.content_of
+            )),
+            Err(e) => e,
+        }
     }
 
     /// Retention is global: after the home's (its own, in the version it just wrote),
