@@ -8,7 +8,7 @@ use common::data::{labelled_flights, read_gz, shuffle, write_csv, COLS, HOUSING}
 use common::procs::{cli, create_flights_model, ok, spawn_cli, spawn_server};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Flights with a label, shuffled with a seeded generator and split 80/20, like the
 /// reference figures' seeded random split (not the same permutation).
@@ -354,6 +354,15 @@ async fn a_worker_blocked_reading_a_pipe_keeps_its_lease() {
         spawn_cli(&s.url, &[&args[..], &["--shard", shard.to_str().unwrap()]].concat())
     };
     let mut a = worker(&fifo, "a");
+    // b starts once a has joined the barrier and pushed its batch: started together, b
+    // could join first and run rounds alone until a's process got going (it once ran 25
+    // under the suite's load).
+    let joined = Instant::now();
+    while updates_of(&s.url, "p").await < 1 {
+        assert!(joined.elapsed() < Duration::from_secs(60), "worker a never pushed its first batch");
+        assert!(a.try_wait().unwrap().is_none(), "worker a exited before pushing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let b = worker(&file, "b");
     // Over one and a half leases (long ones: under the whole suite's load on 2 cores, a
     // heartbeat thread once stalled past 3 s, and once past 5 s): worker a has pushed its
