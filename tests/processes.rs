@@ -343,7 +343,7 @@ async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_fr
         while f.write_all(&[1u8; 1 << 16]).is_ok() {}
         let _ = f.sync_all();
     }
-    // Every push touches every chunk: each version writes 1 MiB.
+    // Every push touches every chunk (a row in each: each version writes a delta layer per chunk).
     let keys: Vec<u64> = (0..16).map(|i| i * 16384 + 7).collect();
     let push = || push_req("m", 0, vec![rows("h", &keys, &[0.5; 16])]);
     let mut acked = 0u64;
@@ -367,7 +367,10 @@ async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_fr
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
-    let tag = || pb::TagRequest { model: "m".into(), version: 1, label: "first".into() };
+    // (the newest version: with delta layers many small versions fit, and retention may
+    // drop older ones once space is back)
+    let newest = versions(&mut c, "m").await.pop().unwrap().version;
+    let tag = || pb::TagRequest { model: "m".into(), version: newest, label: "first".into() };
     let e = c.models.tag(tag()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
     // Free the space: within a few seconds the policy writes what waits, and pushes,

@@ -450,14 +450,16 @@ async fn commit_rollback(ctx: &mut Ctx) -> Result<()> {
             .await?;
         let t_rb = t.elapsed().as_secs_f64();
         ctx.say(format!(
-            "{n:>11} floats: create {t_create:.3} s; commit after touching 1 %: {t_small:.4} s ({} chunks); after touching all: {t_full:.3} s ({} chunks); ratio {:.3} (goal <= 0.05); rollback {t_rb:.3} s (writes a {} KiB manifest; the time is reloading the live state)",
+            "{n:>11} floats: create {t_create:.3} s; commit after touching 1 %: {t_small:.4} s ({} chunks, {} bytes); after touching all: {t_full:.3} s ({} chunks, {} bytes); ratio {:.3} (goal <= 0.05); rollback {t_rb:.3} s (the time is reloading the live state)",
             v_small.chunks_written,
+            v_small.bytes_written,
             v_full.chunks_written,
+            v_full.bytes_written,
             t_small / t_full,
-            (v_full.chunks_written * 8).div_ceil(1024)
         ));
         rollbacks.push(json!({"floats": n, "create_s": t_create, "commit_1pct_s": t_small, "commit_full_s": t_full,
-            "ratio": t_small / t_full, "rollback_s": t_rb}));
+            "ratio": t_small / t_full, "rollback_s": t_rb, "bytes_1pct": v_small.bytes_written,
+            "bytes_full": v_full.bytes_written}));
     }
     ctx.report.insert("commit_rollback".into(), json!(rollbacks));
     Ok(())

@@ -9,6 +9,12 @@ use crate::rng::SplitMix64;
 use crate::spec::ModelSpec;
 use crate::undo::Undo;
 
+mod blob;
+mod dirty;
+pub use blob::{apply_to_whole, delta_len, merge as merge_deltas, Delta};
+pub use dirty::Change;
+use dirty::Dirty;
+
 /// The seed of kinds that need random initial weights when none is given.
 pub const DEFAULT_SEED: u64 = 0x5eed;
 
@@ -36,25 +42,18 @@ pub struct TensorState {
     pub w: Vec<f32>,
     /// One vector per slot of the model, each as long as `w`.
     pub slots: Vec<Vec<f32>>,
-    dirty: Vec<bool>,
+    dirty: Dirty,
 }
 
 impl TensorState {
     fn new(spec: TensorSpec, n_slots: usize) -> Self {
         let n = spec.len() as usize;
-        TensorState { spec, w: vec![0.0; n], slots: vec![vec![0.0; n]; n_slots], dirty: vec![false; chunks_of(n)] }
+        let dirty = Dirty::new(n, spec.sparse);
+        TensorState { spec, w: vec![0.0; n], slots: vec![vec![0.0; n]; n_slots], dirty }
     }
 
     pub fn chunks(&self) -> usize {
-        self.dirty.len()
-    }
-
-    fn mark(&mut self, start: usize, end: usize) {
-        if end > start {
-            for c in start / CHUNK_FLOATS..=(end - 1) / CHUNK_FLOATS {
-                self.dirty[c] = true;
-            }
-        }
+        self.dirty.chunks()
     }
 
     fn chunk_range(&self, c: usize) -> std::ops::Range<usize> {
@@ -68,7 +67,7 @@ pub fn chunks_of(n: usize) -> usize {
 }
 
 /// Where a model's initial weights come from: one seeded stream of normals over its
-/// random tensors in layout order, so any chunk is drawn alone ([`Params::fill_init`]).
+/// random tensors in layout order, so any chunk is drawn alone ([`Params::init_chunk`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitPlan {
     seed: u64,
@@ -110,6 +109,8 @@ pub struct Params {
     pub steps: u64,
     /// What the update in progress overwrote (see [`Params::finish_update`]).
     undo: Undo,
+    /// Where the initial weights come from (version 1 of a model is stored as this).
+    plan: InitPlan,
 }
 
 impl Params {
@@ -117,40 +118,80 @@ impl Params {
     pub fn zeros(spec: &ModelSpec) -> Self {
         let slot_names = slots(spec);
         let tensors = local_layout(spec).into_iter().map(|t| TensorState::new(t, slot_names.len())).collect();
-        Params {
+        let mut p = Params {
             tensors,
             slot_names,
             opt: Optimizer::new(spec.optimizer),
             ema_decay: spec.ema_decay,
             steps: 0,
             undo: Undo::default(),
-        }
-    }
-
-    /// Initial parameters: zeros, or N(0, scale²) from the seed for every non-bias tensor.
-    /// The EMA starts equal to the weights. Everything starts dirty.
-    pub fn init(spec: &ModelSpec) -> Self {
-        let mut p = Params::zeros(spec);
-        let plan = InitPlan::of(spec, &p);
-        for t in 0..p.tensors.len() {
-            for c in 0..p.tensors[t].chunks() {
-                p.fill_init(&plan, t, c);
-            }
-        }
-        p.reset_ema();
-        p.tensors.iter_mut().for_each(|t| t.dirty.iter_mut().for_each(|d| *d = true));
+            plan: InitPlan { seed: 0, scale: 0.0, start: Vec::new() },
+        };
+        p.plan = InitPlan::of(spec, &p);
         p
     }
 
-    /// Writes chunk `c` of tensor `t`'s initial weights (`plan`: its model's), as
-    /// [`Params::init`] draws them, without drawing the chunks before it.
-    pub fn fill_init(&mut self, plan: &InitPlan, t: usize, c: usize) {
+    /// Initial parameters: zeros, or N(0, scale²) from the seed for every non-bias tensor.
+    /// The EMA starts equal to the weights. Nothing is dirty: a model's version 1 is its
+    /// init spec ([`Params::init_chunk`] reads any chunk of it back).
+    pub fn init(spec: &ModelSpec) -> Self {
+        let mut p = Params::zeros(spec);
+        if p.plan.start.iter().any(Option::is_some) {
+            for t in 0..p.tensors.len() {
+                for c in 0..p.tensors[t].chunks() {
+                    p.fill_init(t, c);
+                }
+            }
+            p.reset_ema();
+        }
+        p
+    }
+
+    /// Writes chunk `c` of tensor `t`'s initial weights, as [`Params::init`] draws them,
+    /// without drawing the chunks before it.
+    fn fill_init(&mut self, t: usize, c: usize) {
         let ts = &mut self.tensors[t];
         let range = ts.chunk_range(c);
-        let Some(start) = plan.start.get(t).copied().flatten() else { return };
+        let Some(start) = self.plan.start.get(t).copied().flatten() else { return };
         // a normal takes two numbers of the stream
-        let mut rng = SplitMix64::at(plan.seed, 2 * (start + range.start as u64));
-        ts.w[range].iter_mut().for_each(|w| *w = (rng.next_normal() * plan.scale) as f32);
+        let mut rng = SplitMix64::at(self.plan.seed, 2 * (start + range.start as u64));
+        ts.w[range].iter_mut().for_each(|w| *w = (rng.next_normal() * self.plan.scale) as f32);
+    }
+
+    /// Appends the stored form of chunk `c` of tensor `t`'s initial content (what
+    /// [`Params::init_chunk`] sets), whatever the live values are.
+    pub fn encode_init_chunk(&self, t: usize, c: usize, out: &mut Vec<u8>) {
+        let ts = &self.tensors[t];
+        let range = ts.chunk_range(c);
+        let mut w = vec![0f32; range.len()];
+        if let Some(start) = self.plan.start.get(t).copied().flatten() {
+            let mut rng = SplitMix64::at(self.plan.seed, 2 * (start + range.start as u64));
+            w.iter_mut().for_each(|x| *x = (rng.next_normal() * self.plan.scale) as f32);
+        }
+        let ema = self.ema_slot();
+        out.reserve(range.len() * 4 * (1 + ts.slots.len()));
+        for v in 0..=ts.slots.len() {
+            // vector 0 is the weights; the EMA slot starts equal to them, others at zero
+            let same = v == 0 || ema == Some(v - 1);
+            for x in &w {
+                out.extend_from_slice(&if same { *x } else { 0.0 }.to_le_bytes());
+            }
+        }
+    }
+
+    /// Sets chunk `c` of tensor `t` to its initial content: the initial weights, zero
+    /// slots, the EMA equal to the weights (what version 1 holds).
+    pub fn init_chunk(&mut self, t: usize, c: usize) {
+        let range = self.tensors[t].chunk_range(c);
+        let ts = &mut self.tensors[t];
+        ts.w[range.clone()].fill(0.0);
+        ts.slots.iter_mut().for_each(|s| s[range.clone()].fill(0.0));
+        self.fill_init(t, c);
+        if let Some(e) = self.ema_slot() {
+            let ts = &mut self.tensors[t];
+            let (w, ema) = (&ts.w[range.clone()], &mut ts.slots[e]);
+            ema[range].copy_from_slice(w);
+        }
     }
 
     fn ema_slot(&self) -> Option<usize> {
@@ -196,7 +237,7 @@ impl Params {
         match self.undo.bad() {
             None => {
                 let tensors = &mut self.tensors;
-                self.undo.for_each_written(|t, start, end| tensors[t].mark(start, end));
+                self.undo.for_each_written(|t, start, end| tensors[t].dirty.mark(start, end));
                 self.undo.clear();
                 Ok(())
             }
@@ -310,52 +351,38 @@ impl Params {
 
     /// Indices of the chunks of tensor `t` changed since the last [`Params::clear_dirty`].
     pub fn dirty_chunks(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
-        self.tensors[t].dirty.iter().enumerate().filter(|(_, d)| **d).map(|(c, _)| c)
+        let d = &self.tensors[t].dirty;
+        (0..d.chunks()).filter(|c| d.is_dirty(*c))
+    }
+
+    /// How chunk `c` of tensor `t` changed since the last [`Params::clear_dirty`].
+    pub fn change(&self, t: usize, c: usize) -> Option<Change<'_>> {
+        self.tensors[t].dirty.change(c)
     }
 
     pub fn clear_dirty(&mut self) {
-        self.tensors.iter_mut().for_each(|t| t.dirty.iter_mut().for_each(|d| *d = false));
+        self.tensors.iter_mut().for_each(|t| t.dirty.clear());
     }
 
+    /// How the next commit writes chunk `c` of tensor `t`, if it changed: as a delta
+    /// layer of the changed floats (`Some(true)`) when that is at most half the chunk,
+    /// else whole (`Some(false)`).
+    pub fn commit_form(&self, t: usize, c: usize) -> Option<bool> {
+        match self.change(t, c)? {
+            Change::Rows(bits) => Some(2 * self.delta_bytes(t, bits) <= self.chunk_bytes(t, c)),
+            Change::Whole => Some(false),
+        }
+    }
+
+    /// Chunk `c` of tensor `t` is to be written whole by the next commit.
     pub fn mark_dirty(&mut self, t: usize, c: usize) {
-        self.tensors[t].dirty[c] = true;
+        self.tensors[t].dirty.mark_whole(c);
     }
 
     /// Bytes of the stored form of chunk `c` of tensor `t`.
     pub fn chunk_bytes(&self, t: usize, c: usize) -> usize {
         let ts = &self.tensors[t];
         ts.chunk_range(c).len() * 4 * (1 + ts.slots.len())
-    }
-
-    /// Appends the stored form of chunk `c` of tensor `t` (weights, then each slot).
-    pub fn encode_chunk(&self, t: usize, c: usize, out: &mut Vec<u8>) {
-        let ts = &self.tensors[t];
-        let r = ts.chunk_range(c);
-        out.reserve(r.len() * 4 * (1 + ts.slots.len()));
-        for v in std::iter::once(&ts.w).chain(ts.slots.iter()) {
-            for x in &v[r.clone()] {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-    }
-
-    /// Loads chunk `c` of tensor `t` from its stored form; refuses a blob of the wrong size.
-    pub fn decode_chunk(&mut self, t: usize, c: usize, blob: &[u8]) -> Result<(), UpdateError> {
-        let ts = &mut self.tensors[t];
-        let r = ts.chunk_range(c);
-        let want = r.len() * 4 * (1 + ts.slots.len());
-        if blob.len() != want {
-            let message = format!("stored chunk {c} has {} bytes, expected {want}", blob.len());
-            return Err(UpdateError::Shape { tensor: ts.spec.name.to_string(), message });
-        }
-        let mut parts = blob.chunks_exact(r.len() * 4);
-        for v in std::iter::once(&mut ts.w).chain(ts.slots.iter_mut()) {
-            let part = parts.next().unwrap_or_default();
-            for (x, b) in v[r.clone()].iter_mut().zip(part.chunks_exact(4)) {
-                *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        Ok(())
     }
 
     /// The weights (or, with `ema`, their moving average when the model keeps one).

@@ -86,7 +86,10 @@ pub struct VersionRecord {
     pub tags: Vec<String>,
     pub workers: Vec<WorkerProgress>,
     pub metrics: BTreeMap<String, f64>,
+    /// Chunks the commit wrote whole or as delta layers.
     pub chunks_written: u64,
+    /// Bytes the commit wrote: its chunks and layers, and its manifest.
+    pub bytes_written: u64,
     /// The optimizer's step count in this content (Adam's bias correction).
     pub steps: u64,
     /// The request id of the call that made this version (create, commit, rollback,
@@ -112,6 +115,7 @@ impl VersionRecord {
             workers: Vec::new(),
             metrics: BTreeMap::new(),
             chunks_written: 0,
+            bytes_written: 0,
             steps: 0,
             request: String::new(),
         }
@@ -142,6 +146,7 @@ struct StoredVersionRecord {
     workers: Vec<WorkerProgress>,
     metrics: BTreeMap<String, f64>,
     chunks_written: u64,
+    bytes_written: u64,
     steps: u64,
     request: String,
 }
@@ -162,6 +167,7 @@ impl From<StoredVersionRecord> for VersionRecord {
             workers: s.workers,
             metrics: s.metrics,
             chunks_written: s.chunks_written,
+            bytes_written: s.bytes_written,
             steps: s.steps,
             request: s.request,
         }

@@ -1,7 +1,8 @@
 //! The commit policy's one task per server: it wakes on a tick (every 100 ms) and when a
 //! push reaches a model's update-count policy (the registry's `Notify`), expires the
 //! workers' leases, asks each model's engine whether a commit is due, and runs the commit
-//! on a blocking thread.
+//! on a blocking thread — or else, when a model's commits wrote delta layers, a step of
+//! its compaction.
 //!
 //! One task for the server rather than one per model: models come and go with
 //! creates and deletes, and a single loop over the registry sees them without spawning or
@@ -48,13 +49,19 @@ pub async fn run(reg: Arc<Registry>) {
                 Some(c) if c.policy_due(&h, now) => {
                     running.insert(h.record.id);
                     spawn_global_commit(reg.clone(), c.clone(), h, done_tx.clone());
+                    continue;
                 }
                 Some(_) => {}
                 None if h.commit_due(now) => {
                     running.insert(h.record.id);
                     spawn_commit(h, done_tx.clone());
+                    continue;
                 }
                 None => {}
+            }
+            if h.compaction_due() {
+                running.insert(h.record.id);
+                spawn_compaction(h, done_tx.clone());
             }
         }
     }
@@ -80,7 +87,33 @@ fn spawn_commit(h: Arc<ModelHandle>, tx: mpsc::UnboundedSender<u64>) {
         if let Err(e) = h.policy_commit() {
             tracing::error!(model = %h.name(), error = %e, "policy commit failed");
         }
+        // Under a steady flow of commits the model is never idle: its compaction steps
+        // come after its commits.
+        compact(&h);
     });
+}
+
+/// One step of a model's compaction (`model/compact.rs`), counted as its policy work: a
+/// model compacts or commits from the policy, not both at once.
+fn spawn_compaction(h: Arc<ModelHandle>, tx: mpsc::UnboundedSender<u64>) {
+    let done = Done { model: h.record.id, tx };
+    tokio::task::spawn_blocking(move || {
+        let _done = done;
+        compact(&h);
+    });
+}
+
+/// A step of a model's compaction if one is due, then the store's disk reclaim if its
+/// file has grown far past its data.
+fn compact(h: &ModelHandle) {
+    if h.compaction_due() {
+        if let Err(e) = h.compact_step() {
+            tracing::error!(model = %h.name(), error = %e, "compaction failed");
+        }
+    }
+    if let Err(e) = h.reclaim_disk() {
+        tracing::error!(error = %e, "giving disk back failed");
+    }
 }
 
 /// A partitioned model's policy commit: a global commit coordinated from its home.

@@ -4,42 +4,63 @@
 //! `DATA_DIR/ACCRETE` saying the directory is ours):
 //! - tree `models`: model name → [`ModelRecord`] (JSON);
 //! - tree `v.{id}`: version (u64 BE) → [`VersionRecord`] (JSON);
-//! - tree `f.{id}`: version (u64 BE) → [`Manifest`]: for every chunk of every tensor, the
-//!   version whose commit wrote its current content;
-//! - tree `c.{id}`: (written-by version, tensor, chunk) (BE) → chunk blob (weights, then
-//!   optimizer slots, little-endian f32);
+//! - tree `f.{id}`: version (u64 BE) → [`Manifest`]: for every chunk of every tensor, its
+//!   chain: a base and the delta layers applied over it;
+//! - tree `c.{id}`: (version, tensor, chunk, piece) (BE) → a base: the chunk's whole
+//!   content as of that version (weights, then optimizer slots, little-endian f32), in
+//!   pieces; a model's version 1 is its init spec, base 0, and is never stored;
+//! - tree `d.{id}`: (hi, tensor, chunk, lo, piece) (BE) → a delta layer: the floats of the
+//!   chunk changed by the commits lo..=hi, with their values as of hi;
+//! - tree `q.{id}`: request id → the record of the version it made;
 //! - tree `i.{id}`: worker id → its latest incarnation (u64 BE), bumped at every join and
 //!   flushed before the join is answered, so incarnations only grow, across restarts;
 //! - tree `epochs`: model name → the last lineage epoch of a deleted model of that name
 //!   (u64 BE), so a model created again under the name starts past it and a push computed
 //!   against the deleted one is refused as stale.
 //!
-//! A commit writes the changed chunks under its own version number, then the manifest and
-//! the version record, then flushes: a version is visible only once everything it
-//! references is durable. Chunks keyed by a version that has no record are the leftovers of
-//! a crashed commit and are removed at open. Rollback writes only a manifest and a record.
+//! A commit writes the changed chunks (bases or deltas) under its own version number, then
+//! the manifest and the version record, then flushes: a version is visible only once
+//! everything it references is durable. Blobs keyed by a version that has no record are
+//! the leftovers of a crashed commit and are removed at open. Rollback writes only a
+//! manifest and a record.
+//!
+//! `DATA_DIR/ACCRETE` names the on-disk format ([`FORMAT`]). Format 1 (no delta layers,
+//! manifests of one version per chunk) is read as it is and its marker rewritten once it
+//! opened; a newer format is refused.
 //! The database can be reopened (after a failed write) or compacted (after a delete) while
 //! the store is shared: see `db.rs`.
 //! Architecture invariant: a version's chunks and manifest are never modified after the
 //! version is written; only its record's tags and metrics change.
 
+mod batch;
+mod blobs;
+mod compaction;
 mod db;
-mod manifest;
+mod keys;
+pub mod manifest;
+mod reclaim;
 mod records;
 
 pub use accrete_core::{VersionRecord, WorkerProgress};
-pub use manifest::Manifest;
+pub use batch::{BatchEntry, ChunkBatch};
+pub use manifest::{Chain, Layer, Manifest, Ref};
 pub use records::{now_unix_ms, ModelRecord};
 
-use accrete_core::Params;
 use db::{finish_compaction, open_db, Guard, Inner};
+use keys::{be, u64_key};
 use parking_lot::{RwLock, RwLockReadGuard};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const MARKER: &str = "ACCRETE";
-const MARKER_TEXT: &str = "accrete data dir, format 1\n";
+/// The on-disk format this binary writes (and the newest it reads).
+pub const FORMAT: u32 = 2;
+const MARKER_PREFIX: &str = "accrete data dir, format ";
+
+fn marker_text(format: u32) -> String {
+    format!("{MARKER_PREFIX}{format}\n")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -47,6 +68,10 @@ pub enum StoreError {
     NotOurs(PathBuf),
     #[error("data dir {dir}: {message}")]
     Damaged { dir: PathBuf, message: String },
+    #[error(
+        "data dir {dir} was written by a newer accrete (on-disk format {found}); this binary reads formats 1 to {FORMAT}: run a newer accrete on it"
+    )]
+    NewerFormat { dir: PathBuf, found: u32 },
     #[error("data dir {0} is in use: another accrete server holds its database lock")]
     InUse(PathBuf),
     #[error("data dir {dir}: {source}")]
@@ -87,6 +112,12 @@ pub struct Store {
     unflushed: Arc<std::sync::atomic::AtomicU64>,
     /// Set when a write failed with an IO error, until the database is opened again.
     failed: Arc<parking_lot::Mutex<Option<db::Failed>>>,
+    /// Held (read) by a version's load from its manifest to its last blob, and (write) by
+    /// whatever deletes blobs: a load never finds a blob gone that its manifest named
+    /// when it was read (compaction rewrites retained versions' manifests).
+    blobs: Arc<RwLock<()>>,
+    /// The live bytes last counted by [`Store::reclaim_if_wasteful`] (one looks at a time).
+    reclaim: Arc<parking_lot::Mutex<u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -95,71 +126,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn be(v: u64) -> [u8; 8] {
-    v.to_be_bytes()
-}
-
-/// The key prefix of a chunk's pieces.
-fn chunk_key(wver: u64, t: u32, c: u32) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&wver.to_be_bytes());
-    k[8..12].copy_from_slice(&t.to_be_bytes());
-    k[12..].copy_from_slice(&c.to_be_bytes());
-    k
-}
-
-fn piece_key(wver: u64, t: u32, c: u32, piece: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(&chunk_key(wver, t, c));
-    k[16..].copy_from_slice(&piece.to_be_bytes());
-    k
-}
-
 /// Chunk blobs are stored as pieces of at most this many bytes. sled 0.34 keeps large
 /// values resident whatever its cache size (measured: RSS grows with every byte written
 /// as 192 KiB values, stays near the cache size with 8 KiB ones).
-const PIECE_BYTES: usize = 8 * 1024;
+pub(crate) const PIECE_BYTES: usize = 8 * 1024;
 
 /// The least a delete must free before the store is compacted for it.
 const COMPACT_AT_BYTES: u64 = 16 << 20;
 
 /// Unflushed bytes after which a long write flushes, so sled's dirty buffers stay bounded.
-const FLUSH_EVERY_BYTES: u64 = 8 << 20;
-
-/// Chunks to write, encoded back to back in one buffer (one allocation per commit, so a
-/// large commit's copy is returned to the OS when it is dropped).
-#[derive(Debug, Default)]
-pub struct ChunkBatch {
-    /// (tensor, chunk, byte range in `data`).
-    pub chunks: Vec<(u32, u32, std::ops::Range<usize>)>,
-    pub data: Vec<u8>,
-}
-
-impl ChunkBatch {
-    pub fn with_capacity(bytes: usize) -> Self {
-        ChunkBatch { chunks: Vec::new(), data: Vec::with_capacity(bytes) }
-    }
-
-    /// Appends a chunk whose blob `encode` writes at the end of the buffer.
-    pub fn push(&mut self, t: u32, c: u32, encode: impl FnOnce(&mut Vec<u8>)) {
-        let start = self.data.len();
-        encode(&mut self.data);
-        self.chunks.push((t, c, start..self.data.len()));
-    }
-
-    pub fn len(&self) -> usize {
-        self.chunks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.chunks.clear();
-        self.data.clear();
-    }
-}
+pub(crate) const FLUSH_EVERY_BYTES: u64 = 8 << 20;
 
 impl Store {
     /// Opens (or initialises) the store in `dir`. Refuses a directory that is not ours and
@@ -168,17 +144,28 @@ impl Store {
         let io = |source| StoreError::Io { dir: dir.to_path_buf(), source };
         std::fs::create_dir_all(dir).map_err(io)?;
         let marker = dir.join(MARKER);
-        match std::fs::read_to_string(&marker) {
-            Ok(text) if text == MARKER_TEXT => {}
+        let format = match std::fs::read_to_string(&marker) {
             Ok(text) => {
-                let message = format!("unknown format in {}: {:?}", marker.display(), text.trim());
-                return Err(StoreError::Damaged { dir: dir.to_path_buf(), message });
+                let found = text.strip_prefix(MARKER_PREFIX).and_then(|n| n.trim_end().parse::<u32>().ok());
+                match found {
+                    Some(f @ 1..=FORMAT) => f,
+                    Some(found) if found > FORMAT => {
+                        return Err(StoreError::NewerFormat { dir: dir.to_path_buf(), found })
+                    }
+                    _ => {
+                        let message = format!("unknown format in {}: {:?}", marker.display(), text.trim());
+                        return Err(StoreError::Damaged { dir: dir.to_path_buf(), message });
+                    }
+                }
             }
             Err(_) if std::fs::read_dir(dir).map_err(io)?.next().is_some() => {
                 return Err(StoreError::NotOurs(dir.to_path_buf()))
             }
-            Err(_) => std::fs::write(&marker, MARKER_TEXT).map_err(io)?,
-        }
+            Err(_) => {
+                std::fs::write(&marker, marker_text(FORMAT)).map_err(io)?;
+                FORMAT
+            }
+        };
         finish_compaction(dir).map_err(io)?;
         let db = open_db(dir, cache_bytes)?;
         let models = db.open_tree("models")?;
@@ -188,8 +175,19 @@ impl Store {
             cache_bytes,
             unflushed: Default::default(),
             failed: Default::default(),
+            blobs: Default::default(),
+            reclaim: Default::default(),
         };
         store.recover()?;
+        if format < FORMAT {
+            // Format 1 reads as format 2 as it is (its manifests decode as chains without
+            // layers, its chunks are bases): only the marker changes, atomically, once the
+            // database opened and recovered. A crash before the rename leaves format 1.
+            let tmp = dir.join(format!("{MARKER}.tmp"));
+            std::fs::write(&tmp, marker_text(FORMAT)).and_then(|_| std::fs::rename(&tmp, &marker)).map_err(io)?;
+            tracing::info!(dir = %dir.display(), from = format, to = FORMAT, "migrated the data dir's format");
+        }
+        store.reclaim_if_wasteful()?;
         Ok(store)
     }
 
@@ -210,7 +208,7 @@ impl Store {
             let name = String::from_utf8_lossy(&name).to_string();
             let id = name
                 .split_once('.')
-                .and_then(|(p, id)| ["v", "f", "c", "i"].contains(&p).then(|| id.parse::<u64>().ok()))
+                .and_then(|(p, id)| ["v", "f", "c", "d", "i", "q"].contains(&p).then(|| id.parse::<u64>().ok()))
                 .flatten();
             if id.is_some_and(|id| !ids.contains(&id)) {
                 g.db.drop_tree(name.as_bytes())?;
@@ -218,7 +216,8 @@ impl Store {
         }
         for id in ids {
             let last = g.tree(id, 'v')?.last()?.map(|(k, _)| u64_key(&k)).unwrap_or(0);
-            for t in ['c', 'f'] {
+            // (every blob key starts with its version: a base's, a layer's newest)
+            for t in ['c', 'd', 'f'] {
                 let tree = g.tree(id, t)?;
                 for k in tree.range(be(last + 1)..).keys() {
                     tree.remove(k?)?;
@@ -227,53 +226,6 @@ impl Store {
             self.collect_chunks(id)?;
         }
         self.sync()
-    }
-
-    /// Deletes chunks no retained manifest references, and drops the records of versions
-    /// whose manifest names a chunk that is not stored.
-    fn collect_chunks(&self, id: u64) -> Result<()> {
-        let g = self.inner()?;
-        let (vtree, ftree, ctree) = (g.tree(id, 'v')?, g.tree(id, 'f')?, g.tree(id, 'c')?);
-        let mut stored: HashSet<(u32, u32, u64)> = HashSet::new();
-        for k in ctree.iter().keys() {
-            let k = k?;
-            if k.len() >= 16 {
-                let (w, t, c) = (u64_key(&k[..8]), u32_key(&k[8..12]), u32_key(&k[12..16]));
-                stored.insert((t, c, w));
-            }
-        }
-        let mut referenced: HashSet<(u32, u32, u64)> = HashSet::new();
-        for kv in ftree.iter() {
-            let (k, v) = kv?;
-            let version = u64_key(&k);
-            let Some(m) = Manifest::decode(&v) else { continue };
-            if let Some((t, c, w)) = m.entries().find(|e| !stored.contains(e)) {
-                tracing::error!(
-                    model_id = id,
-                    version,
-                    "version dropped at open: chunk {c} of tensor {t} (written by version {w}) is missing"
-                );
-                vtree.remove(be(version))?;
-                ftree.remove(be(version))?;
-                continue;
-            }
-            referenced.extend(m.entries());
-        }
-        let mut freed = 0;
-        for (t, c, w) in stored.difference(&referenced) {
-            for key in ctree.scan_prefix(chunk_key(*w, *t, *c)).keys() {
-                ctree.remove(key?)?;
-            }
-            freed += 1;
-        }
-        if freed > 0 {
-            tracing::info!(
-                model_id = id,
-                chunks = freed,
-                "removed chunks no version references (a crash during retention)"
-            );
-        }
-        Ok(())
     }
 
     /// A tree of model `id` (tests reach into the database with it).
@@ -351,7 +303,7 @@ impl Store {
                 g.models.remove(rec.spec.name.as_bytes())?;
                 g.db.flush()?;
                 let mut freed = 0u64;
-                for kind in ['v', 'f', 'c', 'i', 'q'] {
+                for kind in ['v', 'f', 'c', 'd', 'i', 'q'] {
                     let tree = g.tree(rec.id, kind)?;
                     freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
                     g.db.drop_tree(format!("{kind}.{}", rec.id))?;
@@ -375,38 +327,6 @@ impl Store {
             }
             Ok(n)
         })
-    }
-
-    /// Writes chunks of a version that is not written yet (big writes go in batches before
-    /// [`Store::write_version`]). Neither durable nor visible until the version record is.
-    pub fn write_chunks(&self, id: u64, version: u64, batch: &ChunkBatch) -> Result<()> {
-        self.writing(|| self.put_chunks(id, version, batch))
-    }
-
-    fn put_chunks(&self, id: u64, version: u64, batch: &ChunkBatch) -> Result<()> {
-        let g = self.inner()?;
-        use std::sync::atomic::Ordering;
-        let ctree = g.tree(id, 'c')?;
-        for (t, c, range) in &batch.chunks {
-            let blob = &batch.data[range.clone()];
-            for (i, piece) in blob.chunks(PIECE_BYTES).enumerate() {
-                ctree.insert(piece_key(version, *t, *c, i as u32), piece)?;
-            }
-            let bytes = blob.len() as u64;
-            if self.unflushed.fetch_add(bytes, Ordering::AcqRel) + bytes > FLUSH_EVERY_BYTES {
-                self.sync()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads a chunk's blob into `out` (cleared first); false when it has no pieces.
-    fn read_chunk(&self, ctree: &sled::Tree, wver: u64, t: u32, c: u32, out: &mut Vec<u8>) -> Result<bool> {
-        out.clear();
-        for piece in ctree.scan_prefix(chunk_key(wver, t, c)).values() {
-            out.extend_from_slice(&piece?);
-        }
-        Ok(!out.is_empty())
     }
 
     /// Writes a version: its new chunks (keyed by this version), its manifest and record,
@@ -460,72 +380,6 @@ impl Store {
         }
     }
 
-    /// Loads every chunk a manifest names into `params` (whose layout must match).
-    pub fn load_params(&self, id: u64, model: &str, manifest: &Manifest, params: &mut Params) -> Result<()> {
-        let g = self.inner()?;
-        let corrupt = |message: String| StoreError::Corrupt { model: model.into(), message };
-        if !manifest.matches(params) {
-            return Err(corrupt("manifest does not match the model's layout".into()));
-        }
-        let ctree = g.tree(id, 'c')?;
-        let mut blob = Vec::new();
-        for (t, chunks) in manifest.tensors.iter().enumerate() {
-            for (c, wver) in chunks.iter().enumerate() {
-                if !self.read_chunk(&ctree, *wver, t as u32, c as u32, &mut blob)? {
-                    return Err(corrupt(format!("chunk {c} of tensor {t} (version {wver}) is missing")));
-                }
-                params.decode_chunk(t, c, &blob).map_err(|e| corrupt(e.to_string()))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops versions (records, manifests, and the chunks no kept version references).
-    /// Returns the number of chunks freed.
-    ///
-    /// Crash order: the records and manifests go first, in one atomic batch per tree,
-    /// and are flushed; only then the chunks. A crash in between leaves chunks that nothing
-    /// references (collected at the next open), never a listed version without its data.
-    pub fn drop_versions(&self, id: u64, model: &str, drop: &[u64], keep: &[u64]) -> Result<u64> {
-        self.writing(|| {
-            let g = self.inner()?;
-            let mut referenced = HashSet::new();
-            for v in keep {
-                if let Some(m) = self.manifest(id, *v, model)? {
-                    referenced.extend(m.entries());
-                }
-            }
-            let mut unreferenced = Vec::new();
-            for v in drop {
-                if let Some(m) = self.manifest(id, *v, model)? {
-                    unreferenced.extend(m.entries().filter(|e| !referenced.contains(e)));
-                }
-            }
-            let (mut records, mut manifests) = (sled::Batch::default(), sled::Batch::default());
-            for v in drop {
-                records.remove(&be(*v));
-                manifests.remove(&be(*v));
-            }
-            g.tree(id, 'v')?.apply_batch(records)?;
-            g.tree(id, 'f')?.apply_batch(manifests)?;
-            self.sync()?;
-            let ctree = g.tree(id, 'c')?;
-            let mut freed = 0;
-            unreferenced.sort_unstable();
-            unreferenced.dedup();
-            for (t, c, wver) in unreferenced {
-                let mut any = false;
-                for key in ctree.scan_prefix(chunk_key(wver, t, c)).keys() {
-                    ctree.remove(key?)?;
-                    any = true;
-                }
-                freed += any as u64;
-            }
-            self.sync()?;
-            Ok(freed)
-        })
-    }
-
     /// Gives `worker` its next incarnation (1 for a new worker) and makes it durable.
     pub fn bump_incarnation(&self, id: u64, worker: &str) -> Result<u64> {
         self.writing(|| {
@@ -577,20 +431,6 @@ impl Store {
         g.db.flush()?;
         Ok(())
     }
-}
-
-fn u32_key(k: &[u8]) -> u32 {
-    let mut b = [0u8; 4];
-    let n = 4.min(k.len());
-    b[..n].copy_from_slice(&k[..n]);
-    u32::from_be_bytes(b)
-}
-
-fn u64_key(k: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = 8.min(k.len());
-    b[..n].copy_from_slice(&k[..n]);
-    u64::from_be_bytes(b)
 }
 
 #[cfg(test)]

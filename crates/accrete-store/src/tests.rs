@@ -1,5 +1,7 @@
 //! Store tests on a real sled database in a temp dir.
 use super::*;
+use crate::keys::{be, chunk_key, layer_key, piece_key};
+use accrete_core::Params;
 use accrete_core::{ModelKind, ModelSpec};
 
 fn spec() -> ModelSpec {
@@ -90,7 +92,7 @@ fn dropping_versions_frees_only_unreferenced_chunks() {
     s.write_version(1, &version(1, None), &m1, &all_chunks(&p)).unwrap();
     // version 2 rewrites chunk 0 of tensor 0 only
     let mut m2 = m1.clone();
-    m2.tensors[0][0] = 2;
+    m2.tensors[0][0] = Chain::whole(2);
     let mut first = all_chunks(&p);
     first.chunks.truncate(1);
     s.write_version(1, &version(2, Some(1)), &m2, &first).unwrap();
@@ -103,11 +105,165 @@ fn dropping_versions_frees_only_unreferenced_chunks() {
 
 #[test]
 fn manifest_encoding_roundtrips_and_rejects_truncation() {
-    let m = Manifest { tensors: vec![vec![1, 2, 3], vec![], vec![9]] };
+    let layer = |hi, lo| Layer { hi, lo, bytes: 100 };
+    let m = Manifest {
+        tensors: vec![
+            vec![Chain::whole(1), Chain { base: 0, layers: vec![layer(2, 2), layer(5, 3)] }, Chain::whole(3)],
+            vec![],
+            vec![Chain { base: 9, layers: vec![layer(10, 10)] }],
+        ],
+    };
     let b = m.encode();
-    assert_eq!(Manifest::decode(&b), Some(m));
-    assert_eq!(Manifest::decode(&b[..b.len() - 1]), None);
-    assert_eq!(Manifest::decode(&[]), None);
+    assert_eq!(b.len(), m.encoded_len());
+    assert_eq!(Manifest::decode(&b), Some(m.clone()));
+    for cut in 0..b.len() {
+        assert_eq!(Manifest::decode(&b[..cut]), None, "cut at {cut}");
+    }
+    // format 1's manifests read as chains without layers
+    let whole = Manifest { tensors: vec![vec![Chain::whole(1), Chain::whole(4)], vec![Chain::whole(2)]] };
+    assert_eq!(Manifest::decode(&manifest::encode_v1(&whole)), Some(whole));
+    let refs: Vec<Ref> = m.refs().collect();
+    assert_eq!(refs.len(), 6, "bases above 0 and every layer: {refs:?}");
+    assert!(refs.contains(&Ref::Delta { t: 0, c: 1, hi: 5, lo: 3 }));
+}
+
+/// Model `id`'s content after each of three commits (rows of chunk 1 of tensor 0 as
+/// deltas, then chunk 2 whole), written as the server writes them over version 1, the
+/// init spec. Returns the content of each version, 1 to 4.
+fn delta_versions(s: &Store, id: u64) -> Vec<Params> {
+    s.put_model(&model_record(id)).unwrap();
+    let mut p = Params::init(&hashed());
+    let h = p.tensor_index("h").unwrap();
+    let mut m = Manifest::init(&p);
+    s.write_version(id, &version(1, None), &m, &ChunkBatch::default()).unwrap();
+    let mut contents = vec![p.clone()];
+    for v in 2..=4u64 {
+        p.begin_update();
+        let rows: Vec<usize> = if v < 4 { vec![16384 + v as usize, 16384 + 900] } else { (32768..40000).collect() };
+        let keys: Vec<u64> = rows.iter().map(|r| *r as u64).collect();
+        p.apply_rows(h, &keys, &vec![0.25 * v as f32; keys.len()]);
+        p.finish_update().unwrap();
+        let mut batch = ChunkBatch::default();
+        for t in 0..p.tensors.len() {
+            for c in p.dirty_chunks(t).collect::<Vec<_>>() {
+                let delta = p.commit_form(t, c) == Some(true);
+                let bits = match p.change(t, c) {
+                    Some(accrete_core::params::Change::Rows(b)) => b.to_vec(),
+                    _ => vec![],
+                };
+                batch.push_blob(t as u32, c as u32, delta, |out| match delta {
+                    true => p.encode_delta(t, c, &bits, out),
+                    false => p.encode_chunk(t, c, out),
+                });
+                let e = batch.chunks.last().unwrap().clone();
+                let chain = &mut m.tensors[t][c];
+                match delta {
+                    true => chain.layers.push(Layer { hi: v, lo: v, bytes: e.range.len() as u32 }),
+                    false => *chain = Chain::whole(v),
+                }
+            }
+        }
+        p.clear_dirty();
+        s.write_version(id, &version(v, Some(v - 1)), &m, &batch).unwrap();
+        contents.push(p.clone());
+    }
+    contents
+}
+
+/// A hashed AdaGrad model (4 chunks of rows, an accumulator slot, seeded weights).
+fn hashed() -> ModelSpec {
+    let mut s = ModelSpec::new("m", ModelKind::Linear);
+    s.hash_bits = 16;
+    s.optimizer = accrete_core::OptimizerSpec::new(accrete_core::OptimizerKind::Adagrad, 0.1);
+    s.init.seed = 3;
+    s
+}
+
+fn load(s: &Store, id: u64, v: u64, spec: &ModelSpec) -> Vec<u32> {
+    let m = s.manifest(id, v, "m").unwrap().unwrap();
+    let mut q = Params::zeros(spec);
+    q.tensors.iter_mut().for_each(|t| t.w.fill(7.0));
+    s.load_params(id, "m", &m, &mut q).unwrap();
+    q.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
+}
+
+fn bits_of(p: &Params) -> Vec<u32> {
+    p.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn versions_read_as_init_spec_plus_layers_bitwise_and_retention_keeps_what_they_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let want = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let want = delta_versions(&s, 1);
+        assert!(s.tree(1, 'c').unwrap().scan_prefix(chunk_key(1, 0, 0)).next().is_none(), "version 1 is not stored");
+        assert!(s.tree(1, 'd').unwrap().scan_prefix(layer_key(3, 0, 1, 3)).next().is_some(), "a layer");
+        assert!(s.tree(1, 'c').unwrap().scan_prefix(chunk_key(4, 0, 2)).next().is_some(), "a whole chunk");
+        let m3 = s.manifest(1, 3, "m").unwrap().unwrap();
+        assert_eq!(m3.tensors[0][1].layers.len(), 2);
+        want
+    };
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for v in 1..=4 {
+        assert_eq!(load(&s, 1, v, &hashed()), bits_of(&want[v as usize - 1]), "version {v} after a reopen");
+    }
+    // versions 2 and 3 go; 4 still reads through their layers
+    s.drop_versions(1, "m", &[2, 3], &[1, 4]).unwrap();
+    assert!(s.tree(1, 'd').unwrap().scan_prefix(layer_key(2, 0, 1, 2)).next().is_some(), "version 4 needs it");
+    assert_eq!(load(&s, 1, 4, &hashed()), bits_of(&want[3]));
+    s.drop_versions(1, "m", &[4], &[1]).unwrap();
+    assert_eq!(s.tree(1, 'd').unwrap().len() + s.tree(1, 'c').unwrap().len(), 0, "nothing left but the init spec");
+    assert_eq!(load(&s, 1, 1, &hashed()), bits_of(&want[0]));
+}
+
+#[test]
+fn a_crashed_commits_layers_are_removed_at_open_and_a_missing_layer_drops_its_version() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        delta_versions(&s, 1);
+        let d = s.tree(1, 'd').unwrap();
+        d.insert(crate::keys::layer_piece_key(5, 0, 1, 5, 0), &b"x"[..]).unwrap();
+        for k in d.scan_prefix(layer_key(3, 0, 1, 3)).keys() {
+            d.remove(k.unwrap()).unwrap();
+        }
+        s.flush().unwrap();
+    }
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.tree(1, 'd').unwrap().scan_prefix(layer_key(5, 0, 1, 5)).next().is_none());
+    let listed: Vec<u64> = s.versions(1).unwrap().iter().map(|v| v.version).collect();
+    assert_eq!(listed, vec![1, 2], "versions 3 and 4 read layer 3, which is gone");
+}
+
+#[test]
+fn a_format_1_dir_is_migrated_and_a_newer_format_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.put_model(&model_record(1)).unwrap();
+        s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
+        // what format 1 wrote: its manifest encoding, its marker
+        let f1 = manifest::encode_v1(&Manifest::full(&p, 1));
+        s.tree(1, 'f').unwrap().insert(be(1), f1).unwrap();
+        s.flush().unwrap();
+    }
+    std::fs::write(dir.path().join(MARKER), "accrete data dir, format 1\n").unwrap();
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(load(&s, 1, 1, &spec()), bits_of(&p));
+    }
+    let marker = std::fs::read_to_string(dir.path().join(MARKER)).unwrap();
+    assert_eq!(marker, format!("accrete data dir, format {FORMAT}\n"));
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(load(&s, 1, 1, &spec()), bits_of(&p));
+    drop(s);
+    std::fs::write(dir.path().join(MARKER), "accrete data dir, format 9\n").unwrap();
+    let e = Store::open(dir.path(), 1 << 20).unwrap_err();
+    assert!(matches!(e, StoreError::NewerFormat { found: 9, .. }), "{e}");
+    assert!(e.to_string().contains("newer accrete (on-disk format 9)"), "{e}");
+    assert_eq!(std::fs::read_to_string(dir.path().join(MARKER)).unwrap(), "accrete data dir, format 9\n");
 }
 
 #[test]
@@ -133,7 +289,7 @@ fn two_versions(s: &Store, p: &Params) {
     s.put_model(&model_record(1)).unwrap();
     s.write_version(1, &version(1, None), &Manifest::full(p, 1), &all_chunks(p)).unwrap();
     let mut m2 = Manifest::full(p, 1);
-    m2.tensors[0][1] = 2;
+    m2.tensors[0][1] = Chain::whole(2);
     let mut chunk = ChunkBatch::default();
     chunk.push(0, 1, |b| p.encode_chunk(0, 1, b));
     s.write_version(1, &version(2, Some(1)), &m2, &chunk).unwrap();
@@ -181,7 +337,7 @@ fn retention_drops_records_before_chunks_and_open_collects_what_a_crash_left() {
     s.load_params(1, "m", &m, &mut Params::zeros(&spec())).expect("version 1 untouched");
     // and retention itself frees only what no kept version references
     let mut m3 = Manifest::full(&p, 1);
-    m3.tensors[0][2] = 3;
+    m3.tensors[0][2] = Chain::whole(3);
     let mut chunk = ChunkBatch::default();
     chunk.push(0, 2, |b| p.encode_chunk(0, 2, b));
     s.write_version(1, &version(3, Some(1)), &m3, &chunk).unwrap();

@@ -427,7 +427,10 @@ async fn commit(c: &mut Client, name: &str, reason: &str, json: bool) -> Result<
         j["created"] = serde_json::json!(created);
         println!("{j}");
     } else if created {
-        println!("committed {name} version {} ({} chunks written)", v.version, v.chunks_written);
+        println!(
+            "committed {name} version {} ({} chunks, {} bytes written)",
+            v.version, v.chunks_written, v.bytes_written
+        );
     } else {
         println!("nothing to commit: {name} is at version {}", v.version);
     }

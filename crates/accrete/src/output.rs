@@ -17,6 +17,7 @@ pub fn version_json(model: &str, v: &VersionRecord) -> Value {
         "tags": v.tags,
         "metrics": v.metrics.iter().map(|(k, x)| (k.clone(), json!(x))).collect::<serde_json::Map<_, _>>(),
         "chunks_written": v.chunks_written,
+        "bytes_written": v.bytes_written,
         "workers": v.workers.iter().map(|w| json!({
             "worker_id": w.worker_id, "incarnation": w.incarnation, "seq": w.seq, "shard": w.shard,
             "pass": w.pass, "offset": w.offset, "clock": w.clock, "rows": w.rows, "pushes": w.pushes,

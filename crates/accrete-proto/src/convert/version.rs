@@ -55,6 +55,7 @@ impl From<(&str, &VersionRecord)> for pb::VersionInfo {
             workers: v.workers.iter().map(Into::into).collect(),
             metrics: v.metrics.iter().map(|(k, x)| (k.clone(), *x)).collect(),
             chunks_written: v.chunks_written,
+            bytes_written: v.bytes_written,
         }
     }
 }
@@ -79,6 +80,7 @@ impl From<pb::VersionInfo> for VersionRecord {
             workers: v.workers.into_iter().map(Into::into).collect(),
             metrics: v.metrics.into_iter().collect(),
             chunks_written: v.chunks_written,
+            bytes_written: v.bytes_written,
             steps: 0,
             request: String::new(),
         }

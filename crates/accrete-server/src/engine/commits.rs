@@ -3,8 +3,10 @@
 //! failed write), the snapshots themselves, and what a failed write gives back to the live
 //! state. The runtime writes what these hand out.
 use super::{Engine, Snapshot, MAX_PENDING, RETRY_AFTER};
+use accrete_core::params::{apply_to_whole, merge_deltas, Change};
 use accrete_core::VersionKind;
 use accrete_store::ChunkBatch;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 impl Engine {
@@ -49,20 +51,28 @@ impl Engine {
     /// one version however many wait — the same coalescing the policy does when more than
     /// [`MAX_PENDING`] are due.
     pub fn coalesce_pending(&mut self) -> Option<Snapshot> {
-        // Newest first: the first content met of a chunk is its newest.
-        let mut waiting = self.pending.drain(..).rev();
-        let mut newest = waiting.next()?;
-        let mut seen: std::collections::HashSet<(u32, u32)> =
-            newest.chunks.chunks.iter().map(|(t, c, _)| (*t, *c)).collect();
-        for older in waiting {
-            for (t, c, range) in &older.chunks.chunks {
-                if seen.insert((*t, *c)) {
-                    newest.chunks.push(*t, *c, |out| out.extend_from_slice(&older.chunks.data[range.clone()]));
+        let mut waiting = std::mem::take(&mut self.pending).into_iter();
+        let mut merged = waiting.next()?;
+        for newer in waiting.by_ref() {
+            match coalesce(&merged.chunks, &newer.chunks) {
+                Ok(chunks) => {
+                    let since_parent = merged.since_parent + newer.since_parent;
+                    merged = Snapshot { chunks, since_parent, ..newer };
+                }
+                Err(e) => {
+                    // Our own blobs always merge; should one not, the live state holds
+                    // every change they do (newer or equal): commit it whole instead.
+                    tracing::error!("coalescing waiting snapshots: {e}; committing the live chunks whole");
+                    self.fold(&merged.chunks, merged.since_parent);
+                    self.fold(&newer.chunks, newer.since_parent);
+                    waiting.for_each(|s| self.fold(&s.chunks, s.since_parent));
+                    let (kind, reason, request) = (newer.kind, newer.reason, newer.request);
+                    let snap = self.take_snapshot(kind, &reason, self.last_commit);
+                    return Some(Snapshot { request, ..snap });
                 }
             }
-            newest.since_parent += older.since_parent;
         }
-        Some(newest)
+        Some(merged)
     }
 
     /// Folds the waiting snapshots back into the live state, for a commit of it that
@@ -76,8 +86,8 @@ impl Engine {
     /// Gives a snapshot's chunks and updates back to the live state: its chunks are dirty
     /// again (their live values are newer or equal), its updates uncommitted.
     fn fold(&mut self, chunks: &ChunkBatch, since_parent: u64) {
-        for (t, c, _) in &chunks.chunks {
-            self.params.mark_dirty(*t as usize, *c as usize);
+        for e in &chunks.chunks {
+            self.params.mark_dirty(e.t as usize, e.c as usize);
         }
         self.since_commit += since_parent;
     }
@@ -88,8 +98,11 @@ impl Engine {
     }
 
     /// The time policy's snapshot, or a failed write's retry, if one is due at `now`.
+    /// None while update-count snapshots wait: each holds what changed since the one
+    /// before, so they are written first.
     pub fn policy_snapshot(&mut self, now: Instant) -> Option<Snapshot> {
-        (self.time_due(now) || self.retry_due(now)).then(|| self.take_snapshot(VersionKind::Policy, "policy", now))
+        let due = self.pending.is_empty() && (self.time_due(now) || self.retry_due(now));
+        due.then(|| self.take_snapshot(VersionKind::Policy, "policy", now))
     }
 
     /// Writing a version failed at `now` (its snapshot went back with [`Engine::unwritten`]).
@@ -97,25 +110,60 @@ impl Engine {
         self.failed = Some((now, cause));
     }
 
-    /// A snapshot of the live state for a commit of `kind`; `None` when nothing changed
-    /// since the last one.
+    /// A snapshot for a commit of `kind`: the waiting update-count snapshots and the live
+    /// changes since them, as one; `None` when nothing changed since the last one.
     pub fn snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Option<Snapshot> {
-        (self.since_commit > 0).then(|| self.take_snapshot(kind, reason, now))
+        self.snapshot_all(kind, reason, now, false)
     }
 
-    /// A snapshot even when nothing changed (a global version every partition must have).
+    /// [`Engine::snapshot`] even when nothing changed (a global version every partition
+    /// must have).
     pub fn forced_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
-        self.take_snapshot(kind, reason, now)
+        match self.snapshot_all(kind, reason, now, true) {
+            Some(s) => s,
+            None => self.take_snapshot(kind, reason, now),
+        }
     }
 
-    /// Copies the changed chunks (one buffer) and the counters, and clears the marks.
+    fn snapshot_all(&mut self, kind: VersionKind, reason: &str, now: Instant, forced: bool) -> Option<Snapshot> {
+        let waiting = self.coalesce_pending();
+        let live =
+            (forced || self.since_commit > 0 || waiting.is_some()).then(|| self.take_snapshot(kind, reason, now));
+        let (Some(w), Some(l)) = (waiting, live.as_ref()) else { return live };
+        match coalesce(&w.chunks, &l.chunks) {
+            Ok(chunks) => live.map(|l| Snapshot { chunks, since_parent: w.since_parent + l.since_parent, ..l }),
+            Err(e) => {
+                // (as in coalesce_pending: the live state holds every change)
+                tracing::error!("coalescing a commit's snapshots: {e}; committing the live chunks whole");
+                self.fold(&w.chunks, w.since_parent);
+                if let Some(l) = live {
+                    self.fold(&l.chunks, l.since_parent);
+                }
+                Some(self.take_snapshot(kind, reason, now))
+            }
+        }
+    }
+
+    /// Copies the changed chunks (one buffer) and the counters, and clears the marks. A
+    /// chunk whose changed floats fit in at most half its size goes as a delta layer of
+    /// just those floats ([`accrete_core::Params::commit_form`]); dense and mostly-changed
+    /// chunks go whole.
     fn take_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
         let p = &self.params;
-        let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| p.chunk_bytes(t, c))).sum();
+        let form = |t: usize, c: usize| match (p.commit_form(t, c), p.change(t, c)) {
+            (Some(true), Some(Change::Rows(bits))) => (true, p.delta_bytes(t, bits)),
+            _ => (false, p.chunk_bytes(t, c)),
+        };
+        let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| form(t, c).1)).sum();
         let mut chunks = ChunkBatch::with_capacity(bytes);
         for t in 0..p.tensors.len() {
             for c in p.dirty_chunks(t) {
-                chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out));
+                match (form(t, c).0, p.change(t, c)) {
+                    (true, Some(Change::Rows(bits))) => {
+                        chunks.push_blob(t as u32, c as u32, true, |out| p.encode_delta(t, c, bits, out))
+                    }
+                    _ => chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out)),
+                }
             }
         }
         let snap = Snapshot {
@@ -144,10 +192,56 @@ impl Engine {
         self.fold_pending();
     }
 
+    /// The stored size of every chunk, per tensor.
+    pub fn chunk_sizes(&self) -> Vec<Vec<u64>> {
+        let p = &self.params;
+        (0..p.tensors.len()).map(|t| (0..p.tensors[t].chunks()).map(|c| p.chunk_bytes(t, c) as u64).collect()).collect()
+    }
+
+    /// Appends chunk `c` of tensor `t`'s initial content (version 1's), stored form.
+    pub fn encode_init_chunk(&self, t: usize, c: usize, out: &mut Vec<u8>) {
+        self.params.encode_init_chunk(t, c, out)
+    }
+
     /// A snapshot was written as version `v` at `now`: the live state descends from it.
     pub fn committed(&mut self, v: u64, now: Instant) {
         self.head = v;
         self.failed = None;
         self.last_written = now;
     }
+}
+
+/// Two consecutive snapshots' blobs as one: per chunk the newer whole chunk, or the newer
+/// delta applied over the older whole chunk, or the two deltas merged.
+fn coalesce(older: &ChunkBatch, newer: &ChunkBatch) -> Result<ChunkBatch, String> {
+    let mut by_chunk: BTreeMap<(u32, u32), (Option<usize>, Option<usize>)> = BTreeMap::new();
+    older.chunks.iter().enumerate().for_each(|(i, e)| by_chunk.entry((e.t, e.c)).or_default().0 = Some(i));
+    newer.chunks.iter().enumerate().for_each(|(i, e)| by_chunk.entry((e.t, e.c)).or_default().1 = Some(i));
+    let mut out = ChunkBatch::with_capacity(older.data.len() + newer.data.len());
+    for ((t, c), pair) in by_chunk {
+        let (o, n) = (pair.0.map(|i| &older.chunks[i]), pair.1.map(|i| &newer.chunks[i]));
+        let (ob, nb) = (o.map(|e| &older.data[e.range.clone()]), n.map(|e| &newer.data[e.range.clone()]));
+        let mut failed = None;
+        match (o, n, ob, nb) {
+            (Some(o), Some(n), Some(ob), Some(nb)) if n.delta => {
+                out.push_blob(t, c, o.delta, |buf| {
+                    let start = buf.len();
+                    let r = if o.delta {
+                        merge_deltas(ob, nb, buf)
+                    } else {
+                        buf.extend_from_slice(ob);
+                        apply_to_whole(&mut buf[start..], nb)
+                    };
+                    failed = r.err();
+                });
+            }
+            (_, Some(n), _, Some(nb)) => out.push_blob(t, c, n.delta, |buf| buf.extend_from_slice(nb)),
+            (Some(o), _, Some(ob), _) => out.push_blob(t, c, o.delta, |buf| buf.extend_from_slice(ob)),
+            _ => {}
+        }
+        if let Some(e) = failed {
+            return Err(format!("tensor {t} chunk {c}: {e}"));
+        }
+    }
+    Ok(out)
 }

@@ -387,7 +387,7 @@ fn a_failed_write_folds_the_snapshots_behind_it_into_the_next_commit() {
     let snap = e.snapshot(VersionKind::Manual, "retry", t0).expect("both updates wait");
     assert_eq!(snap.since_parent, 2);
     let h = e.params.tensor_index("h").unwrap() as u32;
-    assert!(snap.chunks.chunks.iter().any(|(t, c, _)| *t == h && *c == 0), "the changed chunk is written");
+    assert!(snap.chunks.chunks.iter().any(|e| e.t == h && e.c == 0), "the changed chunk is written");
 }
 
 #[test]
@@ -527,17 +527,17 @@ fn waiting_snapshots_coalesce_into_one_with_the_newest_content() {
     assert_eq!(e.pending_len(), 3);
     let newest_b = {
         let mut last = e.pending.back().unwrap().chunks.chunks.clone();
-        last.retain(|(t, _, _)| *t as usize == e.params.tensor_index("b").unwrap());
-        let (_, _, r) = last[0].clone();
+        last.retain(|x| x.t as usize == e.params.tensor_index("b").unwrap());
+        let r = last[0].range.clone();
         e.pending.back().unwrap().chunks.data[r].to_vec()
     };
     let one = e.coalesce_pending().unwrap();
     assert_eq!(e.pending_len(), 0);
     assert_eq!((one.updates, one.since_parent, one.workers[0].clock), (3, 3, 3));
-    let tensors: Vec<u32> = one.chunks.chunks.iter().map(|(t, _, _)| *t).collect();
+    let tensors: Vec<u32> = one.chunks.chunks.iter().map(|x| x.t).collect();
     assert_eq!(tensors.len(), 2, "b and w, once each: {tensors:?}");
     let b = e.params.tensor_index("b").unwrap() as u32;
-    let (_, _, r) = one.chunks.chunks.iter().find(|(t, _, _)| *t == b).unwrap().clone();
+    let r = one.chunks.chunks.iter().find(|x| x.t == b).unwrap().range.clone();
     assert_eq!(one.chunks.data[r].to_vec(), newest_b, "the newest content of b");
 }
 
@@ -584,4 +584,66 @@ fn a_part_of_an_update_without_values_here_counts_the_update_and_its_step() {
     let shape = e.shape.clone();
     e.push(&shape.check(&[], &PushMeta { update: true, ..meta("a", 1, 1) }).unwrap(), 1, t0).unwrap();
     assert_eq!((e.status().updates, e.params.steps), (1, 1));
+}
+
+/// The content of `e`'s params as bits, every tensor's weights and slots.
+fn content_bits(p: &Params) -> Vec<u32> {
+    p.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
+}
+
+/// Applies a snapshot's blobs over `base` (a stored version's content), as a reader of
+/// the version it becomes does.
+fn apply_snapshot(base: &mut Params, snap: &Snapshot) {
+    for x in &snap.chunks.chunks {
+        let blob = &snap.chunks.data[x.range.clone()];
+        let (t, c) = (x.t as usize, x.c as usize);
+        match x.delta {
+            true => base.apply_delta(t, c, blob).unwrap(),
+            false => base.decode_chunk(t, c, blob).unwrap(),
+        }
+    }
+}
+
+#[test]
+fn sparse_rows_commit_as_delta_layers_and_waiting_ones_coalesce_to_the_same_content() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 1, ..Default::default() };
+    let spec = ModelSpec {
+        hash_bits: 16,
+        optimizer: OptimizerSpec::new(OptimizerKind::Adagrad, LR),
+        commit: policy,
+        ..ModelSpec::new("m", ModelKind::Linear)
+    };
+    let mut e = engine(&spec, t0);
+    let base = e.params.clone();
+    let rows = |e: &mut Engine, keys: &[u64], seq: u64| {
+        let kb: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
+        let vb: Vec<u8> = keys.iter().flat_map(|k| (*k as f32 * 0.01 + 0.5).to_le_bytes()).collect();
+        let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
+        let shape = e.shape.clone();
+        e.push(&shape.check(&grads, &meta("a", 0, seq)).unwrap(), 1, t0).unwrap();
+    };
+    rows(&mut e, &[3, 70_00, 20_000], 1);
+    rows(&mut e, &[3, 5, 40_000], 2);
+    // most of chunk 3: written whole
+    rows(&mut e, &(49_152..65_000).collect::<Vec<_>>(), 3);
+    rows(&mut e, &[49_152, 9], 4);
+    assert_eq!(e.pending_len(), 4);
+    let kinds: Vec<Vec<(u32, bool)>> =
+        e.pending.iter().map(|s| s.chunks.chunks.iter().map(|x| (x.c, x.delta)).collect()).collect();
+    assert_eq!(kinds[0], vec![(0, true), (1, true)], "a few rows: delta layers");
+    assert_eq!(kinds[2], vec![(3, false)], "most of a chunk: whole");
+    // one at a time, in order, they rebuild the live content
+    let mut stepwise = base.clone();
+    for s in &e.pending {
+        apply_snapshot(&mut stepwise, s);
+    }
+    assert_eq!(content_bits(&stepwise), content_bits(&e.params));
+    // coalesced: deltas merged, a delta over a whole chunk folded into it
+    let one = e.coalesce_pending().unwrap();
+    let forms: Vec<(u32, bool)> = one.chunks.chunks.iter().map(|x| (x.c, x.delta)).collect();
+    assert_eq!(forms, vec![(0, true), (1, true), (2, true), (3, false)]);
+    let mut merged = base.clone();
+    apply_snapshot(&mut merged, &one);
+    assert_eq!(content_bits(&merged), content_bits(&e.params));
 }

@@ -8,10 +8,14 @@
 //! `engine`. Pushes, pulls and the barrier take only `engine`.
 //! The time is read here (`Instant::now()`) and passed to the engine.
 
+mod compact;
 mod cut;
 mod requests;
+#[cfg(test)]
+mod store_tests;
 mod versions;
 
+pub use compact::Compacted;
 pub use cut::HoldMeters;
 pub use versions::At;
 
@@ -90,6 +94,11 @@ pub struct ModelHandle {
     gate_gen: AtomicU64,
     gate_changed: Notify,
     pub hold_meters: HoldMeters,
+    /// The stored size of each chunk, per tensor (compaction's measure of a long chain).
+    chunk_sizes: Vec<Vec<u64>>,
+    /// A chain of this many layers is due for compaction ([`compact::REBASE_LAYERS`];
+    /// tests lower it).
+    rebase_layers: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -98,6 +107,11 @@ struct Meters {
     values: AtomicU64,
     commits: AtomicU64,
     commit_nanos: AtomicU64,
+    /// Bytes commits wrote, and chunks compaction gave a new base.
+    bytes_written: AtomicU64,
+    rebased: AtomicU64,
+    /// A chunk's chain in the head version is long: a compaction step is due (`compact.rs`).
+    compaction: std::sync::atomic::AtomicBool,
 }
 
 /// Counters for `/metrics`.
@@ -107,6 +121,8 @@ pub struct Counters {
     pub values: u64,
     pub commits: u64,
     pub commit_seconds: f64,
+    pub bytes_written: u64,
+    pub rebased: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -152,9 +168,9 @@ impl ModelHandle {
             request: request.to_string(),
             ..VersionRecord::new(1, VersionKind::Created)
         };
-        let written = versions::write_all_chunks(store, record.id, 1, &params)?;
-        let manifest = Manifest::full(&params, 1);
-        let version = VersionRecord { chunks_written: written, ..version };
+        // Version 1 is the init spec: nothing but its manifest is written.
+        let manifest = Manifest::init(&params);
+        let version = VersionRecord { bytes_written: manifest.encoded_len() as u64, ..version };
         store.write_version(record.id, &version, &manifest, &ChunkBatch::default())?;
         store.put_model(&record)?;
         let head = Head { requests: Requests::of(std::slice::from_ref(&version)), record: version.clone(), manifest };
@@ -188,6 +204,10 @@ impl ModelHandle {
     ) -> ModelHandle {
         let shape = Arc::new(Shape { first_epoch: record.first_epoch, ..Shape::of(&record.spec) });
         let engine = Engine::new(shape.clone(), params, &head.record, incarnations, ctx.lease, Instant::now());
+        let chunk_sizes = engine.chunk_sizes();
+        let meters = Meters::default();
+        let due = compact::long_chains(&head.manifest, &chunk_sizes, compact::REBASE_LAYERS).next().is_some();
+        meters.compaction.store(due, Ordering::Release);
         let gate = (record.spec.parts() > 1).then(|| Mutex::new(cut::Gate::restore(&head.record.workers)));
         ModelHandle {
             signature: Mutex::new(record.signature.clone()),
@@ -202,12 +222,14 @@ impl ModelHandle {
             policy: ctx.policy.clone(),
             instance: ctx.instance,
             servers: ctx.servers.clone(),
-            meters: Meters::default(),
+            meters,
             rate: Mutex::new(Default::default()),
             gate,
             gate_gen: AtomicU64::new(0),
             gate_changed: Notify::new(),
             hold_meters: HoldMeters::default(),
+            chunk_sizes,
+            rebase_layers: compact::REBASE_LAYERS.into(),
         }
     }
 
@@ -231,6 +253,8 @@ impl ModelHandle {
             values: m.values.load(Ordering::Relaxed),
             commits: m.commits.load(Ordering::Relaxed),
             commit_seconds: m.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            bytes_written: m.bytes_written.load(Ordering::Relaxed),
+            rebased: m.rebased.load(Ordering::Relaxed),
         }
     }
 

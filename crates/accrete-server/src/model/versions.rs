@@ -10,12 +10,13 @@
 //! version at a time, and every other writer writes the snapshots waiting when it took
 //! the lock, no more, so an admin call waits for at most one version's write under a push
 //! flood. Waiting snapshots leave the engine only under the `head` lock, in order.
-use super::{lock, Head, ModelHandle};
+use super::{compact, lock, Head, ModelHandle};
 use crate::engine::Snapshot;
 use crate::error::{Result, ServiceError};
 use accrete_core::params::chunks_of;
 use accrete_core::{EventKind, Params, VersionKind};
-use accrete_store::{now_unix_ms, ChunkBatch, Manifest, Store, VersionRecord};
+use accrete_store::manifest::MAX_LAYERS;
+use accrete_store::{now_unix_ms, Chain, ChunkBatch, Layer, Manifest, Store, VersionRecord};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -27,6 +28,7 @@ struct NewHead {
     request: String,
     content_of: u64,
     chunks_written: u64,
+    bytes_written: u64,
     manifest: Manifest,
     params: Params,
 }
@@ -52,7 +54,6 @@ impl ModelHandle {
         }
         let live = {
             let mut engine = lock(&self.engine);
-            engine.fold_pending();
             engine.snapshot(kind, reason, Instant::now())
         };
         let live = live.map(|snap| Snapshot { request: request.to_string(), ..snap });
@@ -117,7 +118,6 @@ impl ModelHandle {
         }
         let snap = {
             let mut engine = lock(&self.engine);
-            engine.fold_pending();
             engine.forced_snapshot(kind, reason, Instant::now())
         };
         self.write_snapshot(&mut head, snap, Some(version))?;
@@ -145,14 +145,37 @@ impl ModelHandle {
         Ok(())
     }
 
-    /// Makes a snapshot the next version: its chunks point at the new version in a copy of
-    /// the head's manifest; written and flushed before it is announced.
+    /// Makes a snapshot the next version: in a copy of the head's manifest, a chunk
+    /// written whole is based on the new version, a delta layer goes on top of its
+    /// chunk's chain; written and flushed before it is announced.
     fn write_snapshot(&self, head: &mut Head, snap: Snapshot, at: Option<u64>) -> Result<()> {
         let started = Instant::now();
         let version = at.unwrap_or(head.record.version + 1);
         let mut manifest = head.manifest.clone();
-        for (t, c, _) in &snap.chunks.chunks {
-            manifest.tensors[*t as usize][*c as usize] = version;
+        let snap = match self.cap_chains(&manifest, snap) {
+            Ok(snap) => snap,
+            Err(failed) => {
+                let (snap, e) = *failed;
+                let mut engine = lock(&self.engine);
+                engine.unwritten(&snap.chunks, snap.since_parent);
+                engine.write_failed(Instant::now(), e.to_string());
+                return Err(e);
+            }
+        };
+        for e in &snap.chunks.chunks {
+            let chain = &mut manifest.tensors[e.t as usize][e.c as usize];
+            if !e.delta {
+                *chain = Chain::whole(version);
+            } else if chain.layers.len() < MAX_LAYERS {
+                let bytes = e.range.len() as u32;
+                chain.layers.push(Layer { hi: version, lo: version, bytes });
+            } else {
+                // (cap_chains writes a chunk whole long before: MAX_CHAIN_LAYERS)
+                let message = format!("chunk {} of tensor {} has {MAX_LAYERS} layers", e.c, e.t);
+                let mut engine = lock(&self.engine);
+                engine.unwritten(&snap.chunks, snap.since_parent);
+                return Err(ServiceError::Internal(message));
+            }
         }
         let rec = VersionRecord {
             parent: Some(head.record.version),
@@ -163,6 +186,7 @@ impl ModelHandle {
             lineage_epoch: snap.epoch,
             workers: snap.workers,
             chunks_written: snap.chunks.len() as u64,
+            bytes_written: (snap.chunks.data.len() + manifest.encoded_len()) as u64,
             steps: snap.steps,
             request: snap.request,
             ..VersionRecord::new(version, snap.kind)
@@ -174,9 +198,19 @@ impl ModelHandle {
             return Err(e.into());
         }
         lock(&self.engine).committed(rec.version, Instant::now());
+        let layers = self.rebase_layers.load(Ordering::Relaxed);
+        if snap
+            .chunks
+            .chunks
+            .iter()
+            .any(|e| e.delta && compact::too_long(&manifest, &self.chunk_sizes, layers, e.t, e.c))
+        {
+            self.meters.compaction.store(true, Ordering::Release);
+        }
         head.requests.note(&rec.request, rec.version, true);
         (head.record, head.manifest) = (rec.clone(), manifest);
         self.meters.commits.fetch_add(1, Ordering::Relaxed);
+        self.meters.bytes_written.fetch_add(rec.bytes_written, Ordering::Relaxed);
         self.meters.commit_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.retain(head)?;
         self.emit(EventKind::of_new_version(rec.kind), rec);
@@ -203,6 +237,7 @@ impl ModelHandle {
             request: request.to_string(),
             content_of,
             chunks_written: 0,
+            bytes_written: 0,
             manifest,
             params,
         };
@@ -238,6 +273,7 @@ impl ModelHandle {
             request: request.to_string(),
             content_of,
             chunks_written: 0,
+            bytes_written: 0,
             manifest,
             params,
         };
@@ -272,10 +308,19 @@ impl ModelHandle {
         let version = if at.version != 0 { at.version } else { head.record.version + 1 };
         let chunks_written = write_all_chunks(&self.store, self.record.id, version, &params)?;
         let manifest = Manifest::full(&params, version);
+        let bytes_written = params.tensors.iter().map(|t| (t.w.len() * 4 * (1 + t.slots.len())) as u64).sum();
         let reason = if source.is_empty() { "import".into() } else { format!("import from {source}") };
         let request = request.to_string();
-        let new =
-            NewHead { kind: VersionKind::Import, reason, request, content_of: 0, chunks_written, manifest, params };
+        let new = NewHead {
+            kind: VersionKind::Import,
+            reason,
+            request,
+            content_of: 0,
+            chunks_written,
+            bytes_written,
+            manifest,
+            params,
+        };
         self.install_head_with(&mut head, new, None, At { version, ..at })
     }
 
@@ -335,6 +380,8 @@ impl ModelHandle {
             // takes them back to the version's, whose rows it trains again).
             workers: rewind.clone().unwrap_or_else(|| engine.progress()),
             chunks_written: new.chunks_written,
+            // (and the manifest: a rollback writes nothing else)
+            bytes_written: new.bytes_written + new.manifest.encoded_len() as u64,
             steps: new.params.steps,
             request: new.request,
             ..VersionRecord::new(if at.version != 0 { at.version } else { head.record.version + 1 }, new.kind)
@@ -394,7 +441,16 @@ impl ModelHandle {
     /// The exact parameters of a retained version, loaded from the store.
     pub fn load_version(&self, v: u64) -> Result<(VersionRecord, Params)> {
         let rec = self.version(v)?;
-        let params = self.load_content(&self.manifest_of(v)?, rec.steps)?;
+        // (manifest and blobs read together: a compaction may rewrite the manifest)
+        let mut params = Params::zeros(&self.record.spec);
+        if self.store.load_version(self.record.id, self.name(), v, &mut params)?.is_none() {
+            return Err(ServiceError::VersionNotFound {
+                model: self.name().to_string(),
+                version: v,
+                retained: String::new(),
+            });
+        }
+        params.steps = rec.steps;
         Ok((rec, params))
     }
 
