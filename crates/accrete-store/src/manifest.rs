@@ -87,6 +87,12 @@ impl Manifest {
         Self::full(params, 0)
     }
 
+    /// Both manifests have the same tensors of the same numbers of chunks.
+    pub fn matches_layout(&self, other: &Manifest) -> bool {
+        self.tensors.len() == other.tensors.len()
+            && self.tensors.iter().zip(&other.tensors).all(|(a, b)| a.len() == b.len())
+    }
+
     pub fn matches(&self, params: &Params) -> bool {
         self.tensors.len() == params.tensors.len()
             && self.tensors.iter().zip(&params.tensors).all(|(m, t)| m.len() == chunks_of(t.w.len()))

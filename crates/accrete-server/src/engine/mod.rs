@@ -433,11 +433,57 @@ impl Engine {
     /// become versions of the old content after the new head), and the gradients summed in
     /// open BSP rounds (they would be applied to the new content). The rounds keep who
     /// contributed, so the barrier's clocks go on.
-    pub fn install(&mut self, mut params: Params, epoch: u64, head: u64, now: Instant) {
+    pub fn install(&mut self, params: Params, epoch: u64, head: u64, now: Instant) {
+        self.params = params;
+        self.installed(epoch, head, now);
+    }
+
+    /// [`Engine::install`] of a version that differs from the live state only in some
+    /// chunks: `chunks` holds their content, whole (every chunk [`Engine::changed_since_head`]
+    /// names, and every chunk whose content differs between the head and the version).
+    /// `steps`: the version's optimizer step count.
+    pub fn install_chunks(
+        &mut self,
+        chunks: &ChunkBatch,
+        steps: u64,
+        epoch: u64,
+        head: u64,
+        now: Instant,
+    ) -> Result<()> {
+        // (every size checked first: a refused install changes nothing)
+        let sizes_ok = chunks.chunks.iter().all(|e| {
+            (e.t as usize) < self.params.tensors.len()
+                && (e.c as usize) < self.params.tensors[e.t as usize].chunks()
+                && e.range.len() == self.params.chunk_bytes(e.t as usize, e.c as usize)
+        });
+        if !sizes_ok {
+            return Err(ServiceError::Internal("installing chunks that do not fit the model's layout".into()));
+        }
+        for e in &chunks.chunks {
+            let blob = &chunks.data[e.range.clone()];
+            self.params
+                .decode_chunk(e.t as usize, e.c as usize, blob)
+                .map_err(|err| ServiceError::Internal(format!("installing chunk {} of tensor {}: {err}", e.c, e.t)))?;
+        }
+        self.params.steps = steps;
+        self.installed(epoch, head, now);
+        Ok(())
+    }
+
+    /// The chunks whose live content may differ from the head version's: changed since
+    /// the last snapshot, or held by a snapshot not written yet.
+    pub fn changed_since_head(&self) -> std::collections::BTreeSet<(u32, u32)> {
+        let p = &self.params;
+        let mut out: std::collections::BTreeSet<(u32, u32)> =
+            (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| (t as u32, c as u32))).collect();
+        out.extend(self.pending.iter().flat_map(|s| s.chunks.chunks.iter().map(|e| (e.t, e.c))));
+        out
+    }
+
+    fn installed(&mut self, epoch: u64, head: u64, now: Instant) {
         self.pending.clear();
         self.sync.rounds.values_mut().for_each(|r| r.clear_sums());
-        params.clear_dirty();
-        self.params = params;
+        self.params.clear_dirty();
         self.epoch = epoch;
         self.head = head;
         self.since_commit = 0;

@@ -647,3 +647,38 @@ fn sparse_rows_commit_as_delta_layers_and_waiting_ones_coalesce_to_the_same_cont
     apply_snapshot(&mut merged, &one);
     assert_eq!(content_bits(&merged), content_bits(&e.params));
 }
+
+#[test]
+fn chunks_changed_since_the_head_include_waiting_snapshots_and_a_chunk_install_replaces_them() {
+    let t0 = Instant::now();
+    let policy = CommitPolicy { every_updates: 2, ..Default::default() };
+    let spec = ModelSpec { hash_bits: 16, commit: policy, ..ModelSpec::new("m", ModelKind::Linear) };
+    let mut e = engine(&spec, t0);
+    let head = e.params.clone();
+    let h = e.params.tensor_index("h").unwrap() as u32;
+    let row = |e: &mut Engine, k: u64, seq: u64| {
+        let (kb, vb) = (k.to_le_bytes(), 1.0f32.to_le_bytes());
+        let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
+        let shape = e.shape.clone();
+        e.push(&shape.check(&grads, &meta("a", 0, seq)).unwrap(), 1, t0).unwrap();
+    };
+    row(&mut e, 5, 1);
+    row(&mut e, 20_000, 2); // the policy's snapshot now holds chunks 0 and 1
+    row(&mut e, 40_000, 3); // dirty: chunk 2
+    assert_eq!(e.pending_len(), 1);
+    let changed: Vec<(u32, u32)> = e.changed_since_head().into_iter().collect();
+    assert_eq!(changed, vec![(h, 0), (h, 1), (h, 2)]);
+    // installing the head's content of exactly those chunks gives the head's content back
+    let mut batch = ChunkBatch::default();
+    for (t, c) in &changed {
+        batch.push(*t, *c, |out| head.encode_chunk(*t as usize, *c as usize, out));
+    }
+    let mut short = ChunkBatch::default();
+    short.push(h, 0, |out| out.extend_from_slice(&[0u8; 12]));
+    assert!(e.install_chunks(&short, 0, 2, 2, t0).is_err(), "a chunk of the wrong size is refused");
+    assert_eq!(e.status().epoch, 1, "and nothing changed");
+    e.install_chunks(&batch, head.steps, 2, 2, t0).unwrap();
+    assert_eq!(content_bits(&e.params), content_bits(&head));
+    assert!(e.changed_since_head().is_empty());
+    assert_eq!((e.pending_len(), e.status().epoch, e.status().head), (0, 2, 2));
+}

@@ -10,6 +10,7 @@
 
 mod compact;
 mod cut;
+mod diff;
 mod requests;
 #[cfg(test)]
 mod store_tests;

@@ -10,6 +10,7 @@
 //! version at a time, and every other writer writes the snapshots waiting when it took
 //! the lock, no more, so an admin call waits for at most one version's write under a push
 //! flood. Waiting snapshots leave the engine only under the `head` lock, in order.
+use super::diff::NewContent;
 use super::{compact, lock, Head, ModelHandle};
 use crate::engine::Snapshot;
 use crate::error::{Result, ServiceError};
@@ -30,7 +31,7 @@ struct NewHead {
     chunks_written: u64,
     bytes_written: u64,
     manifest: Manifest,
-    params: Params,
+    content: NewContent,
 }
 
 /// Where an install lands: a partitioned model's rollback, recovery or import takes the
@@ -228,7 +229,7 @@ impl ModelHandle {
         self.write_pending(&mut head)?;
         let target = self.version(to)?;
         let manifest = self.manifest_of(to)?;
-        let params = self.load_content(&manifest, target.steps)?;
+        let content = self.content_for_install(&head, &manifest, target.steps)?;
         let reason = if why.is_empty() { format!("rollback to {to}") } else { format!("rollback to {to}: {why}") };
         let content_of = if target.content_of != 0 { target.content_of } else { to };
         let new = NewHead {
@@ -239,7 +240,7 @@ impl ModelHandle {
             chunks_written: 0,
             bytes_written: 0,
             manifest,
-            params,
+            content,
         };
         self.install_head(&mut head, new)
     }
@@ -265,7 +266,7 @@ impl ModelHandle {
         self.write_pending(&mut head)?;
         let target = self.version(to)?;
         let manifest = self.manifest_of(to)?;
-        let params = self.load_content(&manifest, target.steps)?;
+        let content = self.content_for_install(&head, &manifest, target.steps)?;
         let content_of = if target.content_of != 0 { target.content_of } else { to };
         let new = NewHead {
             kind: VersionKind::Rollback,
@@ -275,7 +276,7 @@ impl ModelHandle {
             chunks_written: 0,
             bytes_written: 0,
             manifest,
-            params,
+            content,
         };
         self.install_head_with(&mut head, new, rewind.then_some(target.workers), at)
     }
@@ -319,7 +320,7 @@ impl ModelHandle {
             chunks_written,
             bytes_written,
             manifest,
-            params,
+            content: NewContent::Whole(params),
         };
         self.install_head_with(&mut head, new, None, At { version, ..at })
     }
@@ -382,12 +383,12 @@ impl ModelHandle {
             chunks_written: new.chunks_written,
             // (and the manifest: a rollback writes nothing else)
             bytes_written: new.bytes_written + new.manifest.encoded_len() as u64,
-            steps: new.params.steps,
+            steps: new.content.steps(),
             request: new.request,
             ..VersionRecord::new(if at.version != 0 { at.version } else { head.record.version + 1 }, new.kind)
         };
         self.store.write_version(self.record.id, &rec, &new.manifest, &ChunkBatch::default())?;
-        engine.install(new.params, rec.lineage_epoch, rec.version, Instant::now());
+        self.swap_content(&mut engine, new.content, rec.lineage_epoch, rec.version)?;
         if let Some(workers) = &rewind {
             engine.rewind(workers);
             self.gate_restore(workers);
@@ -429,13 +430,6 @@ impl ModelHandle {
             version: v,
             retained: String::new(),
         })
-    }
-
-    fn load_content(&self, manifest: &Manifest, steps: u64) -> Result<Params> {
-        let mut params = Params::zeros(&self.record.spec);
-        self.store.load_params(self.record.id, self.name(), manifest, &mut params)?;
-        params.steps = steps;
-        Ok(params)
     }
 
     /// The exact parameters of a retained version, loaded from the store.
