@@ -369,9 +369,9 @@ async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_fr
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
     // (the newest version: with delta layers many small versions fit, and retention may
     // drop older ones once space is back)
+    let tag = |version| pb::TagRequest { model: "m".into(), version, label: "first".into() };
     let newest = versions(&mut c, "m").await.pop().unwrap().version;
-    let tag = || pb::TagRequest { model: "m".into(), version: newest, label: "first".into() };
-    let e = c.models.tag(tag()).await.unwrap_err();
+    let e = c.models.tag(tag(newest)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{}", e.message());
     // Free the space: within a few seconds the policy writes what waits, and pushes,
     // commits and tags work again, with no restart.
@@ -386,7 +386,8 @@ async fn a_full_disk_refuses_what_it_cannot_commit_and_recovers_once_space_is_fr
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "pushes were still refused 10 s after space was freed");
-    c.models.tag(tag()).await.expect("a tag once space is freed");
+    let newest = versions(&mut c, "m").await.pop().unwrap().version;
+    c.models.tag(tag(newest)).await.expect("a tag once space is freed");
     commit(&mut c, "m").await;
     let head = versions(&mut c, "m").await.pop().unwrap();
     let info = c.models.get_model_info(pb::ModelRef { name: "m".into() }).await.unwrap().into_inner();

@@ -333,15 +333,30 @@ impl Store {
     /// then flushes. When this returns, the version survives `kill -9`.
     pub fn write_version(&self, id: u64, rec: &VersionRecord, manifest: &Manifest, chunks: &ChunkBatch) -> Result<()> {
         self.writing(|| {
-            self.put_chunks(id, rec.version, chunks)?;
-            let g = self.inner()?;
-            g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
-            g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
-            if !rec.request.is_empty() {
-                // Outlives retention: a retried call is answered even after its version is dropped.
-                g.tree(id, 'q')?.insert(rec.request.as_bytes(), records::encode(rec))?;
+            let written = (|| {
+                self.put_chunks(id, rec.version, chunks)?;
+                let g = self.inner()?;
+                g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
+                g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
+                if !rec.request.is_empty() {
+                    // Outlives retention: a retried call is answered even after its version is dropped.
+                    g.tree(id, 'q')?.insert(rec.request.as_bytes(), records::encode(rec))?;
+                }
+                self.sync()
+            })();
+            if written.is_err() {
+                // Not acknowledged, so not listed either (until the database is opened
+                // again, sled would show what it could not make durable); its blobs are
+                // collected then.
+                if let Ok(g) = self.inner() {
+                    let _ = g.tree(id, 'v').and_then(|t| Ok(t.remove(be(rec.version))?));
+                    let _ = g.tree(id, 'f').and_then(|t| Ok(t.remove(be(rec.version))?));
+                    if !rec.request.is_empty() {
+                        let _ = g.tree(id, 'q').and_then(|t| Ok(t.remove(rec.request.as_bytes())?));
+                    }
+                }
             }
-            self.sync()
+            written
         })
     }
 

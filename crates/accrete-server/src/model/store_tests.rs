@@ -122,3 +122,29 @@ fn every_retained_version_reads_back_bitwise_through_commits_rollbacks_retention
         run(seed, 700);
     }
 }
+
+#[test]
+fn retention_keeps_the_evaluators_best_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(Store::open(dir.path(), 1 << 20).unwrap(), DEFAULT_LEASE).unwrap();
+    let mut spec = ModelSpec { hash_bits: 8, ..ModelSpec::new("m", ModelKind::Logistic) };
+    spec.commit.every_secs = 0.0;
+    spec.commit.keep_last = 2;
+    let h = reg.create(spec, "", None).unwrap();
+    let mut made = Vec::new();
+    for (i, auc) in [0.6, 0.9, 0.7, 0.5, 0.65, 0.55].into_iter().enumerate() {
+        push_rows(&h, &[i as u64], 0.5);
+        let (rec, _) = h.commit(VersionKind::Manual, "", "").unwrap();
+        h.report_metrics(rec.version, &BTreeMap::from([("auc".to_string(), auc)]), false).unwrap();
+        made.push(rec.version);
+    }
+    // a diverged version is never the best, whatever its other numbers say
+    push_rows(&h, &[9], 0.5);
+    let (rec, _) = h.commit(VersionKind::Manual, "", "").unwrap();
+    let diverged = BTreeMap::from([("auc".to_string(), 0.99), (accrete_core::scoring::DIVERGED.to_string(), 1.0)]);
+    h.report_metrics(rec.version, &diverged, false).unwrap();
+    push_rows(&h, &[10], 0.5);
+    let (last, _) = h.commit(VersionKind::Manual, "", "").unwrap();
+    let listed: Vec<u64> = h.versions().unwrap().iter().map(|r| r.version).collect();
+    assert_eq!(listed, vec![made[1], rec.version, last.version], "the best (auc 0.9) stays with the newest 2");
+}

@@ -497,7 +497,7 @@ impl ModelHandle {
     }
 
     /// Applies `--keep-last`: drops the oldest untagged versions beyond the newest K (the
-    /// head is always kept), and the chunks only they referenced.
+    /// head and the evaluator's best are always kept), and the chunks only they referenced.
     fn retain(&self, head: &Head) -> Result<()> {
         let keep_last = self.record.spec.commit.keep_last as usize;
         // A partition (i > 0) keeps what its home's global version log keeps
@@ -513,10 +513,10 @@ impl ModelHandle {
             return Ok(());
         }
         let cut = all.len() - keep_last;
-        let (drop, keep): (Vec<_>, Vec<_>) = all
-            .iter()
-            .enumerate()
-            .partition(|(i, r)| *i < cut && r.tags.is_empty() && r.version != head.record.version);
+        let best = best_scored(&self.record.spec, &all);
+        let (drop, keep): (Vec<_>, Vec<_>) = all.iter().enumerate().partition(|(i, r)| {
+            *i < cut && r.tags.is_empty() && r.version != head.record.version && Some(r.version) != best
+        });
         let drop: Vec<u64> = drop.iter().map(|(_, r)| r.version).collect();
         let keep: Vec<u64> = keep.iter().map(|(_, r)| r.version).collect();
         let freed = self.store.drop_versions(self.record.id, self.name(), &drop, &keep)?;
@@ -581,4 +581,13 @@ fn summarize(all: &[VersionRecord]) -> String {
         (Some(a), _) => format!("only {}", a.version),
         _ => "none".into(),
     }
+}
+
+/// The version the evaluator scored best by the model's primary metric (versions whose
+/// predictions diverged excluded), which retention keeps.
+fn best_scored(spec: &accrete_core::ModelSpec, all: &[VersionRecord]) -> Option<u64> {
+    use accrete_core::scoring::{best_by, primary_metric, DIVERGED};
+    let metric = primary_metric(&accrete_core::kinds::Dims::of(spec));
+    let scored = all.iter().filter(|r| !r.metrics.contains_key(DIVERGED)).map(|r| (r.version, &r.metrics));
+    best_by(metric, scored).map(|(v, _)| v)
 }
