@@ -472,10 +472,18 @@ async fn rss(ctx: &mut Ctx) -> Result<()> {
     let (p, _url, mut c) = spawn_server(&ctx.dir.join("rss")).await?;
     let (base, _) = rss_kib(p.0.id())?;
     create(&mut c, spec("adam", 10_000_000, pb::OptimizerKind::Adam, 0)).await?;
+    let created = rss_kib(p.0.id())?.0;
     stream_pushes(&mut c, &dense_msgs("adam", 0, 10_000_000, 1e-3), 1).await?;
+    let pushed = rss_kib(p.0.id())?.0;
     commit(&mut c, "adam").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss, hwm) = rss_kib(p.0.id())?;
+    ctx.say(format!(
+        "  (RSS over the empty server's: after create {} MiB, after pushes to every float {} MiB, after a commit {} MiB)",
+        (created - base) / 1024,
+        (pushed - base) / 1024,
+        (rss - base) / 1024
+    ));
     let model_kib = 10_000_000u64 * 4 * 3 / 1024;
     let ratio = (rss - base) as f64 / model_kib as f64;
     ctx.say(format!(

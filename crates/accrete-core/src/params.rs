@@ -49,7 +49,11 @@ impl TensorState {
     fn new(spec: TensorSpec, n_slots: usize) -> Self {
         let n = spec.len() as usize;
         let dirty = Dirty::new(n, spec.sparse);
-        TensorState { spec, w: vec![0.0; n], slots: vec![vec![0.0; n]; n_slots], dirty }
+        // Each vector zeroed by the allocator (`vec![vec![0.0; n]; k]` would copy one into
+        // the others, making every page of them resident: a model's untouched rows and
+        // the slots of tensors no optimizer steps, such as `norm`, would cost memory).
+        let slots = (0..n_slots).map(|_| vec![0.0; n]).collect();
+        TensorState { spec, w: vec![0.0; n], slots, dirty }
     }
 
     pub fn chunks(&self) -> usize {
