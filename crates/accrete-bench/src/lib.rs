@@ -7,6 +7,7 @@ mod cluster;
 mod evaluator;
 mod server;
 mod sink;
+mod storage;
 mod worker;
 
 use clap::{Args, Subcommand};
@@ -28,7 +29,7 @@ enum BenchCmd {
         /// Print one JSON object with every figure.
         #[arg(long)]
         json: bool,
-        /// Scenarios to run (apply, dense, admin, sparse, commit, rss, disk); all by default.
+        /// Scenarios to run (apply, dense, admin, sparse, commit, rss, disk, hashed); all by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },

@@ -6,7 +6,8 @@
 //! - commit after touching 1 % of a 10^8-float model vs a commit that rewrites it all;
 //! - rollback time for 10^6, 10^7, 10^8 floats;
 //! - server RSS holding a 10^7-float Adam model vs the bytes of weights + slots;
-//! - disk use after 100 commits of 1 % changes with `--keep-last 10`.
+//! - and the storage scenarios (`storage.rs`): disk after 1 % commits, a 2^24-row hashed
+//!   model's commits and disk.
 use accrete_client::raw::RawClient;
 use accrete_proto::bench::sink_client::SinkClient;
 use accrete_proto::v1 as pb;
@@ -70,7 +71,7 @@ pub(crate) fn spec(name: &str, features: u32, opt: pb::OptimizerKind, keep_last:
 }
 
 /// Push messages covering `floats` floats of `w` from `start`, 256 KiB each.
-fn dense_msgs(model: &str, start: u64, floats: u64, value: f32) -> Vec<pb::PushRequest> {
+pub(crate) fn dense_msgs(model: &str, start: u64, floats: u64, value: f32) -> Vec<pb::PushRequest> {
     let mut out = Vec::new();
     let mut off = start;
     while off < start + floats {
@@ -88,7 +89,7 @@ fn dense_msgs(model: &str, start: u64, floats: u64, value: f32) -> Vec<pb::PushR
 }
 
 /// Streams `msgs` `rounds` times over one push stream; returns seconds.
-async fn stream_pushes(c: &mut RawClient, msgs: &[pb::PushRequest], rounds: usize) -> Result<f64> {
+pub(crate) async fn stream_pushes(c: &mut RawClient, msgs: &[pb::PushRequest], rounds: usize) -> Result<f64> {
     let all: Vec<pb::PushRequest> = (0..rounds).flat_map(|_| msgs.iter().cloned()).collect();
     let n = all.len();
     let t = Instant::now();
@@ -127,7 +128,7 @@ async fn stream_sink(url: &str, msgs: &[pb::PushRequest], rounds: usize) -> Resu
     Ok(t.elapsed().as_secs_f64())
 }
 
-async fn commit(c: &mut RawClient, model: &str) -> Result<(f64, pb::VersionInfo)> {
+pub(crate) async fn commit(c: &mut RawClient, model: &str) -> Result<(f64, pb::VersionInfo)> {
     let t = Instant::now();
     let r = c
         .models
@@ -156,7 +157,7 @@ pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// Bytes the files under `p` take on disk (allocated blocks, as `du` counts them).
-fn dir_bytes(p: &Path) -> u64 {
+pub(crate) fn dir_bytes(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(rd) = std::fs::read_dir(p) else { return 0 };
     rd.flatten()
@@ -173,15 +174,15 @@ fn dir_bytes(p: &Path) -> u64 {
 }
 
 /// What the scenarios share: a scratch directory, the figures so far, how to print.
-struct Ctx {
-    dir: std::path::PathBuf,
+pub(crate) struct Ctx {
+    pub(crate) dir: std::path::PathBuf,
     max_floats: u64,
     as_json: bool,
-    report: serde_json::Map<String, serde_json::Value>,
+    pub(crate) report: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Ctx {
-    fn say(&self, line: String) {
+    pub(crate) fn say(&self, line: String) {
         if !self.as_json {
             println!("{line}");
         }
@@ -211,7 +212,10 @@ pub(crate) async fn server_bench(max_floats: u64, as_json: bool, only: &[String]
         rss(&mut ctx).await?;
     }
     if want("disk") {
-        disk(&mut ctx).await?;
+        crate::storage::disk(&mut ctx).await?;
+    }
+    if want("hashed") {
+        crate::storage::hashed(&mut ctx).await?;
     }
     if as_json {
         println!("{}", serde_json::Value::Object(ctx.report));
@@ -494,39 +498,5 @@ async fn rss(ctx: &mut Ctx) -> Result<()> {
         "rss".into(),
         json!({"rss_kib": rss, "base_kib": base, "peak_kib": hwm, "model_kib": model_kib, "ratio": ratio}),
     );
-    Ok(())
-}
-
-/// Disk use after 100 commits of 1 % changes with --keep-last 10.
-async fn disk(ctx: &mut Ctx) -> Result<()> {
-    let dir = ctx.dir.join("disk");
-    let n = 10_000_000u64;
-    {
-        let (_p, _url, mut c) = spawn_server(&dir).await?;
-        create(&mut c, spec("disk", n as u32, pb::OptimizerKind::Sgd, 10)).await?;
-        for i in 0..100u64 {
-            let start = (i % 100) * (n / 100);
-            stream_pushes(&mut c, &dense_msgs("disk", start, n / 100, 1e-3), 1).await?;
-            commit(&mut c, "disk").await?;
-        }
-    }
-    let before = dir_bytes(&dir);
-    {
-        let (_p, _url, mut c) = spawn_server(&dir).await?;
-        let v = c.models.list_versions(pb::ModelRef { name: "disk".into() }).await?.into_inner().versions.len();
-        ctx.say(format!(
-            "disk after 100 commits of 1 % of a 10^7-float model, --keep-last 10: {} MiB ({v} versions kept; weights are {} MiB); reopened: {} MiB",
-            before >> 20,
-            (n * 4) >> 20,
-            dir_bytes(&dir) >> 20
-        ));
-        c.models.delete_model(pb::ModelRef { name: "disk".into() }).await?;
-        ctx.report.insert("disk".into(), json!({"bytes": before, "weights_bytes": n * 4, "versions": v}));
-    }
-    let deleted = dir_bytes(&dir);
-    spawn_server(&dir).await?;
-    let reopened = dir_bytes(&dir);
-    ctx.say(format!("disk after deleting that model: {} MiB; reopened: {} MiB", deleted >> 20, reopened >> 20));
-    ctx.report.insert("disk_after_delete".into(), json!({"bytes": deleted, "reopened_bytes": reopened}));
     Ok(())
 }

@@ -101,6 +101,15 @@ impl InitPlan {
         // each partition draws its own numbers (partition 0: the unpartitioned model's)
         InitPlan { seed: seed ^ (spec.partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15), scale, start }
     }
+
+    /// Writes tensor `t`'s initial weights from float `from` on into `out` (left as it is
+    /// for a tensor that starts at zero).
+    fn draw(&self, t: usize, from: usize, out: &mut [f32]) {
+        let Some(start) = self.start.get(t).copied().flatten() else { return };
+        // a normal takes two numbers of the stream
+        let mut rng = SplitMix64::at(self.seed, 2 * (start + from as u64));
+        out.iter_mut().for_each(|w| *w = (rng.next_normal() * self.scale) as f32);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -154,12 +163,9 @@ impl Params {
     /// Writes chunk `c` of tensor `t`'s initial weights, as [`Params::init`] draws them,
     /// without drawing the chunks before it.
     fn fill_init(&mut self, t: usize, c: usize) {
-        let ts = &mut self.tensors[t];
-        let range = ts.chunk_range(c);
-        let Some(start) = self.plan.start.get(t).copied().flatten() else { return };
-        // a normal takes two numbers of the stream
-        let mut rng = SplitMix64::at(self.plan.seed, 2 * (start + range.start as u64));
-        ts.w[range].iter_mut().for_each(|w| *w = (rng.next_normal() * self.plan.scale) as f32);
+        let range = self.tensors[t].chunk_range(c);
+        let plan = &self.plan;
+        plan.draw(t, range.start, &mut self.tensors[t].w[range]);
     }
 
     /// Appends the stored form of chunk `c` of tensor `t`'s initial content (what
@@ -168,10 +174,7 @@ impl Params {
         let ts = &self.tensors[t];
         let range = ts.chunk_range(c);
         let mut w = vec![0f32; range.len()];
-        if let Some(start) = self.plan.start.get(t).copied().flatten() {
-            let mut rng = SplitMix64::at(self.plan.seed, 2 * (start + range.start as u64));
-            w.iter_mut().for_each(|x| *x = (rng.next_normal() * self.plan.scale) as f32);
-        }
+        self.plan.draw(t, range.start, &mut w);
         let ema = self.ema_slot();
         out.reserve(range.len() * 4 * (1 + ts.slots.len()));
         for v in 0..=ts.slots.len() {
@@ -196,6 +199,12 @@ impl Params {
             let (w, ema) = (&ts.w[range.clone()], &mut ts.slots[e]);
             ema[range].copy_from_slice(w);
         }
+    }
+
+    /// Every float's bits, tensor by tensor, weights then slots: what two parameter sets
+    /// compare by when they must be bitwise the same.
+    pub fn content_bits(&self) -> Vec<u32> {
+        self.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
     }
 
     fn ema_slot(&self) -> Option<usize> {

@@ -3,8 +3,9 @@
 //! prefix of its chain, new bases written and flushed before any manifest names them,
 //! retained manifests rewritten atomically to equal content, and the blobs no manifest
 //! references any more deleted.
-use crate::keys::{be, piece_key};
-use crate::{Chain, Manifest, Ref, Result, Store, StoreError, PIECE_BYTES};
+use crate::blobs::Step;
+use crate::keys::be;
+use crate::{Chain, Manifest, Ref, Result, Store};
 use accrete_core::Params;
 use std::collections::HashSet;
 
@@ -31,36 +32,29 @@ impl Store {
     ) -> Result<()> {
         let _loading = self.blobs.read_recursive();
         let g = self.inner()?;
-        let trees = (g.tree(id, 'c')?, g.tree(id, 'd')?);
-        let corrupt = |message: String| StoreError::Corrupt { model: model.into(), message };
+        let x = g.tree(id, 'x')?;
         out.clear();
-        if chain.base == 0 {
-            init(out);
-        } else if !self.read_blob(&trees, &Ref::Base { t, c, v: chain.base }, out)? {
-            return Err(corrupt(format!("chunk {c} of tensor {t} (version {}) is missing", chain.base)));
-        }
-        let mut layer = Vec::new();
-        for l in &chain.layers {
-            if !self.read_blob(&trees, &Ref::Delta { t, c, hi: l.hi, lo: l.lo }, &mut layer)? {
-                return Err(corrupt(format!("delta layer {}..={} of chunk {c} of tensor {t} is missing", l.lo, l.hi)));
+        let mut init = Some(init);
+        self.walk_chain(&x, (id, model), (t, c), chain, &mut Vec::new(), |step| match step {
+            Step::Init => {
+                init.take().into_iter().for_each(|f| f(out));
+                Ok(())
             }
-            accrete_core::params::apply_to_whole(out, &layer)
-                .map_err(|e| corrupt(format!("chunk {c} of tensor {t}, layer {}..={}: {e}", l.lo, l.hi)))?;
-        }
-        Ok(())
+            Step::Base(b) => {
+                out.extend_from_slice(b);
+                Ok(())
+            }
+            Step::Layer(l) => accrete_core::params::apply_to_whole(out, l),
+        })
     }
 
     /// Writes bases — (version, tensor, chunk, whole blob): the chunk's content as of
-    /// that version — and flushes. Nothing names them yet.
+    /// that version — as one pack, indexed and flushed. Nothing names them yet.
     pub fn write_bases(&self, id: u64, bases: &[(u64, u32, u32, Vec<u8>)]) -> Result<()> {
         self.writing(|| {
-            let g = self.inner()?;
-            let ctree = g.tree(id, 'c')?;
-            for (v, t, c, blob) in bases {
-                for (i, piece) in blob.chunks(PIECE_BYTES).enumerate() {
-                    ctree.insert(piece_key(*v, *t, *c, i as u32), piece)?;
-                }
-            }
+            let blobs: Vec<(Ref, &[u8])> =
+                bases.iter().map(|(v, t, c, blob)| (Ref::Base { t: *t, c: *c, v: *v }, &blob[..])).collect();
+            self.put_blobs(id, &blobs)?;
             self.sync()
         })
     }

@@ -81,8 +81,7 @@ impl Store {
             let models = db.open_tree("models")?;
             *g = Some(Inner { db, models });
         }
-        self.unflushed.store(0, std::sync::atomic::Ordering::Release);
-        self.recover()
+        self.recover(false)
     }
 
     /// Rewrites the database with only its live data and gives the rest of the disk back

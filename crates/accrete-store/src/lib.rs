@@ -1,16 +1,17 @@
-//! Versioned parameter storage on sled.
+//! Versioned parameter storage: records and manifests in sled, chunk bytes in pack files.
 //!
-//! Layout of the database (one sled `Db` under `DATA_DIR/db`, a marker file
-//! `DATA_DIR/ACCRETE` saying the directory is ours):
+//! Layout of the data dir (a marker file `DATA_DIR/ACCRETE` saying the directory is ours
+//! and its format; one sled `Db` under `DATA_DIR/db`; packs under `DATA_DIR/packs`):
 //! - tree `models`: model name → [`ModelRecord`] (JSON);
 //! - tree `v.{id}`: version (u64 BE) → [`VersionRecord`] (JSON);
 //! - tree `f.{id}`: version (u64 BE) → [`Manifest`]: for every chunk of every tensor, its
 //!   chain: a base and the delta layers applied over it;
-//! - tree `c.{id}`: (version, tensor, chunk, piece) (BE) → a base: the chunk's whole
-//!   content as of that version (weights, then optimizer slots, little-endian f32), in
-//!   pieces; a model's version 1 is its init spec, base 0, and is never stored;
-//! - tree `d.{id}`: (hi, tensor, chunk, lo, piece) (BE) → a delta layer: the floats of the
-//!   chunk changed by the commits lo..=hi, with their values as of hi;
+//! - tree `x.{id}`: blob → where its bytes are (a pack, offset, length, CRC-32). A blob
+//!   is a base — the chunk's whole content as of a version (weights, then optimizer
+//!   slots, little-endian f32); a model's version 1 is its init spec, base 0, and is
+//!   never stored — or a delta layer: the floats of the chunk changed by the commits
+//!   lo..=hi, with their values as of hi (keys: `keys.rs`);
+//! - `packs/{id}/{n}.pack`: the blobs' bytes, written once (`packs.rs`);
 //! - tree `q.{id}`: request id → the record of the version it made;
 //! - tree `i.{id}`: worker id → its latest incarnation (u64 BE), bumped at every join and
 //!   flushed before the join is answered, so incarnations only grow, across restarts;
@@ -18,19 +19,21 @@
 //!   (u64 BE), so a model created again under the name starts past it and a push computed
 //!   against the deleted one is refused as stale.
 //!
-//! A commit writes the changed chunks (bases or deltas) under its own version number, then
-//! the manifest and the version record, then flushes: a version is visible only once
-//! everything it references is durable. Blobs keyed by a version that has no record are
-//! the leftovers of a crashed commit and are removed at open. Rollback writes only a
-//! manifest and a record.
+//! A commit writes the changed chunks (bases or deltas) as a pack, fsynced, and indexes
+//! them under its own version number, then writes the manifest and the version record,
+//! then flushes: a version is visible only once everything it references is durable.
+//! Blobs indexed under a version that has no record are the leftovers of a crashed commit
+//! and are removed at open, with packs nothing indexes. Rollback writes only a manifest
+//! and a record.
 //!
-//! `DATA_DIR/ACCRETE` names the on-disk format ([`FORMAT`]). Format 1 (no delta layers,
-//! manifests of one version per chunk) is read as it is and its marker rewritten once it
-//! opened; a newer format is refused.
+//! `DATA_DIR/ACCRETE` names the on-disk format ([`FORMAT`]). Formats 1 (no delta layers,
+//! manifests of one version per chunk) and 2 (blobs in sled) are migrated when opened
+//! (`migrate.rs`) and the marker rewritten after; a newer format is refused.
 //! The database can be reopened (after a failed write) or compacted (after a delete) while
 //! the store is shared: see `db.rs`.
 //! Architecture invariant: a version's chunks and manifest are never modified after the
-//! version is written; only its record's tags and metrics change.
+//! version is written (compaction replaces a manifest only by one of bitwise-equal
+//! content); only its record's tags and metrics change.
 
 mod batch;
 mod blobs;
@@ -38,6 +41,8 @@ mod compaction;
 mod db;
 mod keys;
 pub mod manifest;
+mod migrate;
+mod packs;
 mod reclaim;
 mod records;
 
@@ -55,7 +60,7 @@ use std::sync::Arc;
 
 const MARKER: &str = "ACCRETE";
 /// The on-disk format this binary writes (and the newest it reads).
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 const MARKER_PREFIX: &str = "accrete data dir, format ";
 
 fn marker_text(format: u32) -> String {
@@ -109,7 +114,6 @@ pub struct Store {
     inner: Arc<RwLock<Option<Inner>>>,
     dir: PathBuf,
     cache_bytes: u64,
-    unflushed: Arc<std::sync::atomic::AtomicU64>,
     /// Set when a write failed with an IO error, until the database is opened again.
     failed: Arc<parking_lot::Mutex<Option<db::Failed>>>,
     /// Held (read) by a version's load from its manifest to its last blob, and (write) by
@@ -118,6 +122,7 @@ pub struct Store {
     blobs: Arc<RwLock<()>>,
     /// The live bytes last counted by [`Store::reclaim_if_wasteful`] (one looks at a time).
     reclaim: Arc<parking_lot::Mutex<u64>>,
+    packs: Arc<packs::Packs>,
 }
 
 impl std::fmt::Debug for Store {
@@ -126,15 +131,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Chunk blobs are stored as pieces of at most this many bytes. sled 0.34 keeps large
-/// values resident whatever its cache size (measured: RSS grows with every byte written
-/// as 192 KiB values, stays near the cache size with 8 KiB ones).
-pub(crate) const PIECE_BYTES: usize = 8 * 1024;
-
 /// The least a delete must free before the store is compacted for it.
 const COMPACT_AT_BYTES: u64 = 16 << 20;
 
-/// Unflushed bytes after which a long write flushes, so sled's dirty buffers stay bounded.
+/// Bytes a compaction copies between flushes, so sled's dirty buffers stay bounded.
 pub(crate) const FLUSH_EVERY_BYTES: u64 = 8 << 20;
 
 impl Store {
@@ -167,22 +167,27 @@ impl Store {
             }
         };
         finish_compaction(dir).map_err(io)?;
+        let packs = Arc::new(packs::Packs::open(&dir.join("packs")).map_err(io)?);
         let db = open_db(dir, cache_bytes)?;
         let models = db.open_tree("models")?;
         let store = Store {
             inner: Arc::new(RwLock::new(Some(Inner { db, models }))),
             dir: dir.to_path_buf(),
             cache_bytes,
-            unflushed: Default::default(),
             failed: Default::default(),
             blobs: Default::default(),
             reclaim: Default::default(),
+            packs,
         };
-        store.recover()?;
+        if format < 3 {
+            // (format 1's manifests decode as chains without layers, its chunks are bases)
+            let moved = store.migrate_pieces()?;
+            tracing::info!(dir = %dir.display(), blobs = moved, "moved the blobs out of the database into packs");
+        }
+        store.recover(true)?;
         if format < FORMAT {
-            // Format 1 reads as format 2 as it is (its manifests decode as chains without
-            // layers, its chunks are bases): only the marker changes, atomically, once the
-            // database opened and recovered. A crash before the rename leaves format 1.
+            // The marker changes atomically, once the data moved and the database
+            // recovered. A crash before the rename leaves the old format, migrated again.
             let tmp = dir.join(format!("{MARKER}.tmp"));
             std::fs::write(&tmp, marker_text(FORMAT)).and_then(|_| std::fs::rename(&tmp, &marker)).map_err(io)?;
             tracing::info!(dir = %dir.display(), from = format, to = FORMAT, "migrated the data dir's format");
@@ -200,30 +205,38 @@ impl Store {
     /// retained manifest references (a retention pass that dropped the records, then
     /// crashed before the chunks); and, should any remain from a store written before
     /// retention dropped records first, versions whose chunks are gone (logged), so every
-    /// listed version can be read.
-    fn recover(&self) -> Result<()> {
+    /// listed version can be read. At open (`orphans`), also the packs of models that do
+    /// not exist and the packs nothing indexes (nothing else runs then).
+    fn recover(&self, orphans: bool) -> Result<()> {
         let g = self.inner()?;
         let ids: HashSet<u64> = self.models()?.iter().map(|m| m.id).collect();
         for name in g.db.tree_names() {
             let name = String::from_utf8_lossy(&name).to_string();
             let id = name
                 .split_once('.')
-                .and_then(|(p, id)| ["v", "f", "c", "d", "i", "q"].contains(&p).then(|| id.parse::<u64>().ok()))
+                .and_then(|(p, id)| ["v", "f", "x", "c", "d", "i", "q"].contains(&p).then(|| id.parse::<u64>().ok()))
                 .flatten();
             if id.is_some_and(|id| !ids.contains(&id)) {
                 g.db.drop_tree(name.as_bytes())?;
             }
         }
-        for id in ids {
+        for &id in &ids {
             let last = g.tree(id, 'v')?.last()?.map(|(k, _)| u64_key(&k)).unwrap_or(0);
             // (every blob key starts with its version: a base's, a layer's newest)
-            for t in ['c', 'd', 'f'] {
+            for t in ['x', 'f'] {
                 let tree = g.tree(id, t)?;
                 for k in tree.range(be(last + 1)..).keys() {
                     tree.remove(k?)?;
                 }
             }
-            self.collect_chunks(id)?;
+            self.collect_chunks(id, orphans)?;
+        }
+        if orphans {
+            for id in self.packs.models().map_err(|e| self.io(e))? {
+                if !ids.contains(&id) {
+                    self.packs.remove_model(id).map_err(|e| self.io(e))?;
+                }
+            }
         }
         self.sync()
     }
@@ -303,12 +316,13 @@ impl Store {
                 g.models.remove(rec.spec.name.as_bytes())?;
                 g.db.flush()?;
                 let mut freed = 0u64;
-                for kind in ['v', 'f', 'c', 'd', 'i', 'q'] {
+                for kind in ['v', 'f', 'x', 'i', 'q'] {
                     let tree = g.tree(rec.id, kind)?;
                     freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
                     g.db.drop_tree(format!("{kind}.{}", rec.id))?;
                 }
                 self.sync()?;
+                self.packs.remove_model(rec.id).map_err(|e| self.io(e))?;
                 // The data that stays, counted only as far as `freed` (a bounded scan).
                 let mut rest = 0u64;
                 'count: for name in g.db.tree_names() {
@@ -442,7 +456,6 @@ impl Store {
 
     fn sync(&self) -> Result<()> {
         let g = self.inner()?;
-        self.unflushed.store(0, std::sync::atomic::Ordering::Release);
         g.db.flush()?;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Store tests on a real sled database in a temp dir.
 use super::*;
-use crate::keys::{be, chunk_key, layer_key, piece_key};
+use crate::keys::{be, blob_key, layer_piece_key, piece_key};
 use accrete_core::Params;
 use accrete_core::{ModelKind, ModelSpec};
 
@@ -28,6 +28,32 @@ fn all_chunks(p: &Params) -> ChunkBatch {
         }
     }
     out
+}
+
+/// Whether model 1 has blob `r` indexed.
+fn has(s: &Store, r: Ref) -> bool {
+    s.tree(1, 'x').unwrap().contains_key(blob_key(&r)).unwrap()
+}
+
+/// Rewrites model `id`'s blobs as format 2 stored them (in sled, 8 KiB pieces, trees `c`
+/// and `d`), packs and index gone.
+fn to_format_2(s: &Store, id: u64) {
+    let mut buf = Vec::new();
+    for (r, loc) in s.indexed(id).unwrap() {
+        assert!(matches!(s.packs.read(id, &loc, &mut buf).unwrap(), crate::packs::Read::Ok));
+        for (i, piece) in buf.chunks(8192).enumerate() {
+            let i = i as u32;
+            match r {
+                Ref::Base { t, c, v } => s.tree(id, 'c').unwrap().insert(piece_key(v, t, c, i), piece).unwrap(),
+                Ref::Delta { t, c, hi, lo } => {
+                    s.tree(id, 'd').unwrap().insert(layer_piece_key(hi, t, c, lo, i), piece).unwrap()
+                }
+            };
+        }
+    }
+    s.tree(id, 'x').unwrap().clear().unwrap();
+    s.flush().unwrap();
+    s.packs.remove_model(id).unwrap();
 }
 
 #[test]
@@ -72,15 +98,18 @@ fn leftovers_of_a_crashed_commit_are_removed_at_open() {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         s.put_model(&model_record(1)).unwrap();
         s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
-        // chunks of version 2 written, but its record never landed
-        let mut b = sled::Batch::default();
-        b.insert(&piece_key(2, 0, 0, 0), &b"x"[..]);
-        s.tree(1, 'c').unwrap().apply_batch(b).unwrap();
+        // chunks of version 2 written, but its record never landed; a pack nothing names
+        let mut first = all_chunks(&p);
+        first.chunks.truncate(1);
+        s.write_chunks(1, 2, &first).unwrap();
         s.flush().unwrap();
+        std::fs::write(s.packs.path(1, 999), b"a crash between a pack and its index").unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    assert!(s.tree(1, 'c').unwrap().get(piece_key(2, 0, 0, 0)).unwrap().is_none());
-    assert!(s.tree(1, 'c').unwrap().get(piece_key(1, 0, 0, 0)).unwrap().is_some());
+    assert!(!has(&s, Ref::Base { t: 0, c: 0, v: 2 }), "version 2's chunk");
+    assert!(has(&s, Ref::Base { t: 0, c: 0, v: 1 }));
+    assert_eq!(s.packs.list(1).unwrap().len(), 1, "only version 1's pack is left");
+    assert_eq!(load(&s, 1, 1, &spec()), p.content_bits());
 }
 
 #[test]
@@ -184,11 +213,7 @@ fn load(s: &Store, id: u64, v: u64, spec: &ModelSpec) -> Vec<u32> {
     let mut q = Params::zeros(spec);
     q.tensors.iter_mut().for_each(|t| t.w.fill(7.0));
     s.load_params(id, "m", &m, &mut q).unwrap();
-    q.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
-}
-
-fn bits_of(p: &Params) -> Vec<u32> {
-    p.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
+    q.content_bits()
 }
 
 #[test]
@@ -197,24 +222,29 @@ fn versions_read_as_init_spec_plus_layers_bitwise_and_retention_keeps_what_they_
     let want = {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         let want = delta_versions(&s, 1);
-        assert!(s.tree(1, 'c').unwrap().scan_prefix(chunk_key(1, 0, 0)).next().is_none(), "version 1 is not stored");
-        assert!(s.tree(1, 'd').unwrap().scan_prefix(layer_key(3, 0, 1, 3)).next().is_some(), "a layer");
-        assert!(s.tree(1, 'c').unwrap().scan_prefix(chunk_key(4, 0, 2)).next().is_some(), "a whole chunk");
+        assert!(!has(&s, Ref::Base { t: 0, c: 0, v: 1 }), "version 1 is not stored");
+        assert!(has(&s, Ref::Delta { t: 0, c: 1, hi: 3, lo: 3 }), "a layer");
+        assert!(has(&s, Ref::Base { t: 0, c: 2, v: 4 }), "a whole chunk");
         let m3 = s.manifest(1, 3, "m").unwrap().unwrap();
         assert_eq!(m3.tensors[0][1].layers.len(), 2);
         want
     };
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     for v in 1..=4 {
-        assert_eq!(load(&s, 1, v, &hashed()), bits_of(&want[v as usize - 1]), "version {v} after a reopen");
+        assert_eq!(
+            load(&s, 1, v, &hashed()),
+            Params::content_bits(&want[v as usize - 1]),
+            "version {v} after a reopen"
+        );
     }
     // versions 2 and 3 go; 4 still reads through their layers
     s.drop_versions(1, "m", &[2, 3], &[1, 4]).unwrap();
-    assert!(s.tree(1, 'd').unwrap().scan_prefix(layer_key(2, 0, 1, 2)).next().is_some(), "version 4 needs it");
-    assert_eq!(load(&s, 1, 4, &hashed()), bits_of(&want[3]));
+    assert!(has(&s, Ref::Delta { t: 0, c: 1, hi: 2, lo: 2 }), "version 4 needs it");
+    assert_eq!(load(&s, 1, 4, &hashed()), Params::content_bits(&want[3]));
     s.drop_versions(1, "m", &[4], &[1]).unwrap();
-    assert_eq!(s.tree(1, 'd').unwrap().len() + s.tree(1, 'c').unwrap().len(), 0, "nothing left but the init spec");
-    assert_eq!(load(&s, 1, 1, &hashed()), bits_of(&want[0]));
+    assert_eq!(s.indexed(1).unwrap().len(), 0, "nothing left but the init spec");
+    assert_eq!(s.packs.list(1).unwrap(), Vec::<u64>::new(), "and no pack");
+    assert_eq!(load(&s, 1, 1, &hashed()), Params::content_bits(&want[0]));
 }
 
 #[test]
@@ -223,47 +253,96 @@ fn a_crashed_commits_layers_are_removed_at_open_and_a_missing_layer_drops_its_ve
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         delta_versions(&s, 1);
-        let d = s.tree(1, 'd').unwrap();
-        d.insert(crate::keys::layer_piece_key(5, 0, 1, 5, 0), &b"x"[..]).unwrap();
-        for k in d.scan_prefix(layer_key(3, 0, 1, 3)).keys() {
-            d.remove(k.unwrap()).unwrap();
-        }
+        let mut layer = ChunkBatch::default();
+        layer.push_blob(0, 1, true, |b| b.extend_from_slice(b"x"));
+        s.write_chunks(1, 5, &layer).unwrap();
+        s.tree(1, 'x').unwrap().remove(blob_key(&Ref::Delta { t: 0, c: 1, hi: 3, lo: 3 })).unwrap();
         s.flush().unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    assert!(s.tree(1, 'd').unwrap().scan_prefix(layer_key(5, 0, 1, 5)).next().is_none());
+    assert!(!has(&s, Ref::Delta { t: 0, c: 1, hi: 5, lo: 5 }));
     let listed: Vec<u64> = s.versions(1).unwrap().iter().map(|v| v.version).collect();
     assert_eq!(listed, vec![1, 2], "versions 3 and 4 read layer 3, which is gone");
 }
 
 #[test]
-fn a_format_1_dir_is_migrated_and_a_newer_format_refused() {
+fn format_1_and_2_dirs_are_migrated_and_a_newer_format_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = Params::init(&spec());
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         s.put_model(&model_record(1)).unwrap();
         s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
-        // what format 1 wrote: its manifest encoding, its marker
+        // what format 1 wrote: its manifest encoding, chunks in sled, its marker
         let f1 = manifest::encode_v1(&Manifest::full(&p, 1));
         s.tree(1, 'f').unwrap().insert(be(1), f1).unwrap();
-        s.flush().unwrap();
+        to_format_2(&s, 1);
     }
     std::fs::write(dir.path().join(MARKER), "accrete data dir, format 1\n").unwrap();
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(load(&s, 1, 1, &spec()), bits_of(&p));
+        assert_eq!(load(&s, 1, 1, &spec()), p.content_bits());
+        assert!(s.tree(1, 'c').unwrap().is_empty(), "the chunks moved out of sled");
     }
     let marker = std::fs::read_to_string(dir.path().join(MARKER)).unwrap();
     assert_eq!(marker, format!("accrete data dir, format {FORMAT}\n"));
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    assert_eq!(load(&s, 1, 1, &spec()), bits_of(&p));
+    assert_eq!(load(&s, 1, 1, &spec()), p.content_bits());
     drop(s);
     std::fs::write(dir.path().join(MARKER), "accrete data dir, format 9\n").unwrap();
     let e = Store::open(dir.path(), 1 << 20).unwrap_err();
     assert!(matches!(e, StoreError::NewerFormat { found: 9, .. }), "{e}");
     assert!(e.to_string().contains("newer accrete (on-disk format 9)"), "{e}");
     assert_eq!(std::fs::read_to_string(dir.path().join(MARKER)).unwrap(), "accrete data dir, format 9\n");
+
+    // format 2: bases and delta layers in sled, moved twice by a crash before the marker
+    let dir = tempfile::tempdir().unwrap();
+    let want = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let want = delta_versions(&s, 1);
+        to_format_2(&s, 1);
+        want
+    };
+    std::fs::write(dir.path().join(MARKER), "accrete data dir, format 2\n").unwrap();
+    drop(Store::open(dir.path(), 1 << 20).unwrap());
+    std::fs::write(dir.path().join(MARKER), "accrete data dir, format 2\n").unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for v in 1..=4 {
+        assert_eq!(load(&s, 1, v, &hashed()), want[v as usize - 1].content_bits(), "version {v}");
+    }
+    let named: HashSet<u64> = s.indexed(1).unwrap().iter().map(|(_, l)| l.pack).collect();
+    assert_eq!(s.packs.list(1).unwrap().len(), named.len(), "no pack that nothing names");
+}
+
+#[test]
+fn a_pack_mostly_dropped_is_rewritten_and_a_damaged_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    let p = Params::init(&spec());
+    s.put_model(&model_record(1)).unwrap();
+    s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
+    // version 2 writes every chunk but the last of tensor 0 (its smallest) again
+    let mut m2 = Manifest::full(&p, 2);
+    m2.tensors[0][2] = Chain::whole(1);
+    let mut two = all_chunks(&p);
+    two.chunks.retain(|e| (e.t, e.c) != (0, 2));
+    s.write_version(1, &version(2, Some(1)), &m2, &two).unwrap();
+    let [first, _] = s.packs.list(1).unwrap()[..] else { panic!("two packs") };
+    let before = s.packs.size(1, first);
+    s.drop_versions(1, "m", &[1], &[2]).unwrap();
+    let packs = s.packs.list(1).unwrap();
+    assert!(!packs.contains(&first), "rewritten: {packs:?}");
+    let rewritten = *packs.iter().max().unwrap();
+    assert!(s.packs.size(1, rewritten) * 2 < before, "{} of {before}", s.packs.size(1, rewritten));
+    assert_eq!(load(&s, 1, 2, &spec()), p.content_bits());
+    // a flipped bit in a pack is damage, named
+    let path = s.packs.path(1, rewritten);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let m = s.manifest(1, 2, "m").unwrap().unwrap();
+    let e = s.load_params(1, "m", &m, &mut Params::zeros(&spec())).unwrap_err();
+    assert!(e.to_string().contains("chunk 2 of tensor 0 (version 1)") && e.to_string().contains("checksum"), "{e}");
 }
 
 #[test]
@@ -303,10 +382,7 @@ fn a_listed_version_whose_chunks_are_gone_is_dropped_at_open() {
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         two_versions(&s, &p);
-        let ctree = s.tree(1, 'c').unwrap();
-        for k in ctree.scan_prefix(chunk_key(2, 0, 1)).keys() {
-            ctree.remove(k.unwrap()).unwrap();
-        }
+        s.tree(1, 'x').unwrap().remove(blob_key(&Ref::Base { t: 0, c: 1, v: 2 })).unwrap();
         s.flush().unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -329,10 +405,10 @@ fn retention_drops_records_before_chunks_and_open_collects_what_a_crash_left() {
         s.tree(1, 'v').unwrap().remove(be(2)).unwrap();
         s.tree(1, 'f').unwrap().remove(be(2)).unwrap();
         s.flush().unwrap();
-        assert!(s.tree(1, 'c').unwrap().scan_prefix(chunk_key(2, 0, 1)).next().is_some());
+        assert!(has(&s, Ref::Base { t: 0, c: 1, v: 2 }));
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
-    assert!(s.tree(1, 'c').unwrap().scan_prefix(chunk_key(2, 0, 1)).next().is_none(), "orphan chunk collected");
+    assert!(!has(&s, Ref::Base { t: 0, c: 1, v: 2 }), "orphan chunk collected");
     let m = s.manifest(1, 1, "m").unwrap().unwrap();
     s.load_params(1, "m", &m, &mut Params::zeros(&spec())).expect("version 1 untouched");
     // and retention itself frees only what no kept version references

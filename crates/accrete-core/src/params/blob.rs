@@ -234,10 +234,6 @@ mod tests {
         s
     }
 
-    fn bits_of(p: &Params) -> Vec<u32> {
-        p.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
-    }
-
     /// Updates rows `keys` of tensor `h` and returns the chunk-1 change's bitmap.
     fn touch(p: &mut Params, keys: &[u64]) {
         let h = p.tensor_index("h").unwrap();
@@ -259,7 +255,7 @@ mod tests {
                     q.init_chunk(t, c);
                 }
             }
-            assert_eq!(bits_of(&q), bits_of(&init), "{kind:?}");
+            assert_eq!(q.content_bits(), init.content_bits(), "{kind:?}");
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for t in 0..init.tensors.len() {
                 for c in 0..init.tensors[t].chunks() {
@@ -286,7 +282,7 @@ mod tests {
         assert_eq!(blob.len(), delta_len(3, 1 + p.tensors[h].slots.len()));
         let mut q = before.clone();
         q.apply_delta(h, 1, &blob).unwrap();
-        assert_eq!(bits_of(&q), bits_of(&p), "old content + delta = new content");
+        assert_eq!(q.content_bits(), p.content_bits(), "old content + delta = new content");
         // the same over the whole chunk's stored form
         let (mut whole, mut want) = (Vec::new(), Vec::new());
         before.encode_chunk(h, 1, &mut whole);
@@ -301,7 +297,7 @@ mod tests {
         swapped[8..12].copy_from_slice(&[5, 0, 3, 0]);
         assert!(q.apply_delta(h, 1, &swapped).unwrap_err().to_string().contains("out of order"));
         assert!(q.apply_delta(p.tensor_index("b").unwrap(), 0, &blob).is_err(), "offsets past a short chunk");
-        assert_eq!(bits_of(&q), bits_of(&p));
+        assert_eq!(q.content_bits(), p.content_bits());
     }
 
     #[test]
@@ -327,7 +323,7 @@ mod tests {
         assert_eq!(Delta::parse(&abc, CHUNK_FLOATS).unwrap().n, 7);
         let mut q = base.clone();
         q.apply_delta(h, 0, &abc).unwrap();
-        assert_eq!(bits_of(&q), bits_of(&p));
+        assert_eq!(q.content_bits(), p.content_bits());
         assert!(merge(&layers[0], &layers[1][..9], &mut Vec::new()).is_err());
     }
 }

@@ -586,11 +586,6 @@ fn a_part_of_an_update_without_values_here_counts_the_update_and_its_step() {
     assert_eq!((e.status().updates, e.params.steps), (1, 1));
 }
 
-/// The content of `e`'s params as bits, every tensor's weights and slots.
-fn content_bits(p: &Params) -> Vec<u32> {
-    p.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
-}
-
 /// Applies a snapshot's blobs over `base` (a stored version's content), as a reader of
 /// the version it becomes does.
 fn apply_snapshot(base: &mut Params, snap: &Snapshot) {
@@ -638,14 +633,14 @@ fn sparse_rows_commit_as_delta_layers_and_waiting_ones_coalesce_to_the_same_cont
     for s in &e.pending {
         apply_snapshot(&mut stepwise, s);
     }
-    assert_eq!(content_bits(&stepwise), content_bits(&e.params));
+    assert_eq!(stepwise.content_bits(), e.params.content_bits());
     // coalesced: deltas merged, a delta over a whole chunk folded into it
     let one = e.coalesce_pending().unwrap();
     let forms: Vec<(u32, bool)> = one.chunks.chunks.iter().map(|x| (x.c, x.delta)).collect();
     assert_eq!(forms, vec![(0, true), (1, true), (2, true), (3, false)]);
     let mut merged = base.clone();
     apply_snapshot(&mut merged, &one);
-    assert_eq!(content_bits(&merged), content_bits(&e.params));
+    assert_eq!(merged.content_bits(), e.params.content_bits());
 }
 
 #[test]
@@ -678,7 +673,7 @@ fn chunks_changed_since_the_head_include_waiting_snapshots_and_a_chunk_install_r
     assert!(e.install_chunks(&short, 0, 2, 2, t0).is_err(), "a chunk of the wrong size is refused");
     assert_eq!(e.status().epoch, 1, "and nothing changed");
     e.install_chunks(&batch, head.steps, 2, 2, t0).unwrap();
-    assert_eq!(content_bits(&e.params), content_bits(&head));
+    assert_eq!(e.params.content_bits(), head.content_bits());
     assert!(e.changed_since_head().is_empty());
     assert_eq!((e.pending_len(), e.status().epoch, e.status().head), (0, 2, 2));
 }

@@ -11,14 +11,12 @@ use accrete_core::{ModelKind, OptimizerKind, OptimizerSpec};
 use std::collections::BTreeMap;
 
 fn content(h: &ModelHandle) -> Vec<u32> {
-    h.with_live(|c| {
-        c.params.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
-    })
+    h.with_live(|c| c.params.content_bits())
 }
 
 fn stored(h: &ModelHandle, v: u64) -> Vec<u32> {
     let (_, p) = h.load_version(v).unwrap_or_else(|e| panic!("version {v}: {e}"));
-    p.tensors.iter().flat_map(|t| t.w.iter().chain(t.slots.iter().flatten())).map(|x| x.to_bits()).collect()
+    p.content_bits()
 }
 
 fn push_rows(h: &ModelHandle, keys: &[u64], g: f32) {
