@@ -309,7 +309,7 @@ async fn commit_policy_and_retention_keep_tagged_versions() {
 #[tokio::test]
 async fn retention_frees_disk_space() {
     // Two models of 2^20 floats each get 30 commits that each rewrite everything; one keeps
-    // the last 2 versions. Measured on the reopened database (sled frees space lazily).
+    // the last 2 versions. Measured on the reopened data dir.
     let tmp = tempfile::tempdir().unwrap();
     let mut sizes = Vec::new();
     for keep_last in [0u32, 2] {
@@ -329,10 +329,11 @@ async fn retention_frees_disk_space() {
         s.stop().await;
         sizes.push(dir_size(&dir));
     }
-    // sled reclaims segments lazily: keeping 2 of 31 versions measured 60-82 MB against
-    // ~240 MB here, so the bound leaves room for its timing.
+    // Chunks are in pack files, deleted once no version needs them; sled (records and
+    // manifests) reclaims lazily, so the bound leaves it room: keeping 2 of 31 versions
+    // holds ~1/15 of the chunks.
     assert!(
-        sizes[1] * 2 < sizes[0],
+        sizes[1] * 5 < sizes[0],
         "disk use with --keep-last 2: {} bytes, keeping all: {} bytes",
         sizes[1],
         sizes[0]

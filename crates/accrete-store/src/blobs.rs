@@ -254,21 +254,30 @@ impl Store {
     /// Returns the number of blobs freed.
     ///
     /// Crash order: the records and manifests go first, in one atomic batch per tree,
-    /// and are flushed; only then the blobs. A crash in between leaves blobs that nothing
-    /// references (collected at the next open), never a listed version without its data.
+    /// and are flushed; only then the blobs (their index entries, flushed, then the
+    /// packs). A crash in between leaves blobs that nothing references (collected at the
+    /// next open), never a listed version without its data.
     pub fn drop_versions(&self, id: u64, model: &str, drop: &[u64], keep: &[u64]) -> Result<u64> {
         self.writing(|| {
             let g = self.inner()?;
-            let mut referenced = HashSet::new();
-            for v in keep {
-                if let Some(m) = self.manifest(id, *v, model)? {
-                    referenced.extend(m.refs());
-                }
-            }
-            let mut unreferenced = Vec::new();
+            let mut unreferenced = HashSet::new();
             for v in drop {
                 if let Some(m) = self.manifest(id, *v, model)? {
-                    unreferenced.extend(m.refs().filter(|e| !referenced.contains(e)));
+                    unreferenced.extend(m.refs());
+                }
+            }
+            // Oldest kept first: retention drops the oldest versions, whose blobs the next
+            // kept ones mostly share (chains grow by layers), so the set empties early.
+            let mut keep = keep.to_vec();
+            keep.sort_unstable();
+            for v in keep {
+                if unreferenced.is_empty() {
+                    break;
+                }
+                if let Some(m) = self.manifest(id, v, model)? {
+                    m.refs().for_each(|r| {
+                        unreferenced.remove(&r);
+                    });
                 }
             }
             let (mut records, mut manifests) = (sled::Batch::default(), sled::Batch::default());
@@ -278,12 +287,15 @@ impl Store {
             }
             g.tree(id, 'v')?.apply_batch(records)?;
             g.tree(id, 'f')?.apply_batch(manifests)?;
+            if unreferenced.is_empty() {
+                // Not flushed: a crash brings the versions back whole, and retention drops
+                // them again. (Any later deletion of blobs flushes this first.)
+                return Ok(0);
+            }
             self.sync()?;
+            let mut unreferenced: Vec<Ref> = unreferenced.into_iter().collect();
             unreferenced.sort_unstable();
-            unreferenced.dedup();
-            let freed = self.delete_blobs(id, &unreferenced)?;
-            self.sync()?;
-            Ok(freed)
+            self.delete_blobs(id, &unreferenced)
         })
     }
 

@@ -1,12 +1,13 @@
-//! Giving disk space back. sled 0.34 reuses the space of deleted data lazily and never
-//! shrinks its file, so a store whose versions are retained away and compacted keeps
-//! the disk of its highest point, and more (measured: 73 MiB on disk for ~30 MiB of live
-//! data after 60 commits of a 16 MiB model). Even a fresh sequential copy takes about 1.7x
-//! its data (8 KiB values), and a database in use 2-2.5x; so when the file has grown past
-//! twice its live data plus [`SLACK`], the store is compacted ([`Store::compact`]: a copy
-//! of the live data swapped in by renames; every store call waits meanwhile, about a
-//! second per 200 MiB, so it is done only for stores of at most [`AUTO_MAX`] live). A
-//! lower bound would copy again and again: the copy itself lands above it.
+//! Giving sled's disk space back. sled 0.34 reuses the space of deleted data lazily and
+//! never shrinks its file: even a fresh sequential copy takes about 1.7x its data (8 KiB
+//! values), and a database in use 2-2.5x. It now holds only records, manifests and the
+//! blob index (the blobs are in pack files), but manifests are rewritten often (every
+//! commit, every compaction step), so when the file has grown past twice its live data
+//! plus [`SLACK`], the store is compacted ([`Store::compact`]: a copy of the live data
+//! swapped in by renames; every store call waits meanwhile, so it is done only for stores
+//! of at most [`AUTO_MAX`] live). A lower bound would copy again and again: the copy
+//! itself lands above it; a small slack did (measured: a 2^24-row model's commits and
+//! compactions copied its few MiB of records over and over, holding every commit up).
 //!
 //! Counting the live data reads the whole database, so it is counted only when the file
 //! has outgrown the last count by that margin: the counting costs no more, over time,
@@ -15,7 +16,7 @@
 use crate::{Result, Store};
 
 /// Disk the file may hold beyond twice its live data.
-const SLACK: u64 = 8 << 20;
+const SLACK: u64 = 32 << 20;
 /// The most live data the store compacts by itself.
 const AUTO_MAX: u64 = 1 << 30;
 

@@ -171,27 +171,27 @@ impl Params {
         let base = c * CHUNK_FLOATS;
         let n: usize = bits.iter().map(|w| w.count_ones() as usize).sum();
         let vecs = 1 + ts.slots.len();
-        out.reserve(delta_len(n, vecs));
-        out.extend_from_slice(&[b'D', vecs as u8, 0, 0]);
-        out.extend_from_slice(&(n as u32).to_le_bytes());
-        let set = || {
-            bits.iter().take(CHUNK_WORDS).enumerate().flat_map(|(i, w)| {
-                let mut w = *w;
-                std::iter::from_fn(move || {
-                    (w != 0).then(|| {
-                        let b = w.trailing_zeros() as usize;
-                        w &= w - 1;
-                        64 * i + b
-                    })
-                })
-            })
-        };
-        for o in set() {
-            out.extend_from_slice(&(o as u16).to_le_bytes());
-        }
-        for v in vectors(ts) {
-            for o in set() {
-                out.extend_from_slice(&v[base + o].to_le_bytes());
+        let start = out.len();
+        out.resize(start + delta_len(n, vecs), 0);
+        let (head, body) = out[start..].split_at_mut(HEADER);
+        head[..4].copy_from_slice(&[b'D', vecs as u8, 0, 0]);
+        head[4..].copy_from_slice(&(n as u32).to_le_bytes());
+        let (offsets, values) = body.split_at_mut(2 * n);
+        // One pass over the set bits, each float's vectors read together: the reads are
+        // scattered (a commit of random rows misses the cache at every one), and
+        // independent, so the processor overlaps them.
+        let mut i = 0;
+        for (word, w) in bits.iter().take(CHUNK_WORDS).enumerate() {
+            let mut w = *w;
+            while w != 0 {
+                let o = 64 * word + w.trailing_zeros() as usize;
+                w &= w - 1;
+                offsets[2 * i..2 * i + 2].copy_from_slice(&(o as u16).to_le_bytes());
+                for (k, v) in vectors(ts).enumerate() {
+                    let at = 4 * (k * n + i);
+                    values[at..at + 4].copy_from_slice(&v[base + o].to_le_bytes());
+                }
+                i += 1;
             }
         }
     }
