@@ -10,31 +10,56 @@ use std::collections::{HashMap, HashSet};
 
 impl Store {
     /// Every blob indexed for model `id`, with where it is.
+    /// An entry that does not decode is damage, named (never taken for a blob that is not
+    /// stored: that would drop the versions it belongs to).
     pub(crate) fn indexed(&self, id: u64) -> Result<Vec<(Ref, Loc)>> {
         let g = self.inner()?;
         let mut out = Vec::new();
         for kv in g.tree(id, 'x')?.iter() {
             let (k, v) = kv?;
-            if let (Some(r), Some(loc)) = (ref_of_blob_key(&k), Loc::decode(&v)) {
-                out.push((r, loc));
+            match (ref_of_blob_key(&k), Loc::decode(&v)) {
+                (Some(r), Some(loc)) => out.push((r, loc)),
+                _ => {
+                    let message =
+                        format!("blob index entry {k:02x?} of model id {id} does not decode ({} bytes)", v.len());
+                    return Err(StoreError::Corrupt { model: format!("id {id}"), message });
+                }
             }
         }
         Ok(out)
     }
 
     /// Deletes blobs no retained manifest references, and drops the records of versions
-    /// whose manifest names a blob that is not stored; at open (`orphans`), also the
-    /// packs nothing indexes (a crash between a pack and its index entries).
-    pub(crate) fn collect_chunks(&self, id: u64, orphans: bool) -> Result<()> {
+    /// whose manifest names a blob that is not stored; first the packs nothing indexes (a
+    /// crash between a pack and its index entries, or in a rewrite), and the pack counter
+    /// moves past every pack named. At open only (nothing else runs then).
+    pub(crate) fn collect_chunks(&self, id: u64) -> Result<()> {
         let g = self.inner()?;
         let (vtree, ftree) = (g.tree(id, 'v')?, g.tree(id, 'f')?);
         let indexed = self.indexed(id)?;
+        // (before any deletion below, which may rewrite a pack into a new one)
+        let named: HashSet<u64> = indexed.iter().map(|(_, loc)| loc.pack).collect();
+        self.packs.advance_past(named.iter().copied().max().unwrap_or(0));
+        for pack in self.packs.list(id).map_err(|e| self.io(e))? {
+            if !named.contains(&pack) {
+                tracing::info!(model_id = id, pack, "removed a pack nothing names (a crash)");
+                self.packs.remove(id, pack).map_err(|e| self.io(e))?;
+            }
+        }
         let stored: HashSet<Ref> = indexed.iter().map(|(r, _)| *r).collect();
         let mut referenced: HashSet<Ref> = HashSet::new();
         for kv in ftree.iter() {
             let (k, v) = kv?;
             let version = u64_key(&k);
-            let Some(m) = Manifest::decode(&v) else { continue };
+            if !vtree.contains_key(&k)? {
+                // (a retention pass's unflushed drop that landed for the record only)
+                ftree.remove(&k)?;
+                continue;
+            }
+            let Some(m) = Manifest::decode(&v) else {
+                let message = format!("manifest of version {version} (model id {id}) does not decode");
+                return Err(StoreError::Corrupt { model: format!("id {id}"), message });
+            };
             if let Some(r) = m.refs().find(|r| !stored.contains(r)) {
                 tracing::error!(model_id = id, version, "version dropped at open: its {r:?} is missing");
                 vtree.remove(be(version))?;
@@ -47,15 +72,6 @@ impl Store {
         let freed = self.delete_blobs(id, &unreferenced)?;
         if freed > 0 {
             tracing::info!(model_id = id, blobs = freed, "removed blobs no version references (a crash)");
-        }
-        if orphans {
-            let named: HashSet<u64> = indexed.iter().map(|(_, loc)| loc.pack).collect();
-            for pack in self.packs.list(id).map_err(|e| self.io(e))? {
-                if !named.contains(&pack) {
-                    tracing::info!(model_id = id, pack, "removed a pack nothing names (a crash)");
-                    self.packs.remove(id, pack).map_err(|e| self.io(e))?;
-                }
-            }
         }
         Ok(())
     }
@@ -82,7 +98,8 @@ impl Store {
         x.apply_batch(batch)?;
         self.sync()?;
         if let Err(e) = self.tidy_packs(id, &x, &touched) {
-            // (the index is consistent: what is left is disk, given back at the next open)
+            // (the index is consistent: what is left is disk, given back when a later
+            // deletion touches the pack again)
             tracing::warn!(model_id = id, "could not give back the space of deleted blobs: {e}");
         }
         Ok(freed)
@@ -120,10 +137,9 @@ impl Store {
         let mut buf = Vec::new();
         let mut moved = Vec::with_capacity(blobs.len());
         for (_, loc) in blobs {
-            match self.packs.read(id, loc, &mut buf).map_err(|e| self.io(e))? {
-                Read::Ok => {}
+            if !matches!(self.packs.read(id, loc, &mut buf).map_err(|e| self.io(e))?, Read::Ok) {
                 // (left as it is: a read of it reports the damage)
-                _ => return Ok(()),
+                return Ok(());
             }
             moved.push(Loc { off: data.len() as u64, ..*loc });
             data.extend_from_slice(&buf);
@@ -141,8 +157,15 @@ impl Store {
 
     /// Writes chunks of a version that is not written yet (big writes go in batches before
     /// [`Store::write_version`]). Neither durable nor visible until the version record is.
+    ///
+    /// Flushed before it returns: a reopen between two batches (after another write
+    /// failed) must not lose the index entries of the first.
     pub fn write_chunks(&self, id: u64, version: u64, batch: &ChunkBatch) -> Result<()> {
-        self.writing(|| self.put_chunks(id, version, batch))
+        self.writing(|| {
+            let _held = self.inner()?;
+            self.put_chunks(id, version, batch)?;
+            self.sync()
+        })
     }
 
     /// Writes a batch's blobs as one pack (durable before anything names it) and indexes
@@ -183,10 +206,16 @@ impl Store {
 
     /// Reads a blob into `out`; false when it is not stored.
     fn read_blob(&self, x: &sled::Tree, id: u64, model: &str, r: &Ref, out: &mut Vec<u8>) -> Result<bool> {
-        let Some(loc) = x.get(blob_key(r))?.and_then(|v| Loc::decode(&v)) else { return Ok(false) };
+        let Some(v) = x.get(blob_key(r))? else { return Ok(false) };
+        let Some(loc) = Loc::decode(&v) else {
+            let message = format!("{}: its index entry does not decode ({} bytes)", describe(r), v.len());
+            return Err(StoreError::Corrupt { model: model.into(), message });
+        };
         match self.packs.read(id, &loc, out).map_err(|e| self.io(e))? {
             Read::Ok => Ok(true),
-            Read::Missing => Ok(false),
+            Read::Missing(why) => {
+                Err(StoreError::Corrupt { model: model.into(), message: format!("{}: {why}", describe(r)) })
+            }
             Read::Damaged => Err(StoreError::Corrupt {
                 model: model.into(),
                 message: format!("{} in pack {:016x} does not match its checksum", describe(r), loc.pack),

@@ -70,7 +70,11 @@ impl Store {
     /// Closes the database and opens it again from what is on disk: how the store recovers
     /// after a failed write (sled refuses every write after an IO error, `ENOSPC`
     /// included, until it is opened again). Writes not flushed before the failure are
-    /// lost; nothing acknowledged is, as every acknowledged write was flushed.
+    /// lost; nothing acknowledged is, as every acknowledged write was flushed, and a
+    /// version's write holds the database from its first blob to its flush (so it is
+    /// never split over the two). Nothing is collected here: other models' writes go on
+    /// meanwhile, and what a failed write left (index entries above the last version,
+    /// packs nothing names) is harmless until the next open removes it.
     pub fn reopen(&self) -> Result<()> {
         {
             let mut g = self.inner.write();
@@ -81,7 +85,7 @@ impl Store {
             let models = db.open_tree("models")?;
             *g = Some(Inner { db, models });
         }
-        self.recover(false)
+        Ok(())
     }
 
     /// Rewrites the database with only its live data and gives the rest of the disk back

@@ -67,6 +67,17 @@ fn marker_text(format: u32) -> String {
     format!("{MARKER_PREFIX}{format}\n")
 }
 
+/// Writes the marker durably and atomically: a temp file, fsynced, renamed over it, the
+/// directory fsynced.
+fn write_marker(dir: &Path, format: u32) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, marker_text(format).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(MARKER))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("data dir {0} is not an accrete data dir (it is not empty and has no {MARKER} marker file)")]
@@ -158,11 +169,14 @@ impl Store {
                     }
                 }
             }
-            Err(_) if std::fs::read_dir(dir).map_err(io)?.next().is_some() => {
+            // (a marker's temp file alone: a first open that crashed before its rename)
+            Err(_)
+                if std::fs::read_dir(dir).map_err(io)?.flatten().any(|e| e.file_name() != *format!("{MARKER}.tmp")) =>
+            {
                 return Err(StoreError::NotOurs(dir.to_path_buf()))
             }
             Err(_) => {
-                std::fs::write(&marker, marker_text(FORMAT)).map_err(io)?;
+                write_marker(dir, FORMAT).map_err(io)?;
                 FORMAT
             }
         };
@@ -184,12 +198,11 @@ impl Store {
             let moved = store.migrate_pieces()?;
             tracing::info!(dir = %dir.display(), blobs = moved, "moved the blobs out of the database into packs");
         }
-        store.recover(true)?;
+        store.recover()?;
         if format < FORMAT {
             // The marker changes atomically, once the data moved and the database
             // recovered. A crash before the rename leaves the old format, migrated again.
-            let tmp = dir.join(format!("{MARKER}.tmp"));
-            std::fs::write(&tmp, marker_text(FORMAT)).and_then(|_| std::fs::rename(&tmp, &marker)).map_err(io)?;
+            write_marker(dir, FORMAT).map_err(io)?;
             tracing::info!(dir = %dir.display(), from = format, to = FORMAT, "migrated the data dir's format");
         }
         store.reclaim_if_wasteful()?;
@@ -205,9 +218,9 @@ impl Store {
     /// retained manifest references (a retention pass that dropped the records, then
     /// crashed before the chunks); and, should any remain from a store written before
     /// retention dropped records first, versions whose chunks are gone (logged), so every
-    /// listed version can be read. At open (`orphans`), also the packs of models that do
-    /// not exist and the packs nothing indexes (nothing else runs then).
-    fn recover(&self, orphans: bool) -> Result<()> {
+    /// listed version has its blobs indexed. Also the packs of models that do not exist
+    /// and the packs nothing indexes. Runs at open only: nothing else runs then.
+    fn recover(&self) -> Result<()> {
         let g = self.inner()?;
         let ids: HashSet<u64> = self.models()?.iter().map(|m| m.id).collect();
         for name in g.db.tree_names() {
@@ -229,13 +242,11 @@ impl Store {
                     tree.remove(k?)?;
                 }
             }
-            self.collect_chunks(id, orphans)?;
+            self.collect_chunks(id)?;
         }
-        if orphans {
-            for id in self.packs.models().map_err(|e| self.io(e))? {
-                if !ids.contains(&id) {
-                    self.packs.remove_model(id).map_err(|e| self.io(e))?;
-                }
+        for id in self.packs.models().map_err(|e| self.io(e))? {
+            if !ids.contains(&id) {
+                self.packs.remove_model(id).map_err(|e| self.io(e))?;
             }
         }
         self.sync()
@@ -348,8 +359,9 @@ impl Store {
     pub fn write_version(&self, id: u64, rec: &VersionRecord, manifest: &Manifest, chunks: &ChunkBatch) -> Result<()> {
         self.writing(|| {
             let written = (|| {
-                self.put_chunks(id, rec.version, chunks)?;
+                // (held throughout: a reopen never falls between the blobs and the flush)
                 let g = self.inner()?;
+                self.put_chunks(id, rec.version, chunks)?;
                 g.tree(id, 'f')?.insert(be(rec.version), manifest.encode())?;
                 g.tree(id, 'v')?.insert(be(rec.version), records::encode(rec))?;
                 if !rec.request.is_empty() {

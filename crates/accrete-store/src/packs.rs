@@ -5,8 +5,8 @@
 //! directory) before the index entries that name it (sled tree `x.{id}`, see [`Loc`]) are
 //! written, so an index entry never names bytes that are not durable. A pack goes when no
 //! index entry names it, and is rewritten with only its live blobs when fewer than half
-//! of its bytes are still named (so the packs of a model hold at most about twice what its
-//! retained versions reference). Packs nothing names — a commit that crashed between its
+//! of its bytes are still named (so the packs of a model hold about twice what its
+//! retained versions reference at most, unless a rewrite failed: logged). Packs nothing names — a commit that crashed between its
 //! pack and its index entries, a rewrite that crashed before deleting the old pack — are
 //! deleted when the store opens.
 //!
@@ -53,13 +53,15 @@ impl Loc {
 pub(crate) struct Packs {
     dir: PathBuf,
     next: AtomicU64,
+    /// Models whose directory is known durable in `packs/`.
+    synced: parking_lot::Mutex<std::collections::HashSet<u64>>,
 }
 
 /// What reading a blob found.
 pub(crate) enum Read {
     Ok,
-    /// Its pack is gone or shorter than the index says.
-    Missing,
+    /// Its pack is gone or shorter than the index says (which, and the pack's path).
+    Missing(String),
     /// Its bytes do not match their CRC.
     Damaged,
 }
@@ -67,12 +69,23 @@ pub(crate) enum Read {
 impl Packs {
     /// Opens (creating) `dir`, the store's packs directory.
     pub fn open(dir: &Path) -> std::io::Result<Packs> {
-        std::fs::create_dir_all(dir)?;
-        let mut last = 0;
-        for id in model_dirs(dir)? {
-            last = last.max(list(&dir.join(id.to_string()))?.into_iter().max().unwrap_or(0));
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|e| with_path(e, parent))?;
+            }
         }
-        Ok(Packs { dir: dir.to_path_buf(), next: AtomicU64::new(last + 1) })
+        let mut last = 0;
+        for id in model_dirs(dir).map_err(|e| with_path(e, dir))? {
+            let sub = dir.join(id.to_string());
+            last = last.max(list(&sub).map_err(|e| with_path(e, &sub))?.into_iter().max().unwrap_or(0));
+        }
+        Ok(Packs { dir: dir.to_path_buf(), next: AtomicU64::new(last + 1), synced: Default::default() })
+    }
+
+    /// New packs get numbers above `n` (one an index entry names, whose file may be gone).
+    pub fn advance_past(&self, n: u64) {
+        self.next.fetch_max(n + 1, Ordering::Relaxed);
     }
 
     fn model_dir(&self, id: u64) -> PathBuf {
@@ -87,9 +100,12 @@ impl Packs {
     /// directory fsynced). Returns its number. A failed write leaves no file.
     pub fn write(&self, id: u64, parts: &[&[u8]]) -> std::io::Result<u64> {
         let dir = self.model_dir(id);
-        if !dir.exists() {
-            std::fs::create_dir_all(&dir)?;
-            sync_dir(&self.dir)?;
+        if !self.synced.lock().contains(&id) {
+            // (every writer syncs until one has: a pack is never named before its
+            // directory's entry is durable)
+            std::fs::create_dir_all(&dir).map_err(|e| with_path(e, &dir))?;
+            sync_dir(&self.dir).map_err(|e| with_path(e, &self.dir))?;
+            self.synced.lock().insert(id);
         }
         let pack = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self.path(id, pack);
@@ -104,7 +120,7 @@ impl Packs {
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&path);
-            return Err(e);
+            return Err(with_path(e, &path));
         }
         Ok(pack)
     }
@@ -112,17 +128,21 @@ impl Packs {
     /// Reads the blob at `loc` of model `id` into `out` (cleared first).
     pub fn read(&self, id: u64, loc: &Loc, out: &mut Vec<u8>) -> std::io::Result<Read> {
         out.clear();
-        let f = match File::open(self.path(id, loc.pack)) {
+        let path = self.path(id, loc.pack);
+        let f = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Read::Missing),
-            Err(e) => return Err(e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Read::Missing(format!("its pack {} is gone", path.display())))
+            }
+            Err(e) => return Err(with_path(e, &path)),
         };
-        out.resize(loc.len as usize, 0);
-        match f.read_exact_at(out, loc.off) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(Read::Missing),
-            Err(e) => return Err(e),
+        let size = f.metadata().map_err(|e| with_path(e, &path))?.len();
+        if loc.off.checked_add(loc.len as u64).is_none_or(|end| end > size) {
+            let what = format!("pack {} holds {size} bytes, the index names {}..+{}", path.display(), loc.off, loc.len);
+            return Ok(Read::Missing(what));
         }
+        out.resize(loc.len as usize, 0);
+        f.read_exact_at(out, loc.off).map_err(|e| with_path(e, &path))?;
         Ok(if crc32fast::hash(out) == loc.crc { Read::Ok } else { Read::Damaged })
     }
 
@@ -141,6 +161,7 @@ impl Packs {
 
     /// Deletes every pack of model `id`.
     pub fn remove_model(&self, id: u64) -> std::io::Result<()> {
+        self.synced.lock().remove(&id);
         match std::fs::remove_dir_all(self.model_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -188,6 +209,11 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// An IO error that names the file it happened on.
+fn with_path(e: std::io::Error, path: &Path) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,13 +232,13 @@ mod tests {
         let wrong = Loc { crc: loc.crc ^ 1, ..loc };
         assert!(matches!(packs.read(7, &wrong, &mut out).unwrap(), Read::Damaged));
         let past = Loc { off: 120, ..loc };
-        assert!(matches!(packs.read(7, &past, &mut out).unwrap(), Read::Missing));
+        assert!(matches!(packs.read(7, &past, &mut out).unwrap(), Read::Missing(_)));
         assert_eq!(packs.list(7).unwrap(), vec![n]);
         // numbers are not reused after a reopen
         let again = Packs::open(dir.path()).unwrap();
         assert!(again.write(7, &[&a]).unwrap() > n);
         packs.remove(7, n).unwrap();
-        assert!(matches!(packs.read(7, &loc, &mut out).unwrap(), Read::Missing));
+        assert!(matches!(packs.read(7, &loc, &mut out).unwrap(), Read::Missing(_)));
         packs.remove_model(7).unwrap();
         assert_eq!(packs.models().unwrap(), Vec::<u64>::new());
     }

@@ -3,6 +3,7 @@ use super::*;
 use crate::keys::{be, blob_key, layer_piece_key, piece_key};
 use accrete_core::Params;
 use accrete_core::{ModelKind, ModelSpec};
+use std::collections::HashSet;
 
 fn spec() -> ModelSpec {
     let mut s = ModelSpec::new("m", ModelKind::Linear);
@@ -319,14 +320,7 @@ fn a_pack_mostly_dropped_is_rewritten_and_a_damaged_one_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), 1 << 20).unwrap();
     let p = Params::init(&spec());
-    s.put_model(&model_record(1)).unwrap();
-    s.write_version(1, &version(1, None), &Manifest::full(&p, 1), &all_chunks(&p)).unwrap();
-    // version 2 writes every chunk but the last of tensor 0 (its smallest) again
-    let mut m2 = Manifest::full(&p, 2);
-    m2.tensors[0][2] = Chain::whole(1);
-    let mut two = all_chunks(&p);
-    two.chunks.retain(|e| (e.t, e.c) != (0, 2));
-    s.write_version(1, &version(2, Some(1)), &m2, &two).unwrap();
+    mostly_replaced(&s, &p);
     let [first, _] = s.packs.list(1).unwrap()[..] else { panic!("two packs") };
     let before = s.packs.size(1, first);
     s.drop_versions(1, "m", &[1], &[2]).unwrap();
@@ -465,4 +459,60 @@ fn compaction_keeps_every_record_and_a_crash_during_it_leaves_one_whole_database
     std::fs::rename(dir.path().join("db"), dir.path().join("db.old")).unwrap();
     cp(&copy.path().join("db"), &dir.path().join("db.compact"));
     reopened("between the renames");
+}
+
+/// Versions 1 (every chunk) and 2 (every chunk but tensor 0's last again): version 1's
+/// pack is mostly dead once version 1 goes.
+fn mostly_replaced(s: &Store, p: &Params) {
+    s.put_model(&model_record(1)).unwrap();
+    s.write_version(1, &version(1, None), &Manifest::full(p, 1), &all_chunks(p)).unwrap();
+    let mut m2 = Manifest::full(p, 2);
+    m2.tensors[0][2] = Chain::whole(1);
+    let mut two = all_chunks(p);
+    two.chunks.retain(|e| (e.t, e.c) != (0, 2));
+    s.write_version(1, &version(2, Some(1)), &m2, &two).unwrap();
+}
+
+#[test]
+fn a_pack_rewritten_at_open_is_kept() {
+    // a crash after retention dropped version 1's records, before its blobs: the next
+    // open frees them, which rewrites version 1's pack; the new pack must stay
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        mostly_replaced(&s, &p);
+        s.tree(1, 'v').unwrap().remove(be(1)).unwrap();
+        s.tree(1, 'f').unwrap().remove(be(1)).unwrap();
+        s.flush().unwrap();
+    }
+    for open in ["the open that rewrites", "the next"] {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(load(&s, 1, 2, &spec()), p.content_bits(), "{open}");
+        let named: HashSet<u64> = s.indexed(1).unwrap().iter().map(|(_, l)| l.pack).collect();
+        assert_eq!(s.packs.list(1).unwrap().into_iter().collect::<HashSet<_>>(), named, "{open}");
+    }
+}
+
+#[test]
+fn a_manifest_without_its_record_goes_and_a_damaged_index_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        mostly_replaced(&s, &p);
+        // retention's unflushed drop, landed for the record only
+        s.tree(1, 'v').unwrap().remove(be(1)).unwrap();
+        s.flush().unwrap();
+    }
+    {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        assert!(s.manifest(1, 1, "m").unwrap().is_none());
+        assert!(!has(&s, Ref::Base { t: 0, c: 0, v: 1 }), "its blobs went with it");
+        assert!(has(&s, Ref::Base { t: 0, c: 2, v: 1 }), "version 2 still reads this one");
+        s.tree(1, 'x').unwrap().insert(blob_key(&Ref::Base { t: 0, c: 1, v: 2 }), &b"short"[..]).unwrap();
+        s.flush().unwrap();
+    }
+    let e = Store::open(dir.path(), 1 << 20).unwrap_err();
+    assert!(matches!(e, StoreError::Corrupt { .. }) && e.to_string().contains("blob index entry"), "{e}");
 }
