@@ -327,11 +327,6 @@ impl Store {
             self.delete_blobs(id, &unreferenced)
         })
     }
-
-    /// An IO error of this store's data dir.
-    pub(crate) fn io(&self, source: std::io::Error) -> StoreError {
-        StoreError::Io { dir: self.dir.clone(), source }
-    }
 }
 
 /// One link of a chain, as [`Store::walk_chain`] reads it.

@@ -94,7 +94,7 @@ impl Store {
     /// database ([`Store::open`] finishes or discards a swap). Every other store call
     /// waits meanwhile. Returns the bytes on disk before and after.
     pub fn compact(&self) -> Result<(u64, u64)> {
-        let io = |source| StoreError::Io { dir: self.dir.clone(), source };
+        let io = |e| self.io(e);
         let (live, tmp, old) = (self.dir.join("db"), self.dir.join("db.compact"), self.dir.join("db.old"));
         let mut g = self.inner.write();
         let before = disk_bytes(&live);

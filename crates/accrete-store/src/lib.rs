@@ -213,6 +213,11 @@ impl Store {
         &self.dir
     }
 
+    /// An IO error of this store's data dir.
+    pub(crate) fn io(&self, source: std::io::Error) -> StoreError {
+        StoreError::Io { dir: self.dir.clone(), source }
+    }
+
     /// Removes what a crash can leave behind: trees of models without a record; chunks
     /// and manifests written by a commit whose version record never landed; chunks that no
     /// retained manifest references (a retention pass that dropped the records, then
