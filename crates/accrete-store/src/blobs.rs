@@ -2,43 +2,24 @@
 //! index, reading a version's chains back (into parameters, or into one chunk's stored
 //! form), and deleting what no retained version references (retention, compaction, and the
 //! leftovers of a crash found at open), packs included.
-use crate::keys::{be, blob_key, ref_of_blob_key, u64_key};
-use crate::packs::{Loc, Read};
+use crate::keys::{be, u64_key};
+use crate::packs::Read;
 use crate::{Chain, ChunkBatch, Manifest, Ref, Result, Store, StoreError};
 use accrete_core::Params;
 use std::collections::{HashMap, HashSet};
 
 impl Store {
-    /// Every blob indexed for model `id`, with where it is.
-    /// An entry that does not decode is damage, named (never taken for a blob that is not
-    /// stored: that would drop the versions it belongs to).
-    pub(crate) fn indexed(&self, id: u64) -> Result<Vec<(Ref, Loc)>> {
-        let g = self.inner()?;
-        let mut out = Vec::new();
-        for kv in g.tree(id, 'x')?.iter() {
-            let (k, v) = kv?;
-            match (ref_of_blob_key(&k), Loc::decode(&v)) {
-                (Some(r), Some(loc)) => out.push((r, loc)),
-                _ => {
-                    let message =
-                        format!("blob index entry {k:02x?} of model id {id} does not decode ({} bytes)", v.len());
-                    return Err(StoreError::Corrupt { model: format!("id {id}"), message });
-                }
-            }
-        }
-        Ok(out)
-    }
-
     /// Deletes blobs no retained manifest references, and drops the records of versions
     /// whose manifest names a blob that is not stored; first the packs nothing indexes (a
-    /// crash between a pack and its index entries, or in a rewrite), and the pack counter
-    /// moves past every pack named. At open only (nothing else runs then).
+    /// crash between a pack and its index entry, or in a rewrite) and those no blob is
+    /// live in, and the pack counter moves past every pack named. At open only (nothing
+    /// else runs then).
     pub(crate) fn collect_chunks(&self, id: u64) -> Result<()> {
+        self.load_index(id)?;
         let g = self.inner()?;
         let (vtree, ftree) = (g.tree(id, 'v')?, g.tree(id, 'f')?);
-        let indexed = self.indexed(id)?;
         // (before any deletion below, which may rewrite a pack into a new one)
-        let named: HashSet<u64> = indexed.iter().map(|(_, loc)| loc.pack).collect();
+        let named: HashSet<u64> = self.model_index(id).lock().packs.keys().copied().collect();
         self.packs.advance_past(named.iter().copied().max().unwrap_or(0));
         for pack in self.packs.list(id).map_err(|e| self.io(e))? {
             if !named.contains(&pack) {
@@ -46,7 +27,8 @@ impl Store {
                 self.packs.remove(id, pack).map_err(|e| self.io(e))?;
             }
         }
-        let stored: HashSet<Ref> = indexed.iter().map(|(r, _)| *r).collect();
+        self.drop_dead_packs(id)?;
+        let stored: HashSet<Ref> = self.indexed(id).into_iter().map(|(r, _)| r).collect();
         let mut referenced: HashSet<Ref> = HashSet::new();
         for kv in ftree.iter() {
             let (k, v) = kv?;
@@ -74,85 +56,6 @@ impl Store {
             tracing::info!(model_id = id, blobs = freed, "removed blobs no version references (a crash)");
         }
         Ok(())
-    }
-
-    /// Deletes blobs from the index (durably), then the packs left without a live blob;
-    /// packs left less than half live are rewritten with only their live blobs. Returns
-    /// how many blobs were indexed.
-    pub(crate) fn delete_blobs(&self, id: u64, blobs: &[Ref]) -> Result<u64> {
-        let _no_loads = self.blobs.write();
-        let g = self.inner()?;
-        let x = g.tree(id, 'x')?;
-        let (mut batch, mut touched, mut freed) = (sled::Batch::default(), HashSet::new(), 0);
-        for r in blobs {
-            let k = blob_key(r);
-            if let Some(v) = x.get(&k)? {
-                touched.extend(Loc::decode(&v).map(|l| l.pack));
-                batch.remove(k);
-                freed += 1;
-            }
-        }
-        if freed == 0 {
-            return Ok(0);
-        }
-        x.apply_batch(batch)?;
-        self.sync()?;
-        if let Err(e) = self.tidy_packs(id, &x, &touched) {
-            // (the index is consistent: what is left is disk, given back when a later
-            // deletion touches the pack again)
-            tracing::warn!(model_id = id, "could not give back the space of deleted blobs: {e}");
-        }
-        Ok(freed)
-    }
-
-    /// Deletes or rewrites the `touched` packs by what the index still names in them.
-    /// Runs with no load in flight (under the `blobs` write lock).
-    fn tidy_packs(&self, id: u64, x: &sled::Tree, touched: &HashSet<u64>) -> Result<()> {
-        let mut live: HashMap<u64, Vec<(sled::IVec, Loc)>> = touched.iter().map(|p| (*p, Vec::new())).collect();
-        for kv in x.iter() {
-            let (k, v) = kv?;
-            if let Some(loc) = Loc::decode(&v) {
-                if let Some(blobs) = live.get_mut(&loc.pack) {
-                    blobs.push((k, loc));
-                }
-            }
-        }
-        for (pack, blobs) in live {
-            let bytes: u64 = blobs.iter().map(|(_, l)| l.len as u64).sum();
-            if blobs.is_empty() {
-                self.packs.remove(id, pack).map_err(|e| self.io(e))?;
-            } else if 2 * bytes < self.packs.size(id, pack) {
-                self.rewrite_pack(id, x, pack, &blobs)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Copies a pack's live blobs into a new pack, points their index entries at it
-    /// (durably), then deletes the old one. A crash before the flush leaves entries
-    /// naming either pack, both kept; after it, the old pack unnamed, deleted at the
-    /// next open.
-    fn rewrite_pack(&self, id: u64, x: &sled::Tree, pack: u64, blobs: &[(sled::IVec, Loc)]) -> Result<()> {
-        let mut data = Vec::with_capacity(blobs.iter().map(|(_, l)| l.len as usize).sum());
-        let mut buf = Vec::new();
-        let mut moved = Vec::with_capacity(blobs.len());
-        for (_, loc) in blobs {
-            if !matches!(self.packs.read(id, loc, &mut buf).map_err(|e| self.io(e))?, Read::Ok) {
-                // (left as it is: a read of it reports the damage)
-                return Ok(());
-            }
-            moved.push(Loc { off: data.len() as u64, ..*loc });
-            data.extend_from_slice(&buf);
-        }
-        let new = self.packs.write(id, &[&data]).map_err(|e| self.io(e))?;
-        for ((k, old), loc) in blobs.iter().zip(moved) {
-            let new = Loc { pack: new, ..loc };
-            // (Err: the entry changed meanwhile — its blob written again — and names
-            // another pack)
-            let _changed = x.compare_and_swap(k, Some(&old.encode()[..]), Some(&new.encode()[..]))?;
-        }
-        self.sync()?;
-        self.packs.remove(id, pack).map_err(|e| self.io(e))
     }
 
     /// Writes chunks of a version that is not written yet (big writes go in batches before
@@ -185,32 +88,9 @@ impl Store {
         self.put_blobs(id, &blobs)
     }
 
-    /// Writes blobs as one pack, then indexes each (not flushed: the write that names
-    /// them flushes).
-    pub(crate) fn put_blobs(&self, id: u64, blobs: &[(Ref, &[u8])]) -> Result<()> {
-        if blobs.is_empty() {
-            return Ok(());
-        }
-        let parts: Vec<&[u8]> = blobs.iter().map(|(_, b)| *b).collect();
-        let pack = self.packs.write(id, &parts).map_err(|e| self.io(e))?;
-        let g = self.inner()?;
-        let (mut index, mut off) = (sled::Batch::default(), 0u64);
-        for (r, b) in blobs {
-            let loc = Loc { pack, off, len: b.len() as u32, crc: crc32fast::hash(b) };
-            index.insert(blob_key(r), &loc.encode()[..]);
-            off += b.len() as u64;
-        }
-        g.tree(id, 'x')?.apply_batch(index)?;
-        Ok(())
-    }
-
     /// Reads a blob into `out`; false when it is not stored.
-    fn read_blob(&self, x: &sled::Tree, id: u64, model: &str, r: &Ref, out: &mut Vec<u8>) -> Result<bool> {
-        let Some(v) = x.get(blob_key(r))? else { return Ok(false) };
-        let Some(loc) = Loc::decode(&v) else {
-            let message = format!("{}: its index entry does not decode ({} bytes)", describe(r), v.len());
-            return Err(StoreError::Corrupt { model: model.into(), message });
-        };
+    fn read_blob(&self, id: u64, model: &str, r: &Ref, out: &mut Vec<u8>) -> Result<bool> {
+        let Some(loc) = self.loc(id, r) else { return Ok(false) };
         match self.packs.read(id, &loc, out).map_err(|e| self.io(e))? {
             Read::Ok => Ok(true),
             Read::Missing(why) => {
@@ -228,7 +108,6 @@ impl Store {
     /// naming it. The caller holds the `blobs` read lock.
     pub(crate) fn walk_chain(
         &self,
-        x: &sled::Tree,
         (id, model): (u64, &str),
         (t, c): (u32, u32),
         chain: &Chain,
@@ -240,14 +119,14 @@ impl Store {
         let r = Ref::Base { t, c, v: chain.base };
         if chain.base == 0 {
             step(Step::Init).map_err(|e| corrupt(&r, e))?;
-        } else if !self.read_blob(x, id, model, &r, buf)? {
+        } else if !self.read_blob(id, model, &r, buf)? {
             return Err(corrupt(&r, "missing".into()));
         } else {
             step(Step::Base(buf)).map_err(|e| corrupt(&r, e))?;
         }
         for l in &chain.layers {
             let r = Ref::Delta { t, c, hi: l.hi, lo: l.lo };
-            if !self.read_blob(x, id, model, &r, buf)? {
+            if !self.read_blob(id, model, &r, buf)? {
                 return Err(corrupt(&r, "missing".into()));
             }
             step(Step::Layer(buf)).map_err(|e| corrupt(&r, e))?;
@@ -258,16 +137,14 @@ impl Store {
     /// Loads every chunk a manifest names into `params` (whose layout must match).
     pub fn load_params(&self, id: u64, model: &str, manifest: &Manifest, params: &mut Params) -> Result<()> {
         let _loading = self.blobs.read_recursive();
-        let g = self.inner()?;
         if !manifest.matches(params) {
             let message = "manifest does not match the model's layout".into();
             return Err(StoreError::Corrupt { model: model.into(), message });
         }
-        let x = g.tree(id, 'x')?;
         let mut buf = Vec::new();
         for (t, c, chain) in manifest.chains() {
             let (tu, cu) = (t as usize, c as usize);
-            self.walk_chain(&x, (id, model), (t, c), chain, &mut buf, |step| {
+            self.walk_chain((id, model), (t, c), chain, &mut buf, |step| {
                 match step {
                     Step::Init => params.init_chunk(tu, cu),
                     Step::Base(b) => params.decode_chunk(tu, cu, b).map_err(|e| e.to_string())?,
@@ -289,10 +166,20 @@ impl Store {
     pub fn drop_versions(&self, id: u64, model: &str, drop: &[u64], keep: &[u64]) -> Result<u64> {
         self.writing(|| {
             let g = self.inner()?;
-            let mut unreferenced = HashSet::new();
+            // Per chunk, the dropped versions' blobs (a blob is only ever in its own chunk's
+            // chains, so each kept chain is checked against its chunk's few candidates).
+            let mut unreferenced: HashMap<(u32, u32), Vec<Ref>> = HashMap::new();
             for v in drop {
                 if let Some(m) = self.manifest(id, *v, model)? {
-                    unreferenced.extend(m.refs());
+                    for (t, c, chain) in m.chains() {
+                        let mut refs = chain_refs(t, c, chain);
+                        if refs.peek().is_some() {
+                            let v = unreferenced.entry((t, c)).or_default();
+                            v.extend(refs);
+                            v.sort_unstable();
+                            v.dedup();
+                        }
+                    }
                 }
             }
             // Oldest kept first: retention drops the oldest versions, whose blobs the next
@@ -304,9 +191,18 @@ impl Store {
                     break;
                 }
                 if let Some(m) = self.manifest(id, v, model)? {
-                    m.refs().for_each(|r| {
-                        unreferenced.remove(&r);
-                    });
+                    let mut kept = Vec::new();
+                    for (t, c, chain) in m.chains() {
+                        if let Some(refs) = unreferenced.get_mut(&(t, c)) {
+                            kept.clear();
+                            kept.extend(chain_refs(t, c, chain));
+                            kept.sort_unstable();
+                            refs.retain(|r| kept.binary_search(r).is_err());
+                            if refs.is_empty() {
+                                unreferenced.remove(&(t, c));
+                            }
+                        }
+                    }
                 }
             }
             let (mut records, mut manifests) = (sled::Batch::default(), sled::Batch::default());
@@ -322,11 +218,17 @@ impl Store {
                 return Ok(0);
             }
             self.sync()?;
-            let mut unreferenced: Vec<Ref> = unreferenced.into_iter().collect();
+            let mut unreferenced: Vec<Ref> = unreferenced.into_values().flatten().collect();
             unreferenced.sort_unstable();
             self.delete_blobs(id, &unreferenced)
         })
     }
+}
+
+/// The stored blobs chain (t, c) references.
+fn chain_refs(t: u32, c: u32, chain: &Chain) -> std::iter::Peekable<impl Iterator<Item = Ref> + '_> {
+    let base = (chain.base > 0).then_some(Ref::Base { t, c, v: chain.base });
+    base.into_iter().chain(chain.layers.iter().map(move |l| Ref::Delta { t, c, hi: l.hi, lo: l.lo })).peekable()
 }
 
 /// One link of a chain, as [`Store::walk_chain`] reads it.

@@ -31,11 +31,9 @@ impl Store {
         out: &mut Vec<u8>,
     ) -> Result<()> {
         let _loading = self.blobs.read_recursive();
-        let g = self.inner()?;
-        let x = g.tree(id, 'x')?;
         out.clear();
         let mut init = Some(init);
-        self.walk_chain(&x, (id, model), (t, c), chain, &mut Vec::new(), |step| match step {
+        self.walk_chain((id, model), (t, c), chain, &mut Vec::new(), |step| match step {
             Step::Init => {
                 init.take().into_iter().for_each(|f| f(out));
                 Ok(())

@@ -85,7 +85,7 @@ impl Store {
             let models = db.open_tree("models")?;
             *g = Some(Inner { db, models });
         }
-        Ok(())
+        self.reload_indexes()
     }
 
     /// Rewrites the database with only its live data and gives the rest of the disk back

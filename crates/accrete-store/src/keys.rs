@@ -1,5 +1,5 @@
 //! How blobs are keyed in sled: versions, tensors and chunks big-endian, so a tree's keys
-//! sort by version. The index (`x.{id}`) keys a blob by [`blob_key`]; formats 1 and 2
+//! sort by version. The index (a pack's entry in `p.{id}`) names a blob by [`blob_key`]; formats 1 and 2
 //! stored the blobs themselves in pieces (`c.{id}`, `d.{id}`), read only to migrate.
 use crate::Ref;
 

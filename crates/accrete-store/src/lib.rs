@@ -6,7 +6,8 @@
 //! - tree `v.{id}`: version (u64 BE) → [`VersionRecord`] (JSON);
 //! - tree `f.{id}`: version (u64 BE) → [`Manifest`]: for every chunk of every tensor, its
 //!   chain: a base and the delta layers applied over it;
-//! - tree `x.{id}`: blob → where its bytes are (a pack, offset, length, CRC-32). A blob
+//! - tree `p.{id}`: pack → the blobs it holds and where (offset, length, CRC-32), one
+//!   entry per pack; in memory, blob → where (`index.rs`). A blob
 //!   is a base — the chunk's whole content as of a version (weights, then optimizer
 //!   slots, little-endian f32); a model's version 1 is its init spec, base 0, and is
 //!   never stored — or a delta layer: the floats of the chunk changed by the commits
@@ -27,7 +28,8 @@
 //! and a record.
 //!
 //! `DATA_DIR/ACCRETE` names the on-disk format ([`FORMAT`]). Formats 1 (no delta layers,
-//! manifests of one version per chunk) and 2 (blobs in sled) are migrated when opened
+//! manifests of one version per chunk), 2 (blobs in sled) and 3 (an index entry per blob)
+//! are migrated when opened
 //! (`migrate.rs`) and the marker rewritten after; a newer format is refused.
 //! The database can be reopened (after a failed write) or compacted (after a delete) while
 //! the store is shared: see `db.rs`.
@@ -39,6 +41,7 @@ mod batch;
 mod blobs;
 mod compaction;
 mod db;
+mod index;
 mod keys;
 pub mod manifest;
 mod migrate;
@@ -60,7 +63,7 @@ use std::sync::Arc;
 
 const MARKER: &str = "ACCRETE";
 /// The on-disk format this binary writes (and the newest it reads).
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 const MARKER_PREFIX: &str = "accrete data dir, format ";
 
 fn marker_text(format: u32) -> String {
@@ -134,6 +137,8 @@ pub struct Store {
     /// The live bytes last counted by [`Store::reclaim_if_wasteful`] (one looks at a time).
     reclaim: Arc<parking_lot::Mutex<u64>>,
     packs: Arc<packs::Packs>,
+    /// Where each model's blobs are (`index.rs`).
+    index: index::Indexes,
 }
 
 impl std::fmt::Debug for Store {
@@ -192,11 +197,16 @@ impl Store {
             blobs: Default::default(),
             reclaim: Default::default(),
             packs,
+            index: Default::default(),
         };
         if format < 3 {
             // (format 1's manifests decode as chains without layers, its chunks are bases)
             let moved = store.migrate_pieces()?;
             tracing::info!(dir = %dir.display(), blobs = moved, "moved the blobs out of the database into packs");
+        }
+        if format < 4 {
+            let n = store.migrate_blob_index()?;
+            tracing::info!(dir = %dir.display(), blobs = n, "indexed the blobs by pack");
         }
         store.recover()?;
         if format < FORMAT {
@@ -232,7 +242,9 @@ impl Store {
             let name = String::from_utf8_lossy(&name).to_string();
             let id = name
                 .split_once('.')
-                .and_then(|(p, id)| ["v", "f", "x", "c", "d", "i", "q"].contains(&p).then(|| id.parse::<u64>().ok()))
+                .and_then(|(p, id)| {
+                    ["v", "f", "p", "x", "c", "d", "i", "q"].contains(&p).then(|| id.parse::<u64>().ok())
+                })
                 .flatten();
             if id.is_some_and(|id| !ids.contains(&id)) {
                 g.db.drop_tree(name.as_bytes())?;
@@ -240,12 +252,10 @@ impl Store {
         }
         for &id in &ids {
             let last = g.tree(id, 'v')?.last()?.map(|(k, _)| u64_key(&k)).unwrap_or(0);
-            // (every blob key starts with its version: a base's, a layer's newest)
-            for t in ['x', 'f'] {
-                let tree = g.tree(id, t)?;
-                for k in tree.range(be(last + 1)..).keys() {
-                    tree.remove(k?)?;
-                }
+            // (their blobs, which no manifest references now, go in collect_chunks)
+            let ftree = g.tree(id, 'f')?;
+            for k in ftree.range(be(last + 1)..).keys() {
+                ftree.remove(k?)?;
             }
             self.collect_chunks(id)?;
         }
@@ -332,13 +342,14 @@ impl Store {
                 g.models.remove(rec.spec.name.as_bytes())?;
                 g.db.flush()?;
                 let mut freed = 0u64;
-                for kind in ['v', 'f', 'x', 'i', 'q'] {
+                for kind in ['v', 'f', 'p', 'i', 'q'] {
                     let tree = g.tree(rec.id, kind)?;
                     freed += tree.iter().map(|kv| kv.map_or(0, |(k, v)| k.len() + v.len()) as u64).sum::<u64>();
                     g.db.drop_tree(format!("{kind}.{}", rec.id))?;
                 }
                 self.sync()?;
                 self.packs.remove_model(rec.id).map_err(|e| self.io(e))?;
+                self.forget_index(rec.id);
                 // The data that stays, counted only as far as `freed` (a bounded scan).
                 let mut rest = 0u64;
                 'count: for name in g.db.tree_names() {

@@ -3,10 +3,14 @@
 //! init spec, never stored) and delta layers applied over it in order, each naming the
 //! rows that changed between two versions.
 //!
-//! Encoding (format 2): `u32::MAX`, tensors u32, chunks u32 per tensor; then per chunk
-//! base u64, layers u16, and per layer hi u64, lo u64, bytes u32. Little-endian. A format-1
-//! manifest (tensors u32, chunks u32 per tensor, then one written-by version u64 per
-//! chunk) reads as chains without layers.
+//! Encoding (written since store format 4): `u32::MAX - 1`, tensors u32, chunks u32 per
+//! tensor (little-endian); then per chunk, in LEB128 varints: base, layer count, and per
+//! layer its hi minus the previous layer's (the base's for the first), hi minus lo, and
+//! its bytes. A 2^24-row model's manifest (1,024 chunks of up to 32 layers) is ~4 bytes
+//! a layer, a fifth of format 2's fixed-width encoding, read on every retention pass.
+//! Still read: format 2 (`u32::MAX`, the same header, then per chunk base u64, layers
+//! u16, and per layer hi u64, lo u64, bytes u32) and format 1 (tensors u32, chunks u32 per
+//! tensor, then one written-by version u64 per chunk: chains without layers).
 use accrete_core::params::chunks_of;
 use accrete_core::Params;
 
@@ -14,6 +18,7 @@ use accrete_core::Params;
 /// shorter; see `accrete-server`'s commit path).
 pub const MAX_LAYERS: usize = u16::MAX as usize;
 const V2: u32 = u32::MAX;
+const V3: u32 = u32::MAX - 1;
 
 /// One delta layer: the rows of a chunk changed by the commits `lo..=hi` along this
 /// chain, with their values as of `hi` (a commit's own layer has `lo == hi`).
@@ -117,63 +122,116 @@ impl Manifest {
     /// The encoded length (what a version's manifest costs on disk).
     pub fn encoded_len(&self) -> usize {
         let header = 8 + 4 * self.tensors.len();
-        header + self.tensors.iter().flatten().map(|ch| 10 + 20 * ch.layers.len()).sum::<usize>()
+        let chain = |ch: &Chain| {
+            let mut prev = ch.base;
+            let layers: usize = ch
+                .layers
+                .iter()
+                .map(|l| {
+                    let n = varint_len(l.hi.wrapping_sub(prev))
+                        + varint_len(l.hi.wrapping_sub(l.lo))
+                        + varint_len(l.bytes as u64);
+                    prev = l.hi;
+                    n
+                })
+                .sum();
+            varint_len(ch.base) + varint_len(ch.layers.len() as u64) + layers
+        };
+        header + self.tensors.iter().flatten().map(chain).sum::<usize>()
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
-        out.extend_from_slice(&V2.to_le_bytes());
+        out.extend_from_slice(&V3.to_le_bytes());
         out.extend_from_slice(&(self.tensors.len() as u32).to_le_bytes());
         for t in &self.tensors {
             out.extend_from_slice(&(t.len() as u32).to_le_bytes());
         }
         for ch in self.tensors.iter().flatten() {
-            out.extend_from_slice(&ch.base.to_le_bytes());
-            debug_assert!(ch.layers.len() <= MAX_LAYERS);
-            out.extend_from_slice(&(ch.layers.len().min(MAX_LAYERS) as u16).to_le_bytes());
-            for l in ch.layers.iter().take(MAX_LAYERS) {
-                out.extend_from_slice(&l.hi.to_le_bytes());
-                out.extend_from_slice(&l.lo.to_le_bytes());
-                out.extend_from_slice(&l.bytes.to_le_bytes());
+            put_varint(&mut out, ch.base);
+            put_varint(&mut out, ch.layers.len() as u64);
+            let mut prev = ch.base;
+            for l in &ch.layers {
+                put_varint(&mut out, l.hi.wrapping_sub(prev));
+                put_varint(&mut out, l.hi.wrapping_sub(l.lo));
+                put_varint(&mut out, l.bytes as u64);
+                prev = l.hi;
             }
         }
         out
     }
 
-    /// Reads a manifest of either format; `None` when the bytes are not one.
+    /// Reads a manifest of any format; `None` when the bytes are not one.
     pub fn decode(b: &[u8]) -> Option<Manifest> {
         let mut r = Reader { b, pos: 0 };
         let first = r.u32()?;
-        let v2 = first == V2;
-        let n = if v2 { r.u32()? } else { first } as usize;
+        let (v2, v3) = (first == V2, first == V3);
+        let n = if v2 || v3 { r.u32()? } else { first } as usize;
         // every tensor takes at least 4 bytes of header
         if n > b.len() / 4 {
             return None;
         }
         let lens: Vec<usize> = (0..n).map(|_| r.u32().map(|x| x as usize)).collect::<Option<_>>()?;
         let total = lens.iter().try_fold(0usize, |a, l| a.checked_add(*l))?;
-        if total > b.len() / 8 {
+        // (a chain takes at least 2 bytes, 8 in formats 1 and 2)
+        if total > b.len() / if v3 { 2 } else { 8 } {
             return None;
         }
         let mut tensors = Vec::with_capacity(n);
         for len in lens {
             let mut chains = Vec::with_capacity(len);
             for _ in 0..len {
-                let base = r.u64()?;
-                let layers = if v2 {
-                    let k = r.u16()? as usize;
-                    (0..k)
-                        .map(|_| Some(Layer { hi: r.u64()?, lo: r.u64()?, bytes: r.u32()? }))
-                        .collect::<Option<_>>()?
+                let chain = if v3 {
+                    let base = r.varint()?;
+                    let k = r.varint()? as usize;
+                    // (a layer takes at least 3 bytes)
+                    if k > (b.len() - r.pos) / 3 {
+                        return None;
+                    }
+                    let (mut layers, mut prev) = (Vec::with_capacity(k), base);
+                    for _ in 0..k {
+                        let hi = prev.wrapping_add(r.varint()?);
+                        let lo = hi.wrapping_sub(r.varint()?);
+                        let bytes = u32::try_from(r.varint()?).ok()?;
+                        layers.push(Layer { hi, lo, bytes });
+                        prev = hi;
+                    }
+                    Chain { base, layers }
                 } else {
-                    Vec::new()
+                    let base = r.u64()?;
+                    let layers = if v2 {
+                        let k = r.u16()? as usize;
+                        (0..k)
+                            .map(|_| Some(Layer { hi: r.u64()?, lo: r.u64()?, bytes: r.u32()? }))
+                            .collect::<Option<_>>()?
+                    } else {
+                        Vec::new()
+                    };
+                    Chain { base, layers }
                 };
-                chains.push(Chain { base, layers });
+                chains.push(chain);
             }
             tensors.push(chains);
         }
         (r.pos == b.len()).then_some(Manifest { tensors })
     }
+}
+
+fn varint_len(mut x: u64) -> usize {
+    let mut n = 1;
+    while x >= 0x80 {
+        x >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_varint(out: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        out.push(x as u8 | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
 }
 
 struct Reader<'a> {
@@ -196,6 +254,19 @@ impl Reader<'_> {
     fn u64(&mut self) -> Option<u64> {
         self.take().map(u64::from_le_bytes)
     }
+    /// A LEB128 varint of at most 10 bytes.
+    fn varint(&mut self) -> Option<u64> {
+        let mut x = 0u64;
+        for i in 0..10 {
+            let byte = *self.b.get(self.pos)?;
+            self.pos += 1;
+            x |= ((byte & 0x7f) as u64).checked_shl(7 * i)?;
+            if byte & 0x80 == 0 {
+                return Some(x);
+            }
+        }
+        None
+    }
 }
 
 /// Format 1's encoding, for the tests of migration.
@@ -208,6 +279,27 @@ pub(crate) fn encode_v1(m: &Manifest) -> Vec<u8> {
     }
     for ch in m.tensors.iter().flatten() {
         out.extend_from_slice(&ch.base.to_le_bytes());
+    }
+    out
+}
+
+/// Format 2's encoding, for the tests of reading old manifests.
+#[cfg(test)]
+pub(crate) fn encode_v2(m: &Manifest) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&V2.to_le_bytes());
+    out.extend_from_slice(&(m.tensors.len() as u32).to_le_bytes());
+    for t in &m.tensors {
+        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+    }
+    for ch in m.tensors.iter().flatten() {
+        out.extend_from_slice(&ch.base.to_le_bytes());
+        out.extend_from_slice(&(ch.layers.len() as u16).to_le_bytes());
+        for l in &ch.layers {
+            out.extend_from_slice(&l.hi.to_le_bytes());
+            out.extend_from_slice(&l.lo.to_le_bytes());
+            out.extend_from_slice(&l.bytes.to_le_bytes());
+        }
     }
     out
 }

@@ -1,3 +1,7 @@
+//! Format 4 indexes blobs with one entry per pack (`p.{id}`); format 3 had one per blob
+//! (`x.{id}`): opening a format-3 dir writes the pack entries, flushes, then drops the old
+//! trees (a crash before the marker is rewritten does it again, harmlessly).
+//!
 //! Format 3 moved blobs out of sled into pack files. A data dir of format 1 or 2 keeps its
 //! bases (tree `c.{id}`) and layers (`d.{id}`) in sled, in pieces: opening it moves every
 //! blob into packs, indexes it, flushes, and only then drops the old trees. A crash
@@ -43,6 +47,25 @@ impl Store {
                 data.extend_from_slice(&piece);
             }
             moved += self.put_moved(id, &data, &blobs)?;
+            old.push(name);
+        }
+        self.sync()?;
+        for name in old {
+            g.db.drop_tree(name.as_bytes())?;
+        }
+        self.sync()?;
+        Ok(moved)
+    }
+
+    /// Rewrites format 3's per-blob index trees as pack entries. Returns how many blobs.
+    pub(crate) fn migrate_blob_index(&self) -> Result<u64> {
+        let g = self.inner()?;
+        let mut moved = 0u64;
+        let mut old = Vec::new();
+        for name in g.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).to_string();
+            let Some(id) = name.strip_prefix("x.").and_then(|id| id.parse::<u64>().ok()) else { continue };
+            moved += self.index_by_pack(id, &g.db.open_tree(&name)?)?;
             old.push(name);
         }
         self.sync()?;

@@ -2,7 +2,7 @@
 //!
 //! A pack is a file of blobs written back to back, once: `DATA_DIR/packs/{model id}/
 //! {n:016x}.pack`, `n` unique in the store. It is written whole and fsynced (with its
-//! directory) before the index entries that name it (sled tree `x.{id}`, see [`Loc`]) are
+//! directory) before the index entry that names it (sled tree `p.{id}`, see [`Loc`]) is
 //! written, so an index entry never names bytes that are not durable. A pack goes when no
 //! index entry names it, and is rewritten with only its live blobs when fewer than half
 //! of its bytes are still named (so the packs of a model hold about twice what its
@@ -31,6 +31,7 @@ pub(crate) struct Loc {
 impl Loc {
     pub const BYTES: usize = 24;
 
+    #[cfg(test)]
     pub fn encode(&self) -> [u8; Loc::BYTES] {
         let mut b = [0u8; Loc::BYTES];
         b[..8].copy_from_slice(&self.pack.to_le_bytes());

@@ -1,6 +1,6 @@
 //! Store tests on a real sled database in a temp dir.
 use super::*;
-use crate::keys::{be, blob_key, layer_piece_key, piece_key};
+use crate::keys::{be, layer_piece_key, piece_key};
 use accrete_core::Params;
 use accrete_core::{ModelKind, ModelSpec};
 use std::collections::HashSet;
@@ -33,14 +33,14 @@ fn all_chunks(p: &Params) -> ChunkBatch {
 
 /// Whether model 1 has blob `r` indexed.
 fn has(s: &Store, r: Ref) -> bool {
-    s.tree(1, 'x').unwrap().contains_key(blob_key(&r)).unwrap()
+    s.loc(1, &r).is_some()
 }
 
 /// Rewrites model `id`'s blobs as format 2 stored them (in sled, 8 KiB pieces, trees `c`
 /// and `d`), packs and index gone.
 fn to_format_2(s: &Store, id: u64) {
     let mut buf = Vec::new();
-    for (r, loc) in s.indexed(id).unwrap() {
+    for (r, loc) in s.indexed(id) {
         assert!(matches!(s.packs.read(id, &loc, &mut buf).unwrap(), crate::packs::Read::Ok));
         for (i, piece) in buf.chunks(8192).enumerate() {
             let i = i as u32;
@@ -52,7 +52,7 @@ fn to_format_2(s: &Store, id: u64) {
             };
         }
     }
-    s.tree(id, 'x').unwrap().clear().unwrap();
+    s.tree(id, 'p').unwrap().clear().unwrap();
     s.flush().unwrap();
     s.packs.remove_model(id).unwrap();
 }
@@ -135,7 +135,7 @@ fn dropping_versions_frees_only_unreferenced_chunks() {
 
 #[test]
 fn manifest_encoding_roundtrips_and_rejects_truncation() {
-    let layer = |hi, lo| Layer { hi, lo, bytes: 100 };
+    let layer = |hi, lo| Layer { hi, lo, bytes: 1000 };
     let m = Manifest {
         tensors: vec![
             vec![Chain::whole(1), Chain { base: 0, layers: vec![layer(2, 2), layer(5, 3)] }, Chain::whole(3)],
@@ -149,6 +149,9 @@ fn manifest_encoding_roundtrips_and_rejects_truncation() {
     for cut in 0..b.len() {
         assert_eq!(Manifest::decode(&b[..cut]), None, "cut at {cut}");
     }
+    assert_eq!(Manifest::decode(&manifest::encode_v2(&m)), Some(m.clone()), "format 2's encoding reads");
+    let v2 = manifest::encode_v2(&m);
+    assert!(b.len() * 2 < v2.len(), "{} bytes, {} in format 2", b.len(), v2.len());
     // format 1's manifests read as chains without layers
     let whole = Manifest { tensors: vec![vec![Chain::whole(1), Chain::whole(4)], vec![Chain::whole(2)]] };
     assert_eq!(Manifest::decode(&manifest::encode_v1(&whole)), Some(whole));
@@ -243,7 +246,7 @@ fn versions_read_as_init_spec_plus_layers_bitwise_and_retention_keeps_what_they_
     assert!(has(&s, Ref::Delta { t: 0, c: 1, hi: 2, lo: 2 }), "version 4 needs it");
     assert_eq!(load(&s, 1, 4, &hashed()), Params::content_bits(&want[3]));
     s.drop_versions(1, "m", &[4], &[1]).unwrap();
-    assert_eq!(s.indexed(1).unwrap().len(), 0, "nothing left but the init spec");
+    assert_eq!(s.indexed(1).len(), 0, "nothing left but the init spec");
     assert_eq!(s.packs.list(1).unwrap(), Vec::<u64>::new(), "and no pack");
     assert_eq!(load(&s, 1, 1, &hashed()), Params::content_bits(&want[0]));
 }
@@ -257,7 +260,7 @@ fn a_crashed_commits_layers_are_removed_at_open_and_a_missing_layer_drops_its_ve
         let mut layer = ChunkBatch::default();
         layer.push_blob(0, 1, true, |b| b.extend_from_slice(b"x"));
         s.write_chunks(1, 5, &layer).unwrap();
-        s.tree(1, 'x').unwrap().remove(blob_key(&Ref::Delta { t: 0, c: 1, hi: 3, lo: 3 })).unwrap();
+        s.unindex(1, &Ref::Delta { t: 0, c: 1, hi: 3, lo: 3 });
         s.flush().unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -267,7 +270,7 @@ fn a_crashed_commits_layers_are_removed_at_open_and_a_missing_layer_drops_its_ve
 }
 
 #[test]
-fn format_1_and_2_dirs_are_migrated_and_a_newer_format_refused() {
+fn format_1_2_and_3_dirs_are_migrated_and_a_newer_format_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = Params::init(&spec());
     {
@@ -311,8 +314,23 @@ fn format_1_and_2_dirs_are_migrated_and_a_newer_format_refused() {
     for v in 1..=4 {
         assert_eq!(load(&s, 1, v, &hashed()), want[v as usize - 1].content_bits(), "version {v}");
     }
-    let named: HashSet<u64> = s.indexed(1).unwrap().iter().map(|(_, l)| l.pack).collect();
+    let named: HashSet<u64> = s.indexed(1).iter().map(|(_, l)| l.pack).collect();
     assert_eq!(s.packs.list(1).unwrap().len(), named.len(), "no pack that nothing names");
+
+    // format 3: an index entry per blob (tree x), indexed by pack at open
+    s.to_blob_index(1);
+    drop(s);
+    std::fs::write(dir.path().join(MARKER), "accrete data dir, format 3\n").unwrap();
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    for v in 1..=4 {
+        assert_eq!(load(&s, 1, v, &hashed()), want[v as usize - 1].content_bits(), "version {v}");
+    }
+    assert!(s.tree(1, 'x').unwrap().is_empty(), "the per-blob index is gone");
+    assert_eq!(s.packs.list(1).unwrap().len(), named.len(), "every pack kept");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(MARKER)).unwrap(),
+        format!("accrete data dir, format {FORMAT}\n")
+    );
 }
 
 #[test]
@@ -376,7 +394,7 @@ fn a_listed_version_whose_chunks_are_gone_is_dropped_at_open() {
     {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         two_versions(&s, &p);
-        s.tree(1, 'x').unwrap().remove(blob_key(&Ref::Base { t: 0, c: 1, v: 2 })).unwrap();
+        s.unindex(1, &Ref::Base { t: 0, c: 1, v: 2 });
         s.flush().unwrap();
     }
     let s = Store::open(dir.path(), 1 << 20).unwrap();
@@ -489,7 +507,7 @@ fn a_pack_rewritten_at_open_is_kept() {
     for open in ["the open that rewrites", "the next"] {
         let s = Store::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(load(&s, 1, 2, &spec()), p.content_bits(), "{open}");
-        let named: HashSet<u64> = s.indexed(1).unwrap().iter().map(|(_, l)| l.pack).collect();
+        let named: HashSet<u64> = s.indexed(1).iter().map(|(_, l)| l.pack).collect();
         assert_eq!(s.packs.list(1).unwrap().into_iter().collect::<HashSet<_>>(), named, "{open}");
     }
 }
@@ -510,9 +528,35 @@ fn a_manifest_without_its_record_goes_and_a_damaged_index_is_named() {
         assert!(s.manifest(1, 1, "m").unwrap().is_none());
         assert!(!has(&s, Ref::Base { t: 0, c: 0, v: 1 }), "its blobs went with it");
         assert!(has(&s, Ref::Base { t: 0, c: 2, v: 1 }), "version 2 still reads this one");
-        s.tree(1, 'x').unwrap().insert(blob_key(&Ref::Base { t: 0, c: 1, v: 2 }), &b"short"[..]).unwrap();
+        s.damage_index(1, &Ref::Base { t: 0, c: 1, v: 2 }, b"short");
         s.flush().unwrap();
     }
     let e = Store::open(dir.path(), 1 << 20).unwrap_err();
-    assert!(matches!(e, StoreError::Corrupt { .. }) && e.to_string().contains("blob index entry"), "{e}");
+    assert!(matches!(e, StoreError::Corrupt { .. }) && e.to_string().contains("index entry of pack"), "{e}");
+}
+
+#[test]
+fn a_blob_written_again_is_listed_by_its_newest_pack_only() {
+    // (a compaction's base written again after a pass that failed before its manifests)
+    let dir = tempfile::tempdir().unwrap();
+    let p = Params::init(&spec());
+    let r = Ref::Base { t: 0, c: 1, v: 2 };
+    let (first, second) = {
+        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        two_versions(&s, &p);
+        let mut blob = Vec::new();
+        p.encode_chunk(0, 1, &mut blob);
+        s.write_bases(1, &[(2, 0, 1, blob.clone())]).unwrap();
+        let first = s.loc(1, &r).unwrap().pack;
+        s.write_bases(1, &[(2, 0, 1, blob)]).unwrap();
+        let second = s.loc(1, &r).unwrap().pack;
+        assert!(second > first);
+        let listed = s.tree(1, 'p').unwrap().get(be(first)).unwrap().unwrap();
+        assert_eq!(&listed[..], &0u32.to_le_bytes()[..], "the first pack's entry lists nothing now");
+        (first, second)
+    };
+    let s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(s.loc(1, &r).map(|l| l.pack), Some(second));
+    assert!(!s.packs.list(1).unwrap().contains(&first), "the pack nothing is live in went at open");
+    assert_eq!(load(&s, 1, 2, &spec()), p.content_bits());
 }

@@ -139,6 +139,18 @@ impl Params {
         }
     }
 
+    /// Writes the stored form of chunk `c` of tensor `t` into `out`, which is
+    /// [`Params::chunk_bytes`] long.
+    pub fn encode_chunk_into(&self, t: usize, c: usize, out: &mut [u8]) {
+        let ts = &self.tensors[t];
+        let r = ts.chunk_range(c);
+        for (v, out) in vectors(ts).zip(out.chunks_exact_mut(r.len() * 4)) {
+            for (x, b) in v[r.clone()].iter().zip(out.chunks_exact_mut(4)) {
+                b.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+
     /// Loads chunk `c` of tensor `t` from its stored form; refuses a blob of the wrong size.
     pub fn decode_chunk(&mut self, t: usize, c: usize, blob: &[u8]) -> Result<(), UpdateError> {
         let ts = &mut self.tensors[t];
@@ -167,31 +179,41 @@ impl Params {
     /// Appends the delta of chunk `c` of tensor `t` holding the floats set in `bits` (one
     /// bit per float of the chunk, as [`super::Change::Rows`] gives them).
     pub fn encode_delta(&self, t: usize, c: usize, bits: &[u64], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + self.delta_bytes(t, bits), 0);
+        self.encode_delta_into(t, c, bits, &mut out[start..]);
+    }
+
+    /// Writes that delta into `out`, which is [`Params::delta_bytes`] long.
+    pub fn encode_delta_into(&self, t: usize, c: usize, bits: &[u64], out: &mut [u8]) {
         let ts = &self.tensors[t];
         let base = c * CHUNK_FLOATS;
         let n: usize = bits.iter().map(|w| w.count_ones() as usize).sum();
         let vecs = 1 + ts.slots.len();
-        let start = out.len();
-        out.resize(start + delta_len(n, vecs), 0);
-        let (head, body) = out[start..].split_at_mut(HEADER);
+        let (head, body) = out.split_at_mut(HEADER.min(out.len()));
         head[..4].copy_from_slice(&[b'D', vecs as u8, 0, 0]);
         head[4..].copy_from_slice(&(n as u32).to_le_bytes());
         let (offsets, values) = body.split_at_mut(2 * n);
-        // One pass over the set bits, each float's vectors read together: the reads are
-        // scattered (a commit of random rows misses the cache at every one), and
-        // independent, so the processor overlaps them.
-        let mut i = 0;
+        // The offsets first (a sequential pass over the bits), then each vector gathered at
+        // them in a tight loop: the reads are scattered (a commit of random rows misses
+        // the cache at every one) and independent, so the processor overlaps many of them.
+        let mut slots = offsets.chunks_exact_mut(2);
         for (word, w) in bits.iter().take(CHUNK_WORDS).enumerate() {
             let mut w = *w;
             while w != 0 {
-                let o = 64 * word + w.trailing_zeros() as usize;
+                let o = (64 * word) as u16 + w.trailing_zeros() as u16;
                 w &= w - 1;
-                offsets[2 * i..2 * i + 2].copy_from_slice(&(o as u16).to_le_bytes());
-                for (k, v) in vectors(ts).enumerate() {
-                    let at = 4 * (k * n + i);
-                    values[at..at + 4].copy_from_slice(&v[base + o].to_le_bytes());
+                if let Some(s) = slots.next() {
+                    s.copy_from_slice(&o.to_le_bytes());
                 }
-                i += 1;
+            }
+        }
+        let chunk_end = (base + CHUNK_FLOATS).min(ts.w.len());
+        for (v, out) in vectors(ts).zip(values.chunks_exact_mut(4 * n)) {
+            let v = &v[base..chunk_end];
+            for (o, out) in offsets.chunks_exact(2).zip(out.chunks_exact_mut(4)) {
+                let o = u16::from_le_bytes([o[0], o[1]]) as usize;
+                out.copy_from_slice(&v.get(o).copied().unwrap_or_default().to_le_bytes());
             }
         }
     }

@@ -3,7 +3,7 @@
 //! failed write), the snapshots themselves, and what a failed write gives back to the live
 //! state. The runtime writes what these hand out.
 use super::{Engine, Snapshot, MAX_PENDING, RETRY_AFTER};
-use accrete_core::params::{apply_to_whole, merge_deltas, Change};
+use accrete_core::params::{apply_to_whole, merge_deltas};
 use accrete_core::VersionKind;
 use accrete_store::ChunkBatch;
 use std::collections::BTreeMap;
@@ -149,23 +149,7 @@ impl Engine {
     /// just those floats ([`accrete_core::Params::commit_form`]); dense and mostly-changed
     /// chunks go whole.
     fn take_snapshot(&mut self, kind: VersionKind, reason: &str, now: Instant) -> Snapshot {
-        let p = &self.params;
-        let form = |t: usize, c: usize| match (p.commit_form(t, c), p.change(t, c)) {
-            (Some(true), Some(Change::Rows(bits))) => (true, p.delta_bytes(t, bits)),
-            _ => (false, p.chunk_bytes(t, c)),
-        };
-        let bytes = (0..p.tensors.len()).flat_map(|t| p.dirty_chunks(t).map(move |c| form(t, c).1)).sum();
-        let mut chunks = ChunkBatch::with_capacity(bytes);
-        for t in 0..p.tensors.len() {
-            for c in p.dirty_chunks(t) {
-                match (form(t, c).0, p.change(t, c)) {
-                    (true, Some(Change::Rows(bits))) => {
-                        chunks.push_blob(t as u32, c as u32, true, |out| p.encode_delta(t, c, bits, out))
-                    }
-                    _ => chunks.push(t as u32, c as u32, |out| p.encode_chunk(t, c, out)),
-                }
-            }
-        }
+        let chunks = super::encode::encode_changed(&self.params);
         let snap = Snapshot {
             chunks,
             updates: self.updates,

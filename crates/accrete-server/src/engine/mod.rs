@@ -14,6 +14,7 @@
 
 mod check;
 mod commits;
+mod encode;
 mod rounds;
 #[cfg(test)]
 mod tests;
