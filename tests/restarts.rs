@@ -37,6 +37,15 @@ async fn live_updates(url: &str) -> Option<u64> {
     Some(c.models.get_model_info(pb::ModelRef { name: "m".into() }).await.ok()?.into_inner().updates)
 }
 
+/// The lowest incarnation among the two workers' progress in the head version (0 until
+/// both have some): both have joined `n` times once it is `n`.
+async fn both_joined(url: &str) -> u64 {
+    let Ok(mut c) = common::connect(url).await else { return 0 };
+    let Some(head) = versions(&mut c, "m").await.pop() else { return 0 };
+    let of = |id: &str| head.workers.iter().find(|w| w.worker_id == id).map_or(0, |w| w.incarnation);
+    of("w0").min(of("w1"))
+}
+
 /// Waits (bounded) until `child` exits; its status.
 async fn exit_of(child: &mut Child, what: &str, secs: u64) -> std::process::ExitStatus {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -101,10 +110,12 @@ async fn three_kills_during_two_workers_pass(consistency: &str, with_evaluator: 
     });
     let mut base = 0;
     for kill in 0..3 {
-        // Both workers push again since the (re)start: each kill is in the middle of the pass.
+        // Both workers push again since the (re)start (each joined again: else one can be
+        // killed twice within one of its retries, a single outage to it): each kill is in
+        // the middle of the pass.
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            if live_updates(&p.url).await.is_some_and(|u| u >= base + 300) {
+            if live_updates(&p.url).await.is_some_and(|u| u >= base + 300) && both_joined(&p.url).await > kill {
                 break;
             }
             assert!(
