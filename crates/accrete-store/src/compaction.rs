@@ -50,6 +50,8 @@ impl Store {
     /// that version — as one pack, indexed and flushed. Nothing names them yet.
     pub fn write_bases(&self, id: u64, bases: &[(u64, u32, u32, Vec<u8>)]) -> Result<()> {
         self.writing(|| {
+            // (held throughout: a reopen never falls between the blobs and the flush)
+            let _held = self.inner()?;
             let blobs: Vec<(Ref, &[u8])> =
                 bases.iter().map(|(v, t, c, blob)| (Ref::Base { t: *t, c: *c, v: *v }, &blob[..])).collect();
             self.put_blobs(id, &blobs)?;

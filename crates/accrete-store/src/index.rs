@@ -29,6 +29,10 @@ pub(crate) struct ModelIndex {
     /// Per pack with an entry: the blobs the entry lists (a blob listed elsewhere since is
     /// not live here).
     pub packs: BTreeMap<u64, Vec<Ref>>,
+    /// Packs that lost blobs to a newer pack (a blob written again): the next deletion,
+    /// which runs with no load in flight, deletes or rewrites them as it does the packs
+    /// it frees blobs in.
+    pub retouch: BTreeSet<u64>,
 }
 
 impl ModelIndex {
@@ -121,11 +125,20 @@ impl Store {
         Ok(())
     }
 
-    /// Loads every loaded model's index again (after the database was opened again: what
-    /// a failed write did not make durable is gone from it).
+    /// Loads every model's index again (after the database was opened again: what a
+    /// failed write did not make durable is gone from it). A model whose index does not
+    /// load keeps none (its reads report the blobs missing, naming them; the next open
+    /// stops on the damage), and the others go on.
     pub(crate) fn reload_indexes(&self) -> Result<()> {
-        let ids: Vec<u64> = self.index.lock().keys().copied().collect();
-        ids.into_iter().try_for_each(|id| self.load_index(id))
+        let ids: Vec<u64> = self.models()?.iter().map(|m| m.id).collect();
+        self.index.lock().retain(|id, _| ids.contains(id));
+        for id in ids {
+            if let Err(e) = self.load_index(id) {
+                tracing::error!(model_id = id, "the blob index did not load after reopening the database: {e}");
+                *self.model_index(id).lock() = ModelIndex::default();
+            }
+        }
+        Ok(())
     }
 
     /// Forgets model `id`'s index (the model is deleted).
@@ -175,6 +188,7 @@ impl Store {
         g.tree(id, 'p')?.apply_batch(batch)?;
         for (p, live) in relisted {
             ix.list(p, &live);
+            ix.retouch.insert(p);
         }
         ix.list(pack, &listed);
         Ok(())
@@ -189,10 +203,11 @@ impl Store {
         let ix = self.model_index(id);
         let mut ix = ix.lock();
         let gone: BTreeSet<Ref> = blobs.iter().filter(|r| ix.locs.contains_key(r)).copied().collect();
-        if gone.is_empty() {
+        if gone.is_empty() && ix.retouch.is_empty() {
             return Ok(0);
         }
-        let touched: BTreeSet<u64> = gone.iter().filter_map(|r| ix.locs.get(r).map(|l| l.pack)).collect();
+        let mut touched: BTreeSet<u64> = gone.iter().filter_map(|r| ix.locs.get(r).map(|l| l.pack)).collect();
+        touched.extend(std::mem::take(&mut ix.retouch).into_iter().filter(|p| ix.packs.contains_key(p)));
         let mut batch = sled::Batch::default();
         // (pack, its entry's blobs; None: the entry goes) and the packs whose files go
         let (mut lists, mut emptied): (Vec<(u64, Option<Listing>)>, Vec<u64>) = (Vec::new(), Vec::new());

@@ -199,22 +199,16 @@ impl Store {
             packs,
             index: Default::default(),
         };
-        if format < 3 {
-            // (format 1's manifests decode as chains without layers, its chunks are bases)
-            let moved = store.migrate_pieces()?;
-            tracing::info!(dir = %dir.display(), blobs = moved, "moved the blobs out of the database into packs");
-        }
-        if format < 4 {
-            let n = store.migrate_blob_index()?;
-            tracing::info!(dir = %dir.display(), blobs = n, "indexed the blobs by pack");
-        }
-        store.recover()?;
         if format < FORMAT {
-            // The marker changes atomically, once the data moved and the database
-            // recovered. A crash before the rename leaves the old format, migrated again.
+            // (format 1's manifests decode as chains without layers, its chunks are bases)
+            let moved = store.migrate()?;
+            // The marker changes atomically, once the data moved (flushed); the old trees
+            // go after it. A crash before the rename leaves the old format, migrated again.
             write_marker(dir, FORMAT).map_err(io)?;
-            tracing::info!(dir = %dir.display(), from = format, to = FORMAT, "migrated the data dir's format");
+            tracing::info!(dir = %dir.display(), from = format, to = FORMAT, blobs = moved, "migrated the data dir's format");
         }
+        store.drop_old_trees()?;
+        store.recover()?;
         store.reclaim_if_wasteful()?;
         Ok(store)
     }

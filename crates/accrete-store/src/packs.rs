@@ -4,11 +4,11 @@
 //! {n:016x}.pack`, `n` unique in the store. It is written whole and fsynced (with its
 //! directory) before the index entry that names it (sled tree `p.{id}`, see [`Loc`]) is
 //! written, so an index entry never names bytes that are not durable. A pack goes when no
-//! index entry names it, and is rewritten with only its live blobs when fewer than half
-//! of its bytes are still named (so the packs of a model hold about twice what its
-//! retained versions reference at most, unless a rewrite failed: logged). Packs nothing names — a commit that crashed between its
-//! pack and its index entries, a rewrite that crashed before deleting the old pack — are
-//! deleted when the store opens.
+//! blob in it is live, and is rewritten with only its live blobs when fewer than half of
+//! its bytes are (`index.rs`; so the packs of a model hold about twice what its retained
+//! versions reference at most, unless a rewrite failed: logged). Packs nothing names — a
+//! commit that crashed between its pack and its index entry, a rewrite that crashed
+//! before deleting the old pack — are deleted when the store opens.
 //!
 //! Why not in sled: sled 0.34 keeps about twice the live data on disk once values churn
 //! (1.7x after a fresh copy of 8 KiB values), and its memory grows with the bytes written

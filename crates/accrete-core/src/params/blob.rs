@@ -193,6 +193,9 @@ impl Params {
         let (head, body) = out.split_at_mut(HEADER.min(out.len()));
         head[..4].copy_from_slice(&[b'D', vecs as u8, 0, 0]);
         head[4..].copy_from_slice(&(n as u32).to_le_bytes());
+        if n == 0 {
+            return;
+        }
         let (offsets, values) = body.split_at_mut(2 * n);
         // The offsets first (a sequential pass over the bits), then each vector gathered at
         // them in a tight loop: the reads are scattered (a commit of random rows misses
@@ -213,7 +216,7 @@ impl Params {
             let v = &v[base..chunk_end];
             for (o, out) in offsets.chunks_exact(2).zip(out.chunks_exact_mut(4)) {
                 let o = u16::from_le_bytes([o[0], o[1]]) as usize;
-                out.copy_from_slice(&v.get(o).copied().unwrap_or_default().to_le_bytes());
+                out.copy_from_slice(&v[o].to_le_bytes());
             }
         }
     }
@@ -319,6 +322,12 @@ mod tests {
         swapped[8..12].copy_from_slice(&[5, 0, 3, 0]);
         assert!(q.apply_delta(h, 1, &swapped).unwrap_err().to_string().contains("out of order"));
         assert!(q.apply_delta(p.tensor_index("b").unwrap(), 0, &blob).is_err(), "offsets past a short chunk");
+        assert_eq!(q.content_bits(), p.content_bits());
+        // a delta of no floats is its header, and changes nothing
+        let mut empty = Vec::new();
+        p.encode_delta(h, 1, &vec![0u64; bits.len()], &mut empty);
+        assert_eq!(empty.len(), delta_len(0, 1 + p.tensors[h].slots.len()));
+        q.apply_delta(h, 1, &empty).unwrap();
         assert_eq!(q.content_bits(), p.content_bits());
     }
 
