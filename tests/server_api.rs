@@ -760,6 +760,44 @@ async fn pulls_serve_ranges_keys_versions_and_the_ema() {
 }
 
 #[tokio::test]
+async fn a_pull_with_slots_serves_the_optimizer_state_of_each_slice() {
+    let s = TestServer::start().await;
+    let mut c = s.client().await;
+    let mut spec = linear("a", 4, pb::OptimizerKind::Adam, 0.1);
+    spec.hash_bits = 4;
+    spec.ema_decay = 0.5;
+    create(&mut c, spec).await;
+    c.params.push(push_req("a", 0, vec![dense("w", 1, &[2.0, -4.0]), rows("h", &[3], &[-1.0])])).await.unwrap();
+    let req = pb::PullRequest {
+        model: "a".into(),
+        slices: vec![
+            pb::PullSlice { tensor: "w".into(), offset: 1, len: 2, ..Default::default() },
+            pb::PullSlice { tensor: "h".into(), keys: accrete_proto::keys_to_bytes(&[3, 0]), ..Default::default() },
+        ],
+        slots: true,
+        ..Default::default()
+    };
+    let r = c.params.pull(req.clone()).await.unwrap().into_inner();
+    let got: Vec<(String, String, Vec<f32>)> = r
+        .tensors
+        .iter()
+        .map(|t| (t.tensor.clone(), t.slot.clone(), accrete_proto::bytes_to_f32s(&t.values).unwrap()))
+        .collect();
+    let names: Vec<(&str, &str)> = got.iter().map(|(t, s, _)| (t.as_str(), s.as_str())).collect();
+    assert_eq!(names, [("w", ""), ("w", "m"), ("w", "v"), ("h", ""), ("h", "m"), ("h", "v")], "no EMA among the slots");
+    // Adam's first step: m = (1 - 0.9) g, v = (1 - 0.999) g^2
+    let close = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+    assert!(close(&got[1].2, &[0.2, -0.4]), "{:?}", got[1].2);
+    assert!(close(&got[2].2, &[0.004, 0.016]), "{:?}", got[2].2);
+    assert!(close(&got[4].2, &[-0.1, 0.0]), "{:?}", got[4].2);
+    assert!(close(&got[5].2, &[0.001, 0.0]), "{:?}", got[5].2);
+    // the weights are those of a pull without slots
+    let plain = c.params.pull(pb::PullRequest { slots: false, ..req }).await.unwrap().into_inner();
+    assert_eq!(plain.tensors.len(), 2);
+    assert_eq!((&plain.tensors[0].values, &plain.tensors[1].values), (&r.tensors[0].values, &r.tensors[3].values));
+}
+
+#[tokio::test]
 async fn push_stream_acks_each_push_and_stops_at_the_first_refusal() {
     let s = TestServer::start().await;
     let mut c = s.client().await;

@@ -127,6 +127,7 @@ pub fn batch_pull(
         ema: false,
         worker_id: worker_id.to_string(),
         clock,
+        slots: false,
     }
 }
 
@@ -139,6 +140,7 @@ impl From<&PullRequest> for pb::PullRequest {
             ema: r.ema,
             worker_id: r.worker_id.clone(),
             clock: r.clock,
+            slots: false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Pull answers: the requested slices (whole tensors, dense ranges, rows by key) of the
-//! live parameters or of a loaded version, as little-endian bytes, refused when the answer
-//! would be over the message limit (checked before anything is copied).
+//! live parameters or of a loaded version, as little-endian bytes — with each slice's
+//! optimizer slots when asked — refused when the answer would be over the message limit
+//! (checked before anything is copied).
 use super::check_keys;
 use crate::engine::Content;
 use crate::error::{Result, ServiceError};
@@ -28,11 +29,24 @@ pub(super) fn answer(from: Content<'_>, model: &str, req: &pb::PullRequest, limi
     };
     let slices = if whole.is_empty() { &req.slices } else { &whole };
     let (plan, bytes) = plan(p, model, slices)?;
+    // (the optimizer's slots: every slot but the EMA)
+    let slots: Vec<(usize, &str)> = match req.slots {
+        true => p.slot_names.iter().copied().enumerate().filter(|(_, n)| *n != "ema").collect(),
+        false => Vec::new(),
+    };
+    let bytes = bytes.saturating_mul(1 + slots.len());
     if bytes > limit {
         let what = format!("pull of {} floats from model {model:?} (use Export or smaller slices)", bytes / 4);
         return Err(ServiceError::TooLarge { what, bytes, limit });
     }
-    let tensors = slices.iter().zip(plan).map(|(s, (t, offset, len))| copy(p, req.ema, s, t, offset, len)).collect();
+    let mut tensors = Vec::with_capacity(slices.len() * (1 + slots.len()));
+    for (s, (t, offset, len)) in slices.iter().zip(plan) {
+        let label = if req.ema { "ema" } else { "" };
+        tensors.push(copy(p.weights(t, req.ema), p.tensors[t].spec.cols as usize, label, s, offset, len));
+        for (i, name) in &slots {
+            tensors.push(copy(&p.tensors[t].slots[*i], p.tensors[t].spec.cols as usize, name, s, offset, len));
+        }
+    }
     Ok(pb::PullResponse { version: from.version, lineage_epoch: from.epoch, updates: from.updates, tensors })
 }
 
@@ -66,15 +80,14 @@ fn plan(p: &Params, model: &str, slices: &[pb::PullSlice]) -> Result<(Plan, usiz
     Ok((plan, bytes))
 }
 
-/// One slice's values (weights or their EMA), as the answer carries them.
-fn copy(p: &Params, ema: bool, s: &pb::PullSlice, t: usize, offset: usize, len: usize) -> pb::TensorChunk {
-    let w = p.weights(t, ema);
+/// One slice's values of `w` (the weights, their EMA, or a slot: `label`), as the answer
+/// carries them.
+fn copy(w: &[f32], cols: usize, label: &str, s: &pb::PullSlice, offset: usize, len: usize) -> pb::TensorChunk {
     let mut out = Vec::new();
     let keys = LeKeys(&s.keys);
     if keys.is_empty() {
         accrete_proto::put_f32s(&mut out, &w[offset..offset + len]);
     } else {
-        let cols = p.tensors[t].spec.cols as usize;
         out.resize(keys.len() * cols * 4, 0);
         for (k, dst) in keys.iter().zip(out.chunks_exact_mut(cols * 4)) {
             let row = &w[k as usize * cols..(k as usize + 1) * cols];
@@ -85,7 +98,7 @@ fn copy(p: &Params, ema: bool, s: &pb::PullSlice, t: usize, offset: usize, len: 
     }
     pb::TensorChunk {
         tensor: s.tensor.clone(),
-        slot: if ema { "ema".into() } else { String::new() },
+        slot: label.to_string(),
         offset: offset as u64,
         values: out.into(), // in the order of the request's keys (not sent back)
         ..Default::default()
