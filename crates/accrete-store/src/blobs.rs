@@ -172,7 +172,7 @@ impl Store {
             for v in drop {
                 if let Some(m) = self.manifest(id, *v, model)? {
                     for (t, c, chain) in m.chains() {
-                        let mut refs = chain_refs(t, c, chain);
+                        let mut refs = chain.refs(t, c).peekable();
                         if refs.peek().is_some() {
                             let v = unreferenced.entry((t, c)).or_default();
                             v.extend(refs);
@@ -195,7 +195,7 @@ impl Store {
                     for (t, c, chain) in m.chains() {
                         if let Some(refs) = unreferenced.get_mut(&(t, c)) {
                             kept.clear();
-                            kept.extend(chain_refs(t, c, chain));
+                            kept.extend(chain.refs(t, c));
                             kept.sort_unstable();
                             refs.retain(|r| kept.binary_search(r).is_err());
                             if refs.is_empty() {
@@ -223,12 +223,6 @@ impl Store {
             self.delete_blobs(id, &unreferenced)
         })
     }
-}
-
-/// The stored blobs chain (t, c) references.
-fn chain_refs(t: u32, c: u32, chain: &Chain) -> std::iter::Peekable<impl Iterator<Item = Ref> + '_> {
-    let base = (chain.base > 0).then_some(Ref::Base { t, c, v: chain.base });
-    base.into_iter().chain(chain.layers.iter().map(move |l| Ref::Delta { t, c, hi: l.hi, lo: l.lo })).peekable()
 }
 
 /// One link of a chain, as [`Store::walk_chain`] reads it.

@@ -42,6 +42,13 @@ impl Chain {
         Chain { base, layers: Vec::new() }
     }
 
+    /// The stored blobs this chain (of chunk `c` of tensor `t`) references: its base
+    /// unless it is the init spec, then its layers, oldest first.
+    pub fn refs(&self, t: u32, c: u32) -> impl Iterator<Item = Ref> + '_ {
+        let base = (self.base > 0).then_some(Ref::Base { t, c, v: self.base });
+        base.into_iter().chain(self.layers.iter().map(move |l| Ref::Delta { t, c, hi: l.hi, lo: l.lo }))
+    }
+
     /// Bytes of the layers' blobs.
     pub fn layer_bytes(&self) -> u64 {
         self.layers.iter().map(|l| l.bytes as u64).sum()
@@ -113,10 +120,7 @@ impl Manifest {
 
     /// Every stored blob this manifest references.
     pub fn refs(&self) -> impl Iterator<Item = Ref> + '_ {
-        self.chains().flat_map(|(t, c, ch)| {
-            let base = (ch.base > 0).then_some(Ref::Base { t, c, v: ch.base });
-            base.into_iter().chain(ch.layers.iter().map(move |l| Ref::Delta { t, c, hi: l.hi, lo: l.lo }))
-        })
+        self.chains().flat_map(|(t, c, ch)| ch.refs(t, c))
     }
 
     /// The encoded length (what a version's manifest costs on disk).

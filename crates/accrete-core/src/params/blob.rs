@@ -129,14 +129,9 @@ fn vectors(ts: &TensorState) -> impl Iterator<Item = &Vec<f32>> {
 impl Params {
     /// Appends the stored form of chunk `c` of tensor `t` (weights, then each slot).
     pub fn encode_chunk(&self, t: usize, c: usize, out: &mut Vec<u8>) {
-        let ts = &self.tensors[t];
-        let r = ts.chunk_range(c);
-        out.reserve(r.len() * 4 * (1 + ts.slots.len()));
-        for v in vectors(ts) {
-            for x in &v[r.clone()] {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        }
+        let start = out.len();
+        out.resize(start + self.chunk_bytes(t, c), 0);
+        self.encode_chunk_into(t, c, &mut out[start..]);
     }
 
     /// Writes the stored form of chunk `c` of tensor `t` into `out`, which is
