@@ -840,6 +840,7 @@ async fn worker_progress_is_recorded_with_versions() {
             incarnation: 0,
             seq: i,
             update: false,
+            changes: false,
         });
         c.params.push(req).await.unwrap();
     }

@@ -52,6 +52,7 @@ pub(crate) async fn evaluator_bench(versions: u64) -> Result<()> {
         format: None,
         columns: columns.clone(),
         batch: 1000,
+        per_row: true,
         epochs: 1,
         follow: false,
         worker_id: "bench".into(),

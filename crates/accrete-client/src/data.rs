@@ -37,10 +37,23 @@ impl Client {
         version: Option<u64>,
         worker: Option<(&str, u64)>,
     ) -> Result<BatchParams> {
+        self.pull_batch_with(view, keys, version, worker, false).await
+    }
+
+    /// [`Client::pull_batch`], with each tensor's optimizer slots too when `slots` (what
+    /// per-row training on the worker's copy needs).
+    pub async fn pull_batch_with(
+        &mut self,
+        view: &ModelView,
+        keys: &[u32],
+        version: Option<u64>,
+        worker: Option<(&str, u64)>,
+        slots: bool,
+    ) -> Result<BatchParams> {
         if let Some(plan) = crate::split::Plan::of(&view.spec) {
-            return self.pull_split(&plan, view, keys, version, worker).await;
+            return self.pull_split(&plan, view, keys, version, worker, slots).await;
         }
-        let req = || accrete_proto::convert::batch_pull(view, keys, version, worker);
+        let req = || accrete_proto::convert::batch_pull(view, keys, version, worker, slots);
         let pulled: Pulled = retried!(self, params, pull, req())?.try_into()?;
         Ok(view.batch_params(pulled))
     }
@@ -242,7 +255,7 @@ impl Client {
         let view = self.model_view(model).await?;
         let mut batch = rows.clone();
         batch.compact();
-        let p = self.pull_split(plan, &view, &batch.uniq, version, None).await?;
+        let p = self.pull_split(plan, &view, &batch.uniq, version, None, false).await?;
         accrete_core::glm::prepare_dense(&mut batch.dense, batch.features, &p.norm);
         let mut values = Vec::new();
         accrete_core::kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut values);

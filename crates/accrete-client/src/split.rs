@@ -68,6 +68,7 @@ impl Client {
         keys: &[u32],
         version: Option<u64>,
         worker: Option<(&str, u64)>,
+        slots: bool,
     ) -> Result<BatchParams> {
         let (worker_id, clock) = worker.map_or((String::new(), 0), |(w, c)| (w.to_string(), c));
         let mut reqs: Vec<PullRequest> = (0..plan.parts)
@@ -76,6 +77,7 @@ impl Client {
                 version,
                 worker_id: worker_id.clone(),
                 clock,
+                slots,
                 ..Default::default()
             })
             .collect();
@@ -122,38 +124,60 @@ impl Client {
             updates: first.updates,
             ..Default::default()
         };
+        let slot_names: &[&str] = if slots { view.slot_names() } else { &[] };
         for (tensor, hashed) in view.batch_tensors() {
-            let values = match (plan.split_of(tensor), hashed) {
-                (None, true) if keys.is_empty() => continue,
-                (None, _) => pulled[0].get(tensor).map(<[f32]>::to_vec).unwrap_or_default(),
-                (Some(_), false) => {
-                    pulled.iter().flat_map(|p| p.get(tensor).unwrap_or_default().iter().copied()).collect()
-                }
-                (Some((starts, cols)), true) => {
-                    let cols = cols as usize;
-                    let mut values = vec![0f32; keys.len() * cols];
-                    let mut next = vec![0usize; plan.parts as usize];
-                    for (i, k) in keys.iter().enumerate() {
-                        let p = part_of(starts, *k as u64);
-                        let from = pulled[p].get(tensor).unwrap_or_default();
-                        let at = next[p] * cols;
-                        let Some(row) = from.get(at..at + cols) else {
-                            return Err(ClientError::Protocol(format!(
-                                "partition {p} of model {:?} answered {} values of {tensor:?} for more keys",
-                                plan.base,
-                                from.len()
-                            )));
-                        };
-                        values[i * cols..(i + 1) * cols].copy_from_slice(row);
-                        next[p] += 1;
-                    }
-                    values
-                }
-            };
+            if hashed && keys.is_empty() && plan.split_of(tensor).is_none() {
+                continue;
+            }
+            let values = gather(plan, keys, &pulled, tensor, hashed, |p| p.get(tensor))?;
             out.tensors.push((tensor.to_string(), values));
+            if tensor == "norm" {
+                continue;
+            }
+            for slot in slot_names {
+                let values = gather(plan, keys, &pulled, tensor, hashed, |p| p.slot(tensor, slot))?;
+                out.slots.push((tensor.to_string(), slot.to_string(), values));
+            }
         }
         Ok(view.batch_params(out))
     }
+}
+
+/// One vector of `tensor` (its weights or a slot, `of` picks it from a partition's
+/// answer) put together from the partitions' answers: a dense tensor's parts in order,
+/// a hashed one's rows in the keys' order.
+fn gather<'p>(
+    plan: &Plan,
+    keys: &[u32],
+    pulled: &'p [Pulled],
+    tensor: &str,
+    hashed: bool,
+    of: impl Fn(&'p Pulled) -> Option<&'p [f32]>,
+) -> Result<Vec<f32>> {
+    Ok(match (plan.split_of(tensor), hashed) {
+        (None, _) => of(&pulled[0]).map(<[f32]>::to_vec).unwrap_or_default(),
+        (Some(_), false) => pulled.iter().flat_map(|p| of(p).unwrap_or_default().iter().copied()).collect(),
+        (Some((starts, cols)), true) => {
+            let cols = cols as usize;
+            let mut values = vec![0f32; keys.len() * cols];
+            let mut next = vec![0usize; plan.parts as usize];
+            for (i, k) in keys.iter().enumerate() {
+                let p = part_of(starts, *k as u64);
+                let from = of(&pulled[p]).unwrap_or_default();
+                let at = next[p] * cols;
+                let Some(row) = from.get(at..at + cols) else {
+                    return Err(ClientError::Protocol(format!(
+                        "partition {p} of model {:?} answered {} values of {tensor:?} for more keys",
+                        plan.base,
+                        from.len()
+                    )));
+                };
+                values[i * cols..(i + 1) * cols].copy_from_slice(row);
+                next[p] += 1;
+            }
+            values
+        }
+    })
 }
 
 /// A push's share for every partition, in one pass over its rows: each partition's
@@ -196,6 +220,7 @@ pub(crate) fn push_parts(plan: &Plan, push: &Push<'_>) -> Vec<pb::PushRequest> {
                         let tensor = g.tensor.to_string();
                         out[p].grads.push(pb::TensorChunk {
                             tensor,
+                            slot: g.slot.to_string(),
                             keys: k.into(),
                             values: v.into(),
                             ..Default::default()
@@ -212,6 +237,7 @@ pub(crate) fn push_parts(plan: &Plan, push: &Push<'_>) -> Vec<pb::PushRequest> {
                         let values = &g.values[(a - g.offset) as usize..(b - g.offset) as usize];
                         req.grads.push(pb::TensorChunk {
                             tensor: g.tensor.to_string(),
+                            slot: g.slot.to_string(),
                             offset: a - lo,
                             values: accrete_proto::f32s_to_bytes(values),
                             ..Default::default()

@@ -56,7 +56,7 @@ impl GlmGrads {
 }
 
 /// Scores of row `r` into `z` (length outputs), before the link.
-fn scores(p: &GlmParams<'_>, batch: &Batch, sparse: &[u32], r: usize, z: &mut [f32]) {
+pub(crate) fn scores(p: &GlmParams<'_>, batch: &Batch, sparse: &[u32], r: usize, z: &mut [f32]) {
     let k = p.outputs;
     z.copy_from_slice(&p.b[..k]);
     if !p.w.is_empty() {
@@ -79,7 +79,7 @@ fn scores(p: &GlmParams<'_>, batch: &Batch, sparse: &[u32], r: usize, z: &mut [f
 }
 
 /// Applies the link in place: identity, sigmoid, or softmax.
-fn link(l: Link, z: &mut [f32]) {
+pub(crate) fn link(l: Link, z: &mut [f32]) {
     match l {
         Link::Identity => {}
         Link::Logistic => z[0] = 1.0 / (1.0 + (-z[0]).exp()),
@@ -96,11 +96,23 @@ fn link(l: Link, z: &mut [f32]) {
 }
 
 /// Loss of one row given its linked outputs.
-fn row_loss(l: Link, y: f32, out: &[f32]) -> f64 {
+pub(crate) fn row_loss(l: Link, y: f32, out: &[f32]) -> f64 {
     match l {
         Link::Identity => ((out[0] - y) as f64).powi(2),
         Link::Logistic => crate::metrics::binary_loss(y, out[0]),
         Link::Softmax => -(out.get(y as usize).copied().unwrap_or(0.0) as f64).clamp(1e-15, 1.0).ln(),
+    }
+}
+
+/// Turns linked outputs into dL/dscore: prediction minus target (one-hot for softmax).
+pub(crate) fn minus_target(l: Link, y: f32, z: &mut [f32]) {
+    match l {
+        Link::Identity | Link::Logistic => z[0] -= y,
+        Link::Softmax => {
+            if let Some(t) = z.get_mut(y as usize) {
+                *t -= 1.0;
+            }
+        }
     }
 }
 
@@ -133,15 +145,7 @@ pub fn train(l: Link, p: &GlmParams<'_>, batch: &Batch, sparse: &[u32], g: &mut 
         scores(p, batch, sparse, r, z);
         link(l, z);
         loss += row_loss(l, y, z);
-        // dL/dscore: prediction minus target (one-hot for softmax)
-        match l {
-            Link::Identity | Link::Logistic => z[0] -= y,
-            Link::Softmax => {
-                if let Some(t) = z.get_mut(y as usize) {
-                    *t -= 1.0;
-                }
-            }
-        }
+        minus_target(l, y, z);
         for (gb, d) in g.b.iter_mut().zip(z.iter()) {
             *gb += d;
         }

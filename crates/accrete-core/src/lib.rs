@@ -12,6 +12,7 @@ pub mod glm;
 pub mod info;
 pub mod kinds;
 pub mod layout;
+pub mod local;
 pub mod metrics;
 pub mod nn;
 pub mod optim;

@@ -1,8 +1,30 @@
 //! Server-side optimizers. One call updates a contiguous run of parameters with its
 //! gradient; the optimizer is matched once per run, never per value, so the inner loops
 //! vectorise. Slot meanings: momentum `velocity`; AdaGrad `accum` (sum of g²); Adam `m`,
-//! `v`; FTRL-Proximal `z`, `n` (McMahan et al., 2013).
+//! `v`; FTRL-Proximal `z`, `n` (McMahan et al., 2013); normalized `accum`, `scale`
+//! (its per-row rule is in [`crate::local`]; a pushed gradient gets AdaGrad's rule).
+//!
+//! A push of changes (per-row training, [`Merge`]) adds each weight's and slot's change,
+//! except `scale`, which is a running maximum and takes the larger value.
 use crate::spec::{OptimizerKind, OptimizerSpec};
+
+/// How a push of changes (a worker that trained row by row on its copy) merges one
+/// vector into the live one: the weights and most slots add the worker's change; a slot
+/// that is a running maximum (`scale`) carries its new value and keeps the larger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    Add,
+    Max,
+}
+
+/// The merge of a slot by name ([`Merge`]).
+pub fn merge_of(slot: &str) -> Merge {
+    if slot == "scale" {
+        Merge::Max
+    } else {
+        Merge::Add
+    }
+}
 
 /// Where a gradient's values come from: f32 slices, or little-endian f32 bytes straight
 /// from the wire (decoded in the loop, no copy).
@@ -132,7 +154,7 @@ impl Optimizer {
                 let v = &mut s0[..n];
                 (0..n).for_each(|i| r.momentum(&mut w[i], &mut v[i], g[i]))
             }
-            OptimizerKind::Adagrad => {
+            OptimizerKind::Adagrad | OptimizerKind::Normalized => {
                 let a = &mut s0[..n];
                 (0..n).for_each(|i| r.adagrad(&mut w[i], &mut a[i], g[i]))
             }
@@ -157,7 +179,9 @@ impl Optimizer {
         match self.spec.kind {
             OptimizerKind::Sgd => it.for_each(|(k, g)| r.sgd(&mut w[k], *g)),
             OptimizerKind::Momentum => it.for_each(|(k, g)| r.momentum(&mut w[k], &mut s0[k], *g)),
-            OptimizerKind::Adagrad => it.for_each(|(k, g)| r.adagrad(&mut w[k], &mut s0[k], *g)),
+            OptimizerKind::Adagrad | OptimizerKind::Normalized => {
+                it.for_each(|(k, g)| r.adagrad(&mut w[k], &mut s0[k], *g))
+            }
             OptimizerKind::Adam => it.for_each(|(k, g)| r.adam(&mut w[k], &mut s0[k], &mut s1[k], *g)),
             OptimizerKind::Ftrl => it.for_each(|(k, g)| r.ftrl(&mut w[k], &mut s0[k], &mut s1[k], *g)),
         }
@@ -167,7 +191,7 @@ impl Optimizer {
 /// The update rule of each optimizer for one parameter, with its constants worked out
 /// once per call.
 #[derive(Clone, Copy)]
-struct Rule {
+pub struct Rule {
     lr: f32,
     l1: f32,
     l2: f32,
@@ -181,7 +205,21 @@ struct Rule {
 }
 
 impl Rule {
-    fn new(o: &OptimizerSpec, step: u64) -> Rule {
+    /// One parameter's update by gradient `g` under `kind`, its slots `s0`, `s1` (pass
+    /// scratch values for slots the optimizer lacks): what per-row training runs per
+    /// coordinate (the normalized optimizer's own rule needs the row, see [`crate::local`]).
+    #[inline]
+    pub fn step(&self, kind: OptimizerKind, w: &mut f32, s0: &mut f32, s1: &mut f32, g: f32) {
+        match kind {
+            OptimizerKind::Sgd => self.sgd(w, g),
+            OptimizerKind::Momentum => self.momentum(w, s0, g),
+            OptimizerKind::Adagrad | OptimizerKind::Normalized => self.adagrad(w, s0, g),
+            OptimizerKind::Adam => self.adam(w, s0, s1, g),
+            OptimizerKind::Ftrl => self.ftrl(w, s0, s1, g),
+        }
+    }
+
+    pub fn new(o: &OptimizerSpec, step: u64) -> Rule {
         let t = step.min(i32::MAX as u64) as i32;
         Rule {
             lr: o.lr,

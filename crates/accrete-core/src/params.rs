@@ -11,6 +11,7 @@ use crate::undo::Undo;
 
 mod blob;
 mod dirty;
+mod merge;
 pub use blob::{apply_to_whole, delta_len, merge as merge_deltas, Delta};
 pub use dirty::Change;
 use dirty::Dirty;

@@ -38,6 +38,8 @@ pub struct PullRequest {
     pub ema: bool,
     pub worker_id: String,
     pub clock: u64,
+    /// Also each slice's optimizer slots (every slot but the EMA).
+    pub slots: bool,
 }
 
 /// Pulled values, one entry per requested slice, in order.
@@ -48,12 +50,19 @@ pub struct Pulled {
     pub lineage_epoch: u64,
     pub updates: u64,
     pub tensors: Vec<(String, Vec<f32>)>,
+    /// With [`PullRequest::slots`]: (tensor, slot, values) for each slice and slot.
+    pub slots: Vec<(String, String, Vec<f32>)>,
 }
 
 impl Pulled {
     /// The values of the first slice of `tensor`.
     pub fn get(&self, tensor: &str) -> Option<&[f32]> {
         self.tensors.iter().find(|(n, _)| n == tensor).map(|(_, v)| &v[..])
+    }
+
+    /// Slot `slot` of the first slice of `tensor`.
+    pub fn slot(&self, tensor: &str, slot: &str) -> Option<&[f32]> {
+        self.slots.iter().find(|(n, s, _)| n == tensor && s == slot).map(|(_, _, v)| &v[..])
     }
 }
 

@@ -24,6 +24,9 @@ pub struct PushMeta {
     /// partition, so the policy's count and Adam's bias correction do not depend on how
     /// the rows fell. A push without values anywhere only marks progress.
     pub update: bool,
+    /// The values are what a worker's per-row training changed (weights and optimizer
+    /// slots, merged by [`crate::optim::Merge`]), not gradients for the optimizer.
+    pub changes: bool,
 }
 
 /// One gradient of a push, borrowed from the worker's buffers (the client encodes it
@@ -32,6 +35,8 @@ pub struct PushMeta {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Gradient<'a> {
     pub tensor: &'a str,
+    /// "" = the weights; in a push of changes, an optimizer slot's change.
+    pub slot: &'a str,
     pub offset: u64,
     pub keys: &'a [u32],
     pub values: &'a [f32],

@@ -24,6 +24,9 @@ impl ModelKind {
     }
 }
 
+/// The normalized optimizer's default learning rate (Vowpal Wabbit's).
+pub const NORMALIZED_LR: f32 = 0.5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
@@ -32,6 +35,10 @@ pub enum OptimizerKind {
     Adagrad,
     Adam,
     Ftrl,
+    /// Adaptive, normalised and scale-invariant updates (Vowpal Wabbit's default): see
+    /// [`crate::local`]. Needs the rows, so it is exact only in per-row (local) training;
+    /// a pushed gradient is applied by AdaGrad's rule on the same `accum` slot.
+    Normalized,
 }
 
 impl OptimizerKind {
@@ -42,6 +49,7 @@ impl OptimizerKind {
             OptimizerKind::Adagrad => "adagrad",
             OptimizerKind::Adam => "adam",
             OptimizerKind::Ftrl => "ftrl",
+            OptimizerKind::Normalized => "normalized",
         }
     }
 }
@@ -74,10 +82,15 @@ impl OptimizerSpec {
     }
 
     /// Fills unset (zero) hyper-parameters with the usual defaults: lr 0.01 (FTRL alpha
-    /// 0.1), momentum 0.9, Adam betas 0.9/0.999, eps 1e-8 (AdaGrad 1e-6), FTRL beta 1.
+    /// 0.1, normalized 0.5), momentum 0.9, Adam betas 0.9/0.999, eps 1e-8 (AdaGrad and
+    /// normalized 1e-6), FTRL beta 1.
     pub fn with_defaults(mut self) -> Self {
         if self.lr == 0.0 {
-            self.lr = if self.kind == OptimizerKind::Ftrl { 0.1 } else { 0.01 };
+            self.lr = match self.kind {
+                OptimizerKind::Ftrl => 0.1,
+                OptimizerKind::Normalized => NORMALIZED_LR,
+                _ => 0.01,
+            };
         }
         if self.momentum == 0.0 && self.kind == OptimizerKind::Momentum {
             self.momentum = 0.9;
@@ -95,7 +108,7 @@ impl OptimizerSpec {
         if self.eps == 0.0 {
             match self.kind {
                 OptimizerKind::Adam => self.eps = 1e-8,
-                OptimizerKind::Adagrad => self.eps = 1e-6,
+                OptimizerKind::Adagrad | OptimizerKind::Normalized => self.eps = 1e-6,
                 _ => {}
             }
         }

@@ -21,9 +21,14 @@ pub struct ModelView {
 #[derive(Debug, Clone, Default)]
 pub struct BatchParams {
     pub tensors: Tensors,
+    /// When pulled with slots: each optimizer slot (in the model's order, the EMA left
+    /// out) in the shapes of `tensors`.
+    pub slots: Vec<Tensors>,
     pub norm: Vec<f32>,
     pub version: u64,
     pub lineage_epoch: u64,
+    /// Updates applied to the live parameters pulled (Adam's step count).
+    pub updates: u64,
 }
 
 impl ModelView {
@@ -44,9 +49,28 @@ impl ModelView {
         self.tensors.iter().map(|(n, hashed)| (n.as_str(), *hashed)).chain(norm)
     }
 
+    /// The optimizer slots a pull with slots brings, in order.
+    pub fn slot_names(&self) -> &'static [&'static str] {
+        crate::layout::optimizer_slots(self.spec.optimizer.kind)
+    }
+
     /// Lays pulled slices out by tensor name.
     pub fn batch_params(&self, pulled: Pulled) -> BatchParams {
-        let mut p = BatchParams { version: pulled.version, lineage_epoch: pulled.lineage_epoch, ..Default::default() };
+        let mut p = BatchParams {
+            version: pulled.version,
+            lineage_epoch: pulled.lineage_epoch,
+            updates: pulled.updates,
+            ..Default::default()
+        };
+        if !pulled.slots.is_empty() {
+            p.slots = self.slot_names().iter().map(|_| Tensors::default()).collect();
+        }
+        for (name, slot, values) in pulled.slots {
+            let i = self.slot_names().iter().position(|s| *s == slot);
+            if let Some(dst) = i.and_then(|i| p.slots[i].get_mut(&name)) {
+                *dst = values;
+            }
+        }
         for (name, values) in pulled.tensors {
             match p.tensors.get_mut(&name) {
                 Some(slot) => *slot = values,

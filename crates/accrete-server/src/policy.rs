@@ -155,7 +155,7 @@ mod tests {
         let h = reg.create(spec, "", None).unwrap();
         let task = tokio::spawn(run(reg.clone()));
         let g = 1.0f32.to_le_bytes();
-        let grads = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &g }];
+        let grads = [Grad { slot: "", tensor: "b", offset: 0, keys: LeKeys(&[]), values: &g }];
         for _ in 0..7 {
             h.push(0, &grads, &PushMeta::default()).unwrap();
         }
@@ -195,7 +195,7 @@ mod tests {
                 // rows spread over the table: every version writes several chunks
                 let keys: Vec<u8> = (0..256u64).flat_map(|k| (k * 257 % (1 << 16)).to_le_bytes()).collect();
                 let values: Vec<u8> = (0..256).flat_map(|_| 0.01f32.to_le_bytes()).collect();
-                let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&keys), values: &values }];
+                let grads = [Grad { slot: "", tensor: "h", offset: 0, keys: LeKeys(&keys), values: &values }];
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                     h.push(0, &grads, &PushMeta::default()).unwrap();

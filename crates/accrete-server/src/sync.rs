@@ -7,6 +7,7 @@
 //! not expired; an expired or departed worker leaves the barrier, so the others go on.
 //!
 //! Pure state: the time is passed in (`now`), so leases are tested with an injected clock.
+use accrete_core::optim::Merge;
 use accrete_core::push::PushMeta;
 use accrete_core::ConsistencyMode;
 use std::collections::{BTreeMap, HashMap};
@@ -17,10 +18,11 @@ use std::time::{Duration, Instant};
 pub struct Round {
     /// Workers whose gradients are in.
     pub from: Vec<String>,
-    /// Dense tensors: summed values over the touched range [lo, hi).
-    pub dense: HashMap<usize, DenseSum>,
+    /// Dense tensors: summed values over the touched range [lo, hi), by tensor and what
+    /// is summed.
+    pub dense: HashMap<(usize, Sum), DenseSum>,
     /// Sparse tensors: row key → position in `values` (cols floats per row).
-    pub rows: HashMap<usize, RowSum>,
+    pub rows: HashMap<(usize, Sum), RowSum>,
     /// Statistics tensors: merged batch statistics.
     pub stats: HashMap<usize, Vec<f32>>,
     /// The metadata of the pushes in it: their workers' progress is recorded when the
@@ -35,6 +37,15 @@ impl Round {
             && self.rows.values().all(|r| r.keys.is_empty())
             && self.stats.is_empty()
     }
+}
+
+/// What a round sums for a tensor: gradients (applied by the optimizer), or changes of
+/// per-row training to merge into the weights (`Change(None)`) or a slot (added; a
+/// running maximum such as `scale` takes the largest). Gradients apply before changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Sum {
+    Gradient,
+    Change(Option<usize>),
 }
 
 #[derive(Debug, Default)]
@@ -62,11 +73,18 @@ impl Round {
         self.progress.clear();
     }
 
-    pub fn add_dense(&mut self, t: usize, len: usize, offset: usize, g: impl Iterator<Item = f32>) {
-        let d = self.dense.entry(t).or_insert_with(|| DenseSum { values: vec![0.0; len], lo: usize::MAX, hi: 0 });
+    pub fn add_dense(
+        &mut self,
+        key: (usize, Sum),
+        len: usize,
+        offset: usize,
+        merge: Merge,
+        g: impl Iterator<Item = f32>,
+    ) {
+        let d = self.dense.entry(key).or_insert_with(|| DenseSum { values: vec![0.0; len], lo: usize::MAX, hi: 0 });
         let mut end = offset;
         for (slot, v) in d.values[offset..].iter_mut().zip(g) {
-            *slot += v;
+            merge_into(slot, v, merge);
             end += 1;
         }
         d.lo = d.lo.min(offset);
@@ -75,12 +93,13 @@ impl Round {
 
     pub fn add_rows(
         &mut self,
-        t: usize,
+        key: (usize, Sum),
         cols: usize,
+        merge: Merge,
         keys: impl Iterator<Item = u64>,
         mut g: impl Iterator<Item = f32>,
     ) {
-        let r = self.rows.entry(t).or_default();
+        let r = self.rows.entry(key).or_default();
         for k in keys {
             let at = *r.index.entry(k).or_insert_with(|| {
                 r.keys.push(k);
@@ -88,7 +107,7 @@ impl Round {
                 r.values.len() - cols
             });
             for slot in &mut r.values[at..at + cols] {
-                *slot += g.next().unwrap_or(0.0);
+                merge_into(slot, g.next().unwrap_or(0.0), merge);
             }
         }
     }
@@ -96,6 +115,14 @@ impl Round {
     pub fn add_stats(&mut self, t: usize, features: usize, g: &[f32]) {
         let s = self.stats.entry(t).or_insert_with(|| vec![0.0; 3 * features]);
         accrete_core::glm::merge_stats(s, g, features);
+    }
+}
+
+#[inline]
+fn merge_into(sum: &mut f32, v: f32, merge: Merge) {
+    match merge {
+        Merge::Add => *sum += v,
+        Merge::Max => *sum = sum.max(v),
     }
 }
 
@@ -255,14 +282,29 @@ mod tests {
     #[test]
     fn rounds_sum_gradients_by_key() {
         let mut r = Round::default();
-        r.add_rows(0, 2, [5, 7].into_iter(), [1.0, 2.0, 3.0, 4.0].into_iter());
-        r.add_rows(0, 2, [7].into_iter(), [10.0, 20.0].into_iter());
-        let rows = &r.rows[&0];
+        let g = Sum::Gradient;
+        r.add_rows((0, g), 2, Merge::Add, [5, 7].into_iter(), [1.0, 2.0, 3.0, 4.0].into_iter());
+        r.add_rows((0, g), 2, Merge::Add, [7].into_iter(), [10.0, 20.0].into_iter());
+        let rows = &r.rows[&(0, g)];
         assert_eq!(rows.keys, vec![5, 7]);
         assert_eq!(rows.values, vec![1.0, 2.0, 13.0, 24.0]);
-        r.add_dense(1, 4, 1, [1.0, 1.0].into_iter());
-        r.add_dense(1, 4, 2, [1.0, 1.0].into_iter());
-        let d = &r.dense[&1];
+        r.add_dense((1, g), 4, 1, Merge::Add, [1.0, 1.0].into_iter());
+        r.add_dense((1, g), 4, 2, Merge::Add, [1.0, 1.0].into_iter());
+        let d = &r.dense[&(1, g)];
         assert_eq!((d.values.clone(), d.lo, d.hi), (vec![0.0, 1.0, 2.0, 1.0], 1, 4));
+    }
+
+    #[test]
+    fn rounds_add_changes_apart_and_keep_the_largest_running_maximum() {
+        let mut r = Round::default();
+        let (w, scale) = (Sum::Change(None), Sum::Change(Some(1)));
+        r.add_rows((0, w), 1, Merge::Add, [5].into_iter(), [0.25].into_iter());
+        r.add_rows((0, w), 1, Merge::Add, [5].into_iter(), [0.5].into_iter());
+        r.add_rows((0, scale), 1, Merge::Max, [5].into_iter(), [3.0].into_iter());
+        r.add_rows((0, scale), 1, Merge::Max, [5].into_iter(), [2.0].into_iter());
+        r.add_rows((0, Sum::Gradient), 1, Merge::Add, [5].into_iter(), [9.0].into_iter());
+        assert_eq!(r.rows[&(0, w)].values, vec![0.75]);
+        assert_eq!(r.rows[&(0, scale)].values, vec![3.0]);
+        assert_eq!(r.rows[&(0, Sum::Gradient)].values, vec![9.0]);
     }
 }

@@ -10,6 +10,7 @@
 mod heartbeat;
 mod pusher;
 mod reader;
+mod rows;
 
 use accrete_client::{Client, ClientError};
 use accrete_core::features::Batch;
@@ -34,6 +35,9 @@ pub struct WorkerConfig {
     pub format: Option<Format>,
     pub columns: ColumnSpec,
     pub batch: usize,
+    /// Train row by row on the pulled copy and push the changes (linear, logistic and
+    /// softmax models; others train by batch gradients whatever this says).
+    pub per_row: bool,
     pub epochs: u64,
     pub follow: bool,
     pub worker_id: String,
@@ -141,6 +145,7 @@ impl Identity {
             rows,
             loss_sum,
             update: false,
+            changes: false,
         }
     }
 }
@@ -163,7 +168,7 @@ fn batch_push<'a>(
             continue;
         }
         let keys: &[u32] = if *hashed { &batch.uniq } else { &[] };
-        out.push(Gradient { tensor: name, offset: 0, keys, values });
+        out.push(Gradient { tensor: name, offset: 0, keys, values, slot: "" });
     }
     if view.has_norm {
         out.push(Gradient { tensor: "norm", values: stats, ..Default::default() });
@@ -243,6 +248,8 @@ pub async fn run(
         tracing::info!(worker = %config.worker_id, pass = from.0, offset = from.1, "resuming where this worker's applied rows end");
     }
     let mut grads = Tensors::default();
+    let per_row = config.per_row && rows::supports(&view);
+    let mut trainer = rows::RowTrainer::default();
     let mut predictions = Vec::new();
     let mut progressive = match &config.progressive_out {
         Some(p) => Some(std::io::BufWriter::new(
@@ -276,7 +283,9 @@ pub async fn run(
             };
             let span = tracing::debug_span!("batch", worker = %config.worker_id, clock, rows = n);
             let trained = async {
-                let p = match client.pull_batch(&view, &batch.uniq, None, Some((&config.worker_id, clock))).await {
+                let pulled =
+                    client.pull_batch_with(&view, &batch.uniq, None, Some((&config.worker_id, clock)), per_row);
+                let mut p = match pulled.await {
                     Ok(p) => p,
                     // Not in the barrier (its lease lapsed, or the server restarted): the
                     // session ends before this batch is trained.
@@ -291,6 +300,23 @@ pub async fn run(
                 }
                 if view.has_norm {
                     standardise(&view, &p, &mut batch, &mut stats);
+                }
+                if per_row {
+                    let loss = trainer.train(&view, &mut p, &batch, &mut predictions).map_err(WorkerError::Config)?;
+                    if let Some(out) = progressive.as_mut() {
+                        write_progressive(out, &batch.labels, &predictions, view.dims.outputs)
+                            .map_err(progressive_err)?;
+                    }
+                    clock += 1;
+                    let meta = me.next_meta(at, clock, n as u64, loss);
+                    let push = trainer.push(&view, p.lineage_epoch, &batch, &stats, meta);
+                    // The next pull must see this push (it trains on from these values):
+                    // its ack comes first.
+                    let sent = match pusher.send(&mut client, &push).await? {
+                        Sent::Accepted(_) => pusher.drain(&mut client).await?,
+                        other => other,
+                    };
+                    return Ok::<_, WorkerError>(Ok((loss, sent)));
                 }
                 if let Some(out) = progressive.as_mut() {
                     kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
@@ -336,7 +362,8 @@ pub async fn run(
             // The end of the shard, or a stop: every push out must have been applied.
             match pusher.drain(&mut client).await? {
                 Sent::Accepted(updates) => {
-                    report.last_updates = updates.unwrap_or(report.last_updates);
+                    // (an empty stream's ack, after per-row pushes drained one by one, says 0)
+                    report.last_updates = updates.filter(|u| *u > 0).unwrap_or(report.last_updates);
                     // Exit 0 means committed; a restart before a version holds the rows
                     // lost them: they are read again (unless stopping).
                     match finish(&mut client, &config, last_sent, (instance, session_epoch)).await? {

@@ -131,6 +131,7 @@ enum Opt {
     Adagrad,
     Adam,
     Ftrl,
+    Normalized,
 }
 
 #[derive(Args)]
@@ -156,10 +157,11 @@ struct CreateArgs {
     /// Latent factors (fm).
     #[arg(long, default_value_t = 0)]
     factors: u32,
-    /// The server-side optimizer that applies pushed gradients.
-    #[arg(long, value_enum, default_value = "sgd")]
+    /// The optimizer (the server's; per-row training runs it on the worker's copy).
+    /// `normalized`, the default, needs no learning rate tuned to the data.
+    #[arg(long, value_enum, default_value = "normalized")]
     optimizer: Opt,
-    /// Learning rate (FTRL: alpha) [default: 0.01, FTRL 0.1].
+    /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, others 0.01].
     #[arg(long, value_name = "RATE")]
     lr: Option<f32>,
     /// Momentum: the velocity's decay [default: 0.9].
@@ -237,6 +239,7 @@ impl From<Opt> for OptimizerKind {
             Opt::Adagrad => OptimizerKind::Adagrad,
             Opt::Adam => OptimizerKind::Adam,
             Opt::Ftrl => OptimizerKind::Ftrl,
+            Opt::Normalized => OptimizerKind::Normalized,
         }
     }
 }

@@ -148,6 +148,7 @@ async fn start_workers(
             format: None,
             columns: columns()?,
             batch: 500,
+            per_row: true,
             epochs: 1,
             follow: true,
             worker_id: format!("worker-{i}"),

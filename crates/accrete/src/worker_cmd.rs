@@ -71,9 +71,14 @@ pub struct WorkerArgs {
     shard: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    /// Rows per mini-batch (one pull and one push each; the gradient is summed over rows).
+    /// Rows per mini-batch (one pull and one push each).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// How a batch trains: `rows` — row by row on the pulled copy, by the model's own
+    /// optimizer, pushing what changed (linear, logistic, softmax); `batch` — one gradient
+    /// summed over the rows, applied by the server (FM and MLP always train so).
+    #[arg(long, value_enum, default_value = "rows")]
+    updates: UpdatesArg,
     /// Passes over the shard (ignored with --follow, which reads on as rows arrive).
     #[arg(long, default_value_t = 1)]
     epochs: u64,
@@ -99,6 +104,12 @@ pub struct WorkerArgs {
     json: bool,
     #[command(flatten)]
     server: ServerConn,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum UpdatesArg {
+    Rows,
+    Batch,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -127,6 +138,7 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
         format: a.data.format(),
         columns: a.data.columns()?,
         batch: a.batch,
+        per_row: a.updates == UpdatesArg::Rows,
         epochs: a.epochs,
         follow: a.follow,
         worker_id: worker_id.clone(),

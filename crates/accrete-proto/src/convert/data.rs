@@ -19,6 +19,7 @@ impl From<&PushMeta> for pb::PushMeta {
             rows: m.rows,
             loss_sum: m.loss_sum,
             update: m.update,
+            changes: m.changes,
         }
     }
 }
@@ -36,6 +37,7 @@ impl From<pb::PushMeta> for PushMeta {
             rows: m.rows,
             loss_sum: m.loss_sum,
             update: m.update,
+            changes: m.changes,
         }
     }
 }
@@ -45,6 +47,7 @@ impl From<&Gradient<'_>> for pb::TensorChunk {
     fn from(g: &Gradient<'_>) -> Self {
         pb::TensorChunk {
             tensor: g.tensor.to_string(),
+            slot: g.slot.to_string(),
             offset: g.offset,
             keys: u32_keys_to_bytes(g.keys),
             values: crate::f32s_to_bytes(g.values),
@@ -108,6 +111,7 @@ pub fn batch_pull(
     keys: &[u32],
     version: Option<u64>,
     worker: Option<(&str, u64)>,
+    slots: bool,
 ) -> pb::PullRequest {
     let encoded = u32_keys_to_bytes(keys);
     let slices = view
@@ -127,7 +131,7 @@ pub fn batch_pull(
         ema: false,
         worker_id: worker_id.to_string(),
         clock,
-        slots: false,
+        slots,
     }
 }
 
@@ -140,7 +144,7 @@ impl From<&PullRequest> for pb::PullRequest {
             ema: r.ema,
             worker_id: r.worker_id.clone(),
             clock: r.clock,
-            slots: false,
+            slots: r.slots,
         }
     }
 }
@@ -148,16 +152,16 @@ impl From<&PullRequest> for pb::PullRequest {
 impl TryFrom<pb::PullResponse> for Pulled {
     type Error = ConvertError;
     fn try_from(r: pb::PullResponse) -> Result<Self, ConvertError> {
-        let tensors = r
-            .tensors
-            .into_iter()
-            .map(|t| {
-                let v = crate::bytes_to_f32s(&t.values)
-                    .ok_or_else(|| bad(format!("pulled tensor {:?}: values are not whole f32s", t.tensor)))?;
-                Ok((t.tensor, v))
-            })
-            .collect::<Result<_, ConvertError>>()?;
-        Ok(Pulled { version: r.version, lineage_epoch: r.lineage_epoch, updates: r.updates, tensors })
+        let (mut tensors, mut slots) = (Vec::new(), Vec::new());
+        for t in r.tensors {
+            let v = crate::bytes_to_f32s(&t.values)
+                .ok_or_else(|| bad(format!("pulled tensor {:?}: values are not whole f32s", t.tensor)))?;
+            match t.slot.is_empty() {
+                true => tensors.push((t.tensor, v)),
+                false => slots.push((t.tensor, t.slot, v)),
+            }
+        }
+        Ok(Pulled { version: r.version, lineage_epoch: r.lineage_epoch, updates: r.updates, tensors, slots })
     }
 }
 

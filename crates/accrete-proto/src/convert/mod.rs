@@ -60,6 +60,7 @@ impl From<OptimizerKind> for pb::OptimizerKind {
             OptimizerKind::Adagrad => pb::OptimizerKind::Adagrad,
             OptimizerKind::Adam => pb::OptimizerKind::Adam,
             OptimizerKind::Ftrl => pb::OptimizerKind::Ftrl,
+            OptimizerKind::Normalized => pb::OptimizerKind::Normalized,
         }
     }
 }
@@ -72,6 +73,7 @@ pub fn optimizer_kind(v: i32) -> Result<OptimizerKind, ConvertError> {
         Ok(pb::OptimizerKind::Adagrad) => Ok(OptimizerKind::Adagrad),
         Ok(pb::OptimizerKind::Adam) => Ok(OptimizerKind::Adam),
         Ok(pb::OptimizerKind::Ftrl) => Ok(OptimizerKind::Ftrl),
+        Ok(pb::OptimizerKind::Normalized) => Ok(OptimizerKind::Normalized),
         Err(_) => Err(bad(format!("spec.optimizer.kind {v} is unknown"))),
     }
 }

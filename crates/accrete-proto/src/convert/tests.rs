@@ -64,13 +64,13 @@ fn a_batch_pulls_its_hashed_rows_and_its_dense_tensors_whole() {
     spec.features = 2;
     spec.hash_bits = 4;
     let view = accrete_core::view::ModelView::of(&spec);
-    let req = super::batch_pull(&view, &[3, 1], Some(7), Some(("w", 2)));
+    let req = super::batch_pull(&view, &[3, 1], Some(7), Some(("w", 2)), false);
     assert_eq!((req.model.as_str(), req.version, req.worker_id.as_str(), req.clock), ("m", Some(7), "w", 2));
     let h = req.slices.iter().find(|s| s.tensor == "h").unwrap();
     assert_eq!(accrete_core::optim::LeKeys(&h.keys).iter().collect::<Vec<_>>(), vec![3, 1]);
     assert!(req.slices.iter().filter(|s| s.tensor != "h").all(|s| s.keys.is_empty()));
     assert_eq!(req.slices.last().unwrap().tensor, "norm");
-    let no_rows = super::batch_pull(&view, &[], None, None);
+    let no_rows = super::batch_pull(&view, &[], None, None, false);
     assert!(!no_rows.slices.iter().any(|s| s.tensor == "h"), "no hashed rows, no slice of the table");
 }
 

@@ -2,7 +2,7 @@
 //! and the validation of a push against it, done before any lock: a [`Checked`] push is
 //! the only kind the engine applies.
 use crate::error::{Result, ServiceError};
-use accrete_core::layout::{local_layout, TensorSpec};
+use accrete_core::layout::{local_layout, slots, TensorSpec};
 use accrete_core::optim::{Keys, LeBytes, LeKeys};
 use accrete_core::params::{check_dense, check_rows};
 use accrete_core::push::PushMeta;
@@ -13,10 +13,12 @@ const MAX_SHARD_BYTES: usize = 4096;
 const MAX_ROWS_PER_PUSH: u64 = 1 << 40;
 
 /// One gradient of a push: a dense range (`keys` empty) or sparse rows, straight from the
-/// request's bytes.
+/// request's bytes. In a push of changes (`PushMeta::changes`) it is the change of the
+/// weights (`slot` empty) or of an optimizer slot.
 #[derive(Debug, Clone, Copy)]
 pub struct Grad<'a> {
     pub tensor: &'a str,
+    pub slot: &'a str,
     pub offset: u64,
     pub keys: LeKeys<'a>,
     pub values: &'a [u8],
@@ -27,6 +29,8 @@ pub struct Grad<'a> {
 pub struct Shape {
     pub name: String,
     pub layout: Vec<TensorSpec>,
+    /// The optimizer's slots (not the EMA): what a push of changes may carry besides weights.
+    pub slots: Vec<&'static str>,
     pub consistency: ConsistencyMode,
     pub staleness: u32,
     pub commit: CommitPolicy,
@@ -41,6 +45,8 @@ pub struct Shape {
 pub struct Checked<'a> {
     grads: &'a [Grad<'a>],
     tensors: Vec<usize>,
+    /// Each change's slot (`None` = the weights); all `None` in a push of gradients.
+    slots: Vec<Option<usize>>,
     meta: &'a PushMeta,
 }
 
@@ -52,6 +58,16 @@ impl Checked<'_> {
     /// Each gradient with its tensor index.
     pub fn grads(&self) -> impl Iterator<Item = (usize, &Grad<'_>)> {
         self.tensors.iter().copied().zip(self.grads)
+    }
+
+    /// Each value chunk with its tensor index and slot (`None` = the weights).
+    pub fn chunks(&self) -> impl Iterator<Item = (usize, Option<usize>, &Grad<'_>)> {
+        self.tensors.iter().copied().zip(self.slots.iter().copied()).zip(self.grads).map(|((t, s), g)| (t, s, g))
+    }
+
+    /// The values are changes to merge (per-row training), not gradients.
+    pub fn changes(&self) -> bool {
+        self.meta.changes
     }
 
     /// Floats carried by the gradients.
@@ -70,6 +86,7 @@ impl Shape {
         Shape {
             name: spec.name.clone(),
             layout: local_layout(spec),
+            slots: slots(spec).into_iter().filter(|s| *s != "ema").collect(),
             consistency: spec.consistency,
             staleness: spec.staleness,
             // A partitioned model's commits are global: its home's coordinator runs the
@@ -84,8 +101,32 @@ impl Shape {
     /// failure refuses the whole push.
     pub fn check<'a>(&self, grads: &'a [Grad<'a>], meta: &'a PushMeta) -> Result<Checked<'a>> {
         self.check_meta(meta)?;
-        let tensors = grads.iter().map(|g| self.check_grad(g)).collect::<Result<_>>()?;
-        Ok(Checked { grads, tensors, meta })
+        let tensors: Vec<usize> = grads.iter().map(|g| self.check_grad(g)).collect::<Result<_>>()?;
+        let slots = grads.iter().zip(&tensors).map(|(g, t)| self.check_slot(g, *t, meta)).collect::<Result<_>>()?;
+        Ok(Checked { grads, tensors, slots, meta })
+    }
+
+    /// The slot a chunk changes: only a push of changes names one, an optimizer slot of
+    /// this model, of a trained tensor.
+    fn check_slot(&self, g: &Grad<'_>, t: usize, meta: &PushMeta) -> Result<Option<usize>> {
+        if g.slot.is_empty() {
+            return Ok(None);
+        }
+        let bad = |m: String| ServiceError::Invalid(format!("model {:?}: tensor {:?}: {m}", self.name, g.tensor));
+        if !meta.changes {
+            return Err(bad(format!("a push of gradients carries no slots (got {:?})", g.slot)));
+        }
+        if self.layout[t].stats {
+            return Err(bad(format!("input statistics have no optimizer slot {:?}", g.slot)));
+        }
+        match self.slots.iter().position(|s| *s == g.slot) {
+            Some(i) => Ok(Some(i)),
+            None => Err(bad(format!(
+                "slot {:?} is not one of this model's optimizer slots ({})",
+                g.slot,
+                if self.slots.is_empty() { "it has none".to_string() } else { self.slots.join(", ") }
+            ))),
+        }
     }
 
     fn check_grad(&self, g: &Grad<'_>) -> Result<usize> {

@@ -217,11 +217,14 @@ impl Engine {
         let update = push.values() > 0 || meta.update;
         if update {
             self.params.begin_update();
-            for (t, g) in push.grads() {
-                if g.keys.is_empty() {
-                    self.params.apply_dense_le(t, g.offset as usize, g.values);
-                } else {
-                    self.params.apply_rows_le(t, g.keys, g.values);
+            for (t, slot, g) in push.chunks() {
+                // statistics merge either way; a change is merged, a gradient applied
+                let stats = self.shape.layout[t].stats;
+                match (g.keys.is_empty(), push.changes() && !stats) {
+                    (true, false) => self.params.apply_dense_le(t, g.offset as usize, g.values),
+                    (false, false) => self.params.apply_rows_le(t, g.keys, g.values),
+                    (true, true) => self.params.merge_dense_le(t, slot, g.offset as usize, g.values),
+                    (false, true) => self.params.merge_rows_le(t, slot, g.keys, g.values),
                 }
             }
             self.params.finish_update().map_err(|source| ServiceError::Update { model: self.name(), source })?;

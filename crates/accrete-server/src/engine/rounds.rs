@@ -3,7 +3,8 @@
 //! and the cut applies the rounds it names (the same on every partition).
 use super::{record_progress, Checked, Engine, Pushed, MAX_ROUNDS_AHEAD};
 use crate::error::{Result, ServiceError};
-use accrete_core::optim::{Keys, LeBytes};
+use crate::sync::Sum;
+use accrete_core::optim::{merge_of, Keys, LeBytes, Merge};
 use accrete_core::push::PushMeta;
 use accrete_core::ConsistencyMode;
 use std::time::Instant;
@@ -64,18 +65,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Sums a push's gradients into the round of its clock.
+    /// Sums a push's gradients into the round of its clock; a push of changes sums its
+    /// changes apart, per vector ([`Sum`]).
     fn add_to_round(&mut self, push: &Checked<'_>) {
         let round = self.sync.rounds.entry(push.meta().clock).or_default();
-        for (t, g) in push.grads() {
+        for (t, slot, g) in push.chunks() {
             let spec = &self.shape.layout[t];
             let values = LeBytes(g.values).iter();
+            let (sum, merge) = match push.changes() {
+                false => (Sum::Gradient, Merge::Add),
+                true => (Sum::Change(slot), slot.map_or(Merge::Add, |s| merge_of(self.shape.slots[s]))),
+            };
             if spec.stats {
                 round.add_stats(t, spec.cols as usize, &values.collect::<Vec<_>>());
             } else if g.keys.is_empty() {
-                round.add_dense(t, spec.len() as usize, g.offset as usize, values);
+                round.add_dense((t, sum), spec.len() as usize, g.offset as usize, merge, values);
             } else {
-                round.add_rows(t, spec.cols as usize, g.keys.iter(), values);
+                round.add_rows((t, sum), spec.cols as usize, merge, g.keys.iter(), values);
             }
         }
     }
@@ -139,13 +145,24 @@ impl Engine {
                 continue;
             }
             self.params.begin_update();
-            for (t, d) in &round.dense {
-                if d.lo < d.hi {
-                    self.params.apply_dense(*t, d.lo, &d.values[d.lo..d.hi]);
+            // in a fixed order: gradients before changes, tensor by tensor
+            let mut dense: Vec<_> = round.dense.iter().collect();
+            dense.sort_by_key(|(k, _)| (k.1, k.0));
+            for ((t, sum), d) in dense {
+                let v = &d.values[d.lo..d.hi.max(d.lo)];
+                match sum {
+                    _ if v.is_empty() => {}
+                    Sum::Gradient => self.params.apply_dense(*t, d.lo, v),
+                    Sum::Change(slot) => self.params.merge_dense(*t, *slot, d.lo, v),
                 }
             }
-            for (t, r) in &round.rows {
-                self.params.apply_rows(*t, &r.keys, &r.values);
+            let mut rows: Vec<_> = round.rows.iter().collect();
+            rows.sort_by_key(|(k, _)| (k.1, k.0));
+            for ((t, sum), r) in rows {
+                match sum {
+                    Sum::Gradient => self.params.apply_rows(*t, &r.keys, &r.values),
+                    Sum::Change(slot) => self.params.merge_rows(*t, *slot, &r.keys, &r.values),
+                }
             }
             for (t, st) in &round.stats {
                 self.params.merge_stats(*t, st);

@@ -40,7 +40,7 @@ fn meta(worker: &str, incarnation: u64, clock: u64) -> PushMeta {
 /// Pushes a gradient of `g` for the bias.
 fn push(e: &mut Engine, epoch: u64, m: &PushMeta, g: f32, now: Instant) -> Result<Pushed> {
     let values = g.to_le_bytes();
-    let grads = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &values }];
+    let grads = [Grad { slot: "", tensor: "b", offset: 0, keys: LeKeys(&[]), values: &values }];
     let shape = e.shape.clone();
     let checked = shape.check(&grads, m)?;
     e.push(&checked, epoch, now)
@@ -93,13 +93,13 @@ fn gradients_are_checked_against_the_layout_before_the_engine_sees_them() {
     let m = meta("w", 0, 1);
     let values = 1.0f32.to_le_bytes();
     let key = 16u64.to_le_bytes();
-    let out_of_range = [Grad { tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
+    let out_of_range = [Grad { slot: "", tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
     let err = e.shape().check(&out_of_range, &m).unwrap_err().to_string();
     assert!(err.contains("key 16 is out of range"), "{err}");
-    let ragged = [Grad { tensor: "w", offset: 0, keys: LeKeys(&[]), values: &values[..3] }];
+    let ragged = [Grad { slot: "", tensor: "w", offset: 0, keys: LeKeys(&[]), values: &values[..3] }];
     let err = e.shape().check(&ragged, &m).unwrap_err().to_string();
     assert!(err.contains("not a multiple of 4"), "{err}");
-    let past_end = [Grad { tensor: "w", offset: 4, keys: LeKeys(&[]), values: &values }];
+    let past_end = [Grad { slot: "", tensor: "w", offset: 4, keys: LeKeys(&[]), values: &values }];
     let err = e.shape().check(&past_end, &m).unwrap_err().to_string();
     assert!(err.contains("outside its 4 floats"), "{err}");
     let bad_loss = PushMeta { loss_sum: f64::NAN, ..m };
@@ -374,7 +374,7 @@ fn a_failed_write_folds_the_snapshots_behind_it_into_the_next_commit() {
     let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
     let hashed = |e: &mut Engine, key: u64| {
         let (values, key) = (1.0f32.to_le_bytes(), key.to_le_bytes());
-        let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
+        let grads = [Grad { slot: "", tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
         let (shape, m) = (e.shape.clone(), meta("w", 0, 1));
         let checked = shape.check(&grads, &m).unwrap();
         e.push(&checked, 1, t0).unwrap();
@@ -463,7 +463,7 @@ fn a_push_without_values_records_progress_but_is_no_update() {
     let mut e = engine(&spec(ConsistencyMode::Asp, 0, policy), t0);
     let m = PushMeta { shard: "s".into(), offset: 10, ..meta("w", 0, 1) };
     let shape = e.shape.clone();
-    let empty = [Grad { tensor: "b", offset: 0, keys: LeKeys(&[]), values: &[] }];
+    let empty = [Grad { slot: "", tensor: "b", offset: 0, keys: LeKeys(&[]), values: &[] }];
     for grads in [&[][..], &empty[..]] {
         let pushed = e.push(&shape.check(grads, &m).unwrap(), 1, t0).unwrap();
         assert!(!pushed.commit_due);
@@ -519,7 +519,7 @@ fn waiting_snapshots_coalesce_into_one_with_the_newest_content() {
     };
     push(&mut e, 1, &meta("a", 0, 1), 1.0, t0).unwrap();
     let values = w(2.0);
-    let grads = [Grad { tensor: "w", offset: 0, keys: LeKeys(&[]), values: &values }];
+    let grads = [Grad { slot: "", tensor: "w", offset: 0, keys: LeKeys(&[]), values: &values }];
     let m = meta("a", 0, 2);
     let shape = e.shape.clone();
     e.push(&shape.check(&grads, &m).unwrap(), 1, t0).unwrap();
@@ -614,7 +614,7 @@ fn sparse_rows_commit_as_delta_layers_and_waiting_ones_coalesce_to_the_same_cont
     let rows = |e: &mut Engine, keys: &[u64], seq: u64| {
         let kb: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
         let vb: Vec<u8> = keys.iter().flat_map(|k| (*k as f32 * 0.01 + 0.5).to_le_bytes()).collect();
-        let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
+        let grads = [Grad { slot: "", tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
         let shape = e.shape.clone();
         e.push(&shape.check(&grads, &meta("a", 0, seq)).unwrap(), 1, t0).unwrap();
     };
@@ -653,7 +653,7 @@ fn chunks_changed_since_the_head_include_waiting_snapshots_and_a_chunk_install_r
     let h = e.params.tensor_index("h").unwrap() as u32;
     let row = |e: &mut Engine, k: u64, seq: u64| {
         let (kb, vb) = (k.to_le_bytes(), 1.0f32.to_le_bytes());
-        let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
+        let grads = [Grad { slot: "", tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
         let shape = e.shape.clone();
         e.push(&shape.check(&grads, &meta("a", 0, seq)).unwrap(), 1, t0).unwrap();
     };

@@ -22,7 +22,7 @@ fn stored(h: &ModelHandle, v: u64) -> Vec<u32> {
 fn push_rows(h: &ModelHandle, keys: &[u64], g: f32) {
     let kb: Vec<u8> = keys.iter().flat_map(|k| k.to_le_bytes()).collect();
     let vb: Vec<u8> = keys.iter().flat_map(|k| (g + (*k % 7) as f32 * 0.01).to_le_bytes()).collect();
-    let grads = [Grad { tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
+    let grads = [Grad { slot: "", tensor: "h", offset: 0, keys: LeKeys(&kb), values: &vb }];
     let epoch = h.status().epoch;
     h.push(epoch, &grads, &PushMeta::default()).unwrap();
 }

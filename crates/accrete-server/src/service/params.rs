@@ -29,7 +29,7 @@ impl Service {
         self.check_size(|| format!("push to model {:?}", req.model), req.encoded_len())?;
         let h = self.reg.get(&req.model)?;
         let meta = PushMeta::from(req.meta.take().unwrap_or_default());
-        let pushed = decode_grads(req).and_then(|grads| h.push(req.lineage_epoch, &grads, &meta));
+        let pushed = decode_grads(req, meta.changes).and_then(|grads| h.push(req.lineage_epoch, &grads, &meta));
         if matches!(pushed, Err(ServiceError::Held(_))) {
             req.meta = Some((&meta).into());
         }
@@ -47,18 +47,21 @@ impl Service {
 /// A held push's wait for its partition's hold to move.
 type HoldWait = Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// The gradients of a push, borrowing its bytes (no copy of the values).
-fn decode_grads(req: &pb::PushRequest) -> Result<Vec<Grad<'_>>> {
-    req.grads.iter().map(|c| decode_grad(&req.model, c)).collect()
+/// The gradients (or changes) of a push, borrowing its bytes (no copy of the values).
+fn decode_grads(req: &pb::PushRequest, changes: bool) -> Result<Vec<Grad<'_>>> {
+    req.grads.iter().map(|c| decode_grad(&req.model, c, changes)).collect()
 }
 
-fn decode_grad<'a>(model: &str, c: &'a pb::TensorChunk) -> Result<Grad<'a>> {
+fn decode_grad<'a>(model: &str, c: &'a pb::TensorChunk, changes: bool) -> Result<Grad<'a>> {
     let bad = |m: String| ServiceError::Invalid(format!("model {model:?}: tensor {:?}: {m}", c.tensor));
-    if !c.slot.is_empty() {
-        return Err(bad(format!("pushes carry gradients of weights, not of slot {:?}", c.slot)));
+    if !c.slot.is_empty() && !changes {
+        return Err(bad(format!(
+            "pushes of gradients carry the weights' only, not slot {:?} (a push of changes may)",
+            c.slot
+        )));
     }
     check_keys(&c.keys, &c.varint_keys).map_err(bad)?;
-    Ok(Grad { tensor: &c.tensor, offset: c.offset, keys: LeKeys(&c.keys), values: &c.values })
+    Ok(Grad { tensor: &c.tensor, slot: &c.slot, offset: c.offset, keys: LeKeys(&c.keys), values: &c.values })
 }
 
 /// A loaded version's parameters, as a pull reports them.
