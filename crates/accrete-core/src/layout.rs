@@ -105,7 +105,7 @@ pub fn optimizer_slots(kind: OptimizerKind) -> &'static [&'static str] {
         OptimizerKind::Adagrad => &["accum"],
         OptimizerKind::Adam => &["m", "v"],
         OptimizerKind::Ftrl => &["z", "n"],
-        OptimizerKind::Normalized => &["accum", "scale"],
+        OptimizerKind::Normalized => &crate::local::NORMALIZED_SLOTS,
     }
 }
 

@@ -4,29 +4,56 @@
 //! running the optimizer row after row would. The worker then pushes what changed
 //! ([`crate::optim::Merge`]); one pull and one push per batch, as in batch training.
 //!
-//! The `normalized` optimizer's rule lives here, since it needs the whole row: Vowpal
-//! Wabbit's adaptive, normalised and invariant update (Karampatziakis & Langford 2011;
-//! Ross, Mineiro & Langford 2013). Per coordinate `i` with input `x`:
+//! The `normalized` optimizer's rule lives here, since it needs the whole row. Its base
+//! is Vowpal Wabbit's adaptive, normalised and invariant update (Karampatziakis & Langford
+//! 2011; Ross, Mineiro & Langford 2013). Per coordinate `i` with input `x`:
 //! - `scale` holds the largest |x| seen; when a larger one comes, the weight is scaled by
 //!   old/new first (so a feature's scale never sets its step);
 //! - `accum` adds (d·x)², d the loss's derivative in the score;
-//! - the step is `lr · x / (√accum · scale)`, times `1 / Σ (x/scale)²` over the row's
-//!   inputs (so the row's update moves its score by about `lr`, however many inputs);
-//! - for squared loss the step is the closed form of infinitely many small ones (never
-//!   past the label), so a regression model cannot diverge on any input scale.
+//! - the base step is `lr / (√accum · scale)`, times `1 / Σ (x/scale)²` over the row's
+//!   inputs (so a row's update moves its score by about `lr`, however many inputs).
+//!
+//! On top, each coordinate's step has a gain adapted online by the meta-gradient of
+//! IDBD/Autostep (Sutton 1992; Mahmood, Sutton, Degris & Pilarski 2012): `trace` follows
+//! the coordinate's recent updates, and when the new update agrees with them (the data
+//! drifts), `loggain` grows; when it cancels them (noise), it shrinks. `metanorm` keeps
+//! Autostep's running scale of that signal, so the adaptation rate needs no tuning.
+//! A stationary stream keeps gains near 1 (VW's behaviour); a drifting one raises them
+//! where it drifts. The row's total step is capped at 1 (`Σ step·x² ≤ 1`), and for
+//! squared loss it is the closed form of infinitely many small steps (never past the
+//! label), so a regression model cannot diverge on any input scale.
 use crate::features::Batch;
 use crate::glm::{self, GlmParams, Link};
 use crate::optim::Rule;
 use crate::spec::{OptimizerKind, OptimizerSpec};
 
-/// One tensor's weights and optimizer slots (empty when the optimizer has fewer), as a
-/// worker holds them: hashed rows compacted to the batch's.
+/// One tensor's weights and optimizer slots (in the optimizer's order), as a worker
+/// holds them: hashed rows compacted to the batch's.
 #[derive(Debug)]
 pub struct Part<'a> {
     pub w: &'a mut [f32],
-    pub s0: &'a mut [f32],
-    pub s1: &'a mut [f32],
+    pub s: Vec<&'a mut [f32]>,
 }
+
+impl Part<'_> {
+    /// A part with no values (a tensor the model lacks).
+    pub fn none() -> Part<'static> {
+        Part { w: &mut [], s: Vec::new() }
+    }
+}
+
+/// The normalized optimizer's slots, in order.
+pub const NORMALIZED_SLOTS: [&str; 5] = ["accum", "scale", "loggain", "trace", "metanorm"];
+const ACCUM: usize = 0;
+const SCALE: usize = 1;
+const LOGGAIN: usize = 2;
+const TRACE: usize = 3;
+const METANORM: usize = 4;
+/// Autostep's meta step size and its normaliser's time constant (the paper's defaults).
+const META_RATE: f32 = 0.05;
+const META_TAU: f32 = 1e4;
+/// Gains stay within [1/1000, 1000].
+const MAX_LOG_GAIN: f32 = 6.907_755;
 
 /// A generalised linear model's parts ([`GlmParams`] with slots).
 #[derive(Debug)]
@@ -130,73 +157,126 @@ pub fn train_rows(
         loss += glm::row_loss(l, y, &s.z);
         // d: the loss's derivative in each score (prediction minus target)
         glm::minus_target(l, y, &mut s.z);
-        let d = &s.z[..];
-        if opt.kind != OptimizerKind::Normalized {
-            let (mut t0, mut t1) = (0f32, 0f32);
-            inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
-                let part = p.part(which);
-                for (o, d) in d.iter().enumerate() {
-                    let i = at + o;
-                    let s0 = part.s0.get_mut(i).unwrap_or(&mut t0);
-                    let s1 = part.s1.get_mut(i).unwrap_or(&mut t1);
-                    rule.step(opt.kind, &mut part.w[i], s0, s1, d * x);
-                }
-            });
+        if opt.kind == OptimizerKind::Normalized {
+            normalized_row(l, opt.lr, p, batch, sparse, (dense, hashed), r, s);
             continue;
         }
-        // normalized, pass 1: rescale, grow the accumulators, and sum the row's norm and
-        // its prediction change per unit of update
-        s.norm.iter_mut().chain(s.ppu.iter_mut()).for_each(|v| *v = 0.0);
-        let (norm, ppu) = (&mut s.norm, &mut s.ppu);
+        let d = &s.z[..];
+        let (mut t0, mut t1) = (0f32, 0f32);
         inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
-            let ax = x.abs();
-            if ax == 0.0 {
-                return;
-            }
             let part = p.part(which);
+            let (a, b) = match &mut part.s[..] {
+                [a, b, ..] => (&mut a[..], &mut b[..]),
+                [a] => (&mut a[..], &mut [][..]),
+                [] => (&mut [][..], &mut [][..]),
+            };
             for (o, d) in d.iter().enumerate() {
                 let i = at + o;
-                let scale = part.s1[i];
-                if ax > scale {
-                    if scale > 0.0 {
-                        part.w[i] *= scale / ax;
-                    }
-                    part.s1[i] = ax;
-                }
-                let scale = part.s1[i];
-                norm[o] += (x / scale) * (x / scale);
-                part.s0[i] += (d * x) * (d * x);
-                let g = part.s0[i];
-                if g > 0.0 {
-                    ppu[o] += x * x / (g.sqrt() * scale);
-                }
-            }
-        });
-        // the update per output: lr·(-d), or for squared loss its invariant closed form
-        for o in 0..k {
-            let m = if norm[o] > 0.0 { 1.0 / norm[o] } else { 0.0 };
-            let h = opt.lr * ppu[o] * m;
-            s.u[o] = match l {
-                Link::Identity if h > 1e-6 => -d[o] * (1.0 - (-h).exp()) / (ppu[o] * m),
-                _ => -opt.lr * d[o],
-            } * m;
-        }
-        let u = &s.u;
-        inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
-            if x == 0.0 {
-                return;
-            }
-            let part = p.part(which);
-            for (o, u) in u.iter().enumerate() {
-                let i = at + o;
-                let (g, scale) = (part.s0[i], part.s1[i]);
-                if g > 0.0 && scale > 0.0 {
-                    part.w[i] += u * x / (g.sqrt() * scale);
-                }
+                let s0 = a.get_mut(i).unwrap_or(&mut t0);
+                let s1 = b.get_mut(i).unwrap_or(&mut t1);
+                rule.step(opt.kind, &mut part.w[i], s0, s1, d * x);
             }
         });
     }
     loss
+}
+
+/// The normalized optimizer's update of row `r`, whose score derivatives are in `s.z`.
+#[allow(clippy::too_many_arguments)]
+fn normalized_row(
+    l: Link,
+    lr: f32,
+    p: &mut LocalGlm<'_>,
+    batch: &Batch,
+    sparse: &[u32],
+    (dense, hashed): (bool, bool),
+    r: usize,
+    s: &mut Scratch,
+) {
+    let k = p.outputs;
+    let d = &s.z[..];
+    // pass 1: rescale to a larger input, grow the accumulators, sum the row's norm
+    s.norm.iter_mut().chain(s.ppu.iter_mut()).for_each(|v| *v = 0.0);
+    let norm = &mut s.norm;
+    inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
+        let ax = x.abs();
+        if ax == 0.0 {
+            return;
+        }
+        let part = p.part(which);
+        for (o, d) in d.iter().enumerate() {
+            let i = at + o;
+            let scale = part.s[SCALE][i];
+            if ax > scale {
+                if scale > 0.0 {
+                    part.w[i] *= scale / ax;
+                }
+                part.s[SCALE][i] = ax;
+            }
+            let xs = x / part.s[SCALE][i];
+            norm[o] += xs * xs;
+            part.s[ACCUM][i] += (d * x) * (d * x);
+        }
+    });
+    // pass 2: each coordinate's gain follows the meta-gradient (the update direction, -d·x,
+    // times the trace of its recent updates); the row's total step per output
+    let (norm, total) = (&s.norm, &mut s.ppu);
+    inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
+        if x == 0.0 {
+            return;
+        }
+        let part = p.part(which);
+        for (o, d) in d.iter().enumerate() {
+            let i = at + o;
+            let base = base_step(lr, norm[o], part.s[ACCUM][i], part.s[SCALE][i]);
+            let meta = -d * x * part.s[TRACE][i];
+            let gain = part.s[LOGGAIN][i].exp();
+            let v = part.s[METANORM][i];
+            let v = meta.abs().max(v + gain * base * x * x * (meta.abs() - v) / META_TAU);
+            part.s[METANORM][i] = v;
+            if v > 0.0 {
+                let g = &mut part.s[LOGGAIN][i];
+                *g = (*g + (META_RATE * meta / v).clamp(-1.0, 1.0)).clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN);
+            }
+            total[o] += part.s[LOGGAIN][i].exp() * base * x * x;
+        }
+    });
+    // the multiplier of each output's steps: capped at a total of 1, or for squared loss
+    // the invariant closed form (moves the score by -d·(1 - e^-total), never past the label)
+    for o in 0..k {
+        let h = s.ppu[o];
+        s.u[o] = match l {
+            Link::Identity if h > 1e-6 => (1.0 - (-h).exp()) / h,
+            _ => 1.0 / h.max(1.0),
+        };
+    }
+    // pass 3: the updates, and each coordinate's trace of them
+    let (norm, u) = (&s.norm, &s.u);
+    inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
+        if x == 0.0 {
+            return;
+        }
+        let part = p.part(which);
+        for (o, d) in d.iter().enumerate() {
+            let i = at + o;
+            let a = part.s[LOGGAIN][i].exp() * base_step(lr, norm[o], part.s[ACCUM][i], part.s[SCALE][i]) * u[o];
+            let change = -a * d * x;
+            part.w[i] += change;
+            let t = &mut part.s[TRACE][i];
+            *t = *t * (1.0 - a * x * x).max(0.0) + change;
+        }
+    });
+}
+
+/// The normalized optimizer's step of one coordinate before its gain: `lr / (√accum ·
+/// scale)` over the row's norm (0 before the coordinate has a gradient).
+#[inline]
+fn base_step(lr: f32, norm: f32, accum: f32, scale: f32) -> f32 {
+    if accum > 0.0 && scale > 0.0 && norm > 0.0 {
+        lr / (norm * accum.sqrt() * scale)
+    } else {
+        0.0
+    }
 }
 
 #[cfg(test)]
@@ -217,9 +297,9 @@ mod tests {
 
     struct Model {
         w: Vec<f32>,
-        ws: [Vec<f32>; 2],
+        ws: Vec<Vec<f32>>,
         b: Vec<f32>,
-        bs: [Vec<f32>; 2],
+        bs: Vec<Vec<f32>>,
     }
 
     impl Model {
@@ -227,20 +307,18 @@ mod tests {
             let z = |n| vec![0f32; n];
             Model {
                 w: z(features * outputs),
-                ws: [z(features * outputs), z(features * outputs)],
+                ws: (0..5).map(|_| z(features * outputs)).collect(),
                 b: z(outputs),
-                bs: [z(outputs), z(outputs)],
+                bs: (0..5).map(|_| z(outputs)).collect(),
             }
         }
 
         fn train(&mut self, l: Link, opt: &OptimizerSpec, batch: &Batch, preds: &mut Vec<f32>) -> f64 {
-            let [w0, w1] = &mut self.ws;
-            let [b0, b1] = &mut self.bs;
             let mut p = LocalGlm {
                 outputs: self.b.len(),
-                w: Part { w: &mut self.w, s0: w0, s1: w1 },
-                h: Part { w: &mut [], s0: &mut [], s1: &mut [] },
-                b: Part { w: &mut self.b, s0: b0, s1: b1 },
+                w: Part { w: &mut self.w, s: self.ws.iter_mut().map(|v| &mut v[..]).collect() },
+                h: Part::none(),
+                b: Part { w: &mut self.b, s: self.bs.iter_mut().map(|v| &mut v[..]).collect() },
             };
             train_rows(l, opt, 1, &mut p, batch, &[], &mut Scratch::default(), Some(preds))
         }

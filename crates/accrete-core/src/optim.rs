@@ -1,28 +1,43 @@
 //! Server-side optimizers. One call updates a contiguous run of parameters with its
 //! gradient; the optimizer is matched once per run, never per value, so the inner loops
 //! vectorise. Slot meanings: momentum `velocity`; AdaGrad `accum` (sum of g²); Adam `m`,
-//! `v`; FTRL-Proximal `z`, `n` (McMahan et al., 2013); normalized `accum`, `scale`
-//! (its per-row rule is in [`crate::local`]; a pushed gradient gets AdaGrad's rule).
+//! `v`; FTRL-Proximal `z`, `n` (McMahan et al., 2013); normalized `accum`, `scale`,
+//! `loggain`, `trace`, `metanorm` (its per-row rule is in [`crate::local`]; a pushed
+//! gradient gets AdaGrad's rule on `accum`).
 //!
-//! A push of changes (per-row training, [`Merge`]) adds each weight's and slot's change,
-//! except `scale`, which is a running maximum and takes the larger value.
+//! A push of changes (per-row training) merges each weight's and slot's change: see
+//! [`Merge`].
 use crate::spec::{OptimizerKind, OptimizerSpec};
 
 /// How a push of changes (a worker that trained row by row on its copy) merges one
-/// vector into the live one: the weights and most slots add the worker's change; a slot
-/// that is a running maximum (`scale`) carries its new value and keeps the larger.
+/// vector into the live one:
+/// - the weights add the worker's change (under BSP, a round's changes of each weight are
+///   averaged over the pushes that changed it: [`Merge::Mean`]);
+/// - sums (AdaGrad's and the normalized optimizer's `accum`, its `loggain`, FTRL's `z`,
+///   `n`) add the change;
+/// - running maxima (`scale`, `metanorm`) keep the larger value;
+/// - decaying averages (momentum's `velocity`, Adam's `m` and `v`, the normalized
+///   optimizer's `trace`) carry their new value, which replaces the live one: two
+///   workers' changes of a decaying average, added, would count the decay of the value
+///   they both started from twice (and can flip its sign).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
     Add,
     Max,
+    Replace,
+    /// A BSP round's weight changes: the mean over the pushes that changed each weight (a
+    /// push that left it alone does not count). Workers that each tracked a weight to the
+    /// same level (a drifting bias, a regression's solution) move it there once, not
+    /// once per worker; a weight only one worker's rows touched gets that change whole.
+    Mean,
 }
 
 /// The merge of a slot by name ([`Merge`]).
 pub fn merge_of(slot: &str) -> Merge {
-    if slot == "scale" {
-        Merge::Max
-    } else {
-        Merge::Add
+    match slot {
+        "scale" | "metanorm" => Merge::Max,
+        "trace" | "velocity" | "m" | "v" => Merge::Replace,
+        _ => Merge::Add,
     }
 }
 

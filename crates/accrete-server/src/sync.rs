@@ -53,6 +53,8 @@ pub struct DenseSum {
     pub values: Vec<f32>,
     pub lo: usize,
     pub hi: usize,
+    /// How many pushes changed each value (a [`Merge::Mean`] sum is divided by it).
+    pub counts: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,25 @@ pub struct RowSum {
     pub index: HashMap<u64, usize>,
     pub keys: Vec<u64>,
     pub values: Vec<f32>,
+    pub counts: Vec<u32>,
+}
+
+impl DenseSum {
+    /// The sums as merged: means where the merge is [`Merge::Mean`].
+    pub fn finish(&mut self) {
+        finish(&mut self.values, &self.counts);
+    }
+}
+
+impl RowSum {
+    pub fn finish(&mut self) {
+        finish(&mut self.values, &self.counts);
+    }
+}
+
+/// Divides each sum by its count where counts are kept (a [`Merge::Mean`] sum).
+fn finish(values: &mut [f32], counts: &[u32]) {
+    values.iter_mut().zip(counts).filter(|(_, n)| **n > 1).for_each(|(v, n)| *v /= *n as f32);
 }
 
 impl Round {
@@ -81,10 +102,19 @@ impl Round {
         merge: Merge,
         g: impl Iterator<Item = f32>,
     ) {
-        let d = self.dense.entry(key).or_insert_with(|| DenseSum { values: vec![0.0; len], lo: usize::MAX, hi: 0 });
+        let d = self.dense.entry(key).or_insert_with(|| DenseSum {
+            values: vec![0.0; len],
+            lo: usize::MAX,
+            hi: 0,
+            counts: vec![0; if merge == Merge::Mean { len } else { 0 }],
+        });
         let mut end = offset;
-        for (slot, v) in d.values[offset..].iter_mut().zip(g) {
+        for (i, v) in g.enumerate() {
+            let Some(slot) = d.values.get_mut(offset + i) else { break };
             merge_into(slot, v, merge);
+            if merge == Merge::Mean && v != 0.0 {
+                d.counts[offset + i] += 1;
+            }
             end += 1;
         }
         d.lo = d.lo.min(offset);
@@ -106,8 +136,15 @@ impl Round {
                 r.values.resize(r.values.len() + cols, 0.0);
                 r.values.len() - cols
             });
-            for slot in &mut r.values[at..at + cols] {
-                merge_into(slot, g.next().unwrap_or(0.0), merge);
+            if merge == Merge::Mean {
+                r.counts.resize(r.values.len(), 0);
+            }
+            for (i, slot) in r.values[at..at + cols].iter_mut().enumerate() {
+                let v = g.next().unwrap_or(0.0);
+                merge_into(slot, v, merge);
+                if merge == Merge::Mean && v != 0.0 {
+                    r.counts[at + i] += 1;
+                }
             }
         }
     }
@@ -121,8 +158,10 @@ impl Round {
 #[inline]
 fn merge_into(sum: &mut f32, v: f32, merge: Merge) {
     match merge {
-        Merge::Add => *sum += v,
+        Merge::Add | Merge::Mean => *sum += v,
         Merge::Max => *sum = sum.max(v),
+        // the round's last value (pushes of one round come in no particular order)
+        Merge::Replace => *sum = v,
     }
 }
 

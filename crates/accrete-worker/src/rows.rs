@@ -68,15 +68,18 @@ impl RowTrainer {
         for (dst, s) in self.pulled[1..].iter_mut().zip(&p.slots) {
             dst.clone_from(s);
         }
-        let (mut e0, mut e1) = (Tensors::default(), Tensors::default());
-        let mut slots = p.slots.iter_mut();
-        let s0 = slots.next().unwrap_or(&mut e0);
-        let s1 = slots.next().unwrap_or(&mut e1);
+        let (mut ws, mut hs, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+        for s in p.slots.iter_mut() {
+            let Tensors { w, h, b, .. } = s;
+            ws.push(&mut w[..]);
+            hs.push(&mut h[..]);
+            bs.push(&mut b[..]);
+        }
         let mut m = LocalGlm {
             outputs: view.dims.outputs,
-            w: Part { w: &mut p.tensors.w, s0: &mut s0.w, s1: &mut s1.w },
-            h: Part { w: &mut p.tensors.h, s0: &mut s0.h, s1: &mut s1.h },
-            b: Part { w: &mut p.tensors.b, s0: &mut s0.b, s1: &mut s1.b },
+            w: Part { w: &mut p.tensors.w, s: ws },
+            h: Part { w: &mut p.tensors.h, s: hs },
+            b: Part { w: &mut p.tensors.b, s: bs },
         };
         let step = p.updates + 1;
         let loss = local::train_rows(
@@ -89,7 +92,7 @@ impl RowTrainer {
             &mut self.scratch,
             Some(preds),
         );
-        // the changes: new minus pulled (a running maximum: its new value)
+        // the changes: new minus pulled (a running maximum or a decaying average: its new value)
         self.changes.resize_with(1 + names.len(), Tensors::default);
         for (v, pulled) in self.pulled.iter().enumerate() {
             let (now, merge) = match v {
@@ -100,8 +103,8 @@ impl RowTrainer {
                 let (Some(out), a, b) = (self.changes[v].get_mut(t), now.get(t), pulled.get(t)) else { continue };
                 out.clear();
                 match merge {
-                    Merge::Add => out.extend(a.iter().zip(b).map(|(a, b)| a - b)),
-                    Merge::Max => out.extend_from_slice(a),
+                    Merge::Add | Merge::Mean => out.extend(a.iter().zip(b).map(|(a, b)| a - b)),
+                    Merge::Max | Merge::Replace => out.extend_from_slice(a),
                 }
             }
         }

@@ -157,8 +157,7 @@ struct CreateArgs {
     /// Latent factors (fm).
     #[arg(long, default_value_t = 0)]
     factors: u32,
-    /// The optimizer (the server's; per-row training runs it on the worker's copy).
-    /// `normalized`, the default, needs no learning rate tuned to the data.
+    /// The optimizer (`normalized`, the default, needs no learning rate tuned to the data).
     #[arg(long, value_enum, default_value = "normalized")]
     optimizer: Opt,
     /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, others 0.01].

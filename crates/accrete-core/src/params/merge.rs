@@ -1,8 +1,8 @@
 //! Pushes of changes: a worker that trained row by row on its own copy sends, per vector
 //! (the weights, each optimizer slot), what its rows changed, and the server merges them
-//! into the live parameters ([`crate::optim::Merge`]): weights and most slots add the
-//! change, a running maximum (`scale`) keeps the larger value. The EMA, if kept, follows
-//! the new weights as after any update.
+//! into the live parameters ([`crate::optim::Merge`]): weights and sums add the change,
+//! running maxima keep the larger value, decaying averages take the new value. The EMA,
+//! if kept, follows the new weights as after any update.
 use super::{decode_block, ema_range, Params, BLOCK};
 use crate::optim::{merge_of, LeKeys, Merge};
 
@@ -23,8 +23,9 @@ impl Params {
             Some(s) => {
                 let dst = &mut ts.slots[s][start..end];
                 match merge_of(self.slot_names[s]) {
-                    Merge::Add => dst.iter_mut().zip(v).for_each(|(x, d)| *x += d),
+                    Merge::Add | Merge::Mean => dst.iter_mut().zip(v).for_each(|(x, d)| *x += d),
                     Merge::Max => dst.iter_mut().zip(v).for_each(|(x, d)| *x = x.max(*d)),
+                    Merge::Replace => dst.copy_from_slice(v),
                 }
             }
         }

@@ -74,7 +74,7 @@ impl Engine {
             let values = LeBytes(g.values).iter();
             let (sum, merge) = match push.changes() {
                 false => (Sum::Gradient, Merge::Add),
-                true => (Sum::Change(slot), slot.map_or(Merge::Add, |s| merge_of(self.shape.slots[s]))),
+                true => (Sum::Change(slot), slot.map_or(Merge::Mean, |s| merge_of(self.shape.slots[s]))),
             };
             if spec.stats {
                 round.add_stats(t, spec.cols as usize, &values.collect::<Vec<_>>());
@@ -137,7 +137,10 @@ impl Engine {
         let mut pushed = None;
         let mut dropped = None;
         while let Some(c) = through.map_or_else(|| self.sync.complete_round(), |r| self.sync.round_through(r)) {
-            let Some(round) = self.sync.rounds.remove(&c) else { break };
+            let Some(mut round) = self.sync.rounds.remove(&c) else { break };
+            // a round's weight changes are means over the pushes that made them
+            round.dense.iter_mut().for_each(|(_, d)| d.finish());
+            round.rows.iter_mut().for_each(|(_, r)| r.finish());
             self.sync.applied = c;
             // The rows of its pushes are consumed now (applied, or dropped as diverging).
             round.progress.iter().for_each(|m| record_progress(&mut self.workers, m));

@@ -677,3 +677,96 @@ fn chunks_changed_since_the_head_include_waiting_snapshots_and_a_chunk_install_r
     assert!(e.changed_since_head().is_empty());
     assert_eq!((e.pending_len(), e.status().epoch, e.status().head), (0, 2, 2));
 }
+
+/// A push of changes (per-row training): per (tensor, slot), rows by key (or the bias).
+fn push_changes(
+    e: &mut Engine,
+    m: &PushMeta,
+    changes: &[(&str, &str, &[u64], &[f32])],
+    now: Instant,
+) -> Result<Pushed> {
+    let bytes: Vec<(Vec<u8>, Vec<u8>)> = changes
+        .iter()
+        .map(|(_, _, k, v)| {
+            (k.iter().flat_map(|k| k.to_le_bytes()).collect(), v.iter().flat_map(|v| v.to_le_bytes()).collect())
+        })
+        .collect();
+    let grads: Vec<Grad<'_>> = changes
+        .iter()
+        .zip(&bytes)
+        .map(|((t, s, _, _), (k, v))| Grad { tensor: t, slot: s, offset: 0, keys: LeKeys(k), values: v })
+        .collect();
+    let shape = e.shape.clone();
+    let m = PushMeta { changes: true, ..m.clone() };
+    let checked = shape.check(&grads, &m)?;
+    e.push(&checked, 1, now)
+}
+
+fn normalized(consistency: ConsistencyMode) -> Engine {
+    let s = ModelSpec {
+        optimizer: OptimizerSpec::new(OptimizerKind::Normalized, 0.0),
+        ..spec(consistency, 0, CommitPolicy::default())
+    };
+    engine(&s, Instant::now())
+}
+
+/// The value of `tensor`'s `slot` ("" = weights) at `i`.
+fn at(e: &Engine, tensor: &str, slot: &str, i: usize) -> f32 {
+    let t = e.params.tensor_index(tensor).unwrap();
+    match slot {
+        "" => e.params.tensors[t].w[i],
+        s => e.params.tensors[t].slots[e.params.slot_names.iter().position(|n| *n == s).unwrap()][i],
+    }
+}
+
+#[test]
+fn a_bsp_round_of_changes_averages_weights_over_their_writers_and_merges_each_slot_by_its_rule() {
+    let t0 = Instant::now();
+    let mut e = normalized(ConsistencyMode::Bsp);
+    e.join("a", 1, t0);
+    e.join("b", 1, t0);
+    let a: [(&str, &str, &[u64], &[f32]); 5] = [
+        ("h", "", &[3], &[0.5]),
+        ("h", "accum", &[3], &[1.0]),
+        ("h", "scale", &[3], &[2.0]),
+        ("h", "trace", &[3], &[0.25]),
+        ("b", "", &[], &[0.2]),
+    ];
+    let b: [(&str, &str, &[u64], &[f32]); 5] = [
+        ("h", "", &[3, 5], &[0.1, -0.4]),
+        ("h", "accum", &[3, 5], &[2.0, 1.0]),
+        ("h", "scale", &[3, 5], &[1.5, 4.0]),
+        ("h", "trace", &[3, 5], &[0.75, 0.1]),
+        ("b", "", &[], &[0.4]),
+    ];
+    push_changes(&mut e, &meta("a", 1, 1), &a, t0).unwrap();
+    assert_eq!(at(&e, "h", "", 3), 0.0, "the round waits for b");
+    assert_eq!(push_changes(&mut e, &meta("b", 1, 1), &b, t0).unwrap().ack.updates, 1);
+    // weights: the mean over the pushes that changed them; a weight one push changed gets it whole
+    assert!((at(&e, "h", "", 3) - 0.3).abs() < 1e-6 && at(&e, "h", "", 5) == -0.4);
+    assert!((at(&e, "b", "", 0) - 0.3).abs() < 1e-6);
+    // sums add, running maxima keep the larger, decaying averages take the last value
+    assert_eq!((at(&e, "h", "accum", 3), at(&e, "h", "accum", 5)), (3.0, 1.0));
+    assert_eq!((at(&e, "h", "scale", 3), at(&e, "h", "scale", 5)), (2.0, 4.0));
+    assert_eq!((at(&e, "h", "trace", 3), at(&e, "h", "trace", 5)), (0.75, 0.1));
+}
+
+#[test]
+fn asp_changes_add_as_they_arrive_and_a_push_of_gradients_names_no_slot() {
+    let t0 = Instant::now();
+    let mut e = normalized(ConsistencyMode::Asp);
+    let one: [(&str, &str, &[u64], &[f32]); 2] = [("h", "", &[3], &[0.5]), ("h", "scale", &[3], &[2.0])];
+    push_changes(&mut e, &meta("a", 0, 1), &one, t0).unwrap();
+    push_changes(&mut e, &meta("b", 0, 1), &one, t0).unwrap();
+    assert_eq!((at(&e, "h", "", 3), at(&e, "h", "scale", 3)), (1.0, 2.0));
+    // a slot the model lacks, or any slot in a push of gradients, is refused by name
+    let bad: [(&str, &str, &[u64], &[f32]); 1] = [("h", "velocity", &[3], &[1.0])];
+    let err = push_changes(&mut e, &meta("a", 0, 2), &bad, t0).unwrap_err().to_string();
+    assert!(err.contains("\"velocity\"") && err.contains("accum, scale"), "{err}");
+    let values = 1f32.to_le_bytes();
+    let key = 3u64.to_le_bytes();
+    let grads = [Grad { slot: "accum", tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
+    let err = e.shape.check(&grads, &meta("a", 0, 3)).unwrap_err().to_string();
+    assert!(err.contains("carries no slots"), "{err}");
+    assert_eq!(at(&e, "h", "accum", 3), 0.0, "nothing refused changed anything");
+}
