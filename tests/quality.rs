@@ -100,7 +100,7 @@ fn sequential(
         h: Part { w: hw, s: hs.iter_mut().map(|v| &mut v[..]).collect() },
         b: Part { w: bw, s: bs.iter_mut().map(|v| &mut v[..]).collect() },
     };
-    local::train_rows(link, &opt, 1, &mut m, &batch, &batch.idx.clone(), &mut Scratch::default(), None);
+    local::train_rows(link, &opt, 1, &mut m, &batch, &batch.idx.clone(), &mut Scratch::default(), None).unwrap();
     (h, b)
 }
 

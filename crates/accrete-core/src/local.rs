@@ -3,6 +3,7 @@
 //! row), then updated by the model's optimizer, slots and all, exactly as one process
 //! running the optimizer row after row would. The worker then pushes what changed
 //! ([`crate::optim::Merge`]); one pull and one push per batch, as in batch training.
+//! (Adam's bias correction counts the model's pushes, as on the server, not rows.)
 //!
 //! The `normalized` optimizer's rule lives here, since it needs the whole row. Its base
 //! is Vowpal Wabbit's adaptive, normalised and invariant update (Karampatziakis & Langford
@@ -133,7 +134,8 @@ pub fn train_rows(
     sparse: &[u32],
     s: &mut Scratch,
     mut preds: Option<&mut Vec<f32>>,
-) -> f64 {
+) -> Result<f64, String> {
+    check_shapes(opt, p)?;
     let k = p.outputs;
     for v in [&mut s.z, &mut s.norm, &mut s.ppu, &mut s.u] {
         v.clear();
@@ -178,7 +180,29 @@ pub fn train_rows(
             }
         });
     }
-    loss
+    Ok(loss)
+}
+
+/// Every part with weights has the optimizer's slots, each as long as its weights, and
+/// the bias has one value per output (what the rules index without checking).
+fn check_shapes(opt: &OptimizerSpec, p: &LocalGlm<'_>) -> Result<(), String> {
+    let want = crate::layout::optimizer_slots(opt.kind);
+    if p.b.w.len() != p.outputs {
+        return Err(format!("the bias has {} values for {} outputs", p.b.w.len(), p.outputs));
+    }
+    for (name, part) in [("w", &p.w), ("h", &p.h), ("b", &p.b)] {
+        if part.w.is_empty() {
+            continue; // a tensor the model (or this batch) lacks
+        }
+        if part.s.len() < want.len() || part.s.iter().take(want.len()).any(|s| s.len() != part.w.len()) {
+            return Err(format!(
+                "tensor {name:?}: the optimizer's slots ({}) are not all there, as long as its {} weights",
+                want.join(", "),
+                part.w.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The normalized optimizer's update of row `r`, whose score derivatives are in `s.z`.
@@ -230,6 +254,9 @@ fn normalized_row(
             let i = at + o;
             let base = base_step(lr, norm[o], part.s[ACCUM][i], part.s[SCALE][i]);
             let meta = -d * x * part.s[TRACE][i];
+            if !meta.is_finite() {
+                continue;
+            }
             let gain = part.s[LOGGAIN][i].exp();
             let v = part.s[METANORM][i];
             let v = meta.abs().max(v + gain * base * x * x * (meta.abs() - v) / META_TAU);
@@ -320,7 +347,7 @@ mod tests {
                 h: Part::none(),
                 b: Part { w: &mut self.b, s: self.bs.iter_mut().map(|v| &mut v[..]).collect() },
             };
-            train_rows(l, opt, 1, &mut p, batch, &[], &mut Scratch::default(), Some(preds))
+            train_rows(l, opt, 1, &mut p, batch, &[], &mut Scratch::default(), Some(preds)).unwrap()
         }
     }
 

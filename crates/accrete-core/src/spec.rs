@@ -42,6 +42,15 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    /// The CLI's default for a kind: `normalized` for the kinds that train row by row
+    /// (linear, logistic, softmax); SGD for FM and MLP, which push batch gradients.
+    pub fn default_for(kind: ModelKind) -> OptimizerKind {
+        match kind {
+            ModelKind::Linear | ModelKind::Logistic | ModelKind::Softmax => OptimizerKind::Normalized,
+            ModelKind::Fm | ModelKind::Mlp => OptimizerKind::Sgd,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             OptimizerKind::Sgd => "sgd",

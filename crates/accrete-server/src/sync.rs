@@ -40,8 +40,9 @@ impl Round {
 }
 
 /// What a round sums for a tensor: gradients (applied by the optimizer), or changes of
-/// per-row training to merge into the weights (`Change(None)`) or a slot (added; a
-/// running maximum such as `scale` takes the largest). Gradients apply before changes.
+/// per-row training to merge into the weights (`Change(None)`, averaged over the pushes
+/// that changed each weight) or a slot (by the slot's [`Merge`]). Gradients apply before
+/// changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Sum {
     Gradient,

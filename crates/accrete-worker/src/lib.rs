@@ -343,6 +343,9 @@ pub async fn run(
                 }
             };
             last_sent = Some(at);
+            if let Sent::Accepted(Some(updates)) = sent {
+                report.last_updates = updates;
+            }
             report.rows += n as u64;
             progress.record(n as u64, loss);
             report.pushes += 1;

@@ -91,7 +91,8 @@ impl RowTrainer {
             &batch.local,
             &mut self.scratch,
             Some(preds),
-        );
+        )
+        .map_err(|e| format!("model {:?}: {e}", view.spec.name))?;
         // the changes: new minus pulled (a running maximum or a decaying average: its new value)
         self.changes.resize_with(1 + names.len(), Tensors::default);
         for (v, pulled) in self.pulled.iter().enumerate() {

@@ -157,9 +157,9 @@ struct CreateArgs {
     /// Latent factors (fm).
     #[arg(long, default_value_t = 0)]
     factors: u32,
-    /// The optimizer (`normalized`, the default, needs no learning rate tuned to the data).
-    #[arg(long, value_enum, default_value = "normalized")]
-    optimizer: Opt,
+    /// The optimizer [default: `normalized`, which needs no rate tuned to the data; sgd for fm, mlp].
+    #[arg(long, value_enum)]
+    optimizer: Option<Opt>,
     /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, others 0.01].
     #[arg(long, value_name = "RATE")]
     lr: Option<f32>,
@@ -267,7 +267,7 @@ fn spec(a: &CreateArgs) -> Result<ModelSpec> {
         hidden: a.hidden,
         factors: a.factors,
         optimizer: OptimizerSpec {
-            kind: a.optimizer.into(),
+            kind: a.optimizer.map_or(OptimizerKind::default_for(a.kind.into()), Into::into),
             lr: a.lr.unwrap_or(0.0),
             momentum: a.momentum.unwrap_or(0.0),
             beta1: a.beta1.unwrap_or(0.0),

@@ -61,10 +61,4 @@ impl Params {
             self.merge_values(t, slot, *k as usize * cols, row);
         }
     }
-
-    /// The index of the optimizer slot named `name` that a push of changes may carry
-    /// (every slot but the EMA, which follows the weights).
-    pub fn change_slot(&self, name: &str) -> Option<usize> {
-        self.slot_names.iter().position(|s| *s == name && name != "ema")
-    }
 }

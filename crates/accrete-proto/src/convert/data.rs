@@ -156,9 +156,10 @@ impl TryFrom<pb::PullResponse> for Pulled {
         for t in r.tensors {
             let v = crate::bytes_to_f32s(&t.values)
                 .ok_or_else(|| bad(format!("pulled tensor {:?}: values are not whole f32s", t.tensor)))?;
-            match t.slot.is_empty() {
-                true => tensors.push((t.tensor, v)),
-                false => slots.push((t.tensor, t.slot, v)),
+            // the EMA, when asked for, is served in the weights' place
+            match t.slot.as_str() {
+                "" | "ema" => tensors.push((t.tensor, v)),
+                _ => slots.push((t.tensor, t.slot, v)),
             }
         }
         Ok(Pulled { version: r.version, lineage_epoch: r.lineage_epoch, updates: r.updates, tensors, slots })

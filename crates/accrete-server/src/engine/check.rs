@@ -119,14 +119,32 @@ impl Shape {
         if self.layout[t].stats {
             return Err(bad(format!("input statistics have no optimizer slot {:?}", g.slot)));
         }
-        match self.slots.iter().position(|s| *s == g.slot) {
-            Some(i) => Ok(Some(i)),
-            None => Err(bad(format!(
+        let Some(i) = self.slots.iter().position(|s| *s == g.slot) else {
+            return Err(bad(format!(
                 "slot {:?} is not one of this model's optimizer slots ({})",
                 g.slot,
                 if self.slots.is_empty() { "it has none".to_string() } else { self.slots.join(", ") }
-            ))),
+            )));
+        };
+        // A dense slot's change is the whole tensor (a BSP round replaces or takes the
+        // maximum over what it holds, and a gap would read as zeros).
+        let spec = &self.layout[t];
+        if g.keys.is_empty() && (g.offset != 0 || g.values.len() as u64 / 4 != spec.len()) {
+            return Err(bad(format!(
+                "a change of slot {:?} carries the whole dense tensor ({} floats), got {} from offset {}",
+                g.slot,
+                spec.len(),
+                g.values.len() / 4,
+                g.offset
+            )));
         }
+        // Sums of squares and second moments never go below zero.
+        if matches!(g.slot, "accum" | "n" | "v") {
+            if let Some(v) = LeBytes(g.values).iter().find(|v| *v < 0.0) {
+                return Err(bad(format!("slot {:?} cannot take a negative change or value ({v})", g.slot)));
+            }
+        }
+        Ok(Some(i))
     }
 
     fn check_grad(&self, g: &Grad<'_>) -> Result<usize> {

@@ -768,5 +768,13 @@ fn asp_changes_add_as_they_arrive_and_a_push_of_gradients_names_no_slot() {
     let grads = [Grad { slot: "accum", tensor: "h", offset: 0, keys: LeKeys(&key), values: &values }];
     let err = e.shape.check(&grads, &meta("a", 0, 3)).unwrap_err().to_string();
     assert!(err.contains("carries no slots"), "{err}");
+    // a negative change of a sum of squares, or a dense slot that is not whole
+    let neg: [(&str, &str, &[u64], &[f32]); 1] = [("h", "accum", &[3], &[-1.0])];
+    let err = push_changes(&mut e, &meta("a", 0, 4), &neg, t0).unwrap_err().to_string();
+    assert!(err.contains("\"accum\" cannot take a negative"), "{err}");
+    let part: [(&str, &str, &[u64], &[f32]); 1] = [("w", "trace", &[], &[1.0, 2.0])];
+    let err = push_changes(&mut e, &meta("a", 0, 5), &part, t0).unwrap_err().to_string();
+    assert!(err.contains("whole dense tensor (4 floats), got 2"), "{err}");
     assert_eq!(at(&e, "h", "accum", 3), 0.0, "nothing refused changed anything");
+    assert_eq!(at(&e, "w", "trace", 0), 0.0);
 }
