@@ -43,7 +43,8 @@ pub struct WorkerConfig {
     pub worker_id: String,
     pub on_bad_row: OnBadRow,
     /// Write each row's label and prediction made before training on it (progressive
-    /// validation) to this file, one `label<TAB>prediction` line per row.
+    /// validation) to this file, one `label<TAB>prediction` line per row (several
+    /// classes: each class's probability, comma-separated).
     pub progressive_out: Option<PathBuf>,
     /// The server's URL for a heartbeat connection of its own, on its own thread: the
     /// lease is then renewed even while a long batch (or a resume's skip through the shard)
@@ -531,9 +532,29 @@ async fn recovered(client: &mut Client, model: &str, epoch: u64) -> Result<bool,
     Ok(first.is_some_and(|v| v.kind == accrete_core::VersionKind::Rollback && v.reason.starts_with("recovery to ")))
 }
 
+/// One line per row: the label, a tab, and the prediction made before training on it
+/// (a value or a probability; with several classes, each class's probability,
+/// comma-separated).
 fn write_progressive(out: &mut impl std::io::Write, labels: &[f32], p: &[f32], k: usize) -> std::io::Result<()> {
     for (y, row) in labels.iter().zip(p.chunks_exact(k.max(1))) {
-        writeln!(out, "{y}\t{}", row[0])?;
+        write!(out, "{y}\t{}", row[0])?;
+        for v in &row[1..] {
+            write!(out, ",{v}")?;
+        }
+        writeln!(out)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn progressive_lines_carry_every_class_probability() {
+        let mut out = Vec::new();
+        super::write_progressive(&mut out, &[2.0, 0.0], &[0.1, 0.2, 0.7, 0.5, 0.25, 0.25], 3).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "2\t0.1,0.2,0.7\n0\t0.5,0.25,0.25\n");
+        let mut out = Vec::new();
+        super::write_progressive(&mut out, &[1.0], &[0.75], 1).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "1\t0.75\n");
+    }
 }

@@ -83,7 +83,8 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 1)]
     epochs: u64,
     /// Write each row's label and its prediction before training on it (progressive
-    /// validation), tab-separated, to this file.
+    /// validation), tab-separated, to this file (several classes: each class's
+    /// probability, comma-separated).
     #[arg(long)]
     progressive_out: Option<PathBuf>,
     /// With a directory --shard: train on its N-th file in name order (e.g. a Kubernetes
