@@ -73,7 +73,7 @@ pub struct LocalGlm<'a> {
 pub struct Scratch {
     z: Vec<f32>,
     norm: Vec<f32>,
-    ppu: Vec<f32>,
+    total: Vec<f32>,
     u: Vec<f32>,
 }
 
@@ -137,7 +137,7 @@ pub fn train_rows(
 ) -> Result<f64, String> {
     check_shapes(opt, p)?;
     let k = p.outputs;
-    for v in [&mut s.z, &mut s.norm, &mut s.ppu, &mut s.u] {
+    for v in [&mut s.z, &mut s.norm, &mut s.total, &mut s.u] {
         v.clear();
         v.resize(k, 0.0);
     }
@@ -220,7 +220,7 @@ fn normalized_row(
     let k = p.outputs;
     let d = &s.z[..];
     // pass 1: rescale to a larger input, grow the accumulators, sum the row's norm
-    s.norm.iter_mut().chain(s.ppu.iter_mut()).for_each(|v| *v = 0.0);
+    s.norm.iter_mut().chain(s.total.iter_mut()).for_each(|v| *v = 0.0);
     let norm = &mut s.norm;
     inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
         let ax = x.abs();
@@ -244,7 +244,7 @@ fn normalized_row(
     });
     // pass 2: each coordinate's gain follows the meta-gradient (the update direction, -d·x,
     // times the trace of its recent updates); the row's total step per output
-    let (norm, total) = (&s.norm, &mut s.ppu);
+    let (norm, total) = (&s.norm, &mut s.total);
     inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
         if x == 0.0 {
             return;
@@ -265,13 +265,13 @@ fn normalized_row(
                 let g = &mut part.s[LOGGAIN][i];
                 *g = (*g + (META_RATE * meta / v).clamp(-1.0, 1.0)).clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN);
             }
-            total[o] += part.s[LOGGAIN][i].exp() * base * x * x;
+            total[o] += gained_step(lr, norm[o], part, i) * x * x;
         }
     });
     // the multiplier of each output's steps: capped at a total of 1, or for squared loss
     // the invariant closed form (moves the score by -d·(1 - e^-total), never past the label)
     for o in 0..k {
-        let h = s.ppu[o];
+        let h = s.total[o];
         s.u[o] = match l {
             Link::Identity if h > 1e-6 => (1.0 - (-h).exp()) / h,
             _ => 1.0 / h.max(1.0),
@@ -286,13 +286,19 @@ fn normalized_row(
         let part = p.part(which);
         for (o, d) in d.iter().enumerate() {
             let i = at + o;
-            let a = part.s[LOGGAIN][i].exp() * base_step(lr, norm[o], part.s[ACCUM][i], part.s[SCALE][i]) * u[o];
+            let a = gained_step(lr, norm[o], part, i) * u[o];
             let change = -a * d * x;
             part.w[i] += change;
             let t = &mut part.s[TRACE][i];
             *t = *t * (1.0 - a * x * x).max(0.0) + change;
         }
     });
+}
+
+/// The normalized optimizer's step of coordinate `i` of `part`: its base step times its gain.
+#[inline]
+fn gained_step(lr: f32, norm: f32, part: &Part<'_>, i: usize) -> f32 {
+    part.s[LOGGAIN][i].exp() * base_step(lr, norm, part.s[ACCUM][i], part.s[SCALE][i])
 }
 
 /// The normalized optimizer's step of one coordinate before its gain: `lr / (√accum ·
