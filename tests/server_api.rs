@@ -841,6 +841,7 @@ async fn worker_progress_is_recorded_with_versions() {
             seq: i,
             update: false,
             changes: false,
+            base_updates: 0,
         });
         c.params.push(req).await.unwrap();
     }

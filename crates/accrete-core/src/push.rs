@@ -27,6 +27,9 @@ pub struct PushMeta {
     /// The values are what a worker's per-row training changed (weights and optimizer
     /// slots, merged by [`crate::optim::Merge`]), not gradients for the optimizer.
     pub changes: bool,
+    /// A push of changes: the model's update count at the pull its rows trained on (0 =
+    /// unknown); the server averages the weights' change with the concurrent pushes'.
+    pub base_updates: u64,
 }
 
 /// One gradient of a push, borrowed from the worker's buffers (the client encodes it

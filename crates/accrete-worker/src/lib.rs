@@ -147,6 +147,7 @@ impl Identity {
             loss_sum,
             update: false,
             changes: false,
+            base_updates: 0,
         }
     }
 }

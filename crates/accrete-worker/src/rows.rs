@@ -23,6 +23,8 @@ pub(crate) struct RowTrainer {
     /// The changes of the last batch: the weights', then each slot's.
     changes: Vec<Tensors>,
     scratch: Scratch,
+    /// The model's update count at the pull the last batch trained on.
+    base: u64,
 }
 
 /// Per-row training applies to this model (a generalised linear one).
@@ -81,6 +83,7 @@ impl RowTrainer {
             h: Part { w: &mut p.tensors.h, s: hs },
             b: Part { w: &mut p.tensors.b, s: bs },
         };
+        self.base = p.updates;
         let step = p.updates + 1;
         let loss = local::train_rows(
             link,
@@ -123,6 +126,7 @@ impl RowTrainer {
         mut meta: PushMeta,
     ) -> Push<'a> {
         meta.changes = true;
+        meta.base_updates = self.base;
         let names = view.slot_names();
         let mut out = Vec::with_capacity(view.tensors.len() * self.changes.len() + 1);
         for (name, hashed) in &view.tensors {

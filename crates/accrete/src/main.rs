@@ -31,7 +31,7 @@ enum Command {
     Worker(worker_cmd::WorkerArgs),
     /// Score every version of a model on holdout data; optionally gate quality with rollbacks.
     Evaluator(eval_cmd::EvaluatorArgs),
-    /// Cut a dataset into N shards (rows dealt round-robin; CSV header kept in each).
+    /// Cut a dataset into N shards (contiguous stretches, or round-robin; CSV header kept in each).
     Split(worker_cmd::SplitArgs),
     /// Write a dataset shipped inside the binary (flights, california) as CSV files,
     /// split for training and testing.

@@ -224,12 +224,36 @@ pub struct SplitArgs {
     /// goes to every shard.
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
+    /// How rows go to shards: `contiguous` — each shard is one stretch of the input, in
+    /// order (a file in time order gives each worker a stretch of time: every row it
+    /// scores comes right after the rows it learned, as in one stream); `round-robin` —
+    /// row i to shard i mod N, so each shard spans the whole input.
+    #[arg(long, value_enum, default_value_t = Deal::Contiguous)]
+    deal: Deal,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
-/// Deals rows round-robin into N shards, so each shard spans the whole input.
+/// How `split` deals rows to shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Deal {
+    Contiguous,
+    RoundRobin,
+}
+
+/// The data rows of a file (a CSV header not counted), for a contiguous split.
+fn count_rows(input: &std::path::Path, csv: bool) -> Result<usize> {
+    let mut reader =
+        accrete_ingest::source::ShardReader::open(input).with_context(|| format!("{}", input.display()))?;
+    let (mut line, mut n) = (Vec::new(), 0usize);
+    while reader.next_line(&mut line).with_context(|| format!("{}", input.display()))? {
+        n += usize::from(!(csv && reader.pos.line == 1));
+    }
+    Ok(n)
+}
+
+/// Deals rows into N shards: contiguous stretches (the default) or round-robin.
 pub fn split(a: SplitArgs) -> Result<()> {
     if a.shards == 0 {
         bail!("--shards must be at least 1");
@@ -253,6 +277,15 @@ pub fn split(a: SplitArgs) -> Result<()> {
                 .with_context(|| format!("{}", p.display()))
         })
         .collect::<Result<Vec<_>>>()?;
+    // contiguous: shard i holds rows [i·total/N, (i+1)·total/N)
+    let total = match a.deal {
+        Deal::Contiguous => count_rows(&a.input, csv)?,
+        Deal::RoundRobin => 0,
+    };
+    let shard_of = |n: usize| match a.deal {
+        Deal::Contiguous => ((n as u128 * a.shards as u128) / total.max(1) as u128) as usize,
+        Deal::RoundRobin => n % a.shards,
+    };
     let mut reader =
         accrete_ingest::source::ShardReader::open(&a.input).with_context(|| format!("{}", a.input.display()))?;
     let mut line = Vec::new();
@@ -265,7 +298,7 @@ pub fn split(a: SplitArgs) -> Result<()> {
             }
             continue;
         }
-        outs[n % a.shards].write_all(&line)?;
+        outs[shard_of(n).min(a.shards - 1)].write_all(&line)?;
         n += 1;
     }
     for o in &mut outs {
@@ -330,4 +363,26 @@ pub async fn predict(a: PredictArgs, server: &ServerConn) -> Result<()> {
 #[allow(dead_code)]
 pub fn count_lines(p: &std::path::Path) -> Result<usize> {
     Ok(std::io::BufReader::new(std::fs::File::open(p)?).lines().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_into(deal: Deal, dir: &std::path::Path) -> Vec<String> {
+        let input = dir.join("in.csv");
+        std::fs::write(&input, "t,y\n0,a\n1,b\n2,c\n3,d\n4,e\n5,f\n6,g\n").unwrap();
+        let out = dir.join(format!("{deal:?}"));
+        split(SplitArgs { input, shards: 3, out: out.clone(), format: None, deal, json: false }).unwrap();
+        (0..3).map(|i| std::fs::read_to_string(out.join(format!("part-{i:05}.csv"))).unwrap()).collect()
+    }
+
+    #[test]
+    fn split_deals_contiguous_stretches_in_order_or_round_robin_with_the_header_in_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = split_into(Deal::Contiguous, dir.path());
+        assert_eq!(parts, ["t,y\n0,a\n1,b\n2,c\n", "t,y\n3,d\n4,e\n", "t,y\n5,f\n6,g\n"]);
+        let parts = split_into(Deal::RoundRobin, dir.path());
+        assert_eq!(parts, ["t,y\n0,a\n3,d\n6,g\n", "t,y\n1,b\n4,e\n", "t,y\n2,c\n5,f\n"]);
+    }
 }

@@ -8,14 +8,15 @@ use crate::optim::{merge_of, LeKeys, Merge};
 
 impl Params {
     /// The vector a change names: `None` = the weights, `Some(i)` = slot `i`.
-    fn merge_values(&mut self, t: usize, slot: Option<usize>, start: usize, v: &[f32]) {
+    /// `share`: the part of a weight change to add (concurrent changes are averaged).
+    fn merge_values(&mut self, t: usize, slot: Option<usize>, start: usize, v: &[f32], share: f32) {
         let (decay, ema) = (self.ema_decay, self.ema_slot());
         let ts = &mut self.tensors[t];
         self.undo.save(t, ts, start, v.len());
         let end = start + v.len();
         match slot {
             None => {
-                ts.w[start..end].iter_mut().zip(v).for_each(|(w, d)| *w += d);
+                ts.w[start..end].iter_mut().zip(v).for_each(|(w, d)| *w += share * d);
                 if let Some(e) = ema {
                     ema_range(ts, e, start, end, decay);
                 }
@@ -32,33 +33,34 @@ impl Params {
         self.undo.check(t, ts, start, v.len());
     }
 
-    /// Merges a checked dense change from little-endian f32 bytes (a block at a time).
-    pub fn merge_dense_le(&mut self, t: usize, slot: Option<usize>, offset: usize, bytes: &[u8]) {
+    /// Merges a checked dense change from little-endian f32 bytes (a block at a time); of
+    /// a weight change, `share` is added.
+    pub fn merge_dense_le(&mut self, t: usize, slot: Option<usize>, offset: usize, bytes: &[u8], share: f32) {
         let mut buf = [0f32; BLOCK];
         for (i, block) in bytes.chunks(BLOCK * 4).enumerate() {
             let n = decode_block(block, &mut buf);
-            self.merge_values(t, slot, offset + i * BLOCK, &buf[..n]);
+            self.merge_values(t, slot, offset + i * BLOCK, &buf[..n], share);
         }
     }
 
     /// Merges a checked change of rows by key: row `keys[i]` gets the i-th `cols` floats.
-    pub fn merge_rows_le(&mut self, t: usize, slot: Option<usize>, keys: LeKeys<'_>, bytes: &[u8]) {
+    pub fn merge_rows_le(&mut self, t: usize, slot: Option<usize>, keys: LeKeys<'_>, bytes: &[u8], share: f32) {
         let cols = self.tensors[t].spec.cols as usize;
         for (k, row) in keys.iter().zip(bytes.chunks(cols * 4)) {
-            self.merge_dense_le(t, slot, k as usize * cols, row);
+            self.merge_dense_le(t, slot, k as usize * cols, row, share);
         }
     }
 
     /// [`Params::merge_dense_le`] from floats (a BSP round's sum).
     pub fn merge_dense(&mut self, t: usize, slot: Option<usize>, offset: usize, v: &[f32]) {
-        self.merge_values(t, slot, offset, v);
+        self.merge_values(t, slot, offset, v, 1.0);
     }
 
     /// [`Params::merge_rows_le`] from keys and floats (a BSP round's sum).
     pub fn merge_rows(&mut self, t: usize, slot: Option<usize>, keys: &[u64], v: &[f32]) {
         let cols = self.tensors[t].spec.cols as usize;
         for (k, row) in keys.iter().zip(v.chunks(cols)) {
-            self.merge_values(t, slot, *k as usize * cols, row);
+            self.merge_values(t, slot, *k as usize * cols, row, 1.0);
         }
     }
 }

@@ -20,6 +20,7 @@ impl From<&PushMeta> for pb::PushMeta {
             loss_sum: m.loss_sum,
             update: m.update,
             changes: m.changes,
+            base_updates: m.base_updates,
         }
     }
 }
@@ -38,6 +39,7 @@ impl From<pb::PushMeta> for PushMeta {
             loss_sum: m.loss_sum,
             update: m.update,
             changes: m.changes,
+            base_updates: m.base_updates,
         }
     }
 }

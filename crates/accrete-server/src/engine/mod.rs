@@ -14,6 +14,7 @@
 
 mod check;
 mod commits;
+mod concurrent;
 mod encode;
 mod rounds;
 #[cfg(test)]
@@ -126,6 +127,8 @@ pub struct Engine {
     failed: Option<(Instant, String)>,
     /// When a version was last written.
     last_written: Instant,
+    /// The latest pushes of changes, to average concurrent ones (ASP, SSP).
+    concurrent: concurrent::Concurrent,
 }
 
 impl Engine {
@@ -154,6 +157,7 @@ impl Engine {
             dropped: Vec::new(),
             failed: None,
             last_written: now,
+            concurrent: Default::default(),
         }
     }
 
@@ -216,6 +220,11 @@ impl Engine {
         // A part of an update that carries no values here still counts (`PushMeta::update`).
         let update = push.values() > 0 || meta.update;
         if update {
+            // a weight's change is averaged with the concurrent pushes' (`concurrent.rs`)
+            let share = match push.changes() {
+                true => self.concurrent.share(meta.base_updates, &meta.worker_id),
+                false => 1.0,
+            };
             self.params.begin_update();
             for (t, slot, g) in push.chunks() {
                 // statistics merge either way; a change is merged, a gradient applied
@@ -223,13 +232,16 @@ impl Engine {
                 match (g.keys.is_empty(), push.changes() && !stats) {
                     (true, false) => self.params.apply_dense_le(t, g.offset as usize, g.values),
                     (false, false) => self.params.apply_rows_le(t, g.keys, g.values),
-                    (true, true) => self.params.merge_dense_le(t, slot, g.offset as usize, g.values),
-                    (false, true) => self.params.merge_rows_le(t, slot, g.keys, g.values),
+                    (true, true) => self.params.merge_dense_le(t, slot, g.offset as usize, g.values, share),
+                    (false, true) => self.params.merge_rows_le(t, slot, g.keys, g.values, share),
                 }
             }
             self.params.finish_update().map_err(|source| ServiceError::Update { model: self.name(), source })?;
             self.updates += 1;
             self.since_commit += 1;
+            if push.changes() && push.values() > 0 {
+                self.concurrent.record(self.updates, &meta.worker_id);
+            }
         }
         let pushed = self.finish_push(meta, now);
         if push.from_worker() && self.shape.consistency == ConsistencyMode::Ssp {
@@ -486,6 +498,7 @@ impl Engine {
 
     fn installed(&mut self, epoch: u64, head: u64, now: Instant) {
         self.pending.clear();
+        self.concurrent.clear();
         self.sync.rounds.values_mut().for_each(|r| r.clear_sums());
         self.params.clear_dirty();
         self.epoch = epoch;

@@ -778,3 +778,26 @@ fn asp_changes_add_as_they_arrive_and_a_push_of_gradients_names_no_slot() {
     assert_eq!(at(&e, "h", "accum", 3), 0.0, "nothing refused changed anything");
     assert_eq!(at(&e, "w", "trace", 0), 0.0);
 }
+
+#[test]
+fn asp_averages_a_weight_change_with_the_pushes_applied_since_its_pull_but_not_the_sums() {
+    let t0 = Instant::now();
+    let mut e = normalized(ConsistencyMode::Asp);
+    let one: [(&str, &str, &[u64], &[f32]); 2] = [("h", "", &[3], &[0.5]), ("h", "accum", &[3], &[1.0])];
+    let from = |w: &str, base: u64| PushMeta { base_updates: base, ..meta(w, 0, 1) };
+    push_changes(&mut e, &from("a", 0), &one, t0).unwrap(); // update 1
+    push_changes(&mut e, &from("a", 1), &one, t0).unwrap(); // update 2: its own push is not concurrent
+    assert_eq!((at(&e, "h", "", 3), at(&e, "h", "accum", 3)), (1.0, 2.0));
+    push_changes(&mut e, &from("b", 2), &one, t0).unwrap(); // update 3: nothing since its pull
+    assert_eq!(at(&e, "h", "", 3), 1.5);
+    // a pulled at 2 as b did: b's change came meanwhile, so a's weight change counts half
+    push_changes(&mut e, &from("a", 2), &one, t0).unwrap();
+    assert_eq!((at(&e, "h", "", 3), at(&e, "h", "accum", 3)), (1.75, 4.0), "the sum of squares adds whole");
+    // c pulled at 2: a and b since, a third
+    push_changes(&mut e, &from("c", 2), &one, t0).unwrap();
+    assert!((at(&e, "h", "", 3) - (1.75 + 0.5 / 3.0)).abs() < 1e-6);
+    // a rollback or an import forgets them
+    e.install(e.params.clone(), 1, 1, t0);
+    push_changes(&mut e, &PushMeta { base_updates: 2, ..meta("a", 0, 1) }, &one, t0).unwrap();
+    assert!((at(&e, "h", "", 3) - (1.75 + 0.5 / 3.0 + 0.5)).abs() < 1e-6);
+}
