@@ -180,6 +180,51 @@ async fn the_gate_rolls_back_a_poisoned_model() {
     let _ = evaluator.wait();
 }
 
+/// A poisoned shard whose versions were all made before the evaluator reached them (it
+/// was down, or slower than the workers): gated on AUC and accuracy, it rolls back once,
+/// to the last good version; the poisoned lineage is scored but never judged or
+/// restored, and a second run rolls back nothing.
+#[tokio::test]
+async fn a_poisoned_backlog_is_rolled_back_once_to_the_last_good_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (shards, holdout) = data(tmp.path());
+    let s = spawn_server(&tmp.path().join("data")).await;
+    create_flights_model(&s.url, "bk", &["--commit-every-updates", "10"]);
+    let mut eval = vec!["evaluator", "--model", "bk", "--holdout", holdout.to_str().unwrap(), "--once", "--json"];
+    eval.extend(["--gate", "auc:0.01,accuracy:0.02"]);
+    eval.extend(COLS);
+    let events = |out: &str, kind: &str| -> Vec<serde_json::Value> {
+        let all = out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        all.filter(|e| e["event"] == kind).collect()
+    };
+    train(&s.url, "bk", &shards[0], &COLS);
+    ok(&s.url, &["model", "commit", "bk"]);
+    assert!(events(&ok(&s.url, &eval), "rolled_back").is_empty(), "clean versions roll nothing back");
+    let good = versions(&s.url, "bk");
+    let last_good = good.last().unwrap()["version"].as_u64().unwrap();
+    let good_accuracy = good.last().unwrap()["metrics"]["accuracy"].as_f64().unwrap();
+    train(&s.url, "bk", &poisoned(&shards[1]), &COLS);
+    ok(&s.url, &["model", "commit", "bk"]);
+    let poisoned_versions = versions(&s.url, "bk").len() - good.len();
+    assert!(poisoned_versions >= 5, "{poisoned_versions} poisoned versions");
+    let out = ok(&s.url, &eval);
+    let rollbacks = events(&out, "rolled_back");
+    assert_eq!(rollbacks.len(), 1, "{out}");
+    assert_eq!(rollbacks[0]["to"], last_good, "{out}");
+    assert_eq!(events(&out, "scored").len(), poisoned_versions, "every poisoned version is scored: {out}");
+    assert!(events(&out, "held").is_empty(), "the rolled-back versions are not judged: {out}");
+    let vs = versions(&s.url, "bk");
+    let head = vs.last().unwrap();
+    assert_eq!((head["kind"].as_str(), head["content_of"].as_u64()), (Some("rollback"), Some(last_good)), "{head}");
+    let worst = vs.iter().filter_map(|v| v["metrics"]["accuracy"].as_f64()).fold(1.0, f64::min);
+    assert!(worst < good_accuracy - 0.1, "the poison showed: accuracy {worst:.3} against {good_accuracy:.3}");
+    // a second run scores the rollback (the last good content) and rolls nothing back
+    let again = ok(&s.url, &eval);
+    assert!(events(&again, "rolled_back").is_empty(), "{again}");
+    let head = versions(&s.url, "bk").last().unwrap().clone();
+    assert_eq!(head["metrics"]["accuracy"].as_f64(), Some(good_accuracy), "{head}");
+}
+
 #[tokio::test]
 async fn a_window_of_recent_rows_tracks_a_stream() {
     let tmp = tempfile::tempdir().unwrap();

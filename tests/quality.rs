@@ -165,3 +165,58 @@ async fn one_worker_training_row_by_row_equals_the_optimizer_run_sequentially() 
         }
     }
 }
+
+/// Progressive validation across workers, per version: two workers on flights, their
+/// rows tallied by the server into the versions they went into. Every row counts once,
+/// and the versions' accuracy and loss, weighted by their rows, are those of the rows
+/// the workers scored (their own `--progressive-out` files); each version has an AUC.
+#[tokio::test]
+async fn versions_record_the_progressive_figures_of_every_workers_rows() {
+    use common::data::{labelled_flights, write_csv, COLS};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    let (header, rows) = labelled_flights();
+    let input = tmp.path().join("fl.csv");
+    write_csv(&input, &header, &rows[..40_000]);
+    let shards = tmp.path().join("shards");
+    let (inp, out) = (input.to_str().unwrap(), shards.to_str().unwrap());
+    let split = std::process::Command::new(common::procs::BIN)
+        .args(["split", "--input", inp, "--shards", "2", "--out", out])
+        .output()
+        .unwrap();
+    assert!(split.status.success(), "{split:?}");
+    ok(&s.url, &["model", "create", "pv", "--kind", "logistic", "--hash-bits", "18", "--commit-every-updates", "4"]);
+    let workers: Vec<_> = (0..2)
+        .map(|i| {
+            let shard = shards.join(format!("part-{i:05}.csv"));
+            let prog = tmp.path().join(format!("prog{i}.tsv"));
+            let mut args = vec!["worker", "--model", "pv", "--shard", shard.to_str().unwrap()];
+            args.extend(["--progressive-out", prog.to_str().unwrap()]);
+            args.extend(COLS);
+            (common::procs::spawn_cli(&s.url, &args), prog)
+        })
+        .collect();
+    let (mut y, mut p) = (Vec::new(), Vec::new());
+    for (mut child, prog) in workers {
+        assert!(child.wait().unwrap().success(), "a worker failed");
+        for line in std::fs::read_to_string(prog).unwrap().lines() {
+            let (a, b) = line.split_once('\t').unwrap();
+            y.push(a.parse::<f32>().unwrap());
+            p.push(b.parse::<f32>().unwrap());
+        }
+    }
+    ok(&s.url, &["model", "commit", "pv"]);
+    let vs: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "versions", "pv", "--json"])).unwrap();
+    let figures: Vec<&serde_json::Value> =
+        vs.as_array().unwrap().iter().map(|v| &v["progressive"]).filter(|f| !f.is_null()).collect();
+    assert!(figures.len() >= 5, "{vs}");
+    let num = |f: &serde_json::Value, k: &str| f[k].as_f64().unwrap_or_else(|| panic!("{k} in {f}"));
+    let rows: f64 = figures.iter().map(|f| num(f, "rows")).sum();
+    assert_eq!(rows as usize, y.len(), "every row once: {vs}");
+    let weighted = |k: &str| figures.iter().map(|f| num(f, k) * num(f, "rows")).sum::<f64>() / rows;
+    let accuracy = y.iter().zip(&p).filter(|(y, p)| (**p >= 0.5) == (**y > 0.5)).count() as f64 / y.len() as f64;
+    let loss = accrete_core::metrics::logloss(&y, &p);
+    assert!((weighted("accuracy") - accuracy).abs() < 1e-3, "accuracy {} vs {accuracy}", weighted("accuracy"));
+    assert!((weighted("loss") - loss).abs() < 1e-3, "loss {} vs {loss}", weighted("loss"));
+    assert!(figures.iter().all(|f| (0.5..1.0).contains(&num(f, "auc"))), "{vs}");
+}

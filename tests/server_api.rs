@@ -842,6 +842,8 @@ async fn worker_progress_is_recorded_with_versions() {
             update: false,
             changes: false,
             base_updates: 0,
+            hits: 0,
+            hist: Vec::new(),
         });
         c.params.push(req).await.unwrap();
     }

@@ -68,7 +68,7 @@ pub(crate) async fn evaluator_bench(versions: u64) -> Result<()> {
         format: None,
         columns,
         once: true,
-        gate: None,
+        gates: Vec::new(),
         dry_run: false,
         gate_window: 10,
         holdout_follow: false,

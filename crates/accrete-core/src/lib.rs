@@ -18,6 +18,7 @@ pub mod nn;
 pub mod optim;
 pub mod params;
 pub mod partition;
+pub mod progressive;
 pub mod pull;
 pub mod push;
 pub mod rng;

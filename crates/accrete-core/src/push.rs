@@ -30,6 +30,11 @@ pub struct PushMeta {
     /// A push of changes: the model's update count at the pull its rows trained on (0 =
     /// unknown); the server averages the weights' change with the concurrent pushes'.
     pub base_updates: u64,
+    /// Of `rows`: those predicted right before training (classification).
+    pub hits: u64,
+    /// A binary model's rows by predicted probability before training: 256 counts of
+    /// negatives, then 256 of positives ([`crate::progressive`]); empty otherwise.
+    pub hist: Vec<u32>,
 }
 
 /// One gradient of a push, borrowed from the worker's buffers (the client encodes it

@@ -26,6 +26,15 @@ pub fn primary_metric(d: &Dims) -> &'static str {
     }
 }
 
+/// The metrics [`score`] gives a model of these dimensions.
+pub fn metrics_of(d: &Dims) -> &'static [&'static str] {
+    match primary_metric(d) {
+        "rmse" => &["rmse", "mae", "r2"],
+        "accuracy" => &["accuracy", "logloss"],
+        _ => &["auc", "accuracy", "logloss"],
+    }
+}
+
 /// Metrics of predictions `p` (outputs per row as the model gives them) against `y`.
 pub fn score(d: &Dims, y: &[f32], p: &[f32]) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();

@@ -96,6 +96,10 @@ pub struct VersionRecord {
     /// import; empty for the policy's): a retry of that call is answered with it.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub request: String,
+    /// Progressive validation of the rows this version took in (since its parent), from
+    /// every worker: each row scored before it was learned. `None`: no rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progressive: Option<crate::progressive::Figures>,
 }
 
 impl VersionRecord {
@@ -118,6 +122,7 @@ impl VersionRecord {
             bytes_written: 0,
             steps: 0,
             request: String::new(),
+            progressive: None,
         }
     }
 }
@@ -149,6 +154,7 @@ struct StoredVersionRecord {
     bytes_written: u64,
     steps: u64,
     request: String,
+    progressive: Option<crate::progressive::Figures>,
 }
 
 impl From<StoredVersionRecord> for VersionRecord {
@@ -170,6 +176,7 @@ impl From<StoredVersionRecord> for VersionRecord {
             bytes_written: s.bytes_written,
             steps: s.steps,
             request: s.request,
+            progressive: s.progressive,
         }
     }
 }

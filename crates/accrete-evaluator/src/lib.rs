@@ -4,7 +4,11 @@
 //! the normal rollback path (the quality gate).
 //!
 //! Entry point: [`run`] with an [`EvaluatorConfig`], a connected client and a shutdown
-//! future.
+//! future. The gate's rules are in [`gate`].
+
+pub mod gate;
+
+pub use gate::{Gate, Judge, Judged};
 
 use accrete_client::{Client, ClientError};
 use accrete_core::features::Batch;
@@ -17,26 +21,6 @@ use accrete_ingest::{ColumnSpec, Format, IngestError, OnBadRow, RowSource, Targe
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// `--gate METRIC:MARGIN`: roll back when a version is worse than the best recent one by
-/// more than the margin.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gate {
-    pub metric: String,
-    pub margin: f64,
-}
-
-impl std::str::FromStr for Gate {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Gate, String> {
-        let (m, v) = s.split_once(':').ok_or_else(|| format!("--gate {s:?}: expected METRIC:MARGIN, e.g. auc:0.01"))?;
-        let margin: f64 = v.parse().map_err(|_| format!("--gate {s:?}: margin {v:?} is not a number"))?;
-        if !(margin >= 0.0 && margin.is_finite()) {
-            return Err(format!("--gate {s:?}: margin must be >= 0"));
-        }
-        Ok(Gate { metric: m.to_string(), margin })
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct EvaluatorConfig {
     pub model: String,
@@ -45,7 +29,8 @@ pub struct EvaluatorConfig {
     pub columns: ColumnSpec,
     /// Score every version without metrics, then exit.
     pub once: bool,
-    pub gate: Option<Gate>,
+    /// The quality gate: roll back when a version fails any of these (none: no gate).
+    pub gates: Vec<Gate>,
     pub dry_run: bool,
     /// How many recent scored versions the gate compares with.
     pub gate_window: usize,
@@ -79,6 +64,12 @@ pub enum Event {
     WouldRollBack {
         after: u64,
         to: u64,
+        why: String,
+    },
+    /// Version `after` failed the gate, and nothing was restored: the head passes, or no
+    /// recent version beats it.
+    Held {
+        after: u64,
         why: String,
     },
 }
@@ -193,28 +184,16 @@ pub struct Report {
     pub rollbacks: Vec<(u64, u64, String)>,
 }
 
-/// The value the gate compares for a version: its `metric`, or the worst possible one when
-/// the version diverged.
-fn gate_value(metric: &str, diverged: bool, value: Option<&f64>) -> Option<f64> {
-    match diverged {
-        true if higher_is_better(metric) => Some(f64::NEG_INFINITY),
-        true => Some(f64::INFINITY),
-        false => value.copied(),
-    }
-}
-
-/// What the gate decides about a freshly scored version.
-pub fn gate_decision(gate: &Gate, scored: &[(u64, f64)], version: u64, value: f64) -> Option<(u64, f64)> {
-    let hib = higher_is_better(&gate.metric);
-    let best = scored.iter().filter(|(v, x)| *v != version && x.is_finite()).max_by(|a, b| {
-        if hib {
-            a.1.total_cmp(&b.1)
-        } else {
-            b.1.total_cmp(&a.1)
-        }
-    })?;
-    let worse = if hib { best.1 - value } else { value - best.1 };
-    (worse > gate.margin).then_some(*best)
+/// A version as the gate sees it: its value of each gate's metric (the worst possible
+/// where it diverged); `None` when a gate's metric is not among its scores.
+fn judged(gates: &[Gate], version: u64, m: &BTreeMap<String, f64>) -> Option<Judged> {
+    let diverged = m.contains_key(DIVERGED);
+    let values = gates.iter().map(|g| match (diverged, higher_is_better(&g.metric)) {
+        (true, true) => Some(f64::NEG_INFINITY),
+        (true, false) => Some(f64::INFINITY),
+        (false, _) => m.get(&g.metric).copied(),
+    });
+    Some(Judged { version, values: values.collect::<Option<Vec<f64>>>()? })
 }
 
 /// Scores versions: with `once`, every retained version without the primary metric; else
@@ -241,41 +220,47 @@ pub async fn run(
     )?;
     let config = EvaluatorConfig { format: cols.format, columns: cols.spec, ..config };
     let primary = primary_metric(&view.dims);
-    if let Some(g) = &config.gate {
-        if !scoring::METRICS.contains(&g.metric.as_str()) {
+    let kind_metrics = scoring::metrics_of(&view.dims);
+    for g in &config.gates {
+        if !kind_metrics.contains(&g.metric.as_str()) {
             return Err(EvalError::Config(format!(
-                "--gate metric {:?} is not one of auc, accuracy, logloss, rmse, mae, r2",
-                g.metric
+                "--gate metric {:?}: model {:?} is scored by {}",
+                g.metric,
+                config.model,
+                kind_metrics.join(", ")
             )));
         }
     }
     let mut holdout = Holdout::load(&config, &view)?;
     tracing::info!(model = %config.model, rows = holdout.rows(), primary, "holdout loaded");
     let mut report = Report::default();
-    let mut history: Vec<(u64, f64)> = Vec::new();
+    let mut judge = Judge::new(config.gates.clone(), config.gate_window);
     let versions = client.versions(&config.model).await?;
-    let gate_metric = config.gate.as_ref().map_or(primary.to_string(), |g| g.metric.clone());
+    // rollbacks made before: their abandoned lineages are skipped
+    for v in versions.iter().filter(|v| v.kind == VersionKind::Rollback && v.content_of != 0) {
+        judge.rolled_back(v.content_of, v.version);
+    }
     if !config.rescore {
         for v in &versions {
-            if let Some(x) = gate_value(&gate_metric, v.metrics.contains_key(DIVERGED), v.metrics.get(&gate_metric)) {
-                history.push((v.version, x));
+            if let Some(j) = judged(&config.gates, v.version, &v.metrics) {
+                judge.remember(j);
             }
         }
     }
+    let after = versions.iter().map(|v| v.version).max().unwrap_or(0);
     // A diverged version has no primary metric stored, but it is scored.
     let todo: Vec<VersionRecord> = versions
         .into_iter()
         .filter(|v| config.rescore || (!v.metrics.contains_key(primary) && !v.metrics.contains_key(DIVERGED)))
         .collect();
-    let pass = Pass { config: &config, gate_metric: &gate_metric, judge: !config.rescore };
+    let pass = Pass { config: &config, judging: !config.rescore };
     for v in todo {
-        pass.evaluate(&mut client, &view, &mut holdout, &v, &mut history, &mut report).await?;
+        pass.evaluate(&mut client, &view, &mut holdout, &v, &mut judge, &mut report).await?;
     }
-    let pass = Pass { judge: true, ..pass };
+    let pass = Pass { judging: true, ..pass };
     if config.once {
         return Ok(report);
     }
-    let after = history.iter().map(|(v, _)| *v).chain(report.scored.iter().map(|(v, _)| *v)).max().unwrap_or(0);
     let mut events = client.watch(Some(&config.model), Some(after)).await?;
     tokio::pin!(shutdown);
     loop {
@@ -287,19 +272,18 @@ pub async fn run(
         let ev = ev?;
         if ev.kind.is_new_version() {
             let v = ev.version;
-            pass.evaluate(&mut client, &view, &mut holdout, &v, &mut history, &mut report).await?;
+            pass.evaluate(&mut client, &view, &mut holdout, &v, &mut judge, &mut report).await?;
         }
     }
     Ok(report)
 }
 
-/// One pass over versions: the settings, the metric the gate compares, and whether the
-/// gate judges the versions of this pass (not while rescoring old ones).
+/// One pass over versions: the settings, and whether the gate judges the versions of
+/// this pass (not while rescoring old ones).
 #[derive(Clone, Copy)]
 struct Pass<'a> {
     config: &'a EvaluatorConfig,
-    gate_metric: &'a str,
-    judge: bool,
+    judging: bool,
 }
 
 impl Pass<'_> {
@@ -309,7 +293,7 @@ impl Pass<'_> {
         view: &ModelView,
         holdout: &mut Holdout,
         v: &VersionRecord,
-        history: &mut Vec<(u64, f64)>,
+        judge: &mut Judge,
         report: &mut Report,
     ) -> Result<(), EvalError> {
         let config = self.config;
@@ -333,61 +317,88 @@ impl Pass<'_> {
         }
         // a rescore puts its scores in place of the old ones (a stale divergence mark or
         // a metric not finite this time must not stay)
-        client.report_metrics(&config.model, v.version, &finite, config.rescore && !self.judge).await?;
+        let rescored = config.rescore && !self.judging;
+        client.report_metrics(&config.model, v.version, &finite, rescored).await?;
         tracing::debug!(model = %config.model, version = v.version, ?m, "scored");
-        config.progress.tell(Event::Scored {
-            version: v.version,
-            metrics: m.clone(),
-            rescored: config.rescore && !self.judge,
-        });
+        config.progress.tell(Event::Scored { version: v.version, metrics: m.clone(), rescored });
         report.scored.push((v.version, m.clone()));
-        let value = gate_value(self.gate_metric, diverged, m.get(self.gate_metric)).unwrap_or(f64::NAN);
-        let is_rollback = v.kind == VersionKind::Rollback;
-        if let (Some(gate), false, true) = (&config.gate, is_rollback, self.judge) {
-            let window: Vec<(u64, f64)> = history.iter().rev().take(config.gate_window).copied().collect();
-            if let Some((best_v, best)) = gate_decision(gate, &window, v.version, value) {
-                let why = format!(
-                    "quality gate: {} {value:.4} of version {} is worse than the best recent {best:.4} (version {best_v}) by more than {}",
-                    gate.metric, v.version, gate.margin
-                );
-                if config.dry_run {
-                    tracing::debug!(model = %config.model, "dry run, would roll back to {best_v}: {why}");
-                    config.progress.tell(Event::WouldRollBack { after: v.version, to: best_v, why });
-                } else {
-                    let rb = client.rollback(&config.model, best_v, &why).await?;
-                    tracing::debug!(model = %config.model, to = best_v, new_head = rb.version, "{why}");
-                    config.progress.tell(Event::RolledBack {
-                        after: v.version,
-                        to: best_v,
-                        head: rb.version,
-                        why: why.clone(),
-                    });
-                    report.rollbacks.push((v.version, best_v, why));
-                }
-            }
+        if config.gates.is_empty() || !self.judging || judge.abandoned(v.version) {
+            return Ok(()); // a rolled-back lineage's version is scored, never judged
         }
-        history.push((v.version, value));
+        let Some(j) = judged(&config.gates, v.version, &m) else { return Ok(()) };
+        if v.kind == VersionKind::Rollback {
+            judge.remember(j); // restored content: a candidate, not judged
+            return Ok(());
+        }
+        match judge.verdict(&j) {
+            None => judge.remember(j),
+            Some(f) => self.failed(client, view, holdout, judge, report, j, f).await?,
+        }
         Ok(())
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_gate_compares_with_the_best_recent_version() {
-        let g: Gate = "auc:0.01".parse().unwrap();
-        let hist = [(1, 0.60), (2, 0.70), (3, 0.695)];
-        assert_eq!(gate_decision(&g, &hist, 4, 0.695), None);
-        assert_eq!(gate_decision(&g, &hist, 4, 0.68), Some((2, 0.70)));
-        // a diverged version scores as the worst possible
-        assert_eq!(gate_decision(&g, &hist, 4, f64::NEG_INFINITY), Some((2, 0.70)));
-        let g: Gate = "logloss:0.02".parse().unwrap();
-        let hist = [(1, 0.50), (2, 0.55)];
-        assert_eq!(gate_decision(&g, &hist, 3, 0.515), None);
-        assert_eq!(gate_decision(&g, &hist, 3, 0.53), Some((1, 0.50)));
-        assert!("auc".parse::<Gate>().is_err());
-        assert!("auc:x".parse::<Gate>().is_err());
+    /// A version failed the gate: restore the newest recent version that beats the head,
+    /// if the head fails too and one does (`gate.rs`).
+    #[allow(clippy::too_many_arguments)]
+    async fn failed(
+        &self,
+        client: &mut Client,
+        view: &ModelView,
+        holdout: &mut Holdout,
+        judge: &mut Judge,
+        report: &mut Report,
+        j: Judged,
+        f: gate::Failure,
+    ) -> Result<(), EvalError> {
+        let config = self.config;
+        let g = &config.gates[f.gate];
+        let mut why = format!(
+            "quality gate: {} {:.4} of version {} is worse than the best recent {:.4} (version {}) by more than {}",
+            g.metric, f.value, j.version, f.best, f.best_version, g.margin
+        );
+        // the head it would replace: the evaluator may be behind
+        let head_version = client.model_info(&config.model).await?.head_version;
+        let head = match head_version == j.version {
+            true => Some(j.clone()),
+            false => match score_version(client, view, holdout, head_version).await {
+                Ok(m) => judged(&config.gates, head_version, &m),
+                Err(EvalError::Client(ClientError::NotFound(_)) | EvalError::EmptyHoldout) => None,
+                Err(e) => return Err(e),
+            },
+        };
+        // the target, or why there is none
+        let target = match &head {
+            None => Err(format!("head version {head_version} could not be scored")),
+            Some(h) if h.version != j.version && judge.verdict(h).is_none() => {
+                Err(format!("head version {head_version} passes the gate"))
+            }
+            Some(h) => {
+                judge.target(h).map(|t| t.version).ok_or(format!("no recent version beats head version {head_version}"))
+            }
+        };
+        let to = match target {
+            Ok(to) => to,
+            Err(held) => {
+                let why = format!("{why}; {held}: not rolled back");
+                tracing::info!(model = %config.model, "{why}");
+                config.progress.tell(Event::Held { after: j.version, why });
+                judge.remember(j); // kept: the model goes on from it
+                return Ok(());
+            }
+        };
+        if head_version != j.version {
+            why = format!("{why}; head version {head_version} fails too");
+        }
+        if config.dry_run {
+            tracing::debug!(model = %config.model, "dry run, would roll back to {to}: {why}");
+            config.progress.tell(Event::WouldRollBack { after: j.version, to, why });
+            return Ok(());
+        }
+        let rb = client.rollback(&config.model, to, &why).await?;
+        tracing::debug!(model = %config.model, to, new_head = rb.version, "{why}");
+        judge.rolled_back(to, rb.version);
+        config.progress.tell(Event::RolledBack { after: j.version, to, head: rb.version, why: why.clone() });
+        report.rollbacks.push((j.version, to, why));
+        Ok(())
     }
 }

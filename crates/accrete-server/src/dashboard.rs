@@ -174,7 +174,8 @@ fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&
     let _ = write!(
         out,
         "<h2>Versions (lineage)</h2><table id=\"versions\"><thead><tr><th>version</th><th>parent</th><th>created</th>\
-         <th>kind</th><th>epoch</th><th>updates</th><th>reason</th><th>tags</th><th>{}</th></tr></thead><tbody>",
+         <th>kind</th><th>epoch</th><th>updates</th><th>reason</th><th>tags</th><th>{}</th>\
+         <th title=\"the version's rows from all workers, each scored before it was learned\">progressive</th></tr></thead><tbody>",
         esc(metric.unwrap_or("metrics"))
     );
     for v in versions.iter().rev() {
@@ -200,7 +201,7 @@ fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&
         let shown = metric.and_then(|m| v.metrics.get(m)).map_or(String::new(), |x| format!("{x:.4}"));
         let _ = write!(
             out,
-            "<tr{}><td>{}{marks}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{content}</td><td>{}</td><td title=\"{}\">{shown}</td></tr>",
+            "<tr{}><td>{}{marks}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{content}</td><td>{}</td><td title=\"{}\">{shown}</td><td>{}</td></tr>",
             if v.kind == VersionKind::Rollback { " class=\"rb\"" } else { "" },
             v.version,
             v.parent.map_or("–".into(), |p| p.to_string()),
@@ -212,6 +213,7 @@ fn versions_table(out: &mut String, versions: &[VersionRecord], metric: Option<&
             esc(&v.reason),
             esc(&v.tags.join(",")),
             all.join(" "),
+            v.progressive.map_or(String::new(), |f| f.summary()),
         );
     }
     out.push_str("</tbody></table>");

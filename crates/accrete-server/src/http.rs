@@ -105,6 +105,11 @@ fn metrics_text(reg: &Registry) -> Response {
         ("accrete_updates_uncommitted", "gauge", "Applied updates not in a version yet."),
         ("accrete_workers", "gauge", "Workers holding a lease in the model's barrier."),
         ("accrete_version_metric", "gauge", "Metrics of the newest scored version."),
+        (
+            "accrete_progressive",
+            "gauge",
+            "Progressive validation of the newest version's rows, from all workers (each row scored before it was learned).",
+        ),
         ("accrete_cluster_holds_total", "counter", "Global commits that held this partition's pushes."),
         ("accrete_cluster_pushes_held_total", "counter", "Pushes that waited for a global commit's hold."),
         ("accrete_cluster_hold_seconds_total", "counter", "Seconds this partition's pushes were held."),
@@ -133,6 +138,20 @@ fn metrics_text(reg: &Registry) -> Response {
                 }
                 "accrete_cluster_hold_seconds_total" => {
                     line(&mut out, name, m, h.hold_meters.hold_nanos.load(Relaxed) as f64 / 1e9)
+                }
+                "accrete_progressive" => {
+                    let vs = h.versions().unwrap_or_default();
+                    if let Some((v, f)) = vs.iter().rev().find_map(|v| v.progressive.map(|f| (v.version, f))) {
+                        let figures = [
+                            ("rows", Some(f.rows as f64)),
+                            ("loss", Some(f.loss)),
+                            ("accuracy", f.accuracy),
+                            ("auc", f.auc),
+                        ];
+                        for (k, x) in figures.iter().filter_map(|(k, x)| x.map(|x| (k, x))) {
+                            let _ = writeln!(out, "{name}{{model=\"{m}\",metric=\"{k}\",version=\"{v}\"}} {x}");
+                        }
+                    }
                 }
                 _ => {
                     let vs = h.versions().unwrap_or_default();

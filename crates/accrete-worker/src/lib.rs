@@ -16,6 +16,7 @@ use accrete_client::{Client, ClientError};
 use accrete_core::features::Batch;
 use accrete_core::glm;
 use accrete_core::kinds::{self, Tensors};
+use accrete_core::progressive;
 use accrete_core::push::{Gradient, Push, PushMeta};
 use accrete_core::view::{BatchParams, ModelView};
 use accrete_ingest::{ColumnSpec, Format, IngestError, OnBadRow, Target};
@@ -148,6 +149,8 @@ impl Identity {
             update: false,
             changes: false,
             base_updates: 0,
+            hits: 0,
+            hist: Vec::new(),
         }
     }
 }
@@ -176,6 +179,15 @@ fn batch_push<'a>(
         out.push(Gradient { tensor: "norm", values: stats, ..Default::default() });
     }
     Push { model: &view.spec.name, lineage_epoch: epoch, grads: out, meta: Some(meta) }
+}
+
+/// The progressive tally of a batch's rows, scored before training: the rows predicted
+/// right, and a binary model's histogram of probabilities by label ([`progressive`]).
+fn tally(view: &ModelView, labels: &[f32], predictions: &[f32]) -> (u64, Vec<u32>) {
+    let (binary, _) = progressive::binary_and_classes(&view.dims);
+    let mut t = progressive::Tally::default();
+    t.add_rows(labels, predictions, view.dims.outputs, binary);
+    (t.hits, t.hist.iter().map(|c| *c as u32).collect())
 }
 
 /// Standardises a batch's dense inputs with the shared statistics merged with the batch's
@@ -310,7 +322,8 @@ pub async fn run(
                             .map_err(progressive_err)?;
                     }
                     clock += 1;
-                    let meta = me.next_meta(at, clock, n as u64, loss);
+                    let mut meta = me.next_meta(at, clock, n as u64, loss);
+                    (meta.hits, meta.hist) = tally(&view, &batch.labels, &predictions);
                     let push = trainer.push(&view, p.lineage_epoch, &batch, &stats, meta);
                     // The next pull must see this push (it trains on from these values):
                     // its ack comes first.
@@ -320,14 +333,16 @@ pub async fn run(
                     };
                     return Ok::<_, WorkerError>(Ok((loss, sent)));
                 }
+                // scored before training: the progressive output and the push's tally
+                kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
                 if let Some(out) = progressive.as_mut() {
-                    kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
                     write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(progressive_err)?;
                 }
                 let loss =
                     kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, batch.uniq.len(), &mut grads);
                 clock += 1;
-                let meta = me.next_meta(at, clock, n as u64, loss);
+                let mut meta = me.next_meta(at, clock, n as u64, loss);
+                (meta.hits, meta.hist) = tally(&view, &batch.labels, &predictions);
                 let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
                 Ok::<_, WorkerError>(Ok((loss, pusher.send(&mut client, &push).await?)))
             }

@@ -22,10 +22,13 @@ pub struct EvaluatorArgs {
     /// Score every version that has no score yet, then exit.
     #[arg(long)]
     once: bool,
-    /// Quality gate METRIC:MARGIN (e.g. auc:0.01, logloss:0.02): roll back to the best
-    /// recent version when a new one is worse by more than the margin.
-    #[arg(long)]
-    gate: Option<Gate>,
+    /// Quality gate METRIC:MARGIN (e.g. auc:0.01, logloss:0.02; repeat it, or separate
+    /// with commas, to gate on several metrics): a version worse than the best recent one
+    /// by more than a margin fails. Then, if the model's head fails too, the newest recent
+    /// version that beats the head on every gate's metric is restored; the versions
+    /// rolled back are never judged or restored again.
+    #[arg(long, value_delimiter = ',')]
+    gate: Vec<Gate>,
     /// Report what the gate would do without rolling back.
     #[arg(long)]
     dry_run: bool,
@@ -58,7 +61,7 @@ pub async fn evaluator(a: EvaluatorArgs) -> Result<()> {
         format: a.data.format(),
         columns: a.data.columns()?,
         once: a.once,
-        gate: a.gate.clone(),
+        gates: a.gate.clone(),
         dry_run: a.dry_run,
         gate_window: a.gate_window,
         holdout_follow: a.holdout_follow,
@@ -108,6 +111,10 @@ fn print_event(model: &str, e: &Event, json: bool) {
         (Event::WouldRollBack { after, to, why }, false) => {
             println!("{model}: dry run: would roll back after version {after} to version {to}: {why}")
         }
+        (Event::Held { after, why }, true) => {
+            println!("{}", json!({"event": "held", "model": model, "after": after, "reason": why}))
+        }
+        (Event::Held { why, .. }, false) => println!("{model}: {why}"),
     }
 }
 

@@ -441,7 +441,7 @@ async fn commit(c: &mut Client, name: &str, reason: &str, json: bool) -> Result<
 
 async fn versions(c: &mut Client, name: &str, json: bool) -> Result<()> {
     let vs = c.versions(name).await?;
-    print_versions(name, &vs, json);
+    output::print_versions(name, &vs, json);
     Ok(())
 }
 
@@ -572,29 +572,4 @@ fn print_version(model: &str, v: &VersionRecord, json: bool, what: &str) {
             v.reason
         );
     }
-}
-
-fn print_versions(model: &str, vs: &[VersionRecord], json: bool) {
-    if json {
-        println!("{}", serde_json::Value::Array(vs.iter().map(|v| output::version_json(model, v)).collect()));
-        return;
-    }
-    let rows: Vec<Vec<String>> = vs
-        .iter()
-        .map(|v| {
-            vec![
-                v.version.to_string(),
-                v.parent.map_or("-".into(), |p| p.to_string()),
-                output::time(v.created_unix_ms),
-                v.kind.as_str().into(),
-                v.updates.to_string(),
-                v.lineage_epoch.to_string(),
-                // a gate's reason runs long: the table keeps its start (--json has it all)
-                output::shorten(&v.reason, 40),
-                v.tags.join(","),
-                output::metrics_cell(&v.metrics),
-            ]
-        })
-        .collect();
-    table(&["VERSION", "PARENT", "CREATED (UTC)", "KIND", "UPDATES", "EPOCH", "REASON", "TAGS", "METRICS"], &rows);
 }

@@ -18,6 +18,7 @@ pub fn version_json(model: &str, v: &VersionRecord) -> Value {
         "metrics": v.metrics.iter().map(|(k, x)| (k.clone(), json!(x))).collect::<serde_json::Map<_, _>>(),
         "chunks_written": v.chunks_written,
         "bytes_written": v.bytes_written,
+        "progressive": v.progressive,
         "workers": v.workers.iter().map(|w| json!({
             "worker_id": w.worker_id, "incarnation": w.incarnation, "seq": w.seq, "shard": w.shard,
             "pass": w.pass, "offset": w.offset, "clock": w.clock, "rows": w.rows, "pushes": w.pushes,
@@ -147,6 +148,35 @@ pub fn metrics_cell(m: &std::collections::BTreeMap<String, f64>) -> String {
         .map(|(k, v)| format!("{k}={v:.4}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `model versions`: a table, or a JSON array.
+pub fn print_versions(model: &str, vs: &[VersionRecord], json: bool) {
+    if json {
+        println!("{}", serde_json::Value::Array(vs.iter().map(|v| version_json(model, v)).collect()));
+        return;
+    }
+    let rows: Vec<Vec<String>> = vs
+        .iter()
+        .map(|v| {
+            vec![
+                v.version.to_string(),
+                v.parent.map_or("-".into(), |p| p.to_string()),
+                time(v.created_unix_ms),
+                v.kind.as_str().into(),
+                v.updates.to_string(),
+                v.lineage_epoch.to_string(),
+                // a gate's reason runs long: the table keeps its start (--json has it all)
+                shorten(&v.reason, 40),
+                v.tags.join(","),
+                metrics_cell(&v.metrics),
+                v.progressive.map_or("-".into(), |f| f.summary()),
+            ]
+        })
+        .collect();
+    let head =
+        ["VERSION", "PARENT", "CREATED (UTC)", "KIND", "UPDATES", "EPOCH", "REASON", "TAGS", "METRICS", "PROGRESSIVE"];
+    table(&head, &rows);
 }
 
 #[cfg(test)]

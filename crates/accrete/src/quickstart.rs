@@ -178,7 +178,7 @@ async fn start_evaluator(
         format: None,
         columns: columns()?,
         once: false,
-        gate: None,
+        gates: Vec::new(),
         dry_run: false,
         gate_window: 10,
         holdout_follow: true,

@@ -21,6 +21,8 @@ impl From<&PushMeta> for pb::PushMeta {
             update: m.update,
             changes: m.changes,
             base_updates: m.base_updates,
+            hits: m.hits,
+            hist: m.hist.clone(),
         }
     }
 }
@@ -40,6 +42,8 @@ impl From<pb::PushMeta> for PushMeta {
             update: m.update,
             changes: m.changes,
             base_updates: m.base_updates,
+            hits: m.hits,
+            hist: m.hist,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Versions, worker progress and version events, both ways.
 use super::{bad, version_kind, ConvertError, EventKindOf};
 use crate::v1 as pb;
+use accrete_core::progressive::Figures;
 use accrete_core::{VersionEvent, VersionKind, VersionRecord, WorkerProgress};
 
 impl From<&WorkerProgress> for pb::WorkerProgress {
@@ -56,6 +57,12 @@ impl From<(&str, &VersionRecord)> for pb::VersionInfo {
             metrics: v.metrics.iter().map(|(k, x)| (k.clone(), *x)).collect(),
             chunks_written: v.chunks_written,
             bytes_written: v.bytes_written,
+            progressive: v.progressive.map(|f| pb::Progressive {
+                rows: f.rows,
+                loss: f.loss,
+                accuracy: f.accuracy,
+                auc: f.auc,
+            }),
         }
     }
 }
@@ -83,6 +90,12 @@ impl From<pb::VersionInfo> for VersionRecord {
             bytes_written: v.bytes_written,
             steps: 0,
             request: String::new(),
+            progressive: v.progressive.map(|f| Figures {
+                rows: f.rows,
+                loss: f.loss,
+                accuracy: f.accuracy,
+                auc: f.auc,
+            }),
         }
     }
 }

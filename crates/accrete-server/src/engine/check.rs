@@ -5,6 +5,7 @@ use crate::error::{Result, ServiceError};
 use accrete_core::layout::{local_layout, slots, TensorSpec};
 use accrete_core::optim::{Keys, LeBytes, LeKeys};
 use accrete_core::params::{check_dense, check_rows};
+use accrete_core::progressive::BINS;
 use accrete_core::push::PushMeta;
 use accrete_core::{CommitPolicy, ConsistencyMode, ModelSpec};
 
@@ -191,6 +192,18 @@ impl Shape {
         }
         if m.rows > MAX_ROWS_PER_PUSH {
             return Err(bad(format!("rows {} is more than {MAX_ROWS_PER_PUSH} in one push", m.rows)));
+        }
+        if m.hits > m.rows {
+            return Err(bad(format!("hits {} is more than its rows {}", m.hits, m.rows)));
+        }
+        let binned: u64 = m.hist.iter().map(|c| u64::from(*c)).sum();
+        if !m.hist.is_empty() && (m.hist.len() != 2 * BINS || binned != m.rows) {
+            return Err(bad(format!(
+                "hist has {} counts summing to {binned}; expected {} summing to its rows {}",
+                m.hist.len(),
+                2 * BINS,
+                m.rows
+            )));
         }
         Ok(())
     }

@@ -57,15 +57,17 @@ impl Engine {
             match coalesce(&merged.chunks, &newer.chunks) {
                 Ok(chunks) => {
                     let since_parent = merged.since_parent + newer.since_parent;
-                    merged = Snapshot { chunks, since_parent, ..newer };
+                    let mut tally = std::mem::take(&mut merged.tally);
+                    tally.merge(&newer.tally);
+                    merged = Snapshot { chunks, since_parent, tally, ..newer };
                 }
                 Err(e) => {
                     // Our own blobs always merge; should one not, the live state holds
                     // every change they do (newer or equal): commit it whole instead.
                     tracing::error!("coalescing waiting snapshots: {e}; committing the live chunks whole");
-                    self.fold(&merged.chunks, merged.since_parent);
-                    self.fold(&newer.chunks, newer.since_parent);
-                    waiting.for_each(|s| self.fold(&s.chunks, s.since_parent));
+                    self.fold(&merged);
+                    self.fold(&newer);
+                    waiting.for_each(|s| self.fold(&s));
                     let (kind, reason, request) = (newer.kind, newer.reason, newer.request);
                     let snap = self.take_snapshot(kind, &reason, self.last_commit);
                     return Some(Snapshot { request, ..snap });
@@ -79,17 +81,19 @@ impl Engine {
     /// holds them all.
     pub fn fold_pending(&mut self) {
         for s in std::mem::take(&mut self.pending) {
-            self.fold(&s.chunks, s.since_parent);
+            self.fold(&s);
         }
     }
 
     /// Gives a snapshot's chunks and updates back to the live state: its chunks are dirty
-    /// again (their live values are newer or equal), its updates uncommitted.
-    fn fold(&mut self, chunks: &ChunkBatch, since_parent: u64) {
-        for e in &chunks.chunks {
+    /// again (their live values are newer or equal), its updates uncommitted, its rows'
+    /// progressive tally not yet in a version.
+    fn fold(&mut self, s: &Snapshot) {
+        for e in &s.chunks.chunks {
             self.params.mark_dirty(e.t as usize, e.c as usize);
         }
-        self.since_commit += since_parent;
+        self.since_commit += s.since_parent;
+        self.tally.merge(&s.tally);
     }
 
     /// How many update-count snapshots wait.
@@ -131,13 +135,17 @@ impl Engine {
             (forced || self.since_commit > 0 || waiting.is_some()).then(|| self.take_snapshot(kind, reason, now));
         let (Some(w), Some(l)) = (waiting, live.as_ref()) else { return live };
         match coalesce(&w.chunks, &l.chunks) {
-            Ok(chunks) => live.map(|l| Snapshot { chunks, since_parent: w.since_parent + l.since_parent, ..l }),
+            Ok(chunks) => live.map(|l| {
+                let mut tally = w.tally.clone();
+                tally.merge(&l.tally);
+                Snapshot { chunks, since_parent: w.since_parent + l.since_parent, tally, ..l }
+            }),
             Err(e) => {
                 // (as in coalesce_pending: the live state holds every change)
                 tracing::error!("coalescing a commit's snapshots: {e}; committing the live chunks whole");
-                self.fold(&w.chunks, w.since_parent);
+                self.fold(&w);
                 if let Some(l) = live {
-                    self.fold(&l.chunks, l.since_parent);
+                    self.fold(&l);
                 }
                 Some(self.take_snapshot(kind, reason, now))
             }
@@ -160,6 +168,7 @@ impl Engine {
             kind,
             reason: reason.to_string(),
             request: String::new(),
+            tally: std::mem::take(&mut self.tally),
         };
         self.params.clear_dirty();
         self.since_commit = 0;
@@ -171,8 +180,8 @@ impl Engine {
     /// into the next commit instead. So do those of the snapshots waiting behind it: each
     /// holds only the chunks changed since the one before, so written without it they
     /// would miss its changes.
-    pub fn unwritten(&mut self, chunks: &ChunkBatch, since_parent: u64) {
-        self.fold(chunks, since_parent);
+    pub fn unwritten(&mut self, snap: &Snapshot) {
+        self.fold(snap);
         self.fold_pending();
     }
 

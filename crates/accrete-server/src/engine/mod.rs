@@ -25,6 +25,7 @@ pub use check::{Checked, Grad, Shape};
 use crate::error::{Result, ServiceError};
 use crate::sync::SyncState;
 use accrete_core::optim::Keys;
+use accrete_core::progressive::Tally;
 use accrete_core::pull::Joined;
 use accrete_core::push::{PushAck, PushMeta};
 use accrete_core::{ConsistencyMode, Params, VersionKind, VersionRecord, WorkerProgress};
@@ -60,6 +61,8 @@ pub struct Snapshot {
     pub reason: String,
     /// The request id of the commit that asked for it (empty: the policy's).
     pub request: String,
+    /// Progressive validation of the rows applied since the last snapshot.
+    pub tally: Tally,
 }
 
 /// What an accepted push returns.
@@ -129,6 +132,8 @@ pub struct Engine {
     last_written: Instant,
     /// The latest pushes of changes, to average concurrent ones (ASP, SSP).
     concurrent: concurrent::Concurrent,
+    /// Progressive validation of the rows applied since the last snapshot.
+    tally: Tally,
 }
 
 impl Engine {
@@ -158,6 +163,7 @@ impl Engine {
             failed: None,
             last_written: now,
             concurrent: Default::default(),
+            tally: Tally::default(),
         }
     }
 
@@ -315,6 +321,7 @@ impl Engine {
         if !meta.worker_id.is_empty() {
             record_progress(&mut self.workers, meta);
         }
+        self.tally.add_push(meta);
         let commit_due = self.snapshot_if_due(now);
         Pushed { ack: self.ack(), commit_due }
     }
@@ -499,6 +506,7 @@ impl Engine {
     fn installed(&mut self, epoch: u64, head: u64, now: Instant) {
         self.pending.clear();
         self.concurrent.clear();
+        self.tally = Tally::default(); // the rows went with the content replaced
         self.sync.rounds.values_mut().for_each(|r| r.clear_sums());
         self.params.clear_dirty();
         self.epoch = epoch;

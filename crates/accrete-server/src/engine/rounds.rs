@@ -144,6 +144,7 @@ impl Engine {
             self.sync.applied = c;
             // The rows of its pushes are consumed now (applied, or dropped as diverging).
             round.progress.iter().for_each(|m| record_progress(&mut self.workers, m));
+            round.progress.iter().for_each(|m| self.tally.add_push(m));
             if round.is_empty() && !round.progress.iter().any(|m| m.update) {
                 continue;
             }

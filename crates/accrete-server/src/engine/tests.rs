@@ -165,7 +165,7 @@ fn an_unwritten_snapshot_goes_into_the_next_commit() {
     let now = Instant::now();
     push(&mut e, 1, &meta("w", 0, 1), 1.0, now).unwrap();
     let snap = e.snapshot(VersionKind::Manual, "commit", now).unwrap();
-    e.unwritten(&snap.chunks, snap.since_parent);
+    e.unwritten(&snap);
     let again = e.snapshot(VersionKind::Manual, "commit", now).unwrap();
     assert_eq!((again.chunks.len(), again.since_parent), (snap.chunks.len(), 1));
     e.committed(2, now);
@@ -382,7 +382,7 @@ fn a_failed_write_folds_the_snapshots_behind_it_into_the_next_commit() {
     hashed(&mut e, 3);
     hashed(&mut e, 9);
     let first = e.next_pending().unwrap();
-    e.unwritten(&first.chunks, first.since_parent);
+    e.unwritten(&first);
     assert!(e.next_pending().is_none(), "the second snapshot lacks the first's changes: folded back");
     let snap = e.snapshot(VersionKind::Manual, "retry", t0).expect("both updates wait");
     assert_eq!(snap.since_parent, 2);
@@ -489,7 +489,7 @@ fn while_versions_cannot_be_written_pushes_past_the_policy_bound_are_refused() {
     }
     let snap = e.next_pending().unwrap();
     // The write failed (a full disk): the snapshot goes back into the live state.
-    e.unwritten(&snap.chunks, snap.since_parent);
+    e.unwritten(&snap);
     e.write_failed(t0, "no space left on device".into());
     let refused = push(&mut e, 1, &meta("w", 0, 3), 1.0, t0).unwrap_err();
     assert!(matches!(refused, ServiceError::Uncommittable { uncommitted: 2, .. }), "{refused}");
@@ -800,4 +800,42 @@ fn asp_averages_a_weight_change_with_the_pushes_applied_since_its_pull_but_not_t
     e.install(e.params.clone(), 1, 1, t0);
     push_changes(&mut e, &PushMeta { base_updates: 2, ..meta("a", 0, 1) }, &one, t0).unwrap();
     assert!((at(&e, "h", "", 3) - (1.75 + 0.5 / 3.0 + 0.5)).abs() < 1e-6);
+}
+
+#[test]
+fn a_versions_progressive_tally_is_its_pushes_rows_once_whatever_becomes_of_its_snapshots() {
+    let mut e = asp();
+    let t0 = Instant::now();
+    let mut hist = vec![0u32; 2 * accrete_core::progressive::BINS];
+    hist[10] = 3; // three negatives scored low
+    hist[256 + 200] = 1; // one positive scored high
+    let m = PushMeta { rows: 4, hits: 4, loss_sum: 0.8, hist: hist.clone(), ..meta("w", 0, 1) };
+    push(&mut e, 1, &m, 1.0, t0).unwrap();
+    push(&mut e, 1, &m, 1.0, t0).unwrap();
+    let snap = e.snapshot(VersionKind::Manual, "commit", t0).unwrap();
+    let f = snap.tally.figures(true).unwrap();
+    assert_eq!((f.rows, f.accuracy, f.auc), (8, Some(1.0), Some(1.0)));
+    assert!((f.loss - 0.2).abs() < 1e-12);
+    // a write that failed gives the rows back; the next snapshot holds them with the new ones
+    e.unwritten(&snap);
+    push(&mut e, 1, &m, 1.0, t0).unwrap();
+    assert_eq!(e.snapshot(VersionKind::Manual, "commit", t0).unwrap().tally.rows, 12);
+    // a rollback drops the rows of the content it replaces
+    push(&mut e, 1, &m, 1.0, t0).unwrap();
+    e.install(e.params.clone(), 2, 1, t0);
+    push(&mut e, 2, &PushMeta { rows: 1, ..meta("w", 0, 2) }, 1.0, t0).unwrap();
+    assert_eq!(e.snapshot(VersionKind::Manual, "commit", t0).unwrap().tally.rows, 1);
+    // counts that cannot be are refused by name
+    let bad = [
+        (PushMeta { rows: 2, hits: 3, ..meta("w", 0, 3) }, "hits 3 is more than its rows 2"),
+        (
+            PushMeta { rows: 5, hist: hist.clone(), ..meta("w", 0, 3) },
+            "summing to 4; expected 512 summing to its rows 5",
+        ),
+        (PushMeta { rows: 1, hist: vec![1], ..meta("w", 0, 3) }, "hist has 1 counts"),
+    ];
+    for (m, want) in bad {
+        let err = push(&mut e, 2, &m, 1.0, t0).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+    }
 }

@@ -14,7 +14,9 @@ use super::diff::NewContent;
 use super::{compact, lock, Head, ModelHandle};
 use crate::engine::Snapshot;
 use crate::error::{Result, ServiceError};
+use accrete_core::kinds::Dims;
 use accrete_core::params::chunks_of;
+use accrete_core::progressive::binary_and_classes;
 use accrete_core::{EventKind, Params, VersionKind};
 use accrete_store::manifest::MAX_LAYERS;
 use accrete_store::{now_unix_ms, Chain, ChunkBatch, Layer, Manifest, Store, VersionRecord};
@@ -139,7 +141,7 @@ impl ModelHandle {
         while let Some(snap) = snaps.next() {
             if let Err(e) = self.write_snapshot(head, snap, None) {
                 let mut engine = lock(&self.engine);
-                snaps.for_each(|rest| engine.unwritten(&rest.chunks, rest.since_parent));
+                snaps.for_each(|rest| engine.unwritten(&rest));
                 return Err(e);
             }
         }
@@ -158,7 +160,7 @@ impl ModelHandle {
             Err(failed) => {
                 let (snap, e) = *failed;
                 let mut engine = lock(&self.engine);
-                engine.unwritten(&snap.chunks, snap.since_parent);
+                engine.unwritten(&snap);
                 engine.write_failed(Instant::now(), e.to_string());
                 return Err(e);
             }
@@ -174,27 +176,29 @@ impl ModelHandle {
                 // (cap_chains writes a chunk whole long before: MAX_CHAIN_LAYERS)
                 let message = format!("chunk {} of tensor {} has {MAX_LAYERS} layers", e.c, e.t);
                 let mut engine = lock(&self.engine);
-                engine.unwritten(&snap.chunks, snap.since_parent);
+                engine.unwritten(&snap);
                 return Err(ServiceError::Internal(message));
             }
         }
+        let (_, classes) = binary_and_classes(&Dims::of(&self.record.spec));
         let rec = VersionRecord {
             parent: Some(head.record.version),
             created_unix_ms: now_unix_ms(),
             updates: snap.updates,
             updates_since_parent: snap.since_parent,
-            reason: snap.reason,
+            reason: snap.reason.clone(),
             lineage_epoch: snap.epoch,
-            workers: snap.workers,
+            workers: snap.workers.clone(),
             chunks_written: snap.chunks.len() as u64,
             bytes_written: (snap.chunks.data.len() + manifest.encoded_len()) as u64,
             steps: snap.steps,
-            request: snap.request,
+            request: snap.request.clone(),
+            progressive: snap.tally.figures(classes),
             ..VersionRecord::new(version, snap.kind)
         };
         if let Err(e) = self.store.write_version(self.record.id, &rec, &manifest, &snap.chunks) {
             let mut engine = lock(&self.engine);
-            engine.unwritten(&snap.chunks, snap.since_parent);
+            engine.unwritten(&snap);
             engine.write_failed(Instant::now(), e.to_string());
             return Err(e.into());
         }
