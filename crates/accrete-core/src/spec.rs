@@ -43,11 +43,12 @@ pub enum OptimizerKind {
 
 impl OptimizerKind {
     /// The CLI's default for a kind: `normalized` for the kinds that train row by row
-    /// (linear, logistic, softmax); SGD for FM and MLP, which push batch gradients.
+    /// (linear, logistic, softmax); Adam for FM and MLP, which push batch gradients
+    /// (invariant to the gradient's scale, so a batch's summed gradient cannot diverge).
     pub fn default_for(kind: ModelKind) -> OptimizerKind {
         match kind {
             ModelKind::Linear | ModelKind::Logistic | ModelKind::Softmax => OptimizerKind::Normalized,
-            ModelKind::Fm | ModelKind::Mlp => OptimizerKind::Sgd,
+            ModelKind::Fm | ModelKind::Mlp => OptimizerKind::Adam,
         }
     }
 
@@ -91,13 +92,14 @@ impl OptimizerSpec {
     }
 
     /// Fills unset (zero) hyper-parameters with the usual defaults: lr 0.01 (FTRL alpha
-    /// 0.1, normalized 0.5), momentum 0.9, Adam betas 0.9/0.999, eps 1e-8 (AdaGrad and
+    /// 0.1, normalized 0.5, Adam 0.001), momentum 0.9, Adam betas 0.9/0.999, eps 1e-8 (AdaGrad and
     /// normalized 1e-6), FTRL beta 1.
     pub fn with_defaults(mut self) -> Self {
         if self.lr == 0.0 {
             self.lr = match self.kind {
                 OptimizerKind::Ftrl => 0.1,
                 OptimizerKind::Normalized => NORMALIZED_LR,
+                OptimizerKind::Adam => 0.001,
                 _ => 0.01,
             };
         }

@@ -35,6 +35,8 @@ pub struct WorkerConfig {
     pub shard: PathBuf,
     pub format: Option<Format>,
     pub columns: ColumnSpec,
+    /// Rows per batch (one pull and one push); 0 = the model's default: [`ROWS_BATCH`]
+    /// when it trains row by row, [`GRADIENT_BATCH`] when it pushes batch gradients.
     pub batch: usize,
     /// Train row by row on the pulled copy and push the changes (linear, logistic and
     /// softmax models; others train by batch gradients whatever this says).
@@ -54,11 +56,16 @@ pub struct WorkerConfig {
     pub heartbeat_server: Option<String>,
 }
 
+/// The default batch of a model trained row by row: each row is a step of the optimizer
+/// anyway, so a batch only sets how often workers exchange changes.
+pub const ROWS_BATCH: usize = 1000;
+/// The default batch of a model trained by batch gradients (FM, MLP): one optimizer step
+/// per batch, so a batch is the step's sample (100 rows: MLP on Fashion-MNIST reaches 0.864
+/// in 10 epochs, 0.828 with batches of 1000).
+pub const GRADIENT_BATCH: usize = 100;
+
 impl WorkerConfig {
     pub fn validate(&self) -> Result<(), WorkerError> {
-        if self.batch == 0 {
-            return Err(WorkerError::Config("--batch must be at least 1".into()));
-        }
         if self.epochs == 0 {
             return Err(WorkerError::Config("--epochs must be at least 1".into()));
         }
@@ -230,7 +237,13 @@ pub async fn run(
         Target::of(&view),
         (&config.model, true),
     )?;
-    let config = WorkerConfig { format: columns.format, columns: columns.spec, ..config };
+    let per_row = config.per_row && rows::supports(&view);
+    let batch = match (config.batch, per_row) {
+        (0, true) => ROWS_BATCH,
+        (0, false) => GRADIENT_BATCH,
+        (n, _) => n,
+    };
+    let config = WorkerConfig { format: columns.format, columns: columns.spec, batch, ..config };
     let signature = Some(&columns.signature);
     let started = Instant::now();
     let mut report = Report::default();
@@ -262,7 +275,6 @@ pub async fn run(
         tracing::info!(worker = %config.worker_id, pass = from.0, offset = from.1, "resuming where this worker's applied rows end");
     }
     let mut grads = Tensors::default();
-    let per_row = config.per_row && rows::supports(&view);
     let mut trainer = rows::RowTrainer::default();
     let mut predictions = Vec::new();
     let mut progressive = match &config.progressive_out {

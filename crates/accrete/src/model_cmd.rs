@@ -157,10 +157,10 @@ struct CreateArgs {
     /// Latent factors (fm).
     #[arg(long, default_value_t = 0)]
     factors: u32,
-    /// The optimizer [default: `normalized`, which needs no rate tuned to the data; sgd for fm, mlp].
+    /// The optimizer [default: `normalized`, which needs no rate tuned to the data; adam for fm, mlp].
     #[arg(long, value_enum)]
     optimizer: Option<Opt>,
-    /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, others 0.01].
+    /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, Adam 0.001, others 0.01].
     #[arg(long, value_name = "RATE")]
     lr: Option<f32>,
     /// Momentum: the velocity's decay [default: 0.9].

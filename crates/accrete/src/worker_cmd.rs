@@ -71,9 +71,11 @@ pub struct WorkerArgs {
     shard: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    /// Rows per mini-batch (one pull and one push each).
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
+    /// Rows per mini-batch (one pull and one push each) [default: 1000 for a model trained
+    /// row by row (linear, logistic, softmax), 100 for one trained by batch gradients
+    /// (FM, MLP, or --updates batch): there a batch is one optimizer step].
+    #[arg(long)]
+    batch: Option<usize>,
     /// How a batch trains: `rows` — row by row on the pulled copy, by the model's own
     /// optimizer, pushing what changed (linear, logistic, softmax); `batch` — one gradient
     /// summed over the rows, applied by the server (FM and MLP always train so).
@@ -138,7 +140,7 @@ pub async fn worker(mut a: WorkerArgs) -> Result<()> {
         shard: a.shard.clone(),
         format: a.data.format(),
         columns: a.data.columns()?,
-        batch: a.batch,
+        batch: a.batch.unwrap_or(0),
         per_row: a.updates == UpdatesArg::Rows,
         epochs: a.epochs,
         follow: a.follow,
