@@ -20,7 +20,9 @@
 //! drifts), `loggain` grows; when it cancels them (noise), it shrinks. `metanorm` keeps
 //! Autostep's running scale of that signal, so the adaptation rate needs no tuning.
 //! A stationary stream keeps gains near 1 (VW's behaviour); a drifting one raises them
-//! where it drifts. The row's total step is capped at 1 (`Σ step·x² ≤ 1`), and for
+//! where it drifts. For squared loss `accum` sums x² rather than (d·x)², so the steps do
+//! not depend on the label's unit (AdaGrad's would shrink as the label grows). The row's
+//! total step is capped at 1 (`Σ step·x² ≤ 1`), and for
 //! squared loss it is the closed form of infinitely many small steps (never past the
 //! label), so a regression model cannot diverge on any input scale.
 use crate::features::Batch;
@@ -219,6 +221,7 @@ fn normalized_row(
 ) {
     let k = p.outputs;
     let d = &s.z[..];
+    let identity = l == Link::Identity;
     // pass 1: rescale to a larger input, grow the accumulators, sum the row's norm
     s.norm.iter_mut().chain(s.total.iter_mut()).for_each(|v| *v = 0.0);
     let norm = &mut s.norm;
@@ -239,7 +242,8 @@ fn normalized_row(
             }
             let xs = x / part.s[SCALE][i];
             norm[o] += xs * xs;
-            part.s[ACCUM][i] += (d * x) * (d * x);
+            // squared loss: Σx², so the step is equivariant to the label's unit
+            part.s[ACCUM][i] += if identity { x * x } else { (d * x) * (d * x) };
         }
     });
     // pass 2: each coordinate's gain follows the meta-gradient (the update direction, -d·x,
@@ -377,6 +381,26 @@ mod tests {
         // and it learns: the last rows are predicted well
         let err: f32 = p1[150..].iter().zip(&rows[150..]).map(|(p, (_, y))| (p - y).abs()).sum::<f32>() / 50.0;
         assert!(err < 0.1, "mean error of the last 50 rows {err}");
+    }
+
+    #[test]
+    fn normalized_regression_does_not_depend_on_the_labels_unit() {
+        // The same rows with the label in a unit 1000 times smaller: every prediction is
+        // 1000 times larger (AdaGrad's Σ(d·x)² would make the steps 1000 times too small).
+        let opt = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
+        let rows: Vec<(Vec<f32>, f32)> = (0..200)
+            .map(|i| {
+                let (a, b) = (((i * 37) % 11) as f32 / 5.0 - 1.0, ((i * 17) % 7) as f32 / 3.0 - 1.0);
+                (vec![a, b], 2.0 * a - 0.5 * b + 0.3)
+            })
+            .collect();
+        let thousand: Vec<(Vec<f32>, f32)> = rows.iter().map(|(x, y)| (x.clone(), y * 1000.0)).collect();
+        let (mut p1, mut p2) = (Vec::new(), Vec::new());
+        Model::new(2, 1).train(Link::Identity, &opt, &dense_batch(&rows), &mut p1);
+        Model::new(2, 1).train(Link::Identity, &opt, &dense_batch(&thousand), &mut p2);
+        for (r, (a, b)) in p1.iter().zip(&p2).enumerate() {
+            assert!((a * 1000.0 - b).abs() <= 1e-3 * (1.0 + b.abs()), "row {r}: {a} vs {b}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod merge;
 pub use blob::{apply_to_whole, delta_len, merge as merge_deltas, Delta};
 pub use dirty::Change;
 use dirty::Dirty;
+pub use merge::Share;
 
 /// The seed of kinds that need random initial weights when none is given.
 pub const DEFAULT_SEED: u64 = 0x5eed;
@@ -125,6 +126,9 @@ pub struct Params {
     undo: Undo,
     /// Where the initial weights come from (version 1 of a model is stored as this).
     plan: InitPlan,
+    /// Per tensor and weight: the update that last merged a change into it (pushes of
+    /// changes; empty until the first). Not stored: a restart or a rollback starts afresh.
+    changed_at: Vec<Vec<u64>>,
 }
 
 impl Params {
@@ -140,6 +144,7 @@ impl Params {
             steps: 0,
             undo: Undo::default(),
             plan: InitPlan { seed: 0, scale: 0.0, start: Vec::new() },
+            changed_at: Vec::new(),
         };
         p.plan = InitPlan::of(spec, &p);
         p

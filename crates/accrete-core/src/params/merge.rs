@@ -3,20 +3,53 @@
 //! into the live parameters ([`crate::optim::Merge`]): weights and sums add the change,
 //! running maxima keep the larger value, decaying averages take the new value. The EMA,
 //! if kept, follows the new weights as after any update.
+//!
+//! A weight change is shared with concurrent pushes ([`Share`]): where another push
+//! changed the weight since this one's pull, the change is scaled by the push's share
+//! (1 / the workers concurrent with it); a weight nobody else changed meanwhile (a rare
+//! hashed feature, say) takes its change whole.
 use super::{decode_block, ema_range, Params, BLOCK};
 use crate::optim::{merge_of, LeKeys, Merge};
 
+/// How a push of changes shares its weight changes with the pushes concurrent with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share {
+    /// The model's update count at the push's pull.
+    pub base: u64,
+    /// The update this push makes.
+    pub at: u64,
+    /// The part of a change kept where another push changed the weight after `base`.
+    pub share: f32,
+}
+
 impl Params {
-    /// The vector a change names: `None` = the weights, `Some(i)` = slot `i`.
-    /// `share`: the part of a weight change to add (concurrent changes are averaged).
-    fn merge_values(&mut self, t: usize, slot: Option<usize>, start: usize, v: &[f32], share: f32) {
-        let (decay, ema) = (self.ema_decay, self.ema_slot());
+    /// The vector a change names: `None` = the weights, `Some(i)` = slot `i`. A weight
+    /// change with a [`Share`] is shared; without one (a BSP round's mean) it adds whole.
+    fn merge_values(&mut self, t: usize, slot: Option<usize>, start: usize, v: &[f32], share: Option<Share>) {
+        let (decay, ema, n_tensors) = (self.ema_decay, self.ema_slot(), self.tensors.len());
         let ts = &mut self.tensors[t];
         self.undo.save(t, ts, start, v.len());
         let end = start + v.len();
         match slot {
             None => {
-                ts.w[start..end].iter_mut().zip(v).for_each(|(w, d)| *w += share * d);
+                let len = ts.w.len();
+                let w = &mut ts.w[start..end];
+                match share {
+                    None => w.iter_mut().zip(v).for_each(|(w, d)| *w += d),
+                    Some(s) => {
+                        if self.changed_at.len() != n_tensors {
+                            self.changed_at.resize_with(n_tensors, Vec::new);
+                        }
+                        let marks = &mut self.changed_at[t];
+                        if marks.len() < end {
+                            marks.resize(len, 0);
+                        }
+                        for ((w, d), at) in w.iter_mut().zip(v).zip(&mut marks[start..end]) {
+                            *w += if *at > s.base { s.share * d } else { *d };
+                            *at = s.at;
+                        }
+                    }
+                }
                 if let Some(e) = ema {
                     ema_range(ts, e, start, end, decay);
                 }
@@ -33,9 +66,9 @@ impl Params {
         self.undo.check(t, ts, start, v.len());
     }
 
-    /// Merges a checked dense change from little-endian f32 bytes (a block at a time); of
-    /// a weight change, `share` is added.
-    pub fn merge_dense_le(&mut self, t: usize, slot: Option<usize>, offset: usize, bytes: &[u8], share: f32) {
+    /// Merges a checked dense change from little-endian f32 bytes (a block at a time); a
+    /// weight change is shared by `share` ([`Share`]).
+    pub fn merge_dense_le(&mut self, t: usize, slot: Option<usize>, offset: usize, bytes: &[u8], share: Option<Share>) {
         let mut buf = [0f32; BLOCK];
         for (i, block) in bytes.chunks(BLOCK * 4).enumerate() {
             let n = decode_block(block, &mut buf);
@@ -44,7 +77,14 @@ impl Params {
     }
 
     /// Merges a checked change of rows by key: row `keys[i]` gets the i-th `cols` floats.
-    pub fn merge_rows_le(&mut self, t: usize, slot: Option<usize>, keys: LeKeys<'_>, bytes: &[u8], share: f32) {
+    pub fn merge_rows_le(
+        &mut self,
+        t: usize,
+        slot: Option<usize>,
+        keys: LeKeys<'_>,
+        bytes: &[u8],
+        share: Option<Share>,
+    ) {
         let cols = self.tensors[t].spec.cols as usize;
         for (k, row) in keys.iter().zip(bytes.chunks(cols * 4)) {
             self.merge_dense_le(t, slot, k as usize * cols, row, share);
@@ -53,14 +93,14 @@ impl Params {
 
     /// [`Params::merge_dense_le`] from floats (a BSP round's sum).
     pub fn merge_dense(&mut self, t: usize, slot: Option<usize>, offset: usize, v: &[f32]) {
-        self.merge_values(t, slot, offset, v, 1.0);
+        self.merge_values(t, slot, offset, v, None);
     }
 
     /// [`Params::merge_rows_le`] from keys and floats (a BSP round's sum).
     pub fn merge_rows(&mut self, t: usize, slot: Option<usize>, keys: &[u64], v: &[f32]) {
         let cols = self.tensors[t].spec.cols as usize;
         for (k, row) in keys.iter().zip(v.chunks(cols)) {
-            self.merge_values(t, slot, *k as usize * cols, row, 1.0);
+            self.merge_values(t, slot, *k as usize * cols, row, None);
         }
     }
 }

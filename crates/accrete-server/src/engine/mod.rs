@@ -25,6 +25,7 @@ pub use check::{Checked, Grad, Shape};
 use crate::error::{Result, ServiceError};
 use crate::sync::SyncState;
 use accrete_core::optim::Keys;
+use accrete_core::params::Share;
 use accrete_core::progressive::Tally;
 use accrete_core::pull::Joined;
 use accrete_core::push::{PushAck, PushMeta};
@@ -227,10 +228,11 @@ impl Engine {
         let update = push.values() > 0 || meta.update;
         if update {
             // a weight's change is averaged with the concurrent pushes' (`concurrent.rs`)
-            let share = match push.changes() {
-                true => self.concurrent.share(meta.base_updates, &meta.worker_id),
-                false => 1.0,
-            };
+            let share = (push.changes() && meta.base_updates > 0).then(|| Share {
+                base: meta.base_updates,
+                at: self.updates + 1,
+                share: self.concurrent.share(meta.base_updates, &meta.worker_id),
+            });
             self.params.begin_update();
             for (t, slot, g) in push.chunks() {
                 // statistics merge either way; a change is merged, a gradient applied

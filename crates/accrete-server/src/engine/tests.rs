@@ -796,6 +796,10 @@ fn asp_averages_a_weight_change_with_the_pushes_applied_since_its_pull_but_not_t
     // c pulled at 2: a and b since, a third
     push_changes(&mut e, &from("c", 2), &one, t0).unwrap();
     assert!((at(&e, "h", "", 3) - (1.75 + 0.5 / 3.0)).abs() < 1e-6);
+    // a weight nobody else changed since the pull takes its change whole
+    let other: [(&str, &str, &[u64], &[f32]); 1] = [("h", "", &[9], &[0.5])];
+    push_changes(&mut e, &from("d", 2), &other, t0).unwrap();
+    assert_eq!(at(&e, "h", "", 9), 0.5);
     // a rollback or an import forgets them
     e.install(e.params.clone(), 1, 1, t0);
     push_changes(&mut e, &PushMeta { base_updates: 2, ..meta("a", 0, 1) }, &one, t0).unwrap();
