@@ -22,7 +22,15 @@ async fn quickstart_runs_and_its_summary_is_true() {
     let best_line = field("best version ");
     assert!(field("rows trained ").contains("261881"), "{text}");
     let dir = tmp.path().join("accrete-quickstart");
-    assert!(dir.join("quality.png").exists());
+    assert!(dir.join("quality.png").exists() && dir.join("continuous-vs-frozen.png").exists());
+    // the story: learning on beats the model frozen after January, month after month
+    let auc = |name: &str| -> f64 {
+        let line = field(name);
+        line.split_whitespace().nth(3).and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    let (live, frozen) = (auc("continuous "), auc("frozen "));
+    assert!(live > frozen + 0.01, "continuous {live} against frozen {frozen}: {text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("2013-") && l.contains(" / ")).count(), 11, "{text}");
     // the model it left behind
     let s = spawn_server(&dir.join("server")).await;
     let vs: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "versions", "flights", "--json"])).unwrap();

@@ -132,6 +132,11 @@ pub struct PlotArgs {
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
+/// Registers the bundled font as "sans-serif": no fontconfig or system fonts needed.
+pub(crate) fn register_font() {
+    let _ = plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, FONT);
+}
+
 /// Draws a metric over versions, marking rollbacks.
 pub async fn plot(a: PlotArgs, server: &ServerConn, json: bool) -> Result<()> {
     let mut c = server.connect().await?;
@@ -185,8 +190,7 @@ where
 {
     use plotters::prelude::*;
     let err = |e: DrawingAreaErrorKind<B::ErrorType>| anyhow::anyhow!("{e:?}");
-    // A bundled font: no fontconfig or system fonts needed.
-    let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    register_font();
     root.fill(&WHITE).map_err(err)?;
     let (x_ticks, y_ticks) = (c.x.ticks.len().max(2), c.y.ticks.len().max(2));
     let mut chart = ChartBuilder::on(&root)

@@ -1,5 +1,6 @@
 //! The `accrete` binary: one program, a subcommand per role. Flags are parsed here (clap,
 //! with `env` for what a container sets); library crates get plain config structs.
+mod compare;
 mod conn;
 mod datasets;
 mod eval_cmd;

@@ -1,11 +1,17 @@
 //! `accrete quickstart`: the whole system on the flights data shipped inside the binary.
 //! A server (with its dashboard), two workers following shards that grow month by month
 //! as the 2013 New York flights "arrive" in time order, an evaluator scoring every version
-//! on a window of recent held-out rows, a rollback, the quality plot, and a summary.
+//! on a window of recent held-out rows, a rollback, the quality plots, and a summary.
+//!
+//! The story it tells is the project's claim: the model that keeps learning beside the
+//! same model frozen after January, both scored on each month's held-out rows before the
+//! month is learned ([`crate::compare`]), in numbers and on a plot. The model is made
+//! with the defaults (no optimizer, rate or consistency chosen).
 //!
 //! `run` reads as the steps a newcomer watches: start the server, create the model, start
 //! the workers and the evaluator, replay the months, finish training, roll back, plot and
 //! summarise.
+use crate::compare::{self, MonthScore};
 use crate::eval_cmd;
 use accrete_client::Client;
 use accrete_core::scoring;
@@ -106,14 +112,11 @@ async fn create_model(c: &mut Client) -> Result<()> {
     }
     let mut spec = ModelSpec::new(MODEL, ModelKind::Logistic);
     spec.hash_bits = 20;
-    spec.optimizer = OptimizerSpec::new(OptimizerKind::Adagrad, 0.1);
+    // the defaults, as `accrete model create` makes them
+    spec.optimizer = OptimizerSpec::new(OptimizerKind::default_for(ModelKind::Logistic), 0.0);
     spec.commit = CommitPolicy { every_updates: 25, every_secs: 0.0, keep_last: 0 };
-    // Both workers read the same months: ssp:0 keeps them at the same point in time, so
-    // neither trains on the future of the other's rows.
-    spec.consistency = accrete_core::ConsistencyMode::Ssp;
-    spec.staleness = 0;
     c.create_model(&spec, None).await?;
-    println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; AdaGrad; ssp:0; a version every 25 pushes\n");
+    println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; the defaults (normalized updates row by row, asp); a version every 25 pushes\n");
     Ok(())
 }
 
@@ -121,6 +124,7 @@ async fn create_model(c: &mut Client) -> Result<()> {
 struct Stream {
     shards: Vec<PathBuf>,
     holdout: PathBuf,
+    header: String,
 }
 
 fn prepare_stream(dir: &Path, header: &str) -> Result<Stream> {
@@ -130,7 +134,7 @@ fn prepare_stream(dir: &Path, header: &str) -> Result<Stream> {
     for p in shards.iter().chain(std::iter::once(&holdout)) {
         std::fs::write(p, format!("{header}\n"))?;
     }
-    Ok(Stream { shards, holdout })
+    Ok(Stream { shards, holdout, header: header.to_string() })
 }
 
 /// Workers following their shards until `stop_rx` says so.
@@ -190,32 +194,63 @@ async fn start_evaluator(
 }
 
 /// Appends each month's rows (every fifth to the holdout, the rest dealt to the shards),
-/// pausing between months; returns the rows dealt for training.
+/// pausing between months. Once January is learned, its version is tagged as the frozen
+/// model; from February on, before a month's rows arrive, the model learned so far and
+/// the frozen one are scored on that month's held-out rows. Returns the rows dealt for
+/// training and the months' scores.
 async fn replay_months(
+    c: &mut Client,
     months: &[Vec<String>],
     stream: &Stream,
     pause: Duration,
     progress: &[Arc<Progress>],
-) -> Result<u64> {
+) -> Result<(u64, Vec<MonthScore>)> {
     println!(
-        "{:<8} {:>10} {:>8}   versions are scored on the 5,000 most recent held-out rows as they arrive",
+        "{:<8} {:>10} {:>8}   AUC on the month's held-out rows before it is learned: learning continuously / frozen after January",
         "month", "rows", "trained"
     );
-    let mut train_rows = 0u64;
+    let (mut train_rows, mut frozen, mut scores) = (0u64, None, Vec::new());
+    let next_month = stream.holdout.with_file_name("next-month.csv");
     for (m, rows) in months.iter().enumerate() {
         let (held, train): (Vec<Numbered<'_>>, Vec<Numbered<'_>>) =
             rows.iter().enumerate().partition(|(i, _)| i % 5 == 4);
-        append(&stream.holdout, &held.iter().map(|(_, l)| *l).collect::<Vec<_>>())?;
+        let held: Vec<&String> = held.iter().map(|(_, l)| *l).collect();
+        let mut line = String::new();
+        if let Some(frozen) = frozen {
+            // the model as it is when the month arrives, and the frozen one
+            trained_all(progress, train_rows).await;
+            let (live, _) = c.commit(MODEL, "before the next month").await?;
+            std::fs::write(&next_month, format!("{}\n", stream.header))?;
+            append(&next_month, &held)?;
+            let s = compare::score_month(c, MODEL, &columns()?, &next_month, m + 1, (live.version, frozen)).await?;
+            line = format!("{:.4} / {:.4}  ({:+.4})", s.live.0, s.frozen.0, s.live.0 - s.frozen.0);
+            scores.push(s);
+        }
+        append(&stream.holdout, &held)?;
         for (w, shard) in stream.shards.iter().enumerate() {
             let part: Vec<&String> = train.iter().filter(|(i, _)| i % WORKERS == w).map(|(_, l)| *l).collect();
             append(shard, &part)?;
         }
         train_rows += train.len() as u64;
+        if m == 0 {
+            trained_all(progress, train_rows).await;
+            let (v, _) = c.commit(MODEL, "January learned: the frozen model").await?;
+            c.tag(MODEL, v.version, "frozen-after-january").await?;
+            frozen = Some(v.version);
+            line = format!("version {} tagged frozen-after-january", v.version);
+        }
         tokio::time::sleep(pause).await;
         let trained: u64 = progress.iter().map(|p| p.rows()).sum();
-        println!("{:<8} {:>10} {:>8}   (month {} arrived)", format!("2013-{:02}", m + 1), rows.len(), trained, m + 1);
+        println!("{:<8} {:>10} {:>8}   {line}", format!("2013-{:02}", m + 1), rows.len(), trained);
     }
-    Ok(train_rows)
+    Ok((train_rows, scores))
+}
+
+/// Waits until the workers have trained `rows` rows.
+async fn trained_all(progress: &[Arc<Progress>], rows: u64) {
+    while progress.iter().map(|p| p.rows()).sum::<u64>() < rows {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The best scored version by AUC.
@@ -241,15 +276,16 @@ fn summary(
     trained: u64,
     versions: &[VersionRecord],
     best: Option<&VersionRecord>,
-    png: &Path,
+    (png, frozen_png, scores): (&Path, &Path, &[MonthScore]),
 ) {
     let count = |k: VersionKind| versions.iter().filter(|v| v.kind == k).count();
     println!("\n== summary ({:.0} s)", started.elapsed().as_secs_f64());
     println!("rows trained     {trained} by {WORKERS} workers, in time order");
     println!(
-        "versions         {} (1 created, {} by the commit policy, 1 at the end of the stream, {} rollback)",
+        "versions         {} (1 created, {} by the commit policy, {} by commits: January's frozen model, one as each month arrived, the end of the stream; {} rollback)",
         versions.len(),
         count(VersionKind::Policy),
+        count(VersionKind::Manual),
         count(VersionKind::Rollback)
     );
     if let Some(b) = best {
@@ -259,7 +295,16 @@ fn summary(
             .collect();
         println!("best version     {} ({}; on the held-out rows of its time)", b.version, m.join(", "));
     }
+    let (live, frozen) = compare::mean_auc(scores);
+    println!(
+        "continuous       mean AUC {live:.4} over February to December, on each month's held-out rows before it is learned"
+    );
+    println!(
+        "frozen           mean AUC {frozen:.4} for the same model frozen after January (tagged frozen-after-january): learning on is worth {:+.4}",
+        live - frozen
+    );
     println!("quality plot     {}", png.display());
+    println!("story plot       {} (continuous against frozen)", frozen_png.display());
     println!("data dir         {}", dir.display());
     println!("\nthe server stopped with the quickstart; to look at the model it left behind:");
     println!("  accrete server --data-dir {} --http 127.0.0.1:8080 &", dir.join("server").display());
@@ -288,13 +333,12 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     let (progress, workers) = start_workers(&server.url, &stream, &workers_rx).await?;
     let evaluator = start_evaluator(&server.url, &stream.holdout, &evaluator_rx).await?;
     let table = tokio::spawn(print_scores(connect(&server.url).await?));
-    let train_rows = replay_months(&months, &stream, Duration::from_millis(a.month_ms), &progress).await?;
+    let pause = Duration::from_millis(a.month_ms);
+    let (train_rows, scores) = replay_months(&mut c, &months, &stream, pause, &progress).await?;
 
     // every row trained, the workers stop, a last commit, the evaluator catches up
     println!("\nfinishing: the workers train the last rows, a last commit, the evaluator scores it…");
-    while progress.iter().map(|p| p.rows()).sum::<u64>() < train_rows {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    trained_all(&progress, train_rows).await;
     let _ = stop_workers.send(true);
     for w in workers {
         w.await??;
@@ -313,9 +357,12 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     let png = dir.join("quality.png");
     eval_cmd::plot_to(&mut c, MODEL, None, &png).await?;
     println!("wrote {}", png.display());
+    let frozen_png = dir.join("continuous-vs-frozen.png");
+    compare::plot(&scores, &frozen_png)?;
+    println!("wrote {}", frozen_png.display());
     let versions = c.versions(MODEL).await?;
     let trained: u64 = progress.iter().map(|p| p.rows()).sum();
-    summary(started, &dir, &stream.holdout, trained, &versions, best.as_ref(), &png);
+    summary(started, &dir, &stream.holdout, trained, &versions, best.as_ref(), (&png, &frozen_png, &scores));
     let _ = server.stop.send(());
     server.task.await??;
     Ok(())
