@@ -21,10 +21,12 @@
 //! Autostep's running scale of that signal, so the adaptation rate needs no tuning.
 //! A stationary stream keeps gains near 1 (VW's behaviour); a drifting one raises them
 //! where it drifts. For squared loss `accum` sums x² rather than (d·x)², so the steps do
-//! not depend on the label's unit (AdaGrad's would shrink as the label grows). The row's
-//! total step is capped at 1 (`Σ step·x² ≤ 1`), and for
-//! squared loss it is the closed form of infinitely many small steps (never past the
-//! label), so a regression model cannot diverge on any input scale.
+//! not depend on the label's unit (AdaGrad's would shrink as the label grows). A row's
+//! total step `h` is taken as infinitely many small steps, in closed form, so the score
+//! never passes the label (Vowpal Wabbit's invariant update): squared loss moves it by
+//! `-d·(1 - e^-h)`, so a regression model cannot diverge on any input scale; logistic
+//! loss solves `s + eˢ = s₀ + e^s₀ + h` (in the label's direction) by Newton's method; a
+//! softmax row's total step is capped at 1 (`Σ step·x² ≤ 1`).
 use crate::features::Batch;
 use crate::glm::{self, GlmParams, Link};
 use crate::optim::Rule;
@@ -278,6 +280,7 @@ fn normalized_row(
         let h = s.total[o];
         s.u[o] = match l {
             Link::Identity if h > 1e-6 => (1.0 - (-h).exp()) / h,
+            Link::Logistic if h > 1e-6 && d[o].abs() > 1e-9 => invariant_logistic(d[o], batch.labels[r] > 0.5, h),
             _ => 1.0 / h.max(1.0),
         };
     }
@@ -297,6 +300,40 @@ fn normalized_row(
             *t = *t * (1.0 - a * x * x).max(0.0) + change;
         }
     });
+}
+
+/// The multiplier of a logistic row's steps that follows the loss's own curve: the score
+/// `s` moves as `ds/dτ = h·(y − σ(s))` for τ from 0 to 1 (infinitely many small steps
+/// of total size `h`), which never passes the label, however large `h` (Vowpal Wabbit's
+/// invariant update). For y = 1 the solution is `s + eˢ = s₀ + e^s₀ + h` (y = 0: the
+/// same in −s), solved by Newton's method from the right of the root; the multiplier is
+/// the score's move over the plain step's, `-h·d`. `d = σ(s₀) − y`.
+fn invariant_logistic(d: f32, y: bool, h: f32) -> f32 {
+    let p = (f64::from(d) + if y { 1.0 } else { 0.0 }).clamp(1e-12, 1.0 - 1e-12);
+    // t: the score in the label's direction
+    let t0 = if y { (p / (1.0 - p)).ln() } else { ((1.0 - p) / p).ln() };
+    let h = f64::from(h);
+    let c = t0 + t0.exp() + h;
+    // an Euler step overshoots (the slope falls as t grows), and so does ln c (for c > 1,
+    // eᵗ = c − t < c at the root): Newton descends from the nearer, never overflowing
+    let euler = t0 + h / (1.0 + t0.exp());
+    let mut t = if c > 1.0 { euler.min(c.ln()) } else { euler };
+    for _ in 0..30 {
+        let et = t.exp();
+        let next = t - (t + et - c) / (1.0 + et);
+        if (next - t).abs() < 1e-9 * (1.0 + t.abs()) {
+            t = next;
+            break;
+        }
+        t = next;
+    }
+    let moved = t - t0; // in the label's direction; the plain step moves it h·|d|
+    let plain = h * f64::from(d.abs());
+    if moved.is_finite() && plain > 0.0 {
+        (moved / plain).clamp(0.0, 1.0) as f32
+    } else {
+        1.0 / (h as f32).max(1.0)
+    }
 }
 
 /// The normalized optimizer's step of coordinate `i` of `part`: its base step times its gain.
@@ -400,6 +437,29 @@ mod tests {
         Model::new(2, 1).train(Link::Identity, &opt, &dense_batch(&thousand), &mut p2);
         for (r, (a, b)) in p1.iter().zip(&p2).enumerate() {
             assert!((a * 1000.0 - b).abs() <= 1e-3 * (1.0 + b.abs()), "row {r}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn the_invariant_logistic_step_follows_the_loss_and_never_passes_the_label() {
+        // small steps: the plain step; large ones: the score moves further than a step
+        // capped at 1 would, but stays on the label's side of certainty
+        assert!((invariant_logistic(-0.5, true, 1e-4) - 1.0).abs() < 1e-3);
+        for (d, y) in [(-0.9f32, true), (0.3, false), (-0.01, true)] {
+            for h in [0.5f32, 10.0, 1e3, 1e7] {
+                let u = invariant_logistic(d, y, h);
+                let p0 = f64::from(d) + if y { 1.0 } else { 0.0 };
+                let s0 = (p0 / (1.0 - p0)).ln();
+                let s1 = s0 - f64::from(u * h * d);
+                assert!(u > 0.0 && u <= 1.0 && s1.is_finite(), "d {d} h {h}: u {u}");
+                // it solved s + e^s = s0 + e^s0 + h (in the label's direction)
+                let (t0, t1) = if y { (s0, s1) } else { (-s0, -s1) };
+                let gap = (t1 + t1.exp()) - (t0 + t0.exp() + f64::from(h));
+                assert!(gap.abs() < 1e-3 * (1.0 + f64::from(h)), "d {d} h {h}: off by {gap}");
+                if h >= 10.0 {
+                    assert!(f64::from(u * h * d.abs()) > f64::from(d.abs()), "d {d} h {h}: no further than the cap");
+                }
+            }
         }
     }
 
