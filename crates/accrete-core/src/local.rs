@@ -398,16 +398,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn normalized_updates_do_not_depend_on_a_features_scale() {
-        // The same rows with feature 1 scaled by 1000: the same predictions, row by row.
-        let opt = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
-        let rows: Vec<(Vec<f32>, f32)> = (0..200)
+    /// 200 rows of two inputs in [-1, 1] and a linear label.
+    fn linear_rows() -> Vec<(Vec<f32>, f32)> {
+        (0..200)
             .map(|i| {
                 let (a, b) = (((i * 37) % 11) as f32 / 5.0 - 1.0, ((i * 17) % 7) as f32 / 3.0 - 1.0);
                 (vec![a, b], 2.0 * a - 0.5 * b + 0.3)
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn normalized_updates_do_not_depend_on_a_features_scale() {
+        // The same rows with feature 1 scaled by 1000: the same predictions, row by row.
+        let opt = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
+        let rows = linear_rows();
         let scaled: Vec<(Vec<f32>, f32)> = rows.iter().map(|(x, y)| (vec![x[0], x[1] * 1000.0], *y)).collect();
         let (mut p1, mut p2) = (Vec::new(), Vec::new());
         Model::new(2, 1).train(Link::Identity, &opt, &dense_batch(&rows), &mut p1);
@@ -425,12 +430,7 @@ mod tests {
         // The same rows with the label in a unit 1000 times smaller: every prediction is
         // 1000 times larger (AdaGrad's Σ(d·x)² would make the steps 1000 times too small).
         let opt = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
-        let rows: Vec<(Vec<f32>, f32)> = (0..200)
-            .map(|i| {
-                let (a, b) = (((i * 37) % 11) as f32 / 5.0 - 1.0, ((i * 17) % 7) as f32 / 3.0 - 1.0);
-                (vec![a, b], 2.0 * a - 0.5 * b + 0.3)
-            })
-            .collect();
+        let rows = linear_rows();
         let thousand: Vec<(Vec<f32>, f32)> = rows.iter().map(|(x, y)| (x.clone(), y * 1000.0)).collect();
         let (mut p1, mut p2) = (Vec::new(), Vec::new());
         Model::new(2, 1).train(Link::Identity, &opt, &dense_batch(&rows), &mut p1);

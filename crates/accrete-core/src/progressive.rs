@@ -67,29 +67,27 @@ impl Tally {
     }
 
     /// Adds a push's counts ([`crate::push::PushMeta`]'s `rows`, `loss_sum`, `hits`,
-    /// `hist`; a histogram of another size than this one's is left out).
+    /// `hist`).
     pub fn add_push(&mut self, m: &crate::push::PushMeta) {
-        self.rows = self.rows.saturating_add(m.rows);
-        self.loss_sum = (self.loss_sum + m.loss_sum).min(f64::MAX);
-        self.hits = self.hits.saturating_add(m.hits);
-        if m.hist.len() == 2 * BINS {
+        self.add(m.rows, m.loss_sum, m.hits, m.hist.iter().map(|c| u64::from(*c)));
+    }
+
+    /// Adds another tally (a push's, into the version's).
+    pub fn merge(&mut self, o: &Tally) {
+        self.add(o.rows, o.loss_sum, o.hits, o.hist.iter().copied());
+    }
+
+    /// Adds counts; a histogram of other than `2 · BINS` counts is left out (the server
+    /// refuses one before).
+    fn add(&mut self, rows: u64, loss_sum: f64, hits: u64, hist: impl ExactSizeIterator<Item = u64>) {
+        self.rows = self.rows.saturating_add(rows);
+        self.loss_sum = (self.loss_sum + loss_sum).min(f64::MAX);
+        self.hits = self.hits.saturating_add(hits);
+        if hist.len() == 2 * BINS {
             if self.hist.len() != 2 * BINS {
                 self.hist = vec![0; 2 * BINS];
             }
-            self.hist.iter_mut().zip(&m.hist).for_each(|(a, b)| *a = a.saturating_add(u64::from(*b)));
-        }
-    }
-
-    /// Adds another tally (a push's, into the version's). A histogram of another size
-    /// is not added (the caller checks sizes first).
-    pub fn merge(&mut self, o: &Tally) {
-        self.rows = self.rows.saturating_add(o.rows);
-        self.loss_sum = (self.loss_sum + o.loss_sum).min(f64::MAX);
-        self.hits = self.hits.saturating_add(o.hits);
-        if self.hist.is_empty() {
-            self.hist.clone_from(&o.hist);
-        } else if o.hist.len() == self.hist.len() {
-            self.hist.iter_mut().zip(&o.hist).for_each(|(a, b)| *a = a.saturating_add(*b));
+            self.hist.iter_mut().zip(hist).for_each(|(a, b)| *a = a.saturating_add(b));
         }
     }
 

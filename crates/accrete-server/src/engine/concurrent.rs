@@ -3,10 +3,12 @@
 //! meanwhile, does the same from the same weights. Where both track one level (a drifting
 //! bias, say), each change alone reaches it, and adding both overshoots by the whole of
 //! one. So a push's weight change is averaged with the concurrent ones, as a BSP round
-//! averages its pushes': it is scaled by 1 / (1 + the number of other workers whose
-//! changes were applied since its pull). One worker's pushes are never concurrent with
-//! each other (it waits for each ack before its next pull), so one worker alone is merged
-//! as it trained: the sequential optimizer's result.
+//! averages its pushes': this module gives its share, 1 / (1 + the number of other
+//! workers whose changes were applied since its pull), and `Params` applies it to each
+//! weight another push changed since then (`accrete_core::params::Share`; a weight
+//! nobody else changed takes its change whole). One worker's pushes are never
+//! concurrent with each other (it waits for each ack before its next pull), so one
+//! worker alone is merged as it trained: the sequential optimizer's result.
 use std::collections::VecDeque;
 
 /// Pushes of changes remembered; a pull older than all of them counts only these.
