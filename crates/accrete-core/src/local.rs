@@ -27,6 +27,18 @@
 //! `-d·(1 - e^-h)`, so a regression model cannot diverge on any input scale; logistic
 //! loss solves `s + eˢ = s₀ + e^s₀ + h` (in the label's direction) by Newton's method; a
 //! softmax row's total step is capped at 1 (`Σ step·x² ≤ 1`).
+//!
+//! Two things set the step's size without a learning rate chosen for the data:
+//! - `accum` starts from a prior of [`PRIOR_ROWS`] rows of the largest gradient (`scale²`
+//!   in `accum`'s unit), so a coordinate's first rows cannot move it by the whole row's
+//!   step (a rare feature learns as much from one noisy row as from many: less);
+//! - a global gain, shared by every coordinate, follows the same meta-gradient summed over
+//!   the row's coordinates (the hypergradient of Baydin et al. 2018): where updates keep
+//!   agreeing with the recent ones, larger steps would have helped, and it grows; where
+//!   they cancel, it shrinks. Summed over a row it adapts within thousands of rows, which
+//!   the per-coordinate gains of rare features never see. It is the worker's own state
+//!   ([`Scratch`], in memory: a restarted worker starts again from 1), within
+//!   [e^-3, e^3].
 use crate::features::Batch;
 use crate::glm::{self, GlmParams, Link};
 use crate::optim::Rule;
@@ -59,6 +71,12 @@ const META_RATE: f32 = 0.05;
 const META_TAU: f32 = 1e4;
 /// Gains stay within [1/1000, 1000].
 const MAX_LOG_GAIN: f32 = 6.907_755;
+/// `accum`'s prior, in rows of the largest gradient.
+pub const PRIOR_ROWS: f32 = 2.0;
+/// The global gain's meta step size, its normaliser's time constant (rows), and its bound.
+const GLOBAL_META_RATE: f32 = 0.002;
+const GLOBAL_TAU: f32 = 1e4;
+const MAX_GLOBAL_LOG_GAIN: f32 = 3.0;
 
 /// A generalised linear model's parts ([`GlmParams`] with slots).
 #[derive(Debug)]
@@ -72,13 +90,46 @@ pub struct LocalGlm<'a> {
     pub b: Part<'a>,
 }
 
-/// Buffers reused across rows and batches (nothing is allocated per row).
+/// Buffers reused across rows and batches (nothing is allocated per row), and the
+/// normalized optimizer's global gain, which lives across a worker's batches.
 #[derive(Debug, Default)]
 pub struct Scratch {
     z: Vec<f32>,
     norm: Vec<f32>,
     total: Vec<f32>,
     u: Vec<f32>,
+    global: GlobalGain,
+}
+
+/// The global gain of the normalized optimizer's steps (see the module's header).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GlobalGain {
+    /// log of the gain
+    pub log: f32,
+    /// the running scale of its meta-gradient (Autostep's normaliser)
+    norm: f32,
+}
+
+impl GlobalGain {
+    /// Follows one row's meta-gradient (its coordinates' updates times their traces).
+    fn follow(&mut self, meta: f32) {
+        if !meta.is_finite() {
+            return;
+        }
+        let m = meta.abs();
+        self.norm = m.max(self.norm + (m - self.norm) / GLOBAL_TAU);
+        if self.norm > 0.0 {
+            let step = (GLOBAL_META_RATE * meta / self.norm).clamp(-1.0, 1.0);
+            self.log = (self.log + step).clamp(-MAX_GLOBAL_LOG_GAIN, MAX_GLOBAL_LOG_GAIN);
+        }
+    }
+}
+
+impl Scratch {
+    /// The normalized optimizer's global gain so far.
+    pub fn global_gain(&self) -> f32 {
+        self.global.log.exp()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -250,6 +301,7 @@ fn normalized_row(
     });
     // pass 2: each coordinate's gain follows the meta-gradient (the update direction, -d·x,
     // times the trace of its recent updates); the row's total step per output
+    let mut meta_sum = 0f32;
     let (norm, total) = (&s.norm, &mut s.total);
     inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
         if x == 0.0 {
@@ -263,6 +315,7 @@ fn normalized_row(
             if !meta.is_finite() {
                 continue;
             }
+            meta_sum += meta;
             let gain = part.s[LOGGAIN][i].exp();
             let v = part.s[METANORM][i];
             let v = meta.abs().max(v + gain * base * x * x * (meta.abs() - v) / META_TAU);
@@ -274,15 +327,19 @@ fn normalized_row(
             total[o] += gained_step(lr, norm[o], part, i) * x * x;
         }
     });
-    // the multiplier of each output's steps: capped at a total of 1, or for squared loss
-    // the invariant closed form (moves the score by -d·(1 - e^-total), never past the label)
+    // the global gain follows the row's summed meta-gradient, then scales every step
+    s.global.follow(meta_sum);
+    let global = s.global.log.exp();
+    // the multiplier of each output's steps (global gain included): capped at a total of
+    // 1, or the invariant closed form (never past the label)
     for o in 0..k {
-        let h = s.total[o];
-        s.u[o] = match l {
-            Link::Identity if h > 1e-6 => (1.0 - (-h).exp()) / h,
-            Link::Logistic if h > 1e-6 && d[o].abs() > 1e-9 => invariant_logistic(d[o], batch.labels[r] > 0.5, h),
-            _ => 1.0 / h.max(1.0),
-        };
+        let h = s.total[o] * global;
+        s.u[o] = global
+            * match l {
+                Link::Identity if h > 1e-6 => (1.0 - (-h).exp()) / h,
+                Link::Logistic if h > 1e-6 && d[o].abs() > 1e-9 => invariant_logistic(d[o], batch.labels[r] > 0.5, h),
+                _ => 1.0 / h.max(1.0),
+            };
     }
     // pass 3: the updates, and each coordinate's trace of them
     let (norm, u) = (&s.norm, &s.u);
@@ -342,12 +399,13 @@ fn gained_step(lr: f32, norm: f32, part: &Part<'_>, i: usize) -> f32 {
     part.s[LOGGAIN][i].exp() * base_step(lr, norm, part.s[ACCUM][i], part.s[SCALE][i])
 }
 
-/// The normalized optimizer's step of one coordinate before its gain: `lr / (√accum ·
-/// scale)` over the row's norm (0 before the coordinate has a gradient).
+/// The normalized optimizer's step of one coordinate before its gains: `lr / (√(accum +
+/// prior) · scale)` over the row's norm, the prior [`PRIOR_ROWS`] rows of the largest
+/// gradient, `scale²` (0 before the coordinate has a gradient).
 #[inline]
 fn base_step(lr: f32, norm: f32, accum: f32, scale: f32) -> f32 {
     if accum > 0.0 && scale > 0.0 && norm > 0.0 {
-        lr / (norm * accum.sqrt() * scale)
+        lr / (norm * (accum + PRIOR_ROWS * scale * scale).sqrt() * scale)
     } else {
         0.0
     }
@@ -476,6 +534,40 @@ mod tests {
                 assert!(w[1] >= w[0] - 1e-4 && w[1] <= 5.0 + 1e-3, "scale {scale}: {preds:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_global_gain_grows_where_larger_steps_help_and_shrinks_on_noise() {
+        // One of 500 rare inputs per row (each seen about 16 times, too few for its own
+        // gain): a label the input decides (each update agrees with the last ones: larger
+        // steps would have helped) against a label independent of it (updates cancel).
+        const INPUTS: usize = 500;
+        let opt = OptimizerSpec::new(OptimizerKind::Normalized, 0.5);
+        let gain = |decided: bool| {
+            let mut rng = crate::rng::SplitMix64::new(7);
+            let rows: Vec<(Vec<f32>, f32)> = (0..8000)
+                .map(|_| {
+                    let id = (rng.next_u64() % INPUTS as u64) as usize;
+                    let mut x = vec![0f32; INPUTS];
+                    x[id] = 1.0;
+                    let y = if decided { (id % 2) as f32 } else { (rng.next_u64() >> 63) as f32 };
+                    (x, y)
+                })
+                .collect();
+            let mut m = Model::new(INPUTS, 1);
+            let mut p = LocalGlm {
+                outputs: 1,
+                w: Part { w: &mut m.w, s: m.ws.iter_mut().map(|v| &mut v[..]).collect() },
+                h: Part::none(),
+                b: Part { w: &mut m.b, s: m.bs.iter_mut().map(|v| &mut v[..]).collect() },
+            };
+            let mut scratch = Scratch::default();
+            train_rows(Link::Logistic, &opt, 1, &mut p, &dense_batch(&rows), &[], &mut scratch, None).unwrap();
+            scratch.global_gain()
+        };
+        let (decided, noise) = (gain(true), gain(false));
+        assert!(decided > 2.0, "a label the input decides: global gain {decided}");
+        assert!(noise < 1.0, "noise: global gain {noise}");
     }
 
     #[test]
