@@ -36,21 +36,30 @@ async fn quickstart_runs_and_its_summary_is_true() {
     let vs: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "versions", "flights", "--json"])).unwrap();
     let vs = vs.as_array().unwrap();
     assert!(versions_line.contains(&format!(" {} (", vs.len())), "{versions_line} vs {} versions", vs.len());
-    let best = vs
-        .iter()
-        .filter(|v| v["metrics"]["auc"].is_number())
-        .max_by(|a, b| a["metrics"]["auc"].as_f64().unwrap().total_cmp(&b["metrics"]["auc"].as_f64().unwrap()))
-        .unwrap();
-    assert!(
-        best_line.contains(&format!(
-            "best version     {} (auc {:.4}",
-            best["version"],
-            best["metrics"]["auc"].as_f64().unwrap()
-        )),
-        "{best_line} vs {best}"
-    );
-    assert!(vs.last().unwrap()["reason"].as_str().unwrap().starts_with("rollback"));
-    assert_eq!(vs.last().unwrap()["kind"], "rollback");
+    let auc_of = |v: &serde_json::Value| v["metrics"]["auc"].as_f64();
+    let best = vs.iter().filter_map(auc_of).fold(f64::NEG_INFINITY, f64::max);
+    assert!(best_line.contains(&format!("(auc {best:.4}")), "{best_line} vs best AUC {best}");
+    // the poisoned shard: the versions it made score worse, and the gate rolled the model
+    // back on its own to a version from before it
+    let ended = field("the stream ended at version ");
+    let first_poisoned = 1 + ended.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).expect(&ended);
+    let head = vs.last().unwrap();
+    assert_eq!(head["kind"], "rollback", "{head}");
+    // the content it holds, through rollbacks of rollbacks
+    let mut restored = head["content_of"].as_u64().unwrap();
+    while let Some(c) = vs.iter().find(|v| v["version"] == restored).and_then(|v| v["content_of"].as_u64()) {
+        restored = c;
+    }
+    assert!(restored < first_poisoned, "the head holds version {restored}'s content, made by the poison: {vs:?}");
+    let restored_auc = vs.iter().find(|v| v["version"] == restored).and_then(auc_of).unwrap();
+    let poisoned: Vec<&serde_json::Value> =
+        vs.iter().filter(|v| v["version"].as_u64().unwrap() >= first_poisoned && v["content_of"].is_null()).collect();
+    assert!(!poisoned.is_empty(), "{vs:?}");
+    for v in &poisoned {
+        let auc = auc_of(v).unwrap_or_else(|| panic!("poisoned version not scored: {v}"));
+        assert!(auc < restored_auc - 0.02, "poisoned {v} against restored {restored_auc}");
+    }
+    assert!(field("quality gate ").contains("rolled back"), "{text}");
     assert_eq!(vs[0]["kind"], "created");
     assert!(vs.iter().any(|v| v["kind"] == "policy") && vs.iter().any(|v| v["kind"] == "manual"), "{vs:?}");
 }

@@ -6,6 +6,7 @@ mod datasets;
 mod eval_cmd;
 mod model_cmd;
 mod output;
+mod poison;
 mod quickstart;
 mod worker_cmd;
 

@@ -1,7 +1,8 @@
 //! `accrete quickstart`: the whole system on the flights data shipped inside the binary.
 //! A server (with its dashboard), two workers following shards that grow month by month
 //! as the 2013 New York flights "arrive" in time order, an evaluator scoring every version
-//! on a window of recent held-out rows, a rollback, the quality plots, and a summary.
+//! on a window of recent held-out rows, a poisoned shard that the quality gate rolls
+//! back on its own ([`crate::poison`]), the quality plots, and a summary.
 //!
 //! The story it tells is the project's claim: the model that keeps learning beside the
 //! same model frozen after January, both scored on each month's held-out rows before the
@@ -9,10 +10,11 @@
 //! with the defaults (no optimizer, rate or consistency chosen).
 //!
 //! `run` reads as the steps a newcomer watches: start the server, create the model, start
-//! the workers and the evaluator, replay the months, finish training, roll back, plot and
-//! summarise.
+//! the workers and the evaluator, replay the months, finish training, the poisoned shard,
+//! plot and summarise.
 use crate::compare::{self, MonthScore};
 use crate::eval_cmd;
+use crate::poison;
 use accrete_client::Client;
 use accrete_core::scoring;
 use accrete_core::VersionRecord;
@@ -77,7 +79,7 @@ fn append(path: &Path, lines: &[&String]) -> Result<()> {
 }
 
 /// A stop signal: `stop(&rx)` resolves once `true` is sent.
-fn stop(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+pub(crate) fn stop(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut rx = rx.clone();
     async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -259,14 +261,32 @@ fn best_by_auc(versions: &[VersionRecord]) -> Option<VersionRecord> {
     versions.iter().find(|v| v.version == best).cloned()
 }
 
-/// Rolls back to the best version, as an operator would after a bad stretch.
-async fn demo_rollback(c: &mut Client, best: &VersionRecord, head: u64) -> Result<()> {
-    let rb = c.rollback(MODEL, best.version, "quickstart demo").await?;
-    println!(
-        "rollback: version {} now holds version {}'s parameters (parent {head}, lineage epoch {}); versions 1..{head} are kept, and pushes computed before the rollback are refused",
-        rb.version, best.version, rb.lineage_epoch
-    );
-    Ok(())
+/// The incident: December learned again with every label flipped, while a gated
+/// evaluator watches.
+async fn incident(
+    c: &mut Client,
+    url: &str,
+    dir: &Path,
+    months: &[Vec<String>],
+    header: &str,
+    holdout: &Path,
+) -> Result<poison::Incident> {
+    println!("\nan incident: a third worker is fed December's rows again, with every label flipped (a poisoned shard)");
+    let december: Vec<&String> = months[11].iter().enumerate().filter(|(i, _)| i % 5 != 4).map(|(_, l)| l).collect();
+    let shard = dir.join("poisoned-december.csv");
+    poison::flip_labels(header, &december, &shard)?;
+    let found = poison::run(url, c, MODEL, &columns()?, holdout, &shard).await?;
+    let poisoned: Vec<String> = found.poisoned.iter().map(u64::to_string).collect();
+    match found.rollbacks.last() {
+        Some(rb) => println!(
+            "the gate stopped it: the poisoned versions ({}) are kept in the history, and the head (version {}) holds version {}'s parameters; the poisoned worker's pushes computed before each rollback were refused",
+            poisoned.join(", "),
+            rb.head,
+            rb.to
+        ),
+        None => println!("the gate did not roll the poisoned versions back"),
+    }
+    Ok(found)
 }
 
 fn summary(
@@ -276,13 +296,13 @@ fn summary(
     trained: u64,
     versions: &[VersionRecord],
     best: Option<&VersionRecord>,
-    (png, frozen_png, scores): (&Path, &Path, &[MonthScore]),
+    (png, frozen_png, scores, incident): (&Path, &Path, &[MonthScore], &poison::Incident),
 ) {
     let count = |k: VersionKind| versions.iter().filter(|v| v.kind == k).count();
     println!("\n== summary ({:.0} s)", started.elapsed().as_secs_f64());
     println!("rows trained     {trained} by {WORKERS} workers, in time order");
     println!(
-        "versions         {} (1 created, {} by the commit policy, {} by commits: January's frozen model, one as each month arrived, the end of the stream; {} rollback)",
+        "versions         {} (1 created, {} by the commit policy, {} by commits: January's frozen model, one as each month arrived, workers that finished; {} rollbacks)",
         versions.len(),
         count(VersionKind::Policy),
         count(VersionKind::Manual),
@@ -303,6 +323,15 @@ fn summary(
         "frozen           mean AUC {frozen:.4} for the same model frozen after January (tagged frozen-after-january): learning on is worth {:+.4}",
         live - frozen
     );
+    match incident.rollbacks.first() {
+        Some(rb) => println!(
+            "quality gate     rolled back {} time(s): poisoned version {} failed, version {}'s parameters restored",
+            incident.rollbacks.len(),
+            rb.after,
+            rb.to
+        ),
+        None => println!("quality gate     rolled nothing back"),
+    }
     println!("quality plot     {}", png.display());
     println!("story plot       {} (continuous against frozen)", frozen_png.display());
     println!("data dir         {}", dir.display());
@@ -349,11 +378,9 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     evaluator.await??;
     table.abort();
 
+    println!("the stream ended at version {}", last.version);
+    let found = incident(&mut c, &server.url, &dir, &months, &header, &stream.holdout).await?;
     let best = best_by_auc(&c.versions(MODEL).await?);
-    println!();
-    if let Some(b) = &best {
-        demo_rollback(&mut c, b, last.version).await?;
-    }
     let png = dir.join("quality.png");
     eval_cmd::plot_to(&mut c, MODEL, None, &png).await?;
     println!("wrote {}", png.display());
@@ -362,7 +389,7 @@ pub async fn run(a: QuickstartArgs) -> Result<()> {
     println!("wrote {}", frozen_png.display());
     let versions = c.versions(MODEL).await?;
     let trained: u64 = progress.iter().map(|p| p.rows()).sum();
-    summary(started, &dir, &stream.holdout, trained, &versions, best.as_ref(), (&png, &frozen_png, &scores));
+    summary(started, &dir, &stream.holdout, trained, &versions, best.as_ref(), (&png, &frozen_png, &scores, &found));
     let _ = server.stop.send(());
     server.task.await??;
     Ok(())
