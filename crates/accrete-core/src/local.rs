@@ -29,9 +29,10 @@
 //! softmax row's total step is capped at 1 (`Σ step·x² ≤ 1`).
 //!
 //! Two things set the step's size without a learning rate chosen for the data:
-//! - `accum` starts from a prior of [`PRIOR_ROWS`] rows of the largest gradient (`scale²`
-//!   in `accum`'s unit), so a coordinate's first rows cannot move it by the whole row's
-//!   step (a rare feature learns as much from one noisy row as from many: less);
+//! - a classifier's `accum` starts from a prior of [`PRIOR_ROWS`] rows of the largest
+//!   gradient (`scale²` in `accum`'s unit, as |d| ≤ 1), so a coordinate's first rows
+//!   cannot move it by the whole row's step (a rare feature learns less from one noisy
+//!   row than from many); a regression's `accum` sums x², not gradients, and has none;
 //! - a global gain, shared by every coordinate, follows the same meta-gradient summed over
 //!   the row's coordinates (the hypergradient of Baydin et al. 2018): where updates keep
 //!   agreeing with the recent ones, larger steps would have helped, and it grows; where
@@ -98,6 +99,8 @@ pub struct Scratch {
     norm: Vec<f32>,
     total: Vec<f32>,
     u: Vec<f32>,
+    /// each coordinate's gained step of the row, in pass 2's order, for pass 3
+    steps: Vec<f32>,
     global: GlobalGain,
 }
 
@@ -275,6 +278,9 @@ fn normalized_row(
     let k = p.outputs;
     let d = &s.z[..];
     let identity = l == Link::Identity;
+    // the prior is in rows of the largest gradient; a regression's `accum` sums x², which
+    // is not one (and a heavy-tailed input's largest x² would hold its steps back)
+    let prior = if identity { 0.0 } else { PRIOR_ROWS };
     // pass 1: rescale to a larger input, grow the accumulators, sum the row's norm
     s.norm.iter_mut().chain(s.total.iter_mut()).for_each(|v| *v = 0.0);
     let norm = &mut s.norm;
@@ -302,7 +308,8 @@ fn normalized_row(
     // pass 2: each coordinate's gain follows the meta-gradient (the update direction, -d·x,
     // times the trace of its recent updates); the row's total step per output
     let mut meta_sum = 0f32;
-    let (norm, total) = (&s.norm, &mut s.total);
+    let (norm, total, steps) = (&s.norm, &mut s.total, &mut s.steps);
+    steps.clear();
     inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
         if x == 0.0 {
             return;
@@ -310,21 +317,26 @@ fn normalized_row(
         let part = p.part(which);
         for (o, d) in d.iter().enumerate() {
             let i = at + o;
-            let base = base_step(lr, norm[o], part.s[ACCUM][i], part.s[SCALE][i]);
+            let base = base_step(lr, norm[o], part.s[ACCUM][i], part.s[SCALE][i], prior);
             let meta = -d * x * part.s[TRACE][i];
+            let gain = part.s[LOGGAIN][i].exp();
             if !meta.is_finite() {
+                steps.push(gain * base);
                 continue;
             }
             meta_sum += meta;
-            let gain = part.s[LOGGAIN][i].exp();
             let v = part.s[METANORM][i];
             let v = meta.abs().max(v + gain * base * x * x * (meta.abs() - v) / META_TAU);
             part.s[METANORM][i] = v;
-            if v > 0.0 {
+            let step = if v > 0.0 {
                 let g = &mut part.s[LOGGAIN][i];
                 *g = (*g + (META_RATE * meta / v).clamp(-1.0, 1.0)).clamp(-MAX_LOG_GAIN, MAX_LOG_GAIN);
-            }
-            total[o] += gained_step(lr, norm[o], part, i) * x * x;
+                g.exp() * base
+            } else {
+                gain * base
+            };
+            steps.push(step);
+            total[o] += step * x * x;
         }
     });
     // the global gain follows the row's summed meta-gradient, then scales every step
@@ -342,7 +354,8 @@ fn normalized_row(
             };
     }
     // pass 3: the updates, and each coordinate's trace of them
-    let (norm, u) = (&s.norm, &s.u);
+    let (u, steps) = (&s.u, &s.steps);
+    let mut next = 0;
     inputs(batch, sparse, dense, hashed, k, r, |which, at, x| {
         if x == 0.0 {
             return;
@@ -350,7 +363,8 @@ fn normalized_row(
         let part = p.part(which);
         for (o, d) in d.iter().enumerate() {
             let i = at + o;
-            let a = gained_step(lr, norm[o], part, i) * u[o];
+            let a = steps.get(next).copied().unwrap_or(0.0) * u[o];
+            next += 1;
             let change = -a * d * x;
             part.w[i] += change;
             let t = &mut part.s[TRACE][i];
@@ -393,19 +407,13 @@ fn invariant_logistic(d: f32, y: bool, h: f32) -> f32 {
     }
 }
 
-/// The normalized optimizer's step of coordinate `i` of `part`: its base step times its gain.
-#[inline]
-fn gained_step(lr: f32, norm: f32, part: &Part<'_>, i: usize) -> f32 {
-    part.s[LOGGAIN][i].exp() * base_step(lr, norm, part.s[ACCUM][i], part.s[SCALE][i])
-}
-
 /// The normalized optimizer's step of one coordinate before its gains: `lr / (√(accum +
-/// prior) · scale)` over the row's norm, the prior [`PRIOR_ROWS`] rows of the largest
-/// gradient, `scale²` (0 before the coordinate has a gradient).
+/// prior·scale²) · scale)` over the row's norm, `prior` in rows of the largest gradient
+/// (0 before the coordinate has a gradient).
 #[inline]
-fn base_step(lr: f32, norm: f32, accum: f32, scale: f32) -> f32 {
+fn base_step(lr: f32, norm: f32, accum: f32, scale: f32, prior: f32) -> f32 {
     if accum > 0.0 && scale > 0.0 && norm > 0.0 {
-        lr / (norm * (accum + PRIOR_ROWS * scale * scale).sqrt() * scale)
+        lr / (norm * (accum + prior * scale * scale).sqrt() * scale)
     } else {
         0.0
     }

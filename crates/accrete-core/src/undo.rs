@@ -29,6 +29,9 @@ enum Saved {
     Range { t: usize, start: usize, len: usize },
     /// Single floats of tensor `t` at the next `n` keys (one-column tables).
     Keys { t: usize, n: usize },
+    /// `start..start+len` of one vector of tensor `t`: the weights (`None`) or a slot (a
+    /// merge of changes writes one vector at a time).
+    Vector { t: usize, slot: Option<usize>, start: usize, len: usize },
 }
 
 /// The first value an update left NaN or infinite.
@@ -45,6 +48,10 @@ fn vectors(ts: &TensorState) -> impl Iterator<Item = &Vec<f32>> {
     std::iter::once(&ts.w).chain(&ts.slots)
 }
 
+fn vector(ts: &TensorState, slot: Option<usize>) -> &[f32] {
+    slot.map_or(&ts.w, |s| &ts.slots[s])
+}
+
 fn vectors_mut(ts: &mut TensorState) -> impl Iterator<Item = &mut Vec<f32>> {
     std::iter::once(&mut ts.w).chain(ts.slots.iter_mut())
 }
@@ -56,6 +63,29 @@ impl Undo {
         self.saved.push(Saved::Range { t, start, len });
         for v in vectors(ts) {
             self.values.extend_from_slice(&v[start..start + len]);
+        }
+    }
+
+    /// Saves `start..start+len` of one vector of tensor `t` (`None`: the weights) before
+    /// it is written.
+    #[inline]
+    pub fn save_vector(&mut self, t: usize, ts: &TensorState, slot: Option<usize>, start: usize, len: usize) {
+        self.saved.push(Saved::Vector { t, slot, start, len });
+        self.values.extend_from_slice(&vector(ts, slot)[start..start + len]);
+    }
+
+    /// [`Undo::check`] of one vector's range, written by [`Undo::save_vector`]'s update.
+    #[inline]
+    pub fn check_vector(&mut self, t: usize, ts: &TensorState, slot: Option<usize>, start: usize, len: usize) {
+        if self.bad.is_some() {
+            return;
+        }
+        let v = &vector(ts, slot)[start..start + len];
+        if v.iter().fold(true, |ok, x| ok & x.is_finite()) {
+            return;
+        }
+        if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+            self.bad = Some(NonFinite { t, slot, index: start + bad, value: v[bad] });
         }
     }
 
@@ -111,7 +141,7 @@ impl Undo {
         let mut keys = self.keys.iter();
         for s in &self.saved {
             match *s {
-                Saved::Range { t, start, len } => f(t, start, start + len),
+                Saved::Range { t, start, len } | Saved::Vector { t, start, len, .. } => f(t, start, start + len),
                 Saved::Keys { t, n } => keys.by_ref().take(n).for_each(|k| f(t, *k as usize, *k as usize + 1)),
             }
         }
@@ -122,6 +152,15 @@ impl Undo {
         let (mut end, mut kend) = (self.values.len(), self.keys.len());
         for s in self.saved.iter().rev() {
             match *s {
+                Saved::Vector { t, slot, start, len } => {
+                    let ts = &mut tensors[t];
+                    let v = match slot {
+                        None => &mut ts.w,
+                        Some(s) => &mut ts.slots[s],
+                    };
+                    v[start..start + len].copy_from_slice(&self.values[end - len..end]);
+                    end -= len;
+                }
                 Saved::Range { t, start, len } => {
                     let ts = &mut tensors[t];
                     let size = len * (1 + ts.slots.len());

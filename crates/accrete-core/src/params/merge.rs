@@ -8,6 +8,9 @@
 //! changed the weight since this one's pull, the change is scaled by the push's share
 //! (1 / the workers concurrent with it); a weight nobody else changed meanwhile (a rare
 //! hashed feature, say) takes its change whole.
+//!
+//! Each merge writes one vector, so the undo log saves and checks that vector alone
+//! (saving the weights and every slot per vector cost six times the copies).
 use super::{decode_block, ema_range, Params, BLOCK};
 use crate::optim::{merge_of, LeKeys, Merge};
 
@@ -28,7 +31,7 @@ impl Params {
     fn merge_values(&mut self, t: usize, slot: Option<usize>, start: usize, v: &[f32], share: Option<Share>) {
         let (decay, ema, n_tensors) = (self.ema_decay, self.ema_slot(), self.tensors.len());
         let ts = &mut self.tensors[t];
-        self.undo.save(t, ts, start, v.len());
+        self.undo.save_vector(t, ts, slot, start, v.len());
         let end = start + v.len();
         match slot {
             None => {
@@ -63,15 +66,28 @@ impl Params {
                 }
             }
         }
-        self.undo.check(t, ts, start, v.len());
+        self.undo.check_vector(t, ts, slot, start, v.len());
     }
 
     /// Merges a checked dense change from little-endian f32 bytes (a block at a time); a
     /// weight change is shared by `share` ([`Share`]).
     pub fn merge_dense_le(&mut self, t: usize, slot: Option<usize>, offset: usize, bytes: &[u8], share: Option<Share>) {
-        let mut buf = [0f32; BLOCK];
+        self.merge_le_with(&mut [0f32; BLOCK], t, slot, offset, bytes, share);
+    }
+
+    /// [`Params::merge_dense_le`] decoding through `buf` (one buffer for a push's rows:
+    /// zeroing a block per row cost more than the merge).
+    fn merge_le_with(
+        &mut self,
+        buf: &mut [f32; BLOCK],
+        t: usize,
+        slot: Option<usize>,
+        offset: usize,
+        bytes: &[u8],
+        share: Option<Share>,
+    ) {
         for (i, block) in bytes.chunks(BLOCK * 4).enumerate() {
-            let n = decode_block(block, &mut buf);
+            let n = decode_block(block, buf);
             self.merge_values(t, slot, offset + i * BLOCK, &buf[..n], share);
         }
     }
@@ -86,8 +102,9 @@ impl Params {
         share: Option<Share>,
     ) {
         let cols = self.tensors[t].spec.cols as usize;
+        let mut buf = [0f32; BLOCK];
         for (k, row) in keys.iter().zip(bytes.chunks(cols * 4)) {
-            self.merge_dense_le(t, slot, k as usize * cols, row, share);
+            self.merge_le_with(&mut buf, t, slot, k as usize * cols, row, share);
         }
     }
 
