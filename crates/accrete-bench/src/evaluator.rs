@@ -63,18 +63,8 @@ pub(crate) async fn evaluator_bench(versions: u64) -> Result<()> {
     accrete_worker::run(wc, Client::connect(&url).await?, std::future::pending(), Default::default()).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ec = accrete_evaluator::EvaluatorConfig {
-        model: "ev".into(),
-        holdout,
-        format: None,
-        columns,
         once: true,
-        gates: Vec::new(),
-        dry_run: false,
-        gate_window: 10,
-        holdout_follow: false,
-        window: 0,
-        rescore: false,
-        progress: Default::default(),
+        ..accrete_evaluator::EvaluatorConfig::new("ev", &holdout, columns)
     };
     // loading the holdout is part of a start, not of scoring: time a run with nothing
     // to score first, then the real one

@@ -106,9 +106,9 @@ pub struct Scratch {
 
 /// The global gain of the normalized optimizer's steps (see the module's header).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct GlobalGain {
+struct GlobalGain {
     /// log of the gain
-    pub log: f32,
+    log: f32,
     /// the running scale of its meta-gradient (Autostep's normaliser)
     norm: f32,
 }

@@ -52,6 +52,23 @@ fn vector(ts: &TensorState, slot: Option<usize>) -> &[f32] {
     slot.map_or(&ts.w, |s| &ts.slots[s])
 }
 
+fn vector_mut(ts: &mut TensorState, slot: Option<usize>) -> &mut [f32] {
+    match slot {
+        None => &mut ts.w,
+        Some(s) => &mut ts.slots[s],
+    }
+}
+
+/// The first value of `v` that is not finite: a branch-free scan (it vectorises), then
+/// the index only when one is bad.
+#[inline]
+fn first_non_finite(v: &[f32]) -> Option<usize> {
+    if v.iter().fold(true, |ok, x| ok & x.is_finite()) {
+        return None;
+    }
+    v.iter().position(|x| !x.is_finite())
+}
+
 fn vectors_mut(ts: &mut TensorState) -> impl Iterator<Item = &mut Vec<f32>> {
     std::iter::once(&mut ts.w).chain(ts.slots.iter_mut())
 }
@@ -81,10 +98,7 @@ impl Undo {
             return;
         }
         let v = &vector(ts, slot)[start..start + len];
-        if v.iter().fold(true, |ok, x| ok & x.is_finite()) {
-            return;
-        }
-        if let Some(bad) = v.iter().position(|x| !x.is_finite()) {
+        if let Some(bad) = first_non_finite(v) {
             self.bad = Some(NonFinite { t, slot, index: start + bad, value: v[bad] });
         }
     }
@@ -108,11 +122,7 @@ impl Undo {
         }
         self.bad = vectors(ts).enumerate().find_map(|(s, v)| {
             let v = &v[start..start + len];
-            // A branch-free scan (it vectorises), then the index only when one is bad.
-            if v.iter().fold(true, |ok, x| ok & x.is_finite()) {
-                return None;
-            }
-            let bad = v.iter().position(|x| !x.is_finite())?;
+            let bad = first_non_finite(v)?;
             Some(NonFinite { t, slot: s.checked_sub(1), index: start + bad, value: v[bad] })
         });
     }
@@ -153,11 +163,7 @@ impl Undo {
         for s in self.saved.iter().rev() {
             match *s {
                 Saved::Vector { t, slot, start, len } => {
-                    let ts = &mut tensors[t];
-                    let v = match slot {
-                        None => &mut ts.w,
-                        Some(s) => &mut ts.slots[s],
-                    };
+                    let v = vector_mut(&mut tensors[t], slot);
                     v[start..start + len].copy_from_slice(&self.values[end - len..end]);
                     end -= len;
                 }

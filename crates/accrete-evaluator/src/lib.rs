@@ -45,6 +45,27 @@ pub struct EvaluatorConfig {
     pub progress: Progress,
 }
 
+impl EvaluatorConfig {
+    /// Scores `model` on every row of `holdout` as each new version comes, with no gate
+    /// (the CLI's defaults); callers change what they need.
+    pub fn new(model: &str, holdout: &std::path::Path, columns: ColumnSpec) -> EvaluatorConfig {
+        EvaluatorConfig {
+            model: model.into(),
+            holdout: holdout.to_path_buf(),
+            format: None,
+            columns,
+            once: false,
+            gates: Vec::new(),
+            dry_run: false,
+            gate_window: 10,
+            holdout_follow: false,
+            window: 0,
+            rescore: false,
+            progress: Progress::default(),
+        }
+    }
+}
+
 /// What the evaluator did, as it does it.
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -27,20 +27,7 @@ pub async fn score_month(
     (live, frozen): (u64, u64),
 ) -> Result<MonthScore> {
     let view = ModelView::of(&c.model_info(model).await?.spec);
-    let config = EvaluatorConfig {
-        model: model.into(),
-        holdout: holdout.to_path_buf(),
-        format: None,
-        columns: columns.clone(),
-        once: true,
-        gates: Vec::new(),
-        dry_run: false,
-        gate_window: 0,
-        holdout_follow: false,
-        window: 0,
-        rescore: false,
-        progress: Default::default(),
-    };
+    let config = EvaluatorConfig { once: true, ..EvaluatorConfig::new(model, holdout, columns.clone()) };
     let mut h = Holdout::load(&config, &view)?;
     let of = |m: &std::collections::BTreeMap<String, f64>| {
         (m.get("auc").copied().unwrap_or(f64::NAN), m.get("logloss").copied().unwrap_or(f64::NAN))

@@ -75,19 +75,12 @@ pub async fn run(
         .collect::<Result<_, String>>()
         .map_err(anyhow::Error::msg)?;
     let config = EvaluatorConfig {
-        model: model.into(),
-        holdout: holdout.to_path_buf(),
-        format: None,
-        columns: columns.clone(),
-        once: false,
         gates,
-        dry_run: false,
         // the versions made as December arrived: all scored on its held-out rows
         gate_window: 3,
-        holdout_follow: false,
         window: 5000,
-        rescore: false,
         progress,
+        ..EvaluatorConfig::new(model, holdout, columns.clone())
     };
     let (stop_evaluator, stop_rx) = watch::channel(false);
     let evaluator =

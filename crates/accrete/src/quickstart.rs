@@ -179,18 +179,9 @@ async fn start_evaluator(
     stop_rx: &watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<accrete_evaluator::Report, accrete_evaluator::EvalError>>> {
     let config = accrete_evaluator::EvaluatorConfig {
-        model: MODEL.into(),
-        holdout: holdout.to_path_buf(),
-        format: None,
-        columns: columns()?,
-        once: false,
-        gates: Vec::new(),
-        dry_run: false,
-        gate_window: 10,
         holdout_follow: true,
         window: 5000,
-        rescore: false,
-        progress: Default::default(),
+        ..accrete_evaluator::EvaluatorConfig::new(MODEL, holdout, columns()?)
     };
     Ok(tokio::spawn(accrete_evaluator::run(config, connect(url).await?, stop(stop_rx))))
 }
