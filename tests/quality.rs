@@ -220,3 +220,101 @@ async fn versions_record_the_progressive_figures_of_every_workers_rows() {
     assert!((weighted("loss") - loss).abs() < 1e-3, "loss {} vs {loss}", weighted("loss"));
     assert!(figures.iter().all(|f| (0.5..1.0).contains(&num(f, "auc"))), "{vs}");
 }
+
+/// Least squares in f64 over `(x, y)` rows, with the intercept: the coefficients, then the
+/// intercept (normal equations, Gauss–Jordan with partial pivoting).
+fn least_squares(rows: &[(Vec<f64>, f64)]) -> Vec<f64> {
+    let m = rows[0].0.len() + 1;
+    let mut a = vec![vec![0f64; m + 1]; m];
+    for (x, y) in rows {
+        let v: Vec<f64> = x.iter().copied().chain([1.0]).collect();
+        for i in 0..m {
+            for j in 0..m {
+                a[i][j] += v[i] * v[j];
+            }
+            a[i][m] += v[i] * y;
+        }
+    }
+    for c in 0..m {
+        let p = (c..m).max_by(|i, j| a[*i][c].abs().total_cmp(&a[*j][c].abs())).unwrap();
+        a.swap(c, p);
+        for r in 0..m {
+            if r != c {
+                let k = a[r][c] / a[c][c];
+                for j in c..=m {
+                    a[r][j] -= k * a[c][j];
+                }
+            }
+        }
+    }
+    (0..m).map(|i| a[i][m] / a[i][i]).collect()
+}
+
+/// A linear model over dense inputs takes `rls` by default and, trained by two workers at
+/// once (ASP and BSP), serves the least-squares fit of all their rows: on inputs that are
+/// correlated, heavy-tailed and far from zero, where per-coordinate steps crawl.
+#[tokio::test]
+async fn two_workers_fit_a_dense_linear_model_to_least_squares() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spawn_server(&tmp.path().join("data")).await;
+    let mut rng = accrete_core::rng::SplitMix64::new(11);
+    let rows: Vec<(Vec<f64>, f64)> = (0..4000)
+        .map(|_| {
+            let a = rng.next_normal();
+            let b = 0.95 * a + 0.1 * rng.next_normal();
+            let c = (2.0 * rng.next_normal()).exp();
+            let d = 1000.0 + 5.0 * rng.next_normal();
+            let y = 2.0 * a - 1.5 * b + 0.3 * c + 0.2 * d + rng.next_normal();
+            (vec![a, b, c, d], y)
+        })
+        .collect();
+    let want = least_squares(&rows);
+    let csv = |rows: &[(Vec<f64>, f64)]| {
+        let mut t = String::from("a,b,c,d,y\n");
+        for (x, y) in rows {
+            writeln!(t, "{},{},{},{},{y}", x[0], x[1], x[2], x[3]).unwrap();
+        }
+        t
+    };
+    let shards: Vec<_> = (0..2)
+        .map(|i| {
+            let p = tmp.path().join(format!("part{i}.csv"));
+            std::fs::write(&p, csv(&rows[i * 2000..(i + 1) * 2000])).unwrap();
+            p
+        })
+        .collect();
+    let probe = tmp.path().join("probe.csv");
+    std::fs::write(&probe, csv(&rows[..200])).unwrap();
+    for consistency in ["asp", "bsp"] {
+        let m = format!("ls_{consistency}");
+        ok(&s.url, &["model", "create", &m, "--kind", "linear", "--features", "4", "--consistency", consistency]);
+        let info: serde_json::Value = serde_json::from_str(&ok(&s.url, &["model", "show", &m, "--json"])).unwrap();
+        assert_eq!(info["optimizer"]["kind"], "rls", "the default for dense linear regression: {info}");
+        let cols = ["--label", "y", "--numeric", "a,b,c,d", "--batch", "250"];
+        let workers: Vec<_> = shards
+            .iter()
+            .map(|shard| {
+                let mut args = vec!["worker", "--model", &m, "--shard", shard.to_str().unwrap()];
+                args.extend(cols);
+                common::procs::spawn_cli(&s.url, &args)
+            })
+            .collect();
+        for mut w in workers {
+            assert!(w.wait().unwrap().success(), "{m}: a worker failed");
+        }
+        let out = ok(
+            &s.url,
+            &["model", "predict", &m, "--input", probe.to_str().unwrap(), "--label", "y", "--numeric", "a,b,c,d"],
+        );
+        let got: Vec<f64> = out.lines().map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+        assert_eq!(got.len(), 200, "{m}: {out}");
+        // the label's noise is 1 and the predictions near 200: within f32 rounding of them
+        let worst = rows.iter().zip(&got).map(|((x, _), got)| {
+            let ls = x.iter().zip(&want).map(|(x, w)| x * w).sum::<f64>() + want[4];
+            (got - ls).abs()
+        });
+        let worst = worst.fold(0f64, f64::max);
+        eprintln!("{m}: largest difference from least squares {worst}");
+        assert!(worst < 2e-3, "{m}: a prediction is {worst} from least squares' (fit {want:?})");
+    }
+}

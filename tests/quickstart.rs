@@ -51,13 +51,21 @@ async fn quickstart_runs_and_its_summary_is_true() {
         restored = c;
     }
     assert!(restored < first_poisoned, "the head holds version {restored}'s content, made by the poison: {vs:?}");
-    let restored_auc = vs.iter().find(|v| v["version"] == restored).and_then(auc_of).unwrap();
+    // every poisoned version fails the gate (`auc:0.02,accuracy:0.02`) against the content
+    // restored: a version with the poisoned worker's last few rows may lose accuracy alone
+    let of = |v: &serde_json::Value, m: &str| v["metrics"][m].as_f64();
+    let restored_v = vs.iter().find(|v| v["version"] == restored).unwrap();
+    let (restored_auc, restored_acc) = (of(restored_v, "auc").unwrap(), of(restored_v, "accuracy").unwrap());
     let poisoned: Vec<&serde_json::Value> =
         vs.iter().filter(|v| v["version"].as_u64().unwrap() >= first_poisoned && v["content_of"].is_null()).collect();
     assert!(!poisoned.is_empty(), "{vs:?}");
     for v in &poisoned {
-        let auc = auc_of(v).unwrap_or_else(|| panic!("poisoned version not scored: {v}"));
-        assert!(auc < restored_auc - 0.02, "poisoned {v} against restored {restored_auc}");
+        let (auc, acc) = (of(v, "auc"), of(v, "accuracy"));
+        let (auc, acc) = auc.zip(acc).unwrap_or_else(|| panic!("poisoned version not scored: {v}"));
+        assert!(
+            auc < restored_auc - 0.02 || acc < restored_acc - 0.02,
+            "poisoned {v} against restored AUC {restored_auc}, accuracy {restored_acc}"
+        );
     }
     assert!(field("quality gate ").contains("rolled back"), "{text}");
     assert_eq!(vs[0]["kind"], "created");

@@ -330,7 +330,8 @@ async fn a_watch_rides_out_a_kill_9_without_losing_or_repeating_versions() {
     let dir = tmp.path().join("data");
     let mut p = spawn_server(&dir).await;
     let addr = addr_of(&p);
-    ok(&p.url, &["model", "create", "m", "--kind", "linear", "--features", "2"]);
+    // SGD: the test pushes raw gradients (the default for this model, rls, takes statistics)
+    ok(&p.url, &["model", "create", "m", "--kind", "linear", "--features", "2", "--optimizer", "sgd"]);
     let mut c = common::connect(&p.url).await.unwrap();
     let mut watch = spawn_logged(&p.url, tmp.path(), "watch", &["model", "watch", "m", "--json"]);
     let pushed_commit = |mut c: Conn| async move {

@@ -85,7 +85,7 @@ def _stubs():
 pb, pb_grpc = _stubs()
 
 KINDS = {"linear": pb.MODEL_KIND_LINEAR, "logistic": pb.MODEL_KIND_LOGISTIC, "softmax": pb.MODEL_KIND_SOFTMAX, "fm": pb.MODEL_KIND_FM, "mlp": pb.MODEL_KIND_MLP}
-OPTIMIZERS = {"sgd": pb.OPTIMIZER_KIND_SGD, "momentum": pb.OPTIMIZER_KIND_MOMENTUM, "adagrad": pb.OPTIMIZER_KIND_ADAGRAD, "adam": pb.OPTIMIZER_KIND_ADAM, "ftrl": pb.OPTIMIZER_KIND_FTRL}
+OPTIMIZERS = {"sgd": pb.OPTIMIZER_KIND_SGD, "momentum": pb.OPTIMIZER_KIND_MOMENTUM, "adagrad": pb.OPTIMIZER_KIND_ADAGRAD, "adam": pb.OPTIMIZER_KIND_ADAM, "ftrl": pb.OPTIMIZER_KIND_FTRL, "normalized": pb.OPTIMIZER_KIND_NORMALIZED, "rls": pb.OPTIMIZER_KIND_RLS}
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
 
 

@@ -131,7 +131,7 @@ impl Client {
             }
             let values = gather(plan, keys, &pulled, tensor, hashed, |p| p.get(tensor))?;
             out.tensors.push((tensor.to_string(), values));
-            if tensor == "norm" {
+            if tensor == "norm" || tensor == "cov" {
                 continue;
             }
             for slot in slot_names {

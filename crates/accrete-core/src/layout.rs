@@ -12,8 +12,9 @@ pub struct TensorSpec {
     pub sparse: bool,
     /// Biases start at zero even with a random initialisation.
     pub bias: bool,
-    /// Not trained: running statistics of the dense inputs (rows: count, mean, M2), which
-    /// pushes merge instead of applying an optimizer.
+    /// Not trained: running statistics, which pushes merge instead of applying an
+    /// optimizer: `norm`, the dense inputs' count, mean and M2 rows; `cov`, the `rls`
+    /// optimizer's co-moments of inputs and label ([`crate::lsq`]).
     pub stats: bool,
 }
 
@@ -25,6 +26,27 @@ impl TensorSpec {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Merges statistics `src` into `dst`, both this stats tensor's values: `norm`'s
+    /// moments or `cov`'s co-moments, each by Chan et al.'s parallel formulas.
+    pub fn merge_stats(&self, dst: &mut [f32], src: &[f32]) {
+        if self.name == "cov" {
+            crate::lsq::merge(dst, src);
+        } else {
+            crate::glm::merge_stats(dst, src, self.cols as usize);
+        }
+    }
+
+    /// Whether value `k` of this stats tensor is a count or a sum of squares, which
+    /// cannot be negative.
+    pub fn non_negative_stat(&self, k: usize) -> bool {
+        let f = self.cols as usize;
+        if self.name == "cov" {
+            crate::lsq::non_negative(f, k)
+        } else {
+            k < f || k >= 2 * f
+        }
+    }
 }
 
 fn dense(name: &'static str, rows: u64, cols: u32) -> TensorSpec {
@@ -34,6 +56,13 @@ fn dense(name: &'static str, rows: u64, cols: u32) -> TensorSpec {
 /// Running statistics of `features` dense inputs: rows count, mean, M2 (Welford).
 fn norm(features: u32) -> TensorSpec {
     TensorSpec { name: "norm", rows: 3, cols: features, sparse: false, bias: false, stats: true }
+}
+
+/// The `rls` optimizer's statistics of `features` dense inputs and the label: count,
+/// means and co-moments ([`crate::lsq`]).
+fn cov(features: u32) -> TensorSpec {
+    let cols = features + 1;
+    TensorSpec { name: "cov", rows: crate::lsq::rows(features), cols, sparse: false, bias: false, stats: true }
 }
 
 fn bias(name: &'static str, cols: u32) -> TensorSpec {
@@ -50,7 +79,9 @@ fn hashed(name: &'static str, bits: u32, cols: u32) -> TensorSpec {
 /// - fm: `h` (2^bits × 1) linear terms, `v` (2^bits × factors) latent factors, `b`;
 /// - mlp: `w1` (features × hidden), `b1`, `w2` (hidden × outputs), `b2`;
 /// - and, for kinds with dense inputs, `norm` (3 × features): the inputs' running count,
-///   mean and M2, shared through the server so every worker standardises alike.
+///   mean and M2, shared through the server so every worker standardises alike;
+/// - with the `rls` optimizer, `cov` ((features + 3) × (features + 1)): the co-moments
+///   of inputs and label its fit is solved from.
 pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
     let out = spec.outputs();
     let mut t = Vec::new();
@@ -65,6 +96,9 @@ pub fn layout(spec: &ModelSpec) -> Vec<TensorSpec> {
             t.push(bias("b", out));
             if spec.features > 0 {
                 t.push(norm(spec.features));
+            }
+            if spec.optimizer.kind == crate::OptimizerKind::Rls {
+                t.push(cov(spec.features));
             }
         }
         ModelKind::Fm => {
@@ -106,6 +140,7 @@ pub fn optimizer_slots(kind: OptimizerKind) -> &'static [&'static str] {
         OptimizerKind::Adam => &["m", "v"],
         OptimizerKind::Ftrl => &["z", "n"],
         OptimizerKind::Normalized => &crate::local::NORMALIZED_SLOTS,
+        OptimizerKind::Rls => &[],
     }
 }
 

@@ -13,6 +13,7 @@ pub mod info;
 pub mod kinds;
 pub mod layout;
 pub mod local;
+pub mod lsq;
 pub mod metrics;
 pub mod nn;
 pub mod optim;

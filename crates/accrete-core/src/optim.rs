@@ -164,7 +164,7 @@ impl Optimizer {
         let g = &g[..n];
         let r = Rule::new(&self.spec, step);
         match self.spec.kind {
-            OptimizerKind::Sgd => (0..n).for_each(|i| r.sgd(&mut w[i], g[i])),
+            OptimizerKind::Sgd | OptimizerKind::Rls => (0..n).for_each(|i| r.sgd(&mut w[i], g[i])),
             OptimizerKind::Momentum => {
                 let v = &mut s0[..n];
                 (0..n).for_each(|i| r.momentum(&mut w[i], &mut v[i], g[i]))
@@ -192,7 +192,7 @@ impl Optimizer {
         let r = Rule::new(&self.spec, step);
         let it = keys.iter().map(|k| *k as usize).zip(g);
         match self.spec.kind {
-            OptimizerKind::Sgd => it.for_each(|(k, g)| r.sgd(&mut w[k], *g)),
+            OptimizerKind::Sgd | OptimizerKind::Rls => it.for_each(|(k, g)| r.sgd(&mut w[k], *g)),
             OptimizerKind::Momentum => it.for_each(|(k, g)| r.momentum(&mut w[k], &mut s0[k], *g)),
             OptimizerKind::Adagrad | OptimizerKind::Normalized => {
                 it.for_each(|(k, g)| r.adagrad(&mut w[k], &mut s0[k], *g))
@@ -226,7 +226,7 @@ impl Rule {
     #[inline]
     pub fn step(&self, kind: OptimizerKind, w: &mut f32, s0: &mut f32, s1: &mut f32, g: f32) {
         match kind {
-            OptimizerKind::Sgd => self.sgd(w, g),
+            OptimizerKind::Sgd | OptimizerKind::Rls => self.sgd(w, g),
             OptimizerKind::Momentum => self.momentum(w, s0, g),
             OptimizerKind::Adagrad | OptimizerKind::Normalized => self.adagrad(w, s0, g),
             OptimizerKind::Adam => self.adam(w, s0, s1, g),

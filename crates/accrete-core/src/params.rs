@@ -253,6 +253,9 @@ impl Params {
     /// — every value it wrote gets its old value back, the step count too — and the first
     /// non-finite value is named.
     pub fn finish_update(&mut self) -> Result<(), UpdateError> {
+        if self.opt.spec.kind == crate::OptimizerKind::Rls && self.undo.bad().is_none() {
+            self.refit();
+        }
         match self.undo.bad() {
             None => {
                 let tensors = &mut self.tensors;
@@ -282,15 +285,40 @@ impl Params {
         }
     }
 
-    /// Merges a batch's statistics into a stats tensor: `g` holds, per feature, the batch's
-    /// count, mean and M2 (rows of the tensor), combined with Chan et al.'s parallel
+    /// An `rls` model's weights become the least-squares fit of its statistics
+    /// ([`crate::lsq::fit`]), written under the update's undo log. A partition without
+    /// them, or statistics that make no positive definite system, leave the weights.
+    fn refit(&mut self) {
+        let find = |name: &str| self.tensors.iter().position(|t| t.spec.name == name);
+        let (Some(w), Some(b), Some(norm), Some(cov)) = (find("w"), find("b"), find("norm"), find("cov")) else {
+            return;
+        };
+        let f = self.tensors[w].w.len();
+        let Some(fit) = crate::lsq::fit(&self.tensors[cov].w, &self.tensors[norm].w, f) else { return };
+        let (decay, ema) = (self.ema_decay, self.ema_slot());
+        for (t, values) in [(w, &fit[..f]), (b, &fit[f..])] {
+            let ts = &mut self.tensors[t];
+            if ts.w.len() != values.len() {
+                continue;
+            }
+            self.undo.save_vector(t, ts, None, 0, values.len());
+            ts.w.copy_from_slice(values);
+            if let Some(e) = ema {
+                ema_range(ts, e, 0, values.len(), decay);
+            }
+            self.undo.check_vector(t, ts, None, 0, values.len());
+        }
+    }
+
+    /// Merges a batch's statistics into a stats tensor: `g` holds the batch's, in the
+    /// tensor's shape ([`TensorSpec::merge_stats`]), combined with Chan et al.'s parallel
     /// formulas in f64.
     pub fn merge_stats(&mut self, t: usize, g: &[f32]) {
         let ts = &mut self.tensors[t];
-        let f = ts.spec.cols as usize;
-        self.undo.save(t, ts, 0, 3 * f);
-        crate::glm::merge_stats(&mut ts.w, g, f);
-        self.undo.check(t, ts, 0, 3 * f);
+        let len = ts.w.len();
+        self.undo.save(t, ts, 0, len);
+        ts.spec.merge_stats(&mut ts.w, g);
+        self.undo.check(t, ts, 0, len);
     }
 
     /// Applies a checked dense update.
@@ -436,11 +464,11 @@ pub fn check_dense<G: Grad + ?Sized>(
     if layout[t].stats {
         let f = layout[t].cols as usize;
         if offset != 0 || g.len() as u64 != len {
-            let message = format!("statistics are pushed whole: count, mean and M2 of each of its {f} features");
+            let message = format!("statistics are pushed whole: all {len} floats of its {f} columns");
             return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
         }
-        if let Some(j) = (0..f).find(|&j| g.at(j) < 0.0 || g.at(2 * f + j) < 0.0) {
-            let message = format!("feature {j}: count and M2 must not be negative");
+        if let Some(k) = (0..len as usize).find(|&k| layout[t].non_negative_stat(k) && g.at(k) < 0.0) {
+            let message = format!("value {k}: a count or a sum of squares must not be negative");
             return Err(UpdateError::Shape { tensor: tensor.to_string(), message });
         }
     }
@@ -458,7 +486,7 @@ pub fn check_rows<K: Keys + ?Sized, G: Grad + ?Sized>(
     let spec = &layout[t];
     let shape = |message: String| UpdateError::Shape { tensor: tensor.to_string(), message };
     if spec.stats {
-        return Err(shape("statistics are pushed whole (no keys): count, mean and M2 of each feature".into()));
+        return Err(shape("statistics are pushed whole (no keys)".into()));
     }
     if keys.len() * spec.cols as usize != g.len() {
         return Err(shape(format!(

@@ -39,14 +39,23 @@ pub enum OptimizerKind {
     /// [`crate::local`]. Needs the rows, so it is exact only in per-row (local) training;
     /// a pushed gradient is applied by AdaGrad's rule on the same `accum` slot.
     Normalized,
+    /// Recursive least squares, for a linear model's dense inputs: after each push, the
+    /// least-squares fit of every row learned, solved by the server from the pushed
+    /// statistics (see [`crate::lsq`]). No rate; weights or gradients are refused.
+    Rls,
 }
 
 impl OptimizerKind {
-    /// The CLI's default for a kind: `normalized` for the kinds that train row by row
-    /// (linear, logistic, softmax); Adam for FM and MLP, which push batch gradients
-    /// (invariant to the gradient's scale, so a batch's summed gradient cannot diverge).
-    pub fn default_for(kind: ModelKind) -> OptimizerKind {
+    /// The CLI's default for a model: `rls` for a linear regression over dense inputs only
+    /// (at most [`crate::lsq::MAX_FEATURES`]), which it fits exactly; `normalized` for
+    /// the other kinds that train row by row (linear, logistic, softmax); Adam for FM and
+    /// MLP, which push batch gradients (invariant to the gradient's scale, so a batch's
+    /// summed gradient cannot diverge).
+    pub fn default_for(kind: ModelKind, features: u32, hash_bits: u32) -> OptimizerKind {
         match kind {
+            ModelKind::Linear if hash_bits == 0 && (1..=crate::lsq::MAX_FEATURES).contains(&features) => {
+                OptimizerKind::Rls
+            }
             ModelKind::Linear | ModelKind::Logistic | ModelKind::Softmax => OptimizerKind::Normalized,
             ModelKind::Fm | ModelKind::Mlp => OptimizerKind::Adam,
         }
@@ -60,6 +69,7 @@ impl OptimizerKind {
             OptimizerKind::Adam => "adam",
             OptimizerKind::Ftrl => "ftrl",
             OptimizerKind::Normalized => "normalized",
+            OptimizerKind::Rls => "rls",
         }
     }
 }
@@ -306,6 +316,19 @@ impl ModelSpec {
         }
         self.validate_shape()?;
         self.optimizer.validate()?;
+        if self.optimizer.kind == OptimizerKind::Rls {
+            let max = crate::lsq::MAX_FEATURES;
+            let ok = self.kind == ModelKind::Linear && self.hash_bits == 0 && (1..=max).contains(&self.features);
+            if !ok {
+                let message = format!(
+                    "rls fits a linear model of 1 to {max} dense features and no hashed ones; this is a {} model of {} features and {} hash bits (use normalized)",
+                    self.kind.as_str(),
+                    self.features,
+                    self.hash_bits
+                );
+                return Err(SpecError::field("optimizer", message));
+            }
+        }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(SpecError::field("ema_decay", format!("must be in [0, 1), got {}", self.ema_decay)));
         }
@@ -457,6 +480,26 @@ mod tests {
         a.ema_decay = 0.99;
         let e = a.validate().unwrap_err();
         assert!(e.message.contains("m, v, ema"), "{e:?}");
+    }
+
+    #[test]
+    fn rls_is_the_default_for_dense_linear_regression_and_only_fits_that() {
+        assert_eq!(OptimizerKind::default_for(ModelKind::Linear, 8, 0), OptimizerKind::Rls);
+        assert_eq!(OptimizerKind::default_for(ModelKind::Linear, 8, 10), OptimizerKind::Normalized);
+        assert_eq!(OptimizerKind::default_for(ModelKind::Linear, 257, 0), OptimizerKind::Normalized);
+        assert_eq!(OptimizerKind::default_for(ModelKind::Logistic, 8, 0), OptimizerKind::Normalized);
+        let mut s = ModelSpec::new("m", ModelKind::Linear);
+        s.features = 8;
+        s.optimizer = OptimizerSpec::new(OptimizerKind::Rls, 0.0);
+        s.validate().unwrap();
+        assert_eq!(crate::layout(&s).last().map(|t| (t.name, t.rows, t.cols)), Some(("cov", 11, 9)));
+        for (kind, features, bits) in
+            [(ModelKind::Logistic, 8, 0), (ModelKind::Linear, 8, 4), (ModelKind::Linear, 300, 0)]
+        {
+            (s.kind, s.features, s.hash_bits) = (kind, features, bits);
+            let e = s.validate().unwrap_err();
+            assert!(e.field == "optimizer" && e.message.contains("rls fits a linear model"), "{e:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct ModelView {
     pub tensors: Vec<(String, bool)>,
     /// The model keeps running statistics of its dense inputs (`norm`).
     pub has_norm: bool,
+    /// The model keeps the `rls` optimizer's co-moments (`cov`).
+    pub has_cov: bool,
 }
 
 /// The parameters a batch is trained or scored with: hashed tables compacted to the
@@ -25,6 +27,8 @@ pub struct BatchParams {
     /// out) in the shapes of `tensors`.
     pub slots: Vec<Tensors>,
     pub norm: Vec<f32>,
+    /// The `rls` optimizer's co-moments (empty for other models).
+    pub cov: Vec<f32>,
     pub version: u64,
     pub lineage_epoch: u64,
     /// Updates applied to the live parameters pulled (Adam's step count).
@@ -38,15 +42,17 @@ impl ModelView {
             spec: spec.clone(),
             dims: Dims::of(spec),
             tensors: l.iter().filter(|t| !t.stats).map(|t| (t.name.to_string(), t.sparse)).collect(),
-            has_norm: l.iter().any(|t| t.stats),
+            has_norm: l.iter().any(|t| t.name == "norm"),
+            has_cov: l.iter().any(|t| t.name == "cov"),
         }
     }
 
     /// What a batch needs, in order: each trained tensor, whole (dense) or by the batch's
-    /// rows (hashed: `true`), then the input statistics, whole.
+    /// rows (hashed: `true`), then the statistics, whole.
     pub fn batch_tensors(&self) -> impl Iterator<Item = (&str, bool)> {
         let norm = self.has_norm.then_some(("norm", false));
-        self.tensors.iter().map(|(n, hashed)| (n.as_str(), *hashed)).chain(norm)
+        let cov = self.has_cov.then_some(("cov", false));
+        self.tensors.iter().map(|(n, hashed)| (n.as_str(), *hashed)).chain(norm).chain(cov)
     }
 
     /// The optimizer slots a pull with slots brings, in order.
@@ -75,6 +81,7 @@ impl ModelView {
             match p.tensors.get_mut(&name) {
                 Some(slot) => *slot = values,
                 None if name == "norm" => p.norm = values,
+                None if name == "cov" => p.cov = values,
                 None => {}
             }
         }

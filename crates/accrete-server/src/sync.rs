@@ -150,9 +150,9 @@ impl Round {
         }
     }
 
-    pub fn add_stats(&mut self, t: usize, features: usize, g: &[f32]) {
-        let s = self.stats.entry(t).or_insert_with(|| vec![0.0; 3 * features]);
-        accrete_core::glm::merge_stats(s, g, features);
+    pub fn add_stats(&mut self, t: usize, spec: &accrete_core::TensorSpec, g: &[f32]) {
+        let s = self.stats.entry(t).or_insert_with(|| vec![0.0; spec.len() as usize]);
+        spec.merge_stats(s, g);
     }
 }
 

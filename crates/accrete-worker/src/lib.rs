@@ -198,13 +198,17 @@ fn tally(view: &ModelView, labels: &[f32], predictions: &[f32]) -> (u64, Vec<u32
 }
 
 /// Standardises a batch's dense inputs with the shared statistics merged with the batch's
-/// own (`stats`, computed here), as the server will have them once the push lands.
-fn standardise(view: &ModelView, p: &BatchParams, batch: &mut Batch, stats: &mut Vec<f32>) {
+/// own (`stats`, computed here), as the server will have them once the push lands; those
+/// become `p.norm`, the statistics the batch is trained in.
+fn standardise(view: &ModelView, p: &mut BatchParams, batch: &mut Batch, stats: &mut Vec<f32>) {
     let features = view.dims.features;
     glm::batch_stats(&batch.dense, features, stats);
-    let mut merged = if p.norm.len() == stats.len() { p.norm.clone() } else { vec![0.0; stats.len()] };
-    glm::merge_stats(&mut merged, stats, features);
-    glm::prepare_dense(&mut batch.dense, features, &merged);
+    if p.norm.len() != stats.len() {
+        p.norm.clear();
+        p.norm.resize(stats.len(), 0.0);
+    }
+    glm::merge_stats(&mut p.norm, stats, features);
+    glm::prepare_dense(&mut batch.dense, features, &p.norm);
 }
 
 /// Trains on the shard until its epochs are done (or, with `follow`, until `shutdown`).
@@ -325,7 +329,7 @@ pub async fn run(
                     )));
                 }
                 if view.has_norm {
-                    standardise(&view, &p, &mut batch, &mut stats);
+                    standardise(&view, &mut p, &mut batch, &mut stats);
                 }
                 if per_row {
                     let loss = trainer.train(&view, &mut p, &batch, &mut predictions).map_err(WorkerError::Config)?;

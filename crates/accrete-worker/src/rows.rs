@@ -3,11 +3,14 @@
 //! trained on the worker's copy by the model's own optimizer ([`accrete_core::local`]),
 //! and the push carries what the rows changed — the weights' and each slot's change, a
 //! running maximum's new value — for the server to merge. One pull and one push per
-//! batch, as in batch training; FM and MLP models train by batch gradients.
+//! batch, as in batch training; FM and MLP models train by batch gradients. An `rls`
+//! model's rows are scored by recursive least squares ([`accrete_core::lsq`]), and its
+//! push carries only the batch's statistics: the server fits the weights.
 use accrete_core::features::Batch;
 use accrete_core::glm::Link;
 use accrete_core::kinds::Tensors;
 use accrete_core::local::{self, LocalGlm, Part, Scratch};
+use accrete_core::lsq::{self, Rls};
 use accrete_core::optim::{merge_of, Merge};
 use accrete_core::push::{Gradient, Push, PushMeta};
 use accrete_core::view::{BatchParams, ModelView};
@@ -25,6 +28,9 @@ pub(crate) struct RowTrainer {
     scratch: Scratch,
     /// The model's update count at the pull the last batch trained on.
     base: u64,
+    /// An `rls` model's fit, and the co-moments of its last batch.
+    rls: Rls,
+    cov: Vec<f32>,
 }
 
 /// Per-row training applies to this model (a generalised linear one).
@@ -42,6 +48,9 @@ impl RowTrainer {
         batch: &Batch,
         preds: &mut Vec<f32>,
     ) -> Result<f64, String> {
+        if view.spec.optimizer.kind == accrete_core::OptimizerKind::Rls {
+            return self.train_rls(view, p, batch, preds).map_err(|e| format!("model {:?}: {e}", view.spec.name));
+        }
         let names = view.slot_names();
         if p.slots.len() != names.len() {
             return Err(format!(
@@ -115,6 +124,43 @@ impl RowTrainer {
         Ok(loss)
     }
 
+    /// An `rls` model's batch: each row scored by the fit of every row before it (in the
+    /// coordinates of the batch's standardisation, `p.norm`), then folded in; the push
+    /// carries the batch's co-moments, from which the server fits the weights.
+    fn train_rls(
+        &mut self,
+        view: &ModelView,
+        p: &BatchParams,
+        batch: &Batch,
+        preds: &mut Vec<f32>,
+    ) -> Result<f64, String> {
+        let f = view.dims.features;
+        let (w, b) = (&p.tensors.w, &p.tensors.b);
+        if w.len() != f || b.len() != 1 || batch.dense.len() != batch.labels.len() * f {
+            return Err(format!(
+                "rls: {} weights, {} biases and {} inputs for {} rows of {f} features",
+                w.len(),
+                b.len(),
+                batch.dense.len(),
+                batch.labels.len()
+            ));
+        }
+        self.rls.start(&p.cov, &p.norm, f)?;
+        self.cov.clear();
+        self.cov.resize(p.cov.len(), 0.0);
+        lsq::add_standardised_rows(&mut self.cov, &batch.dense, &batch.labels, f, &p.norm);
+        preds.clear();
+        let mut loss = 0.0;
+        for (z, y) in batch.dense.chunks_exact(f).zip(&batch.labels) {
+            let s = self.rls.row(z, *y);
+            preds.push(s);
+            loss += f64::from(s - y).powi(2);
+        }
+        self.base = p.updates;
+        self.changes.clear();
+        Ok(loss)
+    }
+
     /// The push of the last batch's changes (and its input statistics), borrowing the
     /// trainer's buffers.
     pub(crate) fn push<'a>(
@@ -142,6 +188,9 @@ impl RowTrainer {
         }
         if view.has_norm {
             out.push(Gradient { tensor: "norm", values: stats, ..Default::default() });
+        }
+        if view.has_cov {
+            out.push(Gradient { tensor: "cov", values: &self.cov, ..Default::default() });
         }
         Push { model: &view.spec.name, lineage_epoch: epoch, grads: out, meta: Some(meta) }
     }

@@ -132,6 +132,7 @@ enum Opt {
     Adam,
     Ftrl,
     Normalized,
+    Rls,
 }
 
 #[derive(Args)]
@@ -157,7 +158,8 @@ struct CreateArgs {
     /// Latent factors (fm).
     #[arg(long, default_value_t = 0)]
     factors: u32,
-    /// The optimizer [default: `normalized`, which needs no rate tuned to the data; adam for fm, mlp].
+    /// The optimizer [default: `rls` (exact least squares) for a linear model of dense features only,
+    /// `normalized` (no rate tuned to the data) for the other linear, logistic and softmax models; adam for fm, mlp].
     #[arg(long, value_enum)]
     optimizer: Option<Opt>,
     /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, Adam 0.001, others 0.01].
@@ -239,6 +241,7 @@ impl From<Opt> for OptimizerKind {
             Opt::Adam => OptimizerKind::Adam,
             Opt::Ftrl => OptimizerKind::Ftrl,
             Opt::Normalized => OptimizerKind::Normalized,
+            Opt::Rls => OptimizerKind::Rls,
         }
     }
 }
@@ -267,7 +270,7 @@ fn spec(a: &CreateArgs) -> Result<ModelSpec> {
         hidden: a.hidden,
         factors: a.factors,
         optimizer: OptimizerSpec {
-            kind: a.optimizer.map_or(OptimizerKind::default_for(a.kind.into()), Into::into),
+            kind: a.optimizer.map_or(OptimizerKind::default_for(a.kind.into(), a.features, a.hash_bits), Into::into),
             lr: a.lr.unwrap_or(0.0),
             momentum: a.momentum.unwrap_or(0.0),
             beta1: a.beta1.unwrap_or(0.0),

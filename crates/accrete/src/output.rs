@@ -96,6 +96,9 @@ pub fn shorten(s: &str, max: usize) -> String {
 /// shortest decimal that reads back as the stored f32 (`adagrad lr 0.1 eps 1e-6`).
 pub fn optimizer_line(o: &accrete_core::OptimizerSpec) -> String {
     use accrete_core::OptimizerKind as K;
+    if o.kind == K::Rls {
+        return "rls (no rate: the least-squares fit of every row)".to_string();
+    }
     let mut s = format!("{} lr {}", o.kind.as_str(), o.lr);
     let mut add = |name: &str, v: f32, used: bool| {
         if used {

@@ -115,7 +115,7 @@ async fn create_model(c: &mut Client) -> Result<()> {
     let mut spec = ModelSpec::new(MODEL, ModelKind::Logistic);
     spec.hash_bits = 20;
     // the defaults, as `accrete model create` makes them
-    spec.optimizer = OptimizerSpec::new(OptimizerKind::default_for(ModelKind::Logistic), 0.0);
+    spec.optimizer = OptimizerSpec::new(OptimizerKind::default_for(ModelKind::Logistic, 0, spec.hash_bits), 0.0);
     spec.commit = CommitPolicy { every_updates: 25, every_secs: 0.0, keep_last: 0 };
     c.create_model(&spec, None).await?;
     println!("model {MODEL}: logistic regression over hashed carrier, origin, dest, month, day, hour, tailnum, flight, carrier×hour, origin×dest; the defaults (normalized updates row by row, asp); a version every 25 pushes\n");

@@ -61,6 +61,7 @@ impl From<OptimizerKind> for pb::OptimizerKind {
             OptimizerKind::Adam => pb::OptimizerKind::Adam,
             OptimizerKind::Ftrl => pb::OptimizerKind::Ftrl,
             OptimizerKind::Normalized => pb::OptimizerKind::Normalized,
+            OptimizerKind::Rls => pb::OptimizerKind::Rls,
         }
     }
 }
@@ -74,6 +75,7 @@ pub fn optimizer_kind(v: i32) -> Result<OptimizerKind, ConvertError> {
         Ok(pb::OptimizerKind::Adam) => Ok(OptimizerKind::Adam),
         Ok(pb::OptimizerKind::Ftrl) => Ok(OptimizerKind::Ftrl),
         Ok(pb::OptimizerKind::Normalized) => Ok(OptimizerKind::Normalized),
+        Ok(pb::OptimizerKind::Rls) => Ok(OptimizerKind::Rls),
         Err(_) => Err(bad(format!("spec.optimizer.kind {v} is unknown"))),
     }
 }

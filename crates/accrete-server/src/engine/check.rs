@@ -38,6 +38,9 @@ pub struct Shape {
     /// The lineage epoch the model began at; an older one belongs to a deleted model of
     /// the same name.
     pub first_epoch: u64,
+    /// The weights are fitted by the server from the pushed statistics (`rls`): a push
+    /// carries nothing else.
+    pub fitted: bool,
 }
 
 /// A push whose gradients and metadata passed [`Shape::check`], with each gradient's
@@ -94,6 +97,7 @@ impl Shape {
             // policy (`cluster.rs`), never a partition's engine.
             commit: if spec.parts() > 1 { accrete_core::CommitPolicy::default() } else { spec.commit },
             first_epoch: 1,
+            fitted: spec.optimizer.kind == accrete_core::OptimizerKind::Rls,
         }
     }
 
@@ -103,6 +107,14 @@ impl Shape {
     pub fn check<'a>(&self, grads: &'a [Grad<'a>], meta: &'a PushMeta) -> Result<Checked<'a>> {
         self.check_meta(meta)?;
         let tensors: Vec<usize> = grads.iter().map(|g| self.check_grad(g)).collect::<Result<_>>()?;
+        if let Some(g) =
+            grads.iter().zip(&tensors).find(|(_, t)| self.fitted && !self.layout[**t].stats).map(|(g, _)| g)
+        {
+            return Err(ServiceError::Invalid(format!(
+                "model {:?}: tensor {:?}: an rls model's weights are the least-squares fit of its statistics; push its `norm` and `cov` statistics, not weights or gradients",
+                self.name, g.tensor
+            )));
+        }
         let slots = grads.iter().zip(&tensors).map(|(g, t)| self.check_slot(g, *t, meta)).collect::<Result<_>>()?;
         Ok(Checked { grads, tensors, slots, meta })
     }

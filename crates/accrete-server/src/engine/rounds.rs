@@ -77,7 +77,7 @@ impl Engine {
                 true => (Sum::Change(slot), slot.map_or(Merge::Mean, |s| merge_of(self.shape.slots[s]))),
             };
             if spec.stats {
-                round.add_stats(t, spec.cols as usize, &values.collect::<Vec<_>>());
+                round.add_stats(t, spec, &values.collect::<Vec<_>>());
             } else if g.keys.is_empty() {
                 round.add_dense((t, sum), spec.len() as usize, g.offset as usize, merge, values);
             } else {

@@ -843,3 +843,49 @@ fn a_versions_progressive_tally_is_its_pushes_rows_once_whatever_becomes_of_its_
         assert!(err.contains(want), "{err}");
     }
 }
+
+/// An `rls` model's push carries statistics only, and after each update the weights are
+/// the least-squares fit of them: here, three rows on the line y = 2x + 1.
+#[test]
+fn an_rls_model_takes_only_statistics_and_its_weights_are_their_fit() {
+    let t0 = Instant::now();
+    let s = ModelSpec {
+        features: 1,
+        optimizer: OptimizerSpec::new(OptimizerKind::Rls, 0.0),
+        ..ModelSpec::new("m", ModelKind::Linear)
+    };
+    let mut e = engine(&s, t0);
+    let (x, y) = ([1f32, 2.0, 4.0], [3f32, 5.0, 9.0]);
+    let mut norm = Vec::new();
+    accrete_core::glm::batch_stats(&x, 1, &mut norm);
+    let mut cov = vec![0f32; 8];
+    accrete_core::lsq::add_rows(&mut cov, &x, &y, 1);
+    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let (nb, cb) = (bytes(&norm), bytes(&cov));
+    let stats = [
+        Grad { slot: "", tensor: "norm", offset: 0, keys: LeKeys(&[]), values: &nb },
+        Grad { slot: "", tensor: "cov", offset: 0, keys: LeKeys(&[]), values: &cb },
+    ];
+    let m = PushMeta { changes: true, ..meta("a", 0, 1) };
+    let shape = e.shape.clone();
+    e.push(&shape.check(&stats, &m).unwrap(), 0, t0).unwrap();
+    // standardised x: mean 7/3, sd √(14/9); w = 2·sd, b = 2·mean + 1 (the prior, a
+    // thousandth of a row against three, moves them by about 2e-3)
+    let sd = (14f32 / 9.0).sqrt();
+    assert!((at(&e, "w", "", 0) - 2.0 * sd).abs() < 1e-2, "{}", at(&e, "w", "", 0));
+    assert!((bias(&e) - (2.0 * 7.0 / 3.0 + 1.0)).abs() < 1e-2, "{}", bias(&e));
+    // weights or gradients are refused by name, and change nothing
+    let one = 1f32.to_le_bytes();
+    let w = [Grad { slot: "", tensor: "w", offset: 0, keys: LeKeys(&[]), values: &one }];
+    let err = shape.check(&w, &meta("a", 0, 2)).unwrap_err().to_string();
+    assert!(err.contains("tensor \"w\"") && err.contains("least-squares fit of its statistics"), "{err}");
+    // a count that would be negative is refused before the engine sees it
+    let mut neg = cov.clone();
+    neg[0] = -1.0;
+    let negb = bytes(&neg);
+    let bad = [Grad { slot: "", tensor: "cov", offset: 0, keys: LeKeys(&[]), values: &negb }];
+    let err = shape.check(&bad, &m).unwrap_err().to_string();
+    assert!(err.contains("value 0") && err.contains("must not be negative"), "{err}");
+    assert!((bias(&e) - (2.0 * 7.0 / 3.0 + 1.0)).abs() < 1e-2, "nothing refused changed anything");
+    assert_eq!(e.updates, 1);
+}

@@ -47,10 +47,9 @@ impl ImportFiller {
         // square roots, the statistics would divide by them.
         let slot_name = slot.map(|s| self.params.slot_names[s]);
         let spec = &self.params.tensors[t].spec;
-        let f = spec.cols as u64;
         let must_be_positive = |k: u64| match slot_name {
             Some("accum") | Some("v") | Some("n") => true,
-            None if spec.stats => k < f || k >= 2 * f,
+            None if spec.stats => spec.non_negative_stat(k as usize),
             _ => false,
         };
         if let Some((j, v)) = values.iter().enumerate().find(|(j, v)| **v < 0.0 && must_be_positive(next + *j as u64)) {
