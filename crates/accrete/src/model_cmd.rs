@@ -162,7 +162,7 @@ struct CreateArgs {
     /// `normalized` (no rate tuned to the data) for the other linear, logistic and softmax models; adam for fm, mlp].
     #[arg(long, value_enum)]
     optimizer: Option<Opt>,
-    /// Learning rate (FTRL: alpha) [default: normalized 0.5, FTRL 0.1, Adam 0.001, others 0.01].
+    /// Learning rate (FTRL: alpha) [default: normalized 0.7, FTRL 0.1, Adam 0.001, others 0.01].
     #[arg(long, value_name = "RATE")]
     lr: Option<f32>,
     /// Momentum: the velocity's decay [default: 0.9].
