@@ -4,7 +4,8 @@
 //! The rules (issue 15, after a poisoned shard made the gate roll back 13 times and end
 //! on poisoned content):
 //! - A version **fails** when, on any gate's metric, it is worse than the best of the
-//!   recent judged versions by more than that gate's margin (`--gate auc:0.01 --gate
+//!   recent judged versions before it (the newest `--gate-window`, by version, whatever
+//!   order they were judged in) by more than that gate's margin (`--gate auc:0.01 --gate
 //!   accuracy:0.02`: several metrics, each with its margin).
 //! - The gate **never restores a version worse than the one it replaces**: when a version
 //!   fails, the model's head (which may be newer: the evaluator can be behind) is judged
@@ -60,7 +61,9 @@ pub struct Failure {
 pub struct Judge {
     pub gates: Vec<Gate>,
     window: usize,
-    /// Judged versions that stay candidates, oldest first.
+    /// Judged versions that stay candidates, in version order (a backlog is judged after
+    /// newer versions were remembered: the created version, first scored when the holdout
+    /// has rows, is still the oldest).
     history: Vec<Judged>,
     /// `(to, rollback)`: the versions strictly between were rolled back.
     abandoned: Vec<(u64, u64)>,
@@ -84,17 +87,20 @@ impl Judge {
         self.abandoned.iter().any(|(to, rb)| *to < version && version < *rb)
     }
 
-    /// Keeps a judged version as a candidate (unless its lineage was rolled back).
+    /// Keeps a judged version as a candidate (unless its lineage was rolled back), in its
+    /// place by version.
     pub fn remember(&mut self, j: Judged) {
         if !self.abandoned(j.version) && !self.history.iter().any(|h| h.version == j.version) {
-            self.history.push(j);
+            let at = self.history.partition_point(|h| h.version < j.version);
+            self.history.insert(at, j);
         }
     }
 
-    /// The recent candidates: the last `window` remembered, other than `but`.
-    fn recent(&self, but: u64) -> impl Iterator<Item = &Judged> {
-        let from = self.history.len().saturating_sub(self.window);
-        self.history[from..].iter().filter(move |h| h.version != but)
+    /// The recent candidates of a version: the newest `window` remembered before it (a
+    /// backlog's old version is not compared with the versions made after it).
+    fn recent(&self, before: u64) -> impl Iterator<Item = &Judged> {
+        let end = self.history.partition_point(|h| h.version < before);
+        self.history[end.saturating_sub(self.window)..end].iter()
     }
 
     /// Whether `j` fails: worse than the best recent version by more than a margin, on
@@ -196,7 +202,11 @@ mod tests {
             g.remember(j(v, &[0.26]));
         }
         assert!(!g.abandoned(2) && !g.abandoned(8));
-        assert_eq!(g.recent(0).map(|h| h.version).collect::<Vec<_>>(), [1, 2], "the poisoned ones are not candidates");
+        assert_eq!(
+            g.recent(u64::MAX).map(|h| h.version).collect::<Vec<_>>(),
+            [1, 2],
+            "the poisoned ones are not candidates"
+        );
         // a window of 2 still holds the good versions, not poisoned ones
         let mut small = Judge::new(g.gates.clone(), 2);
         [j(1, &[0.80]), j(2, &[0.81])].into_iter().for_each(|h| small.remember(h));
@@ -204,5 +214,23 @@ mod tests {
         (3..8).for_each(|v| small.remember(j(v, &[0.26])));
         small.remember(j(8, &[0.81]));
         assert_eq!(small.target(&j(9, &[0.3])).map(|t| t.version), Some(8));
+    }
+
+    /// The quickstart's incident: its evaluator found version 1 (the created model, never
+    /// scored while the holdout was empty) unscored and judged it, against version 25,
+    /// after remembering 25. It was held (the head passed), and remembered last: with a
+    /// window of 1 the poisoned version 26 was then compared with the untrained model, and
+    /// version 1 restored (3 quickstarts in 10).
+    #[test]
+    fn the_recent_versions_are_the_newest_whatever_order_they_were_judged_in() {
+        let mut g = Judge::new(vec!["auc:0.02".parse().unwrap()], 1);
+        g.remember(j(25, &[0.645]));
+        g.remember(j(1, &[0.50]));
+        assert_eq!(g.recent(u64::MAX).map(|h| h.version).collect::<Vec<_>>(), [25]);
+        // and version 1 itself is judged against what came before it: nothing
+        assert_eq!(g.verdict(&j(1, &[0.50])), None);
+        let poisoned = j(26, &[0.478]);
+        assert_eq!(g.verdict(&poisoned).map(|f| f.best_version), Some(25));
+        assert_eq!(g.target(&poisoned).map(|t| t.version), Some(25));
     }
 }

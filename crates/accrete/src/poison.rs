@@ -1,8 +1,13 @@
-//! The quickstart's incident: a worker is fed a poisoned shard (December's training rows
-//! with every label flipped) while an evaluator with a quality gate watches the model.
-//! The gate finds the poisoned versions worse than the recent good ones on AUC and
-//! accuracy, and rolls the model back to the newest version that beats them, on its own;
-//! the poisoned lineage stays in the history, scored, and is never restored.
+//! The quickstart's incident, issue 15's own: a worker is fed a poisoned shard
+//! (December's training rows with every label flipped), and its versions are made before
+//! an evaluator reaches them. The evaluator then starts with a quality gate and finds the
+//! poisoned versions worse than the last good one on AUC and accuracy, and rolls the
+//! model back to it, on its own, once; the poisoned lineage stays in the history, scored,
+//! and is never restored.
+//!
+//! (With the evaluator already watching, the gate rolled back while the worker was still
+//! pushing; the worker joined the new lineage and pushed the rest, and a rest of a hundred
+//! rows could pass the gate's margins and stay at the head: the story depended on timing.)
 use accrete_client::Client;
 use accrete_evaluator::{EvaluatorConfig, Event, Gate, Progress};
 use accrete_ingest::{ColumnSpec, OnBadRow};
@@ -48,8 +53,8 @@ pub fn flip_labels(header: &str, rows: &[&String], out: &Path) -> Result<usize> 
     Ok(n)
 }
 
-/// Runs the incident against `model`: a gated evaluator on the last 5,000 held-out rows,
-/// a worker learning `poisoned`, a commit, and the gate's verdict (waited for, saying so).
+/// Runs the incident against `model`: a worker learning `poisoned`, a commit, then a gated
+/// evaluator on the last 5,000 held-out rows, and its verdict (waited for, saying so).
 pub async fn run(
     url: &str,
     c: &mut Client,
@@ -85,11 +90,6 @@ pub async fn run(
         progress,
         ..EvaluatorConfig::new(model, holdout, columns.clone())
     };
-    let (stop_evaluator, stop_rx) = watch::channel(false);
-    let evaluator =
-        tokio::spawn(accrete_evaluator::run(config, Client::connect(url).await?, crate::quickstart::stop(&stop_rx)));
-    println!("an evaluator gates every new version on auc:0.02,accuracy:0.02 (worse than the version before it by more than that: rolled back)");
-
     let worker = WorkerConfig {
         model: model.into(),
         shard: poisoned.to_path_buf(),
@@ -109,9 +109,14 @@ pub async fn run(
             .await?;
     let (last, _) = c.commit(model, "poisoned shard learned").await?;
     println!(
-        "the poisoned worker trained {} rows; version {} holds them; waiting for the gate…",
+        "the poisoned worker trained {} rows; version {} holds them; no evaluator was watching",
         report.rows, last.version
     );
+    let (stop_evaluator, stop_rx) = watch::channel(false);
+    let evaluator =
+        tokio::spawn(accrete_evaluator::run(config, Client::connect(url).await?, crate::quickstart::stop(&stop_rx)));
+    println!("an evaluator starts, with a gate on auc:0.02,accuracy:0.02: a version worse than the one before it by more than that is rolled back");
+
     let started = Instant::now();
     let mut said = false;
     loop {

@@ -252,8 +252,8 @@ fn best_by_auc(versions: &[VersionRecord]) -> Option<VersionRecord> {
     versions.iter().find(|v| v.version == best).cloned()
 }
 
-/// The incident: December learned again with every label flipped, while a gated
-/// evaluator watches.
+/// The incident: December learned again with every label flipped, its versions made
+/// before a gated evaluator reaches them.
 async fn incident(
     c: &mut Client,
     url: &str,
@@ -270,7 +270,7 @@ async fn incident(
     let poisoned: Vec<String> = found.poisoned.iter().map(u64::to_string).collect();
     match found.rollbacks.last() {
         Some(rb) => println!(
-            "the gate stopped it: the poisoned versions ({}) are kept in the history, and the head (version {}) holds version {}'s parameters; the poisoned worker's pushes computed before each rollback were refused",
+            "the gate stopped it: the poisoned versions ({}) are kept in the history, scored, and the head (version {}) holds version {}'s parameters",
             poisoned.join(", "),
             rb.head,
             rb.to
