@@ -108,7 +108,7 @@ impl<'a> LeKeys<'a> {
         self.0.len().is_multiple_of(8)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = u64> + 'a {
+    pub fn iter(&self) -> impl Iterator<Item = u64> + Clone + 'a {
         self.0.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
     }
 }

@@ -541,6 +541,7 @@ fn ema_range(ts: &mut TensorState, e: usize, start: usize, end: usize, decay: f3
 mod tests {
     use super::*;
     use crate::layout::layout;
+    use crate::params::merge::Share;
     use crate::spec::{ModelKind, OptimizerKind, OptimizerSpec};
 
     /// The initial weights as they were drawn before chunks could be drawn alone: one
@@ -699,6 +700,60 @@ mod tests {
             assert_eq!(p.steps, before.steps, "{kind:?}");
             assert_eq!(p.dirty_chunks(h).count() + p.dirty_chunks(w).count(), 0, "{kind:?}");
         }
+    }
+
+    /// A push of changes to a one-column table merges a vector at a time over its keys
+    /// (`merge_keys_le`): the same values as the merge of each key alone (with an EMA,
+    /// which takes that path), dirty where written, and undone exactly, a repeated key
+    /// included, when a value would not be finite.
+    #[test]
+    fn a_keyed_merge_equals_the_merge_of_each_key_and_is_undone_exactly() {
+        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let keys: Vec<u8> = [3u64, 9, 3, 40_000].iter().flat_map(|k| k.to_le_bytes()).collect();
+        let keys = crate::optim::LeKeys(&keys);
+        let mut s = spec();
+        s.optimizer = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
+        s.init.seed = 0;
+        let (mut fast, mut each) = (
+            Params::init(&s),
+            Params::init(&{
+                let mut e = s.clone();
+                e.ema_decay = 0.5;
+                e
+            }),
+        );
+        let h = fast.tensor_index("h").unwrap();
+        let share = Some(Share { base: 1, at: 3, share: 0.5 });
+        for p in [&mut fast, &mut each] {
+            p.begin_update();
+            p.merge_rows_le(h, None, keys, &le(&[0.5, -1.0, 0.25, 2.0]), None);
+            p.merge_rows_le(h, Some(1), keys, &le(&[2.0, 1.0, 3.0, 0.5]), None); // scale: max
+            p.finish_update().unwrap();
+            p.begin_update();
+            p.merge_rows_le(h, None, keys, &le(&[1.0, 1.0, 1.0, 1.0]), share);
+            p.finish_update().unwrap();
+        }
+        // key 3: 0.5 and 0.25 whole; then 1 whole (nothing changed it since update 1 by a
+        // shared push) and, repeated, 1 shared by half (the push itself just changed it)
+        assert_eq!(fast.tensors[h].w[3], 0.75 + 1.0 + 0.5);
+        assert_eq!((fast.tensors[h].w[40_000], fast.tensors[h].slots[1][3]), (3.0, 3.0));
+        assert_eq!(fast.tensors[h].w, each.tensors[h].w);
+        assert_eq!(fast.tensors[h].slots[1], each.tensors[h].slots[1]);
+        assert_eq!(fast.dirty_chunks(h).count(), each.dirty_chunks(h).count());
+        fast.clear_dirty();
+        let before = fast.clone();
+        fast.begin_update();
+        fast.merge_rows_le(h, Some(0), keys, &le(&[1.0, 1.0, 1.0, 1.0]), None);
+        fast.merge_rows_le(h, None, keys, &le(&[3e38, 0.0, 3e38, 0.0]), None);
+        fast.merge_rows_le(h, None, keys, &le(&[3e38, 0.0, 3e38, 0.0]), None);
+        let e = fast.finish_update().unwrap_err();
+        assert!(matches!(&e, UpdateError::Diverges { index: 3, .. }), "{e}");
+        for (a, b) in fast.tensors.iter().zip(&before.tensors) {
+            let bits =
+                |t: &TensorState| t.w.iter().chain(t.slots.iter().flatten()).map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(a), bits(b), "tensor {}", a.spec.name);
+        }
+        assert_eq!(fast.dirty_chunks(h).count(), 0);
     }
 
     #[test]

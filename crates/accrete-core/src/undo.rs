@@ -32,6 +32,9 @@ enum Saved {
     /// `start..start+len` of one vector of tensor `t`: the weights (`None`) or a slot (a
     /// merge of changes writes one vector at a time).
     Vector { t: usize, slot: Option<usize>, start: usize, len: usize },
+    /// Single floats of one vector of tensor `t` at the next `n` keys (a push of changes
+    /// to a one-column table, merged a vector at a time).
+    VectorKeys { t: usize, slot: Option<usize>, n: usize },
 }
 
 /// The first value an update left NaN or infinite.
@@ -103,6 +106,43 @@ impl Undo {
         }
     }
 
+    /// Saves the floats at `keys` of one vector of tensor `t` (`None`: the weights) before
+    /// they are written: one entry and a gather for the push, so the loads of scattered
+    /// keys overlap.
+    pub fn save_vector_keys(
+        &mut self,
+        t: usize,
+        ts: &TensorState,
+        slot: Option<usize>,
+        keys: impl Iterator<Item = u64>,
+    ) {
+        let from = self.keys.len();
+        self.keys.extend(keys);
+        self.saved.push(Saved::VectorKeys { t, slot, n: self.keys.len() - from });
+        let v = vector(ts, slot);
+        self.values.extend(self.keys[from..].iter().map(|k| v[*k as usize]));
+    }
+
+    /// [`Undo::check_keys`] of one vector, written by [`Undo::save_vector_keys`]'s update.
+    pub fn check_vector_keys(
+        &mut self,
+        t: usize,
+        ts: &TensorState,
+        slot: Option<usize>,
+        keys: impl Iterator<Item = u64> + Clone,
+    ) {
+        if self.bad.is_some() {
+            return;
+        }
+        let v = vector(ts, slot);
+        if keys.clone().fold(true, |ok, k| ok & v[k as usize].is_finite()) {
+            return;
+        }
+        if let Some(k) = keys.map(|k| k as usize).find(|k| !v[*k].is_finite()) {
+            self.bad = Some(NonFinite { t, slot, index: k, value: v[k] });
+        }
+    }
+
     /// Saves the floats at `keys` of tensor `t` (weights and slots) before they are written.
     pub fn save_keys(&mut self, t: usize, ts: &TensorState, keys: &[u64]) {
         self.saved.push(Saved::Keys { t, n: keys.len() });
@@ -152,7 +192,9 @@ impl Undo {
         for s in &self.saved {
             match *s {
                 Saved::Range { t, start, len } | Saved::Vector { t, start, len, .. } => f(t, start, start + len),
-                Saved::Keys { t, n } => keys.by_ref().take(n).for_each(|k| f(t, *k as usize, *k as usize + 1)),
+                Saved::Keys { t, n } | Saved::VectorKeys { t, n, .. } => {
+                    keys.by_ref().take(n).for_each(|k| f(t, *k as usize, *k as usize + 1))
+                }
             }
         }
     }
@@ -175,6 +217,16 @@ impl Undo {
                         v[start..start + len].copy_from_slice(old);
                     }
                     end -= size;
+                }
+                Saved::VectorKeys { t, slot, n } => {
+                    let v = vector_mut(&mut tensors[t], slot);
+                    let (old, keys) = (&self.values[end - n..end], &self.keys[kend - n..kend]);
+                    // Last key first: a repeated key ends with its first saved value.
+                    for (k, x) in keys.iter().zip(old).rev() {
+                        v[*k as usize] = *x;
+                    }
+                    end -= n;
+                    kend -= n;
                 }
                 Saved::Keys { t, n } => {
                     let ts = &mut tensors[t];
