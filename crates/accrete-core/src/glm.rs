@@ -177,11 +177,18 @@ pub fn standardize(dense: &mut [f32], features: usize, norm: &[f32]) {
     }
     for row in dense.chunks_exact_mut(features) {
         for (j, x) in row.iter_mut().enumerate() {
-            let (n, mean, m2) = (norm[j], norm[features + j], norm[2 * features + j]);
-            let sd = if n > 1.0 && m2 > 0.0 { (m2 / n).sqrt() } else { 1.0 };
+            let (mean, sd) = mean_sd(norm, features, j);
             *x = (*x - mean) / sd;
         }
     }
+}
+
+/// Input `j`'s mean and standard deviation in a `norm` tensor of `features` inputs, as
+/// standardisation takes them: sd 1 where there is not enough data.
+#[inline]
+pub fn mean_sd(norm: &[f32], features: usize, j: usize) -> (f32, f32) {
+    let (n, mean, m2) = (norm[j], norm[features + j], norm[2 * features + j]);
+    (mean, if n > 1.0 && m2 > 0.0 { (m2 / n).sqrt() } else { 1.0 })
 }
 
 /// Count, mean and M2 per feature of a batch's raw dense values (NaN = missing, not

@@ -228,12 +228,11 @@ pub fn fit(cov: &[f32], norm: &[f32], f: usize) -> Option<Vec<f32>> {
 }
 
 /// Each input's mean and standard deviation in a `norm` tensor, as
-/// [`crate::glm::standardize`] takes them (sd 1 without enough data).
+/// [`crate::glm::standardize`] takes them ([`crate::glm::mean_sd`]).
 fn standardisation(norm: &[f32], f: usize) -> (Vec<f64>, Vec<f64>) {
     (0..f)
         .map(|j| {
-            let (n, mean, m2) = (norm[j], norm[f + j], norm[2 * f + j]);
-            let sd = if n > 1.0 && m2 > 0.0 { (m2 / n).sqrt() } else { 1.0 };
+            let (mean, sd) = crate::glm::mean_sd(norm, f, j);
             (f64::from(mean), f64::from(sd))
         })
         .unzip()

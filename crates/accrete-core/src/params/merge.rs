@@ -25,6 +25,30 @@ pub struct Share {
     pub share: f32,
 }
 
+impl Share {
+    /// The part of change `d` a weight last changed at update `*at` takes, which this
+    /// push's update then becomes.
+    #[inline]
+    fn of(&self, d: f32, at: &mut u64) -> f32 {
+        let part = if *at > self.base { self.share * d } else { d };
+        *at = self.at;
+        part
+    }
+}
+
+/// The update that last changed each weight of tensor `t` (of `len` weights), grown on
+/// first use.
+fn marks_of(changed_at: &mut Vec<Vec<u64>>, n_tensors: usize, t: usize, len: usize) -> &mut [u64] {
+    if changed_at.len() != n_tensors {
+        changed_at.resize_with(n_tensors, Vec::new);
+    }
+    let marks = &mut changed_at[t];
+    if marks.len() < len {
+        marks.resize(len, 0);
+    }
+    marks
+}
+
 impl Params {
     /// The vector a change names: `None` = the weights, `Some(i)` = slot `i`. A weight
     /// change with a [`Share`] is shared; without one (a BSP round's mean) it adds whole.
@@ -40,16 +64,9 @@ impl Params {
                 match share {
                     None => w.iter_mut().zip(v).for_each(|(w, d)| *w += d),
                     Some(s) => {
-                        if self.changed_at.len() != n_tensors {
-                            self.changed_at.resize_with(n_tensors, Vec::new);
-                        }
-                        let marks = &mut self.changed_at[t];
-                        if marks.len() < end {
-                            marks.resize(len, 0);
-                        }
+                        let marks = marks_of(&mut self.changed_at, n_tensors, t, len);
                         for ((w, d), at) in w.iter_mut().zip(v).zip(&mut marks[start..end]) {
-                            *w += if *at > s.base { s.share * d } else { *d };
-                            *at = s.at;
+                            *w += s.of(*d, at);
                         }
                     }
                 }
@@ -127,18 +144,8 @@ impl Params {
                 match share {
                     None => it.for_each(|(k, d)| w[k] += d),
                     Some(s) => {
-                        if self.changed_at.len() != n_tensors {
-                            self.changed_at.resize_with(n_tensors, Vec::new);
-                        }
-                        let marks = &mut self.changed_at[t];
-                        if marks.len() < w.len() {
-                            marks.resize(w.len(), 0);
-                        }
-                        it.for_each(|(k, d)| {
-                            let at = &mut marks[k];
-                            w[k] += if *at > s.base { s.share * d } else { d };
-                            *at = s.at;
-                        });
+                        let marks = marks_of(&mut self.changed_at, n_tensors, t, w.len());
+                        it.for_each(|(k, d)| w[k] += s.of(d, &mut marks[k]));
                     }
                 }
             }
