@@ -126,8 +126,9 @@ pub struct Params {
     undo: Undo,
     /// Where the initial weights come from (version 1 of a model is stored as this).
     plan: InitPlan,
-    /// Per tensor and weight: the update that last merged a change into it (pushes of
-    /// changes; empty until the first). Not stored: a restart or a rollback starts afresh.
+    /// Per tensor and weight: the update that last merged a change into it and the
+    /// change's direction (pushes of changes, `merge.rs`'s `marks_of`; empty until the
+    /// first). Not stored: a restart or a rollback starts afresh.
     changed_at: Vec<Vec<u64>>,
 }
 
@@ -700,6 +701,39 @@ mod tests {
             assert_eq!(p.steps, before.steps, "{kind:?}");
             assert_eq!(p.dirty_chunks(h).count() + p.dirty_chunks(w).count(), 0, "{kind:?}");
         }
+    }
+
+    /// A concurrent push's change of a weight takes its share where another push changed
+    /// the weight the same way since its pull, and is added whole where that change went
+    /// the other way, or nobody changed the weight (`Share::of`).
+    #[test]
+    fn a_concurrent_change_is_shared_only_where_it_goes_the_way_of_the_last() {
+        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let keys: Vec<u8> = [1u64, 2, 3].iter().flat_map(|k| k.to_le_bytes()).collect();
+        let keys = crate::optim::LeKeys(&keys);
+        let mut s = spec();
+        s.optimizer = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
+        s.init.seed = 0;
+        let mut p = Params::init(&s);
+        let h = p.tensor_index("h").unwrap();
+        // update 1, another worker's push from update 0's pull: keys 1 and 2 go up, 3 untouched
+        p.begin_update();
+        let first = Some(Share { base: 0, at: 1, share: 1.0 });
+        p.merge_rows_le(h, None, keys, &le(&[1.0, 1.0, 0.0]), first);
+        p.finish_update().unwrap();
+        // update 2, a push from the same pull (update 0), concurrent with it: key 1 up
+        // again (shared), key 2 down (whole), key 3 only now (whole)
+        p.begin_update();
+        let second = Some(Share { base: 0, at: 2, share: 0.5 });
+        p.merge_rows_le(h, None, keys, &le(&[2.0, -2.0, -2.0]), second);
+        p.finish_update().unwrap();
+        assert_eq!(&p.tensors[h].w[1..4], &[2.0, -1.0, -2.0]);
+        // update 3, pulled after update 2: nothing concurrent, every change whole
+        p.begin_update();
+        let third = Some(Share { base: 2, at: 3, share: 0.5 });
+        p.merge_rows_le(h, None, keys, &le(&[1.0, -1.0, -1.0]), third);
+        p.finish_update().unwrap();
+        assert_eq!(&p.tensors[h].w[1..4], &[3.0, -2.0, -3.0]);
     }
 
     /// A push of changes to a one-column table merges a vector at a time over its keys

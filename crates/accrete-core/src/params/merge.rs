@@ -5,9 +5,10 @@
 //! if kept, follows the new weights as after any update.
 //!
 //! A weight change is shared with concurrent pushes ([`Share`]): where another push
-//! changed the weight since this one's pull, the change is scaled by the push's share
-//! (1 / the workers concurrent with it); a weight nobody else changed meanwhile (a rare
-//! hashed feature, say) takes its change whole.
+//! changed the weight the same way since this one's pull, the change is scaled by the
+//! push's share (1 / the workers concurrent with it); a weight nobody else changed
+//! meanwhile (a rare hashed feature, say), or whose last change went the other way,
+//! takes its change whole.
 //!
 //! Each merge writes one vector, so the undo log saves and checks that vector alone
 //! (saving the weights and every slot per vector cost six times the copies).
@@ -26,18 +27,42 @@ pub struct Share {
 }
 
 impl Share {
-    /// The part of change `d` a weight last changed at update `*at` takes, which this
-    /// push's update then becomes.
+    /// The part of change `d` a weight takes, given its `mark` ([`marks_of`]), which
+    /// this push's change then becomes. Two workers' changes of a weight in the same
+    /// direction are two estimates of one move (both tracking a level, say): added,
+    /// they would overshoot, so this one takes its share. Changes in opposite directions
+    /// are noise about the weight's level, which the sequential optimizer would add (and
+    /// mostly cancel): this one is added whole. (Sharing both ways cost flights' random
+    /// split 0.0002 of AUC and half its spread across runs: see ARCHITECTURE.md.)
     #[inline]
-    fn of(&self, d: f32, at: &mut u64) -> f32 {
-        let part = if *at > self.base { self.share * d } else { d };
-        *at = self.at;
+    fn of(&self, d: f32, mark: &mut u64) -> f32 {
+        if d == 0.0 {
+            return d; // moved nothing: the mark stays
+        }
+        let (at, last) = (*mark >> 2, *mark & 3);
+        let opposed = (last == UP && d < 0.0) || (last == DOWN && d > 0.0);
+        let part = if at > self.base && !opposed { self.share * d } else { d };
+        *mark = self.at << 2 | direction(part);
         part
     }
 }
 
-/// The update that last changed each weight of tensor `t` (of `len` weights), grown on
-/// first use.
+/// A mark's direction of the last change (0: no change yet, or not a number).
+const UP: u64 = 1;
+const DOWN: u64 = 2;
+
+fn direction(d: f32) -> u64 {
+    if d > 0.0 {
+        UP
+    } else if d < 0.0 {
+        DOWN
+    } else {
+        0
+    }
+}
+
+/// Each weight of tensor `t` (of `len` weights)'s mark, grown on first use: the update
+/// that last changed it, shifted left by two bits, and the direction of that change.
 fn marks_of(changed_at: &mut Vec<Vec<u64>>, n_tensors: usize, t: usize, len: usize) -> &mut [u64] {
     if changed_at.len() != n_tensors {
         changed_at.resize_with(n_tensors, Vec::new);

@@ -5,8 +5,9 @@
 //! one. So a push's weight change is averaged with the concurrent ones, as a BSP round
 //! averages its pushes': this module gives its share, 1 / (1 + the number of other
 //! workers whose changes were applied since its pull), and `Params` applies it to each
-//! weight another push changed since then (`accrete_core::params::Share`; a weight
-//! nobody else changed takes its change whole). One worker's pushes are never
+//! weight another push changed the same way since then (`accrete_core::params::Share`;
+//! a weight nobody else changed, or whose last change went the other way, takes its
+//! change whole: opposite changes are noise the sequential optimizer would add). One worker's pushes are never
 //! concurrent with each other (it waits for each ack before its next pull), so one
 //! worker alone is merged as it trained: the sequential optimizer's result.
 use std::collections::VecDeque;
