@@ -360,7 +360,16 @@ pub async fn run(
                 let mut meta = me.next_meta(at, clock, n as u64, loss);
                 (meta.hits, meta.hist) = tally(&view, &batch.labels, &predictions);
                 let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
-                Ok::<_, WorkerError>(Ok((loss, pusher.send(&mut client, &push).await?)))
+                // Dense inputs' weights move with every batch: a gradient taken before
+                // the last push lands counts that push's direction twice, so the next
+                // pull waits for its ack (one worker is then the sequential optimizer).
+                // Hashed tables alone (FM) keep pushes in flight: consecutive batches
+                // touch mostly different rows.
+                let sent = match pusher.send(&mut client, &push).await? {
+                    Sent::Accepted(_) if view.has_norm => pusher.drain(&mut client).await?,
+                    other => other,
+                };
+                Ok::<_, WorkerError>(Ok((loss, sent)))
             }
             .instrument(span)
             .await?;

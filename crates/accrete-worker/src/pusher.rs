@@ -1,4 +1,5 @@
-//! Pushing a worker's gradients on one stream without waiting for each ack. A push
+//! Pushing a worker's gradients on one stream without waiting for each ack (the worker
+//! drains it when its next pull must see them: per-row training, dense inputs). A push
 //! refused for a stale lineage (the model was rolled back) or because the worker left the
 //! BSP barrier ends the stream, and with it the pushes queued behind it: none of them was
 //! applied, so the caller joins again and reads their rows again from the offset the
