@@ -8,6 +8,7 @@
 //! stream ([`pusher`]); the lease is renewed apart ([`heartbeat`]).
 
 mod heartbeat;
+mod progressive;
 mod pusher;
 mod reader;
 mod rows;
@@ -16,7 +17,6 @@ use accrete_client::{Client, ClientError};
 use accrete_core::features::Batch;
 use accrete_core::glm;
 use accrete_core::kinds::{self, Tensors};
-use accrete_core::progressive;
 use accrete_core::push::{Gradient, Push, PushMeta};
 use accrete_core::view::{BatchParams, ModelView};
 use accrete_ingest::{ColumnSpec, Format, IngestError, OnBadRow, Target};
@@ -188,15 +188,6 @@ fn batch_push<'a>(
     Push { model: &view.spec.name, lineage_epoch: epoch, grads: out, meta: Some(meta) }
 }
 
-/// The progressive tally of a batch's rows, scored before training: the rows predicted
-/// right, and a binary model's histogram of probabilities by label ([`progressive`]).
-fn tally(view: &ModelView, labels: &[f32], predictions: &[f32]) -> (u64, Vec<u32>) {
-    let (binary, _) = progressive::binary_and_classes(&view.dims);
-    let mut t = progressive::Tally::default();
-    t.add_rows(labels, predictions, view.dims.outputs, binary);
-    (t.hits, t.hist.iter().map(|c| *c as u32).collect())
-}
-
 /// Standardises a batch's dense inputs with the shared statistics merged with the batch's
 /// own (`stats`, computed here), as the server will have them once the push lands; those
 /// become `p.norm`, the statistics the batch is trained in.
@@ -334,12 +325,12 @@ pub async fn run(
                 if per_row {
                     let loss = trainer.train(&view, &mut p, &batch, &mut predictions).map_err(WorkerError::Config)?;
                     if let Some(out) = progressive.as_mut() {
-                        write_progressive(out, &batch.labels, &predictions, view.dims.outputs)
+                        progressive::write_lines(out, &batch.labels, &predictions, view.dims.outputs)
                             .map_err(progressive_err)?;
                     }
                     clock += 1;
                     let mut meta = me.next_meta(at, clock, n as u64, loss);
-                    (meta.hits, meta.hist) = tally(&view, &batch.labels, &predictions);
+                    (meta.hits, meta.hist) = progressive::tally(&view, &batch.labels, &predictions);
                     let push = trainer.push(&view, p.lineage_epoch, &batch, &stats, meta);
                     // The next pull must see this push (it trains on from these values):
                     // its ack comes first.
@@ -352,13 +343,14 @@ pub async fn run(
                 // scored before training: the progressive output and the push's tally
                 kinds::predict(&view.dims, &p.tensors.views(), &batch, &batch.local, &mut predictions);
                 if let Some(out) = progressive.as_mut() {
-                    write_progressive(out, &batch.labels, &predictions, view.dims.outputs).map_err(progressive_err)?;
+                    progressive::write_lines(out, &batch.labels, &predictions, view.dims.outputs)
+                        .map_err(progressive_err)?;
                 }
                 let loss =
                     kinds::train(&view.dims, &p.tensors.views(), &batch, &batch.local, batch.uniq.len(), &mut grads);
                 clock += 1;
                 let mut meta = me.next_meta(at, clock, n as u64, loss);
-                (meta.hits, meta.hist) = tally(&view, &batch.labels, &predictions);
+                (meta.hits, meta.hist) = progressive::tally(&view, &batch.labels, &predictions);
                 let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
                 // Dense inputs' weights move with every batch: a gradient taken before
                 // the last push lands counts that push's direction twice, so the next
@@ -571,51 +563,4 @@ async fn recovered(client: &mut Client, model: &str, epoch: u64) -> Result<bool,
     let versions = client.versions(model).await?;
     let first = versions.iter().find(|v| v.lineage_epoch == epoch);
     Ok(first.is_some_and(|v| v.kind == accrete_core::VersionKind::Rollback && v.reason.starts_with("recovery to ")))
-}
-
-/// One line per row: the label, a tab, and the prediction made before training on it
-/// (a value or a probability; with several classes, each class's probability,
-/// comma-separated).
-/// (Floats by `ryu`, the shortest text that reads back the same value, as `{}` writes,
-/// in a fifth of the time: formatting was 6% of a worker's time on time-sorted flights.)
-fn write_progressive(out: &mut impl std::io::Write, labels: &[f32], p: &[f32], k: usize) -> std::io::Result<()> {
-    let mut buf = ryu::Buffer::new();
-    for (y, row) in labels.iter().zip(p.chunks_exact(k.max(1))) {
-        if y.fract() == 0.0 && y.abs() < 1e9 {
-            write!(out, "{}", *y as i64)?;
-        } else {
-            out.write_all(float(&mut buf, *y))?;
-        }
-        for (i, v) in row.iter().enumerate() {
-            out.write_all(if i == 0 { b"\t" } else { b"," })?;
-            out.write_all(float(&mut buf, *v))?;
-        }
-        out.write_all(b"\n")?;
-    }
-    Ok(())
-}
-
-/// `v` as `ryu` writes it (`NaN`, `inf` and `-inf` when not finite).
-fn float(buf: &mut ryu::Buffer, v: f32) -> &[u8] {
-    buf.format(v).as_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn progressive_lines_carry_every_class_probability() {
-        let mut out = Vec::new();
-        super::write_progressive(&mut out, &[2.0, 0.0], &[0.1, 0.2, 0.7, 0.5, 0.25, 0.25], 3).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "2\t0.1,0.2,0.7\n0\t0.5,0.25,0.25\n");
-        let mut out = Vec::new();
-        super::write_progressive(&mut out, &[1.0], &[0.75], 1).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "1\t0.75\n");
-        // a fractional label, a tiny and a non-finite prediction read back as written
-        let mut out = Vec::new();
-        super::write_progressive(&mut out, &[2.5, -1.0], &[1e-7, f32::NAN], 1).unwrap();
-        let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "2.5\t1e-7\n-1\tNaN\n");
-        let first: Vec<f32> = text.lines().next().unwrap().split('\t').map(|v| v.parse().unwrap()).collect();
-        assert_eq!(first, [2.5, 1e-7]);
-    }
 }
