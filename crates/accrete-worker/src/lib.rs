@@ -334,10 +334,7 @@ pub async fn run(
                     let push = trainer.push(&view, p.lineage_epoch, &batch, &stats, meta);
                     // The next pull must see this push (it trains on from these values):
                     // its ack comes first.
-                    let sent = match pusher.send(&mut client, &push).await? {
-                        Sent::Accepted(_) => pusher.drain(&mut client).await?,
-                        other => other,
-                    };
+                    let sent = pusher.send_then(&mut client, &push, true).await?;
                     return Ok::<_, WorkerError>(Ok((loss, sent)));
                 }
                 // scored before training: the progressive output and the push's tally
@@ -352,15 +349,11 @@ pub async fn run(
                 let mut meta = me.next_meta(at, clock, n as u64, loss);
                 (meta.hits, meta.hist) = progressive::tally(&view, &batch.labels, &predictions);
                 let push = batch_push(&view, p.lineage_epoch, &batch, &grads, &stats, meta);
-                // Dense inputs' weights move with every batch: a gradient taken before
-                // the last push lands counts that push's direction twice, so the next
-                // pull waits for its ack (one worker is then the sequential optimizer).
-                // Hashed tables alone (FM) keep pushes in flight: consecutive batches
-                // touch mostly different rows.
-                let sent = match pusher.send(&mut client, &push).await? {
-                    Sent::Accepted(_) if view.has_norm => pusher.drain(&mut client).await?,
-                    other => other,
-                };
+                // Dense inputs' weights move with every batch, so the next pull waits for
+                // this push (one worker is then the sequential optimizer); hashed tables
+                // alone (FM) keep pushes in flight: consecutive batches touch mostly
+                // different rows.
+                let sent = pusher.send_then(&mut client, &push, view.has_norm).await?;
                 Ok::<_, WorkerError>(Ok((loss, sent)))
             }
             .instrument(span)

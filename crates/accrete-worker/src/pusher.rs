@@ -43,6 +43,21 @@ impl Pusher {
         self.drain(client).await
     }
 
+    /// Sends `push`; with `wait`, also drains the stream, so that the worker's next pull
+    /// sees it applied (per-row training, and dense inputs, whose weights every batch
+    /// moves: a gradient taken before the last push lands counts its direction twice).
+    pub(crate) async fn send_then(
+        &mut self,
+        client: &mut Client,
+        push: &Push<'_>,
+        wait: bool,
+    ) -> Result<Sent, WorkerError> {
+        match self.send(client, push).await? {
+            Sent::Accepted(_) if wait => self.drain(client).await,
+            other => Ok(other),
+        }
+    }
+
     /// Ends the stream (a fresh one takes its place) and says whether every push on it
     /// was applied.
     pub(crate) async fn drain(&mut self, client: &mut Client) -> Result<Sent, WorkerError> {

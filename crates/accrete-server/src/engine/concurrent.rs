@@ -7,9 +7,10 @@
 //! workers whose changes were applied since its pull), and `Params` applies it to each
 //! weight another push changed the same way since then (`accrete_core::params::Share`;
 //! a weight nobody else changed, or whose last change went the other way, takes its
-//! change whole: opposite changes are noise the sequential optimizer would add). One worker's pushes are never
-//! concurrent with each other (it waits for each ack before its next pull), so one
-//! worker alone is merged as it trained: the sequential optimizer's result.
+//! change whole: opposite changes are noise the sequential optimizer would add). One
+//! worker's pushes are never concurrent with each other (it waits for each ack before
+//! its next pull), so one worker alone is merged as it trained: the sequential
+//! optimizer's result.
 use std::collections::VecDeque;
 
 /// Pushes of changes remembered; a pull older than all of them counts only these.
