@@ -15,11 +15,12 @@ use crate::spec::{OptimizerKind, OptimizerSpec};
 ///   averaged over the pushes that changed it: [`Merge::Mean`]);
 /// - sums (AdaGrad's and the normalized optimizer's `accum`, its `loggain`, FTRL's `z`,
 ///   `n`) add the change;
-/// - running maxima (`scale`, `metanorm`) keep the larger value;
-/// - decaying averages (momentum's `velocity`, Adam's `m` and `v`, the normalized
-///   optimizer's `trace`) carry their new value, which replaces the live one: two
-///   workers' changes of a decaying average, added, would count the decay of the value
-///   they both started from twice (and can flip its sign).
+/// - a running maximum (`scale`) keeps the larger value;
+/// - decaying values (momentum's `velocity`, Adam's `m` and `v`, the normalized
+///   optimizer's `trace`, and its `metanorm`, a maximum that forgets) carry their new
+///   value, which replaces the live one: two workers' changes of a decaying value, added,
+///   would count the decay of the value they both started from twice (and can flip its
+///   sign).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
     Add,
@@ -35,8 +36,8 @@ pub enum Merge {
 /// The merge of a slot by name ([`Merge`]).
 pub fn merge_of(slot: &str) -> Merge {
     match slot {
-        "scale" | "metanorm" => Merge::Max,
-        "trace" | "velocity" | "m" | "v" => Merge::Replace,
+        "scale" => Merge::Max,
+        "trace" | "metanorm" | "velocity" | "m" | "v" => Merge::Replace,
         _ => Merge::Add,
     }
 }
