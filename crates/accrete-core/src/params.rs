@@ -736,6 +736,38 @@ mod tests {
         assert_eq!(&p.tensors[h].w[1..4], &[3.0, -2.0, -3.0]);
     }
 
+    /// A push of changes marks its rows dirty once, though each slot writes them again
+    /// (the undo log skips an entry of the same keys as the one before); a slot's change
+    /// on other keys, or a later push's, marks its own rows.
+    #[test]
+    fn a_push_of_changes_marks_exactly_the_rows_it_wrote() {
+        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let key_bytes = |k: &[u64]| k.iter().flat_map(|k| k.to_le_bytes()).collect::<Vec<u8>>();
+        let rows_of = |p: &Params, h: usize| -> Vec<usize> {
+            let Some(Change::Rows(bits)) = p.change(h, 0) else { panic!("chunk 0 not changed by rows") };
+            (0..bits.len() * 64).filter(|i| bits[i / 64] >> (i % 64) & 1 == 1).collect()
+        };
+        let mut s = spec();
+        s.optimizer = OptimizerSpec::new(OptimizerKind::Normalized, 0.0);
+        let mut p = Params::init(&s);
+        p.clear_dirty();
+        let h = p.tensor_index("h").unwrap();
+        // `other`: as many keys as the push's, not the same ones
+        let (ab, other) = (key_bytes(&[3, 9]), key_bytes(&[4, 11]));
+        p.begin_update();
+        p.merge_rows_le(h, None, LeKeys(&ab), &le(&[0.5, -0.5]), None);
+        for slot in 0..p.tensors[h].slots.len() {
+            p.merge_rows_le(h, Some(slot), LeKeys(&ab), &le(&[1.0, 1.0]), None);
+        }
+        p.merge_rows_le(h, Some(0), LeKeys(&other), &le(&[1.0, 1.0]), None);
+        p.finish_update().unwrap();
+        assert_eq!(rows_of(&p, h), vec![3, 4, 9, 11]);
+        p.begin_update();
+        p.merge_rows_le(h, Some(0), LeKeys(&key_bytes(&[7])), &le(&[1.0]), None);
+        p.finish_update().unwrap();
+        assert_eq!(rows_of(&p, h), vec![3, 4, 7, 9, 11]);
+    }
+
     /// A push of changes to a one-column table merges a vector at a time over its keys
     /// (`merge_keys_le`): the same values as the merge of each key alone (with an EMA,
     /// which takes that path), dirty where written, and undone exactly, a repeated key

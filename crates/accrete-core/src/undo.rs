@@ -33,8 +33,9 @@ enum Saved {
     /// merge of changes writes one vector at a time).
     Vector { t: usize, slot: Option<usize>, start: usize, len: usize },
     /// Single floats of one vector of tensor `t` at the next `n` keys (a push of changes
-    /// to a one-column table, merged a vector at a time).
-    VectorKeys { t: usize, slot: Option<usize>, n: usize },
+    /// to a one-column table, merged a vector at a time); `marked`: the same keys as the
+    /// entry before, which marks them dirty.
+    VectorKeys { t: usize, slot: Option<usize>, n: usize, marked: bool },
 }
 
 /// The first value an update left NaN or infinite.
@@ -118,7 +119,15 @@ impl Undo {
     ) {
         let from = self.keys.len();
         self.keys.extend(keys);
-        self.saved.push(Saved::VectorKeys { t, slot, n: self.keys.len() - from });
+        let n = self.keys.len() - from;
+        // the slots of a push carry the weights' keys: marked dirty once
+        let marked = match self.saved.last() {
+            Some(Saved::VectorKeys { t: t0, n: n0, .. }) if *t0 == t && *n0 == n => {
+                self.keys[from - n..from] == self.keys[from..]
+            }
+            _ => false,
+        };
+        self.saved.push(Saved::VectorKeys { t, slot, n, marked });
         let v = vector(ts, slot);
         self.values.extend(self.keys[from..].iter().map(|k| v[*k as usize]));
     }
@@ -188,12 +197,14 @@ impl Undo {
 
     /// Calls `f(t, start, end)` for every range the update wrote.
     pub fn for_each_written(&self, mut f: impl FnMut(usize, usize, usize)) {
-        let mut keys = self.keys.iter();
+        let mut at = 0; // the next entry's first key
         for s in &self.saved {
             match *s {
                 Saved::Range { t, start, len } | Saved::Vector { t, start, len, .. } => f(t, start, start + len),
+                Saved::VectorKeys { n, marked: true, .. } => at += n,
                 Saved::Keys { t, n } | Saved::VectorKeys { t, n, .. } => {
-                    keys.by_ref().take(n).for_each(|k| f(t, *k as usize, *k as usize + 1))
+                    self.keys[at..at + n].iter().for_each(|k| f(t, *k as usize, *k as usize + 1));
+                    at += n;
                 }
             }
         }
@@ -218,7 +229,7 @@ impl Undo {
                     }
                     end -= size;
                 }
-                Saved::VectorKeys { t, slot, n } => {
+                Saved::VectorKeys { t, slot, n, .. } => {
                     let v = vector_mut(&mut tensors[t], slot);
                     let (old, keys) = (&self.values[end - n..end], &self.keys[kend - n..kend]);
                     // Last key first: a repeated key ends with its first saved value.
