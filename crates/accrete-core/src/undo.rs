@@ -14,7 +14,7 @@ const KEEP_FLOATS: usize = 1 << 20;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Undo {
     saved: Vec<Saved>,
-    /// The keys of [`Saved::Keys`] entries, in order.
+    /// The keys of [`Saved::Keys`] and [`Saved::VectorKeys`] entries, in order.
     keys: Vec<u64>,
     /// Per entry, the old values: a range's weights then each slot's; for keys, every
     /// key's weight, then every key's first slot, and so on.

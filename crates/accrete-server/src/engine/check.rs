@@ -151,8 +151,9 @@ impl Shape {
                 g.offset
             )));
         }
-        // Sums of squares and second moments never go below zero.
-        if matches!(g.slot, "accum" | "n" | "v") {
+        // Sums of squares, second moments and the gains' normaliser (a scale, whose pushed
+        // value replaces the server's) never go below zero.
+        if matches!(g.slot, "accum" | "n" | "v" | "metanorm") {
             if let Some(v) = LeBytes(g.values).iter().find(|v| *v < 0.0) {
                 return Err(bad(format!("slot {:?} cannot take a negative change or value ({v})", g.slot)));
             }

@@ -772,6 +772,9 @@ fn asp_changes_add_as_they_arrive_and_a_push_of_gradients_names_no_slot() {
     let neg: [(&str, &str, &[u64], &[f32]); 1] = [("h", "accum", &[3], &[-1.0])];
     let err = push_changes(&mut e, &meta("a", 0, 4), &neg, t0).unwrap_err().to_string();
     assert!(err.contains("\"accum\" cannot take a negative"), "{err}");
+    let neg: [(&str, &str, &[u64], &[f32]); 1] = [("h", "metanorm", &[3], &[-1.0])];
+    let err = push_changes(&mut e, &meta("a", 0, 4), &neg, t0).unwrap_err().to_string();
+    assert!(err.contains("\"metanorm\" cannot take a negative"), "{err}");
     let part: [(&str, &str, &[u64], &[f32]); 1] = [("w", "trace", &[], &[1.0, 2.0])];
     let err = push_changes(&mut e, &meta("a", 0, 5), &part, t0).unwrap_err().to_string();
     assert!(err.contains("whole dense tensor (4 floats), got 2"), "{err}");
