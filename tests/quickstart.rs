@@ -44,7 +44,7 @@ async fn quickstart_runs_and_its_summary_is_true() {
     let ended = field("the stream ended at version ");
     let first_poisoned = 1 + ended.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).expect(&ended);
     let head = vs.last().unwrap();
-    assert_eq!(head["kind"], "rollback", "{head}");
+    assert_eq!(head["kind"], "rollback", "{head}\n{text}");
     // the content it holds, through rollbacks of rollbacks
     let mut restored = head["content_of"].as_u64().unwrap();
     while let Some(c) = vs.iter().find(|v| v["version"] == restored).and_then(|v| v["content_of"].as_u64()) {
